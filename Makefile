@@ -1,0 +1,68 @@
+# MCP OPA gateway — the single entry point for dev, CI, demo and bench.
+#   make test        full suite: rego fmt/check/test+coverage, then pytest
+#   make help        list targets
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+OPA_VERSION ?= v1.22.2
+TOOLS       := $(CURDIR)/.tools/bin
+OPA         ?= $(TOOLS)/opa
+PYTHON      ?= python3
+VENV        := $(CURDIR)/.venv
+RUN         := $(CURDIR)/.run
+OPA_COVERAGE_THRESHOLD ?= 85
+
+# Exported to every recipe (and thus to pytest, demo, bench).
+export OPA_VERSION OPA TOOLS PYTHON OPA_COVERAGE_THRESHOLD
+export OPA_BIN := $(OPA)
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+# DATABASE_URL: provided by the caller, else the last line printed by
+# deploy/scripts/ensure-postgres.sh (cached by the `postgres` target in
+# .run/database_url). Recipes needing it prefix their command with $(WITH_DB).
+WITH_DB = DATABASE_URL="$$(cat $(RUN)/database_url)"
+
+.PHONY: help venv tools opa postgres test test-unit rego-check fmt demo bench clean
+
+help: ## list targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+venv: $(VENV)/.installed ## create .venv and pip install -e '.[dev]'
+
+$(VENV)/.installed: pyproject.toml
+	bash deploy/scripts/ensure-venv.sh
+
+tools: opa ## install pinned tools into .tools/bin
+
+opa: ## ensure the pinned OPA (OPA_VERSION) at OPA
+	bash deploy/scripts/ensure-opa.sh
+
+postgres: ## ensure a local PostgreSQL (or check DATABASE_URL) and cache its URL
+	@mkdir -p $(RUN)
+	bash deploy/scripts/ensure-postgres.sh | tee $(RUN)/database_url.out
+	@tail -n1 $(RUN)/database_url.out > $(RUN)/database_url && rm -f $(RUN)/database_url.out
+	@test -s $(RUN)/database_url
+
+rego-check: opa ## opa fmt --fail, opa check --strict, opa test --coverage (>= threshold)
+	bash deploy/scripts/rego-check.sh
+
+fmt: opa ## opa fmt --write the policies
+	@dirs=$$(for d in policies rego_tests; do [ -d $$d ] && echo $$d; done); \
+	if [ -n "$$dirs" ]; then $(OPA) fmt --write $$dirs; else echo "fmt: no policy dirs"; fi
+
+test: venv opa postgres ## full suite (rego checks + pytest)
+	bash deploy/scripts/rego-check.sh
+	$(WITH_DB) $(VENV)/bin/pytest -q
+
+test-unit: venv opa ## pytest without db/integration tests
+	$(VENV)/bin/pytest -q -m "not db and not integration"
+
+demo: venv opa postgres ## run the end-to-end demo
+	$(WITH_DB) $(VENV)/bin/python deploy/demo/run_demo.py
+
+bench: venv opa postgres ## run the benchmark
+	$(WITH_DB) $(VENV)/bin/python deploy/bench/bench.py
+
+clean: ## remove run artefacts (.run/)
+	rm -rf $(RUN)

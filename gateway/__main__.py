@@ -1,0 +1,78 @@
+"""Command line: ``gateway serve`` runs the planes under Hypercorn.
+
+Usage::
+
+    gateway serve [--plane both|control|data] [--config gateway.toml]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from gateway.config import Config
+from gateway.errors import ConfigError
+
+__all__ = ["main"]
+
+
+async def _serve(config: Config) -> None:
+    from hypercorn.asyncio import serve
+    from hypercorn.config import Config as HypercornConfig
+
+    from gateway.app import create_app
+
+    hc = HypercornConfig()
+    binds = []
+    if config.plane in ("both", "control"):
+        binds.append(f"{config.control_plane.host}:{config.control_plane.port}")
+    if config.plane in ("both", "data"):
+        binds.append(f"{config.data_plane.host}:{config.data_plane.port}")
+    hc.bind = binds
+    hc.accesslog = None
+    hc.errorlog = "-"
+    hc.keep_alive_timeout = 75
+    hc.graceful_timeout = 5
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    logging.getLogger("gateway").info("gateway listening on %s (plane=%s)", ", ".join(binds), config.plane)
+    await serve(create_app(config), hc, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``gateway`` command."""
+    parser = argparse.ArgumentParser(prog="gateway")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the control and/or data plane")
+    serve.add_argument("--plane", choices=["both", "control", "data"])
+    serve.add_argument("--config", help="TOML configuration file")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        config = Config.from_env(toml_path=args.config)
+        if args.plane:
+            config = Config.from_mapping({**_as_mapping(config), "plane": args.plane})
+    except ConfigError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 2
+    asyncio.run(_serve(config))
+    return 0
+
+
+def _as_mapping(config: Config) -> dict[str, object]:
+    import dataclasses
+
+    out: dict[str, object] = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        out[f.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,375 @@
+"""One typed configuration, loaded and validated once at start-up.
+
+Sources, lowest to highest precedence: defaults, a TOML file
+(``GATEWAY_CONFIG`` or ``--config``), environment variables. Nothing else in
+the gateway reads ``os.environ``.
+
+Example TOML (every key optional; the environment variable overriding each
+key is given in :data:`ENV_KEYS`)::
+
+    database_url = "postgresql://gateway:gateway@127.0.0.1:5432/gateway"
+    tenant = "tenant_local"
+    environment = "prod"
+
+    [control_plane]
+    port = 8080
+    admin_token = "change-me"
+
+    [data_plane]
+    port = 8081
+
+    [jwt]
+    issuer = "https://idp.example.com"
+    audience = "https://gateway.example.com/mcp"
+    jwks_url = "https://idp.example.com/.well-known/jwks.json"
+    roles_claim = "roles"
+
+    [opa]
+    bin = "/usr/local/bin/opa"
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import hmac
+import os
+import shutil
+import tomllib
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gateway.errors import ConfigError
+
+__all__ = [
+    "ENV_KEYS",
+    "MIB",
+    "SECONDS",
+    "AuditConfig",
+    "Config",
+    "ControlPlaneConfig",
+    "DataPlaneConfig",
+    "JwtConfig",
+    "OpaConfig",
+    "Secret",
+]
+
+SECONDS = 1.0
+"""Unit for durations (floats, in seconds)."""
+MIB = 1024 * 1024
+"""Unit for sizes (ints, in bytes)."""
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+"""The source checkout; the reserved Rego lives in ``policies/`` beside the package."""
+
+
+class Secret:
+    """A string whose ``repr``/``str`` never shows the value.
+
+    Use ``.reveal()`` at the single place the value is needed.
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """Return the secret value."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')" if self._value else "Secret('')"
+
+    __str__ = __repr__
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and hmac.compare_digest(self._value, other._value)
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class ControlPlaneConfig:
+    """Control plane (system of record) listener and credentials."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    admin_token: Secret = field(default_factory=lambda: Secret(""))
+    internal_token: Secret = field(default_factory=lambda: Secret(""))
+    """Bearer token OPA and data planes present to the control plane; derived
+    from the admin token (HMAC-SHA256) when not set."""
+    url: str = ""
+    """Base URL data planes and OPA use to reach the control plane."""
+    long_poll_timeout: float = 30 * SECONDS
+    discovery_timeout: float = 10 * SECONDS
+    """Bound on listing an upstream's tools at approval time."""
+
+
+@dataclass(frozen=True)
+class DataPlaneConfig:
+    """Data plane (hot path) listener."""
+
+    host: str = "127.0.0.1"
+    port: int = 8081
+    public_url: str = ""
+    """Canonical URL clients use; the RFC 9728 ``resource`` is ``<public_url>/mcp``."""
+    id: str = ""
+    """Stable id reported to the control plane; random per process when empty."""
+    max_body: int = 4 * MIB
+    upstream_timeout: float = 30 * SECONDS
+    session_idle_timeout: float = 30 * 60 * SECONDS
+    max_sessions: int = 10_000
+
+
+@dataclass(frozen=True)
+class JwtConfig:
+    """Bearer JWT verification for the data plane (RFC 7519, RFC 7517, RFC 9068)."""
+
+    issuer: str = ""
+    audience: str = ""
+    jwks_url: str = ""
+    """``http(s)://`` or ``file://`` JWKS."""
+    roles_claim: str = "roles"
+    scopes_claim: str = "scope"
+    algorithms: tuple[str, ...] = ("RS256", "ES256", "PS256", "EdDSA")
+    leeway: float = 30 * SECONDS
+    cache_size: int = 4096
+    """Verified tokens kept (by SHA-256 of the token) until they expire."""
+
+
+@dataclass(frozen=True)
+class OpaConfig:
+    """The OPA sidecar the data plane asks for decisions."""
+
+    bin: str = ""
+    manage: bool = True
+    """Start and supervise ``opa run`` as a child process of the gateway."""
+    addr: str = "127.0.0.1:8181"
+    url: str = ""
+    timeout: float = 2 * SECONDS
+    work_dir: str = ""
+    bundle_name: str = "gateway"
+    long_poll_timeout: int = 30
+    decision_log_min_delay: int = 1
+    decision_log_max_delay: int = 2
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """Runtime audit shipping from the data plane to the control plane."""
+
+    batch_size: int = 256
+    flush_interval: float = 0.5 * SECONDS
+    queue_max: int = 100_000
+    spool_dir: str = ""
+    """Where events go when the queue is full or the control plane is down."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole gateway configuration (frozen; build with ``from_env``)."""
+
+    database_url: Secret = field(default_factory=lambda: Secret(""))
+    tenant: str = "tenant_local"
+    environment: str = "prod"
+    plane: str = "both"
+    """``both``, ``control`` or ``data``."""
+    run_dir: str = ""
+    policies_dir: str = ""
+    control_plane: ControlPlaneConfig = field(default_factory=ControlPlaneConfig)
+    data_plane: DataPlaneConfig = field(default_factory=DataPlaneConfig)
+    jwt: JwtConfig = field(default_factory=JwtConfig)
+    opa: OpaConfig = field(default_factory=OpaConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, *, toml_path: str | None = None) -> Config:
+        """Build from defaults, an optional TOML file and the environment.
+
+        Args:
+            environ: Variables to read (defaults to ``os.environ``).
+            toml_path: TOML file; ``GATEWAY_CONFIG`` is used when omitted.
+
+        Raises:
+            ConfigError: A value is missing, malformed or inconsistent.
+        """
+        env = dict(os.environ if environ is None else environ)
+        path = toml_path or env.get("GATEWAY_CONFIG")
+        data: dict[str, Any] = {}
+        if path:
+            try:
+                data = tomllib.loads(Path(path).read_text())
+            except (OSError, tomllib.TOMLDecodeError) as exc:
+                raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+        for env_key, dotted in ENV_KEYS.items():
+            if env_key in env and env[env_key] != "":
+                _set_dotted(data, dotted, env[env_key])
+        return cls.from_mapping(data)
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> Config:
+        """Build from a nested mapping shaped like the TOML file.
+
+        Raises:
+            ConfigError: Unknown keys, wrong types or inconsistent values.
+        """
+        try:
+            sections = {
+                "control_plane": _build(ControlPlaneConfig, data.get("control_plane", {})),
+                "data_plane": _build(DataPlaneConfig, data.get("data_plane", {})),
+                "jwt": _build(JwtConfig, data.get("jwt", {})),
+                "opa": _build(OpaConfig, data.get("opa", {})),
+                "audit": _build(AuditConfig, data.get("audit", {})),
+            }
+            top = {k: v for k, v in data.items() if k not in sections}
+            cfg = _build(cls, top, extra=sections)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"invalid configuration: {exc}") from exc
+        return cfg._resolved()
+
+    def _resolved(self) -> Config:
+        if self.plane not in ("both", "control", "data"):
+            raise ConfigError(f"plane must be both, control or data, not {self.plane!r}")
+        run_dir = self.run_dir or str(PROJECT_ROOT / ".run")
+        cp = self.control_plane
+        if self.plane in ("both", "control"):
+            if not self.database_url:
+                raise ConfigError("DATABASE_URL is required for the control plane")
+            if not cp.admin_token:
+                raise ConfigError("GATEWAY_ADMIN_TOKEN is required for the control plane")
+        internal = cp.internal_token
+        if not internal and cp.admin_token:
+            digest = hmac.new(cp.admin_token.reveal().encode(), b"gateway-internal-token", hashlib.sha256)
+            internal = Secret(digest.hexdigest())
+        if not internal:
+            raise ConfigError("GATEWAY_INTERNAL_TOKEN (or GATEWAY_ADMIN_TOKEN) is required")
+        cp = dataclasses.replace(cp, internal_token=internal, url=(cp.url or f"http://{cp.host}:{cp.port}").rstrip("/"))
+        dp = self.data_plane
+        dp = dataclasses.replace(
+            dp,
+            public_url=(dp.public_url or f"http://{dp.host}:{dp.port}").rstrip("/"),
+            id=dp.id or f"dp-{uuid.uuid4().hex[:12]}",
+        )
+        jwt = self.jwt
+        if self.plane in ("both", "data"):
+            missing = [n for n in ("issuer", "audience", "jwks_url") if not getattr(jwt, n)]
+            if missing:
+                names = ", ".join(f"GATEWAY_JWT_{m.upper()}" if m != "jwks_url" else "GATEWAY_JWKS_URL" for m in missing)
+                raise ConfigError(f"the data plane needs {names}")
+            if not jwt.jwks_url.startswith(("http://", "https://", "file://")):
+                raise ConfigError("GATEWAY_JWKS_URL must be an http(s):// or file:// URL")
+        opa = self.opa
+        opa_bin = opa.bin or _find_opa()
+        opa = dataclasses.replace(
+            opa,
+            bin=opa_bin,
+            url=(opa.url or f"http://{opa.addr}").rstrip("/"),
+            work_dir=opa.work_dir or str(Path(run_dir) / f"opa-{dp.id}"),
+        )
+        if self.plane in ("both", "data") and opa.manage and not opa_bin:
+            raise ConfigError("no opa binary: set OPA_BIN, put opa on PATH, or run `make tools`")
+        audit = dataclasses.replace(self.audit, spool_dir=self.audit.spool_dir or str(Path(run_dir) / "audit-spool"))
+        return dataclasses.replace(
+            self,
+            run_dir=run_dir,
+            policies_dir=self.policies_dir or str(PROJECT_ROOT / "policies"),
+            control_plane=cp,
+            data_plane=dp,
+            jwt=jwt,
+            opa=opa,
+            audit=audit,
+        )
+
+
+ENV_KEYS: dict[str, str] = {
+    "DATABASE_URL": "database_url",
+    "GATEWAY_TENANT": "tenant",
+    "GATEWAY_ENVIRONMENT": "environment",
+    "GATEWAY_PLANE": "plane",
+    "GATEWAY_RUN_DIR": "run_dir",
+    "GATEWAY_POLICIES_DIR": "policies_dir",
+    "GATEWAY_CONTROL_HOST": "control_plane.host",
+    "GATEWAY_CONTROL_PORT": "control_plane.port",
+    "GATEWAY_CONTROL_URL": "control_plane.url",
+    "GATEWAY_ADMIN_TOKEN": "control_plane.admin_token",
+    "GATEWAY_INTERNAL_TOKEN": "control_plane.internal_token",
+    "GATEWAY_DATA_HOST": "data_plane.host",
+    "GATEWAY_DATA_PORT": "data_plane.port",
+    "GATEWAY_PUBLIC_URL": "data_plane.public_url",
+    "GATEWAY_DATAPLANE_ID": "data_plane.id",
+    "GATEWAY_UPSTREAM_TIMEOUT": "data_plane.upstream_timeout",
+    "GATEWAY_JWT_ISSUER": "jwt.issuer",
+    "GATEWAY_JWT_AUDIENCE": "jwt.audience",
+    "GATEWAY_JWKS_URL": "jwt.jwks_url",
+    "GATEWAY_JWT_ROLES_CLAIM": "jwt.roles_claim",
+    "OPA_BIN": "opa.bin",
+    "GATEWAY_OPA_ADDR": "opa.addr",
+    "GATEWAY_OPA_URL": "opa.url",
+    "GATEWAY_OPA_MANAGE": "opa.manage",
+    "GATEWAY_AUDIT_SPOOL_DIR": "audit.spool_dir",
+}
+"""Environment variable -> dotted config key."""
+
+
+def _find_opa() -> str:
+    local = PROJECT_ROOT / ".tools" / "bin" / "opa"
+    found = shutil.which("opa")
+    if found:
+        return found
+    return str(local) if local.exists() else ""
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: str) -> None:
+    node = data
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        node = node.setdefault(p, {})
+    node[leaf] = value
+
+
+def _coerce(tp: Any, value: Any, name: str) -> Any:
+    if tp in (Secret, "Secret"):
+        return value if isinstance(value, Secret) else Secret(str(value))
+    if tp in (bool, "bool"):
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("1", "true", "yes", "on"):
+            return True
+        if str(value).lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{name}: expected a boolean, got {value!r}")
+    if tp in (int, "int"):
+        if isinstance(value, bool):
+            raise ValueError(f"{name}: expected an integer")
+        return int(value)
+    if tp in (float, "float"):
+        return float(value)
+    if tp in (str, "str"):
+        if not isinstance(value, str):
+            raise ValueError(f"{name}: expected a string")
+        return value
+    if str(tp).startswith("tuple"):
+        if isinstance(value, str):
+            return tuple(v.strip() for v in value.split(",") if v.strip())
+        return tuple(value)
+    return value
+
+
+def _build(cls: Any, values: Mapping[str, Any], *, extra: Mapping[str, Any] | None = None) -> Any:
+    if not isinstance(values, Mapping):
+        raise ValueError(f"{cls.__name__}: expected a table")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = dict(extra or {})
+    for key, value in values.items():
+        if key not in fields:
+            raise ValueError(f"unknown key {key!r} in {cls.__name__}")
+        kwargs[key] = _coerce(fields[key].type, value, key)
+    return cls(**kwargs)

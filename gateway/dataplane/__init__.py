@@ -1,0 +1,85 @@
+"""The data plane: the governed MCP hot path (PEP) in front of upstream servers."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import anyio
+import httpx
+from starlette.applications import Starlette
+from starlette.routing import Route
+
+from gateway.config import Config
+from gateway.dataplane.audit import AuditShipper
+from gateway.dataplane.auth import JwtVerifier
+from gateway.dataplane.endpoint import mcp_endpoint, protected_resource_metadata
+from gateway.dataplane.governance import Governor
+from gateway.dataplane.projection import ProjectionSync
+from gateway.dataplane.sessions import SessionStore
+from gateway.mcp.upstream import UpstreamPool
+from gateway.policy.opa import OpaPolicyEngine
+from gateway.policy.sidecar import OpaSidecar
+
+__all__ = ["create_dataplane_app", "dataplane_resources"]
+
+
+def create_dataplane_app(config: Config) -> Starlette:
+    """The data-plane ASGI app (no lifespan: the root app's lifespan feeds its state).
+
+    Routes: ``POST|GET|DELETE /mcp``, ``/mcp/{server}``, and RFC 9728
+    ``/.well-known/oauth-protected-resource[/mcp[/{server}]]``.
+    """
+    methods = ["POST", "GET", "DELETE"]
+    prm = "/.well-known/oauth-protected-resource"
+    return Starlette(
+        routes=[
+            Route("/mcp", mcp_endpoint, methods=methods),
+            Route("/mcp/{server}", mcp_endpoint, methods=methods),
+            Route(prm, protected_resource_metadata, methods=["GET"]),
+            Route(f"{prm}/mcp", protected_resource_metadata, methods=["GET"]),
+            Route(prm + "/mcp/{server}", protected_resource_metadata, methods=["GET"]),
+        ]
+    )
+
+
+@contextlib.asynccontextmanager
+async def dataplane_resources(config: Config) -> AsyncIterator[dict[str, object]]:
+    """Open the data plane's long-lived resources and background tasks.
+
+    Yields the lifespan state keys the handlers read (``dp_*``): one HTTP
+    client to OPA, one pooled client for upstreams, one for the control plane,
+    the JWT verifier, projection sync, audit shipper, session store and the
+    supervised OPA sidecar (when ``opa.manage``).
+    """
+    limits = httpx.Limits(max_connections=200, max_keepalive_connections=100, keepalive_expiry=60)
+    async with (
+        httpx.AsyncClient(base_url=config.opa.url, limits=limits) as opa_http,
+        httpx.AsyncClient(limits=limits) as upstream_http,
+        httpx.AsyncClient(limits=limits) as cp_http,
+        anyio.create_task_group() as tg,
+    ):
+        upstreams = UpstreamPool(upstream_http, timeout=config.data_plane.upstream_timeout)
+        sync = ProjectionSync(config, cp_http, upstreams)
+        audit = AuditShipper(config, cp_http)
+        engine = OpaPolicyEngine(opa_http, timeout=config.opa.timeout)
+        sidecar = OpaSidecar(config) if config.opa.manage else None
+        if sidecar is not None:
+            tg.start_soon(sidecar.run)
+        tg.start_soon(sync.run)
+        tg.start_soon(audit.run)
+        try:
+            yield {
+                "dp_config": config,
+                "dp_verifier": JwtVerifier(config.jwt, cp_http),
+                "dp_sync": sync,
+                "dp_audit": audit,
+                "dp_governor": Governor(config, engine, upstreams, audit),
+                "dp_sessions": SessionStore(
+                    idle_timeout=config.data_plane.session_idle_timeout, max_sessions=config.data_plane.max_sessions
+                ),
+                "dp_sidecar": sidecar,
+            }
+        finally:
+            tg.cancel_scope.cancel()
+            await upstreams.aclose()

@@ -1,0 +1,218 @@
+"""The client-facing MCP streamable-HTTP endpoint, both protocol eras on one URL.
+
+* 2026-07-28 (modern, stateless): POST only; every request carries the
+  ``_meta`` envelope and ``MCP-Protocol-Version``/``Mcp-Method``/``Mcp-Name``
+  headers, validated with the SDK's ``classify_inbound_request`` ladder
+  (400 ``-32020`` header mismatch, 400 ``-32022`` unsupported version, 404
+  ``-32601`` unknown method); ``server/discover`` is implemented; list
+  results carry ``ttlMs``/``cacheScope: "private"`` (the list is filtered per
+  caller). Source: MCP 2026-07-28 ``basic/transports/streamable-http``,
+  ``server/discover``, ``server/utilities/caching``.
+* 2025-03-26 .. 2025-11-25 (legacy): ``initialize`` opens a session bound to
+  the caller; ``Mcp-Session-Id`` is required afterwards (400 missing, 404
+  unknown/expired/other caller's); ``DELETE`` ends it; ``GET`` is 405 (no
+  standalone stream is offered). Source: MCP 2025-11-25 ``basic/transports``.
+
+Responses are single ``application/json`` bodies. Every request is
+authenticated first (401 + ``WWW-Authenticate`` with ``resource_metadata``).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from urllib.parse import urlparse
+
+import orjson
+from mcp.shared.inbound import ERROR_CODE_HTTP_STATUS, InboundLadderRejection, classify_inbound_request
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.dataplane.auth import bearer_token
+from gateway.dataplane.governance import CallContext
+from gateway.errors import AuthenticationFailed, GatewayError, ProjectionUnavailable, RequestRejected
+from gateway.mcp.messages import (
+    HANDSHAKE_VERSIONS,
+    INTERNAL_ERROR,
+    INVALID_REQUEST,
+    METHOD_NOT_FOUND,
+    MODERN_VERSIONS,
+    error_response,
+    parse_message,
+    result_response,
+)
+from gateway.policy.input import Subject
+
+__all__ = ["SERVER_INFO", "mcp_endpoint", "protected_resource_metadata"]
+
+log = logging.getLogger("gateway.mcp")
+
+SERVER_INFO = {"name": "mcp-opa-gateway", "version": "0.1.0"}
+_CAPABILITIES = {"tools": {"listChanged": False}}
+_JSON = "application/json"
+
+
+def _json(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(payload), status_code=status, media_type=_JSON, headers=headers)
+
+
+def _resource_path(server: str | None) -> str:
+    return "/mcp" if server is None else f"/mcp/{server}"
+
+
+def _unauthorized(request: Request, server: str | None, exc: AuthenticationFailed) -> Response:
+    base = request.state.dp_config.data_plane.public_url
+    metadata = f"{base}/.well-known/oauth-protected-resource{_resource_path(server)}"
+    # RFC 6750 §3.1: no error code when the request had no credentials at all.
+    if request.headers.get("authorization"):
+        challenge = f'Bearer error="invalid_token", error_description="{exc.category}", resource_metadata="{metadata}"'
+    else:
+        challenge = f'Bearer resource_metadata="{metadata}"'
+    return _json({"error": exc.category}, 401, {"www-authenticate": challenge})
+
+
+def _origin_allowed(request: Request) -> bool:
+    origin = request.headers.get("origin")
+    if origin is None:
+        return True
+    allowed = {urlparse(request.state.dp_config.data_plane.public_url)._replace(path="").geturl()}
+    host = urlparse(origin).hostname
+    return origin in allowed or host in ("127.0.0.1", "localhost", "::1")
+
+
+async def protected_resource_metadata(request: Request) -> Response:
+    """RFC 9728 protected resource metadata for ``/mcp`` and ``/mcp/{server}``."""
+    cfg = request.state.dp_config
+    server = request.path_params.get("server")
+    return _json(
+        {
+            "resource": f"{cfg.data_plane.public_url}{_resource_path(server)}",
+            "authorization_servers": [cfg.jwt.issuer],
+            "bearer_methods_supported": ["header"],
+            "resource_name": "MCP OPA gateway",
+        }
+    )
+
+
+async def mcp_endpoint(request: Request) -> Response:
+    """Serve ``/mcp`` (aggregated) and ``/mcp/{server}`` for POST, GET and DELETE."""
+    server = request.path_params.get("server")
+    if not _origin_allowed(request):
+        return _json(error_response(None, INVALID_REQUEST, "Origin not allowed"), 403)
+    try:
+        subject = await _authenticate(request, server)
+    except AuthenticationFailed as exc:
+        return _unauthorized(request, server, exc)
+    if server is not None:
+        projection = request.state.dp_sync.current
+        if projection is None or server not in projection.servers:
+            return _json({"error": "unknown_server"}, 404)
+    if request.method == "GET":
+        return Response(status_code=405, headers={"allow": "POST, DELETE"})
+    if request.method == "DELETE":
+        session_id = request.headers.get("mcp-session-id")
+        if session_id and request.state.dp_sessions.delete(session_id, (subject.issuer, subject.sub)):
+            return Response(status_code=204)
+        return _json(error_response(None, INVALID_REQUEST, "Unknown session"), 404)
+    body = await request.body()
+    if len(body) > request.state.dp_config.data_plane.max_body:
+        return _json(error_response(None, INVALID_REQUEST, "Request body too large"), 413)
+    try:
+        msg = parse_message(body)
+    except RequestRejected as exc:
+        return _json(error_response(None, exc.args[1], exc.args[0]), 400)
+    version_header = request.headers.get("mcp-protocol-version")
+    modern = version_header in MODERN_VERSIONS or (
+        version_header is None
+        and msg.method != "initialize"
+        and isinstance(msg.params.get("_meta"), dict)
+        and "io.modelcontextprotocol/protocolVersion" in msg.params["_meta"]
+    )
+    try:
+        if modern:
+            return await _modern(request, msg, subject, server)
+        return await _legacy(request, msg, subject, server, version_header)
+    except GatewayError as exc:
+        log.error("request failed: %s (%s)", exc.category, exc)
+        return _json(error_response(msg.id, INTERNAL_ERROR, "Gateway error", {"category": exc.category}), 200)
+
+
+async def _authenticate(request: Request, server: str | None) -> Subject:
+    token = bearer_token(request.headers.get("authorization"))
+    extra = [f"{request.state.dp_config.data_plane.public_url}{_resource_path(server)}"]
+    return await request.state.dp_verifier.verify(token, audiences=extra)
+
+
+def _current(request: Request) -> Any:
+    projection = request.state.dp_sync.current
+    if projection is None:
+        raise ProjectionUnavailable("no projection activated yet")
+    return projection
+
+
+async def _modern(request: Request, msg: Any, subject: Subject, server: str | None) -> Response:
+    if msg.kind == "notification":
+        return Response(status_code=202)
+    if msg.kind == "response":
+        return _json(error_response(msg.id, INVALID_REQUEST, "Clients must not send responses"), 400)
+    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.scope["headers"]}
+    route = classify_inbound_request(msg.raw, headers=headers, supported_modern_versions=MODERN_VERSIONS)
+    if isinstance(route, InboundLadderRejection):
+        status = ERROR_CODE_HTTP_STATUS.get(route.code, 400)
+        return _json(error_response(msg.id, route.code, route.message, route.data), status)
+    meta = {"io.modelcontextprotocol/serverInfo": SERVER_INFO}
+    if msg.method == "server/discover":
+        result = {
+            "resultType": "complete",
+            "supportedVersions": list(MODERN_VERSIONS),
+            "capabilities": _CAPABILITIES,
+            "serverInfo": SERVER_INFO,
+            "ttlMs": 0,
+            "cacheScope": "private",
+            "_meta": meta,
+        }
+        return _json(result_response(msg.id, result))
+    ctx = CallContext(subject, None, route.protocol_version, server)
+    if msg.method == "tools/list":
+        tools = await request.state.dp_governor.list_tools(_current(request), ctx)
+        result = {"tools": tools, "resultType": "complete", "ttlMs": 0, "cacheScope": "private", "_meta": meta}
+        return _json(result_response(msg.id, result))
+    if msg.method == "tools/call":
+        reply = await request.state.dp_governor.call_tool(_current(request), ctx, msg.id, msg.params)
+        result = reply.get("result")
+        if isinstance(result, dict):
+            result.setdefault("resultType", "complete")
+        return _json(reply)
+    return _json(error_response(msg.id, METHOD_NOT_FOUND, f"Method not found: {msg.method}"), 404)
+
+
+async def _legacy(
+    request: Request, msg: Any, subject: Subject, server: str | None, version_header: str | None
+) -> Response:
+    owner = (subject.issuer, subject.sub)
+    sessions = request.state.dp_sessions
+    if msg.kind == "request" and msg.method == "initialize":
+        requested = msg.params.get("protocolVersion")
+        version = requested if requested in HANDSHAKE_VERSIONS else HANDSHAKE_VERSIONS[0]
+        session = sessions.create(owner, version)
+        result = {"protocolVersion": version, "capabilities": _CAPABILITIES, "serverInfo": SERVER_INFO}
+        return _json(result_response(msg.id, result), headers={"mcp-session-id": session.id})
+    if version_header is not None and version_header not in HANDSHAKE_VERSIONS:
+        return _json(error_response(msg.id, INVALID_REQUEST, f"Unsupported protocol version: {version_header}"), 400)
+    session_id = request.headers.get("mcp-session-id")
+    if not session_id:
+        return _json(error_response(msg.id, INVALID_REQUEST, "Missing Mcp-Session-Id header"), 400)
+    session = sessions.get(session_id, owner)
+    if session is None:
+        return _json(error_response(msg.id, INVALID_REQUEST, "Session not found"), 404)
+    if msg.kind != "request":
+        return Response(status_code=202)
+    ctx = CallContext(subject, session.id, session.protocol_version, server)
+    if msg.method == "ping":
+        return _json(result_response(msg.id, {}))
+    if msg.method == "tools/list":
+        tools = await request.state.dp_governor.list_tools(_current(request), ctx)
+        return _json(result_response(msg.id, {"tools": tools}))
+    if msg.method == "tools/call":
+        return _json(await request.state.dp_governor.call_tool(_current(request), ctx, msg.id, msg.params))
+    return _json(error_response(msg.id, METHOD_NOT_FOUND, f"Method not found: {msg.method}"))

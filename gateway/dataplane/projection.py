@@ -1,0 +1,179 @@
+"""The data plane's view of the active projection, and its sync loop.
+
+The control plane compiles approved servers, their pinned tool definitions and
+the active policy version into a versioned projection. The data plane
+long-polls ``GET /v1/dataplane/projection`` (ETag ``"p<N>"``, ``Prefer:
+wait=<s>``), swaps in the new routing table atomically and reports the version
+it activated on its next poll, so ``GET /v1/projection`` shows each data
+plane's active version. Tool argument validators are compiled once per tool
+definition hash and reused across projections.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import httpx
+import jsonschema
+import orjson
+from jsonschema.exceptions import SchemaError
+
+from gateway.config import Config
+from gateway.mcp.upstream import UpstreamPool
+
+__all__ = ["ActiveProjection", "ProjectionSync", "ServerEntry", "ToolEntry", "compile_projection"]
+
+log = logging.getLogger("gateway.projection")
+
+SEPARATOR = "__"
+"""Aggregated tool names are ``<server>__<tool>``."""
+
+
+@dataclass(frozen=True, slots=True)
+class ToolEntry:
+    """One approved tool: its pinned wire definition and compiled validator."""
+
+    server: str
+    name: str
+    wire: Mapping[str, Any]
+    annotations: Mapping[str, Any]
+    validator: Any
+    sha256: str
+
+
+@dataclass(frozen=True, slots=True)
+class ServerEntry:
+    """One approved upstream server and its tools by original name."""
+
+    name: str
+    transport: str
+    url: str
+    tools: Mapping[str, ToolEntry]
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveProjection:
+    """An immutable routing table; swapped whole on every activation."""
+
+    version: int
+    policy_version: int | None
+    revision: str
+    servers: Mapping[str, ServerEntry]
+    aggregated: Mapping[str, ToolEntry] = field(default_factory=dict)
+
+    def resolve(self, server: str | None, tool_name: str) -> ToolEntry | None:
+        """Find a tool by aggregated name (``server`` None) or by original name."""
+        if server is None:
+            return self.aggregated.get(tool_name)
+        entry = self.servers.get(server)
+        return entry.tools.get(tool_name) if entry else None
+
+
+def _validator(schema: Any) -> Any:
+    if not isinstance(schema, Mapping):
+        schema = {"type": "object"}
+    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    cls.check_schema(schema)
+    # No registry retrieval is configured, so remote $refs are never fetched
+    # (MCP 2026-07-28 basic/index "JSON Schema Usage": MUST NOT auto-dereference).
+    return cls(schema, format_checker=cls.FORMAT_CHECKER)
+
+
+def compile_projection(table: Mapping[str, Any], cache: dict[str, Any] | None = None) -> ActiveProjection:
+    """Build an :class:`ActiveProjection` from the control plane's routing table.
+
+    Args:
+        table: ``{"version", "policy_version", "revision", "servers": [{"name",
+            "transport", "url", "tools": [<wire tool>], ...}]}``.
+        cache: Validators by tool hash, reused across projections.
+
+    Tools whose ``inputSchema`` is not a valid JSON Schema are left out (logged):
+    they could never be called safely.
+    """
+    cache = {} if cache is None else cache
+    servers: dict[str, ServerEntry] = {}
+    aggregated: dict[str, ToolEntry] = {}
+    for srv in table.get("servers", []):
+        tools: dict[str, ToolEntry] = {}
+        for wire in srv.get("tools", []):
+            digest = wire.get("sha256") or hashlib.sha256(orjson.dumps(wire, option=orjson.OPT_SORT_KEYS)).hexdigest()
+            wire = {k: v for k, v in wire.items() if k != "sha256"}
+            try:
+                validator = cache.get(digest) or _validator(wire.get("inputSchema"))
+            except SchemaError:
+                log.error("server %s tool %s has an invalid inputSchema; not served", srv["name"], wire.get("name"))
+                continue
+            cache[digest] = validator
+            entry = ToolEntry(srv["name"], wire["name"], wire, wire.get("annotations") or {}, validator, digest)
+            tools[entry.name] = entry
+            aggregated[f"{srv['name']}{SEPARATOR}{entry.name}"] = entry
+        servers[srv["name"]] = ServerEntry(srv["name"], srv["transport"], srv["url"], tools)
+    return ActiveProjection(
+        version=int(table["version"]),
+        policy_version=table.get("policy_version"),
+        revision=str(table.get("revision", "")),
+        servers=servers,
+        aggregated=aggregated,
+    )
+
+
+class ProjectionSync:
+    """Long-poll the control plane and keep :attr:`current` up to date.
+
+    Args:
+        config: Gateway configuration (control-plane URL, internal token, data-plane id).
+        http: Shared client for control-plane calls.
+        upstreams: Pool whose sessions are retained across activations.
+    """
+
+    def __init__(self, config: Config, http: httpx.AsyncClient, upstreams: UpstreamPool) -> None:
+        self._config = config
+        self._http = http
+        self._upstreams = upstreams
+        self._validators: dict[str, Any] = {}
+        self.current: ActiveProjection | None = None
+        self.ready = anyio.Event()
+        self._error: str | None = None
+
+    async def poll_once(self, wait: float) -> bool:
+        """One long-poll round; returns True when a new projection was activated."""
+        cp = self._config.control_plane
+        active = self.current.version if self.current else 0
+        params = {"dataplane_id": self._config.data_plane.id, "active_version": str(active)}
+        if self._error:
+            params["error"] = self._error
+        headers = {"authorization": f"Bearer {cp.internal_token.reveal()}", "prefer": f"wait={int(wait)}"}
+        if self.current:
+            headers["if-none-match"] = f'"p{self.current.version}"'
+        resp = await self._http.get(
+            f"{cp.url}/v1/dataplane/projection", params=params, headers=headers, timeout=wait + 10
+        )
+        if resp.status_code == 304:
+            return False
+        resp.raise_for_status()
+        table = orjson.loads(resp.content)
+        projection = compile_projection(table, self._validators)
+        await self._upstreams.retain({s.name: (s.transport, s.url) for s in projection.servers.values()})
+        self.current = projection
+        self._error = None
+        self.ready.set()
+        log.info("activated projection %s (revision %s)", projection.version, projection.revision)
+        return True
+
+    async def run(self) -> None:
+        """Poll forever (until cancelled), backing off on errors."""
+        backoff = 0.2
+        while True:
+            try:
+                await self.poll_once(self._config.control_plane.long_poll_timeout)
+                backoff = 0.2
+            except (httpx.HTTPError, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                self._error = "projection_sync_failed"
+                log.warning("projection sync failed: %s; retrying in %.1fs", type(exc).__name__, backoff)
+                await anyio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)

@@ -1,0 +1,1 @@
+"""Development-only helpers (local demos and tests). Nothing here is meant for production."""

@@ -1,0 +1,198 @@
+"""Gateway exception hierarchy: one tree, a safe category on every class.
+
+The tree (class, safe ``category``, HTTP ``status_code``)::
+
+    GatewayError                      internal_error            500
+    + ConfigError                     config_error              500
+    + RequestRejected                 bad_request               400
+    |  + InvalidArguments             invalid_arguments         400
+    |  + UnknownTool                  unknown_tool              404
+    |  + UnknownServer                unknown_server            404
+    |  + PolicyRejected               policy_rejected           400
+    + AuthenticationFailed            unauthenticated           401
+    + AdminAuthFailed                 admin_unauthenticated     401
+    + NotFound                        not_found                 404
+    + ConflictError                   conflict                  409
+    + PolicyDenied                    policy_denied             403
+    + PolicyUnavailable               policy_unavailable        503
+    + PolicyDecisionInvalid           policy_decision_invalid   503
+    + UpstreamError                   upstream_error            502
+    |  + UpstreamUnavailable          upstream_unavailable      502
+    |  + UpstreamTimeout              upstream_timeout          504
+    |  + UpstreamProtocolError        upstream_protocol_error   502
+    + ProjectionUnavailable           projection_unavailable    503
+
+``category`` is stable snake_case and safe to return to clients and to store in
+audit records. ``str(exc)`` may contain details (hosts, SQL detail) and goes to
+operator logs only, never to a client.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+__all__ = [
+    "AdminAuthFailed",
+    "AuthenticationFailed",
+    "ConfigError",
+    "ConflictError",
+    "GatewayError",
+    "InvalidArguments",
+    "NotFound",
+    "PolicyDecisionInvalid",
+    "PolicyDenied",
+    "PolicyRejected",
+    "PolicyUnavailable",
+    "ProjectionUnavailable",
+    "RequestRejected",
+    "UnknownServer",
+    "UnknownTool",
+    "UpstreamError",
+    "UpstreamProtocolError",
+    "UpstreamTimeout",
+    "UpstreamUnavailable",
+]
+
+
+class GatewayError(Exception):
+    """Base class. ``category`` is safe to return to clients; the message is not."""
+
+    category: ClassVar[str] = "internal_error"
+    status_code: ClassVar[int] = 500
+
+
+class ConfigError(GatewayError):
+    """Configuration is missing or invalid; raised once at start-up."""
+
+    category = "config_error"
+
+
+class RequestRejected(GatewayError):
+    """The request is malformed (JSON-RPC, headers, body size)."""
+
+    category = "bad_request"
+    status_code = 400
+
+
+class InvalidArguments(RequestRejected):
+    """``tools/call`` arguments fail the tool's ``inputSchema``.
+
+    ``field`` names the failing JSON path (e.g. ``$.priority``); it is derived
+    from the schema, not from the argument values, so it is safe to show.
+    """
+
+    category = "invalid_arguments"
+
+    def __init__(self, message: str, *, field: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class UnknownTool(RequestRejected):
+    """The tool is not in the active projection (or not visible to the caller)."""
+
+    category = "unknown_tool"
+    status_code = 404
+
+
+class UnknownServer(RequestRejected):
+    """The upstream server is not in the active projection."""
+
+    category = "unknown_server"
+    status_code = 404
+
+
+class PolicyRejected(RequestRejected):
+    """An uploaded policy version does not compile (``opa check`` failed)."""
+
+    category = "policy_rejected"
+
+    def __init__(self, message: str, *, errors: list[dict[str, object]]) -> None:
+        super().__init__(message)
+        self.errors = errors
+
+
+class AuthenticationFailed(GatewayError):
+    """No bearer token, or a token that fails JWT verification (RFC 6750 §3.1)."""
+
+    category = "unauthenticated"
+    status_code = 401
+
+
+class AdminAuthFailed(GatewayError):
+    """The admin or internal bearer token is missing or wrong."""
+
+    category = "admin_unauthenticated"
+    status_code = 401
+
+
+class NotFound(GatewayError):
+    """A control-plane record does not exist."""
+
+    category = "not_found"
+    status_code = 404
+
+
+class ConflictError(GatewayError):
+    """A control-plane record already exists or is in the wrong state."""
+
+    category = "conflict"
+    status_code = 409
+
+
+class PolicyDenied(GatewayError):
+    """OPA decided ``allow: false``; ``reasons`` come from the decision."""
+
+    category = "policy_denied"
+    status_code = 403
+
+    def __init__(self, message: str, *, reasons: list[str]) -> None:
+        super().__init__(message)
+        self.reasons = reasons
+
+
+class PolicyUnavailable(GatewayError):
+    """OPA is unreachable, timed out or answered an HTTP error: deny."""
+
+    category = "policy_unavailable"
+    status_code = 503
+
+
+class PolicyDecisionInvalid(GatewayError):
+    """OPA answered, but the decision is undefined or has the wrong shape: deny."""
+
+    category = "policy_decision_invalid"
+    status_code = 503
+
+
+class UpstreamError(GatewayError):
+    """The upstream MCP server failed."""
+
+    category = "upstream_error"
+    status_code = 502
+
+
+class UpstreamUnavailable(UpstreamError):
+    """The upstream refused the connection or answered 5xx."""
+
+    category = "upstream_unavailable"
+
+
+class UpstreamTimeout(UpstreamError):
+    """The upstream did not answer within the configured timeout."""
+
+    category = "upstream_timeout"
+    status_code = 504
+
+
+class UpstreamProtocolError(UpstreamError):
+    """The upstream answered something that is not valid MCP / JSON-RPC."""
+
+    category = "upstream_protocol_error"
+
+
+class ProjectionUnavailable(GatewayError):
+    """The data plane has not activated any projection yet."""
+
+    category = "projection_unavailable"
+    status_code = 503

@@ -1,0 +1,265 @@
+"""Upstream MCP client over streamable HTTP, both protocol eras, pooled.
+
+The gateway terminates the client's MCP session and keeps its own session per
+upstream, reused across calls (never opened per call):
+
+* modern (2026-07-28, stateless): every request is one POST carrying the
+  ``_meta`` envelope and the ``MCP-Protocol-Version``/``Mcp-Method``/``Mcp-Name``
+  headers (MCP 2026-07-28 ``basic/transports/streamable-http``);
+* legacy (2025-03-26 .. 2025-11-25): one ``initialize`` handshake, then
+  ``Mcp-Session-Id`` on every POST; a 404 means the session expired and is
+  re-established once (MCP 2025-11-25 ``basic/transports`` "Session Management").
+
+Era detection follows the spec's dual-era client rule: probe ``server/discover``;
+a ``DiscoverResult`` naming a modern version means modern, anything else falls
+back to ``initialize``. Responses may be ``application/json`` or an SSE stream
+(parsed with httpx-sse); only the final response is returned.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import anyio
+import httpx
+import orjson
+from httpx_sse import EventSource
+from mcp.shared.inbound import encode_header_value
+
+from gateway.errors import UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
+from gateway.mcp.messages import HANDSHAKE_VERSIONS, MODERN_VERSIONS
+
+__all__ = ["StreamableHttpUpstream", "Upstream", "UpstreamPool"]
+
+log = logging.getLogger("gateway.upstream")
+
+CLIENT_INFO = {"name": "mcp-opa-gateway", "version": "0.1.0"}
+_ACCEPT = "application/json, text/event-stream"
+_NAME_PARAM = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
+
+
+class Upstream(Protocol):
+    """One upstream MCP server as the proxy sees it."""
+
+    async def request(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        """Send one JSON-RPC request; return the response message (``result`` or ``error``)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release the upstream session."""
+        ...
+
+
+@dataclass
+class _Session:
+    era: str  # "modern" | "legacy"
+    protocol_version: str
+    session_id: str | None = None
+
+
+class StreamableHttpUpstream:
+    """A pooled, lazily-negotiated session to one streamable-HTTP upstream.
+
+    Args:
+        url: The upstream MCP endpoint, e.g. ``http://127.0.0.1:3001/mcp``.
+        http: The shared client (connection pool); this class never closes it.
+        timeout: Seconds for one request/response exchange.
+    """
+
+    def __init__(self, url: str, http: httpx.AsyncClient, *, timeout: float) -> None:
+        self.url = url
+        self._http = http
+        self._timeout = timeout
+        self._ids = itertools.count(1)
+        self._session: _Session | None = None
+        self._lock = anyio.Lock()
+
+    @property
+    def protocol_version(self) -> str | None:
+        """The negotiated upstream revision, once connected."""
+        return self._session.protocol_version if self._session else None
+
+    async def _connect(self) -> _Session:
+        async with self._lock:
+            if self._session is not None:
+                return self._session
+            version = MODERN_VERSIONS[0]
+            probe = _Session("modern", version)
+            try:
+                msg = await self._exchange(probe, "server/discover", {})
+                supported = msg.get("result", {}).get("supportedVersions", [])
+                if "result" in msg and version in supported:
+                    self._session = probe
+                    return probe
+            except UpstreamProtocolError:
+                pass  # not modern evidence: fall back to the handshake
+            legacy = _Session("legacy", HANDSHAKE_VERSIONS[0])
+            init_params = {"protocolVersion": legacy.protocol_version, "capabilities": {}, "clientInfo": CLIENT_INFO}
+            msg = await self._exchange(legacy, "initialize", init_params)
+            if "result" not in msg:
+                raise UpstreamProtocolError(f"upstream {self.url} refused initialize")
+            negotiated = msg["result"].get("protocolVersion")
+            if negotiated not in HANDSHAKE_VERSIONS:
+                raise UpstreamProtocolError(f"upstream {self.url} negotiated unsupported version {negotiated!r}")
+            legacy.protocol_version = negotiated
+            await self._notify(legacy, "notifications/initialized")
+            self._session = legacy
+            log.info("upstream %s: legacy session, protocol %s", self.url, negotiated)
+            return legacy
+
+    def _headers(self, session: _Session, method: str, params: dict[str, Any]) -> dict[str, str]:
+        headers = {"accept": _ACCEPT, "content-type": "application/json"}
+        if session.era == "modern":
+            headers["mcp-protocol-version"] = session.protocol_version
+            headers["mcp-method"] = method
+            name_key = _NAME_PARAM.get(method)
+            if name_key and isinstance(params.get(name_key), str):
+                headers["mcp-name"] = encode_header_value(params[name_key])
+        elif method != "initialize":
+            headers["mcp-protocol-version"] = session.protocol_version
+            if session.session_id:
+                headers["mcp-session-id"] = session.session_id
+        return headers
+
+    def _envelope(self, session: _Session, params: dict[str, Any]) -> dict[str, Any]:
+        if session.era != "modern":
+            return params
+        meta = dict(params.get("_meta") or {})
+        meta["io.modelcontextprotocol/protocolVersion"] = session.protocol_version
+        meta["io.modelcontextprotocol/clientCapabilities"] = {}
+        meta["io.modelcontextprotocol/clientInfo"] = CLIENT_INFO
+        return {**params, "_meta": meta}
+
+    async def _notify(self, session: _Session, method: str) -> None:
+        body = orjson.dumps({"jsonrpc": "2.0", "method": method})
+        try:
+            resp = await self._http.post(
+                self.url, content=body, headers=self._headers(session, method, {}), timeout=self._timeout
+            )
+        except httpx.HTTPError as exc:
+            raise UpstreamUnavailable(f"upstream {self.url}: {type(exc).__name__}") from exc
+        if resp.status_code >= 400:
+            raise UpstreamProtocolError(f"upstream {self.url} rejected {method}: HTTP {resp.status_code}")
+
+    async def _exchange(self, session: _Session, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        req_id = next(self._ids)
+        body = orjson.dumps({"jsonrpc": "2.0", "id": req_id, "method": method, "params": self._envelope(session, params)})
+        headers = self._headers(session, method, params)
+        try:
+            async with self._http.stream("POST", self.url, content=body, headers=headers, timeout=self._timeout) as resp:
+                if method == "initialize":
+                    session.session_id = resp.headers.get("mcp-session-id")
+                if resp.status_code == 404 and session.session_id:
+                    raise _SessionExpired
+                ctype = resp.headers.get("content-type", "")
+                if ctype.startswith("text/event-stream"):
+                    async for event in EventSource(resp).aiter_sse():
+                        if not event.data:
+                            continue
+                        msg = _loads(event.data.encode(), self.url)
+                        if msg.get("id") == req_id and ("result" in msg or "error" in msg):
+                            return msg
+                    raise UpstreamProtocolError(f"upstream {self.url}: SSE stream ended without a response")
+                raw = await resp.aread()
+                if resp.status_code >= 500:
+                    raise UpstreamUnavailable(f"upstream {self.url} answered HTTP {resp.status_code}")
+                if not ctype.startswith("application/json"):
+                    raise UpstreamProtocolError(f"upstream {self.url} answered HTTP {resp.status_code} {ctype!r}")
+                msg = _loads(raw, self.url)
+                if "result" not in msg and "error" not in msg:
+                    raise UpstreamProtocolError(f"upstream {self.url}: not a JSON-RPC response")
+                return msg
+        except httpx.TimeoutException as exc:
+            raise UpstreamTimeout(f"upstream {self.url} timed out after {self._timeout}s") from exc
+        except httpx.HTTPError as exc:
+            raise UpstreamUnavailable(f"upstream {self.url}: {type(exc).__name__}") from exc
+
+    async def request(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        """Send one request on the pooled session.
+
+        Args:
+            method: JSON-RPC method, e.g. ``tools/call``.
+            params: Raw params (forwarded unchanged, plus the modern envelope).
+
+        Returns:
+            The upstream's JSON-RPC response message (``result`` or ``error``).
+
+        Raises:
+            UpstreamUnavailable: Connection refused/reset or HTTP 5xx.
+            UpstreamTimeout: No answer within the timeout.
+            UpstreamProtocolError: Not MCP / JSON-RPC.
+        """
+        session = self._session or await self._connect()
+        try:
+            return await self._exchange(session, method, params)
+        except _SessionExpired:
+            async with self._lock:
+                if self._session is session:
+                    self._session = None
+            session = await self._connect()
+            return await self._exchange(session, method, params)
+
+    async def aclose(self) -> None:
+        """End a legacy session with ``DELETE`` (best effort)."""
+        session, self._session = self._session, None
+        if session and session.era == "legacy" and session.session_id:
+            try:
+                await self._http.delete(
+                    self.url,
+                    headers={"mcp-session-id": session.session_id, "mcp-protocol-version": session.protocol_version},
+                    timeout=2.0,
+                )
+            except httpx.HTTPError:
+                pass
+
+
+class _SessionExpired(Exception):
+    pass
+
+
+def _loads(raw: bytes, url: str) -> dict[str, Any]:
+    try:
+        msg = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise UpstreamProtocolError(f"upstream {url} sent invalid JSON") from exc
+    if not isinstance(msg, dict):
+        raise UpstreamProtocolError(f"upstream {url} sent a non-object message")
+    return msg
+
+
+class UpstreamPool:
+    """Upstream sessions by server name, kept across projection changes.
+
+    A server whose transport and URL are unchanged in a new projection keeps
+    its session; removed or changed servers are closed.
+    """
+
+    def __init__(self, http: httpx.AsyncClient, *, timeout: float) -> None:
+        self._http = http
+        self._timeout = timeout
+        self._by_name: dict[str, tuple[tuple[str, str], StreamableHttpUpstream]] = {}
+
+    def get(self, name: str, transport: str, url: str) -> Upstream:
+        """The pooled upstream for ``name`` (created on first use)."""
+        key = (transport, url)
+        entry = self._by_name.get(name)
+        if entry is not None and entry[0] == key:
+            return entry[1]
+        upstream = StreamableHttpUpstream(url, self._http, timeout=self._timeout)
+        self._by_name[name] = (key, upstream)
+        return upstream
+
+    async def retain(self, servers: dict[str, tuple[str, str]]) -> None:
+        """Close sessions of servers not in ``servers`` (name -> (transport, url))."""
+        for name in list(self._by_name):
+            key, upstream = self._by_name[name]
+            if servers.get(name) != key:
+                del self._by_name[name]
+                await upstream.aclose()
+
+    async def aclose(self) -> None:
+        """Close every session."""
+        await self.retain({})

@@ -1,0 +1,86 @@
+"""The only module that knows OPA's wire format: the Data API client (PDP port).
+
+``POST /v1/data/gateway_runtime/main/call`` and ``.../list`` over one shared
+keep-alive ``httpx.AsyncClient``. Source: OPA REST API "Get a Document (with
+Input)" — an undefined document is HTTP 200 without ``result``; ``decision_id``
+is present when decision logging is on.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import httpx
+import orjson
+
+from gateway.errors import PolicyUnavailable
+from gateway.policy.decision import Decision, ListDecision, parse_call_result, parse_list_result
+
+__all__ = ["OpaPolicyEngine", "PolicyEngine"]
+
+_JSON = {"content-type": "application/json"}
+
+
+class PolicyEngine(Protocol):
+    """The PDP as the data plane sees it."""
+
+    async def decide(self, input_doc: dict[str, Any]) -> Decision:
+        """Decide one request; raise PolicyUnavailable/PolicyDecisionInvalid to deny."""
+        ...
+
+    async def visible(self, input_doc: dict[str, Any]) -> ListDecision:
+        """Filter discovery candidates in one query."""
+        ...
+
+
+class OpaPolicyEngine:
+    """PolicyEngine backed by an OPA server (the sidecar).
+
+    Example::
+
+        async with httpx.AsyncClient(base_url="http://127.0.0.1:8181") as http:
+            engine = OpaPolicyEngine(http, timeout=2.0)
+            decision = await engine.decide(build_input(...))
+
+    Args:
+        http: A client whose ``base_url`` is the OPA server.
+        timeout: Seconds for one decision round trip.
+    """
+
+    def __init__(self, http: httpx.AsyncClient, *, timeout: float) -> None:
+        self._http = http
+        self._timeout = timeout
+
+    async def _post(self, path: str, input_doc: dict[str, Any]) -> Any:
+        try:
+            resp = await self._http.post(
+                path, content=orjson.dumps({"input": input_doc}), headers=_JSON, timeout=self._timeout
+            )
+        except httpx.TimeoutException as exc:
+            raise PolicyUnavailable(f"OPA timed out after {self._timeout}s") from exc
+        except httpx.HTTPError as exc:
+            raise PolicyUnavailable(f"OPA unreachable: {type(exc).__name__}") from exc
+        if resp.status_code != 200:
+            raise PolicyUnavailable(f"OPA answered HTTP {resp.status_code}")
+        try:
+            return orjson.loads(resp.content)
+        except orjson.JSONDecodeError as exc:
+            raise PolicyUnavailable("OPA answered invalid JSON") from exc
+
+    async def decide(self, input_doc: dict[str, Any]) -> Decision:
+        """Ask ``data.gateway.decision`` (via the reserved wrapper) for one request.
+
+        Raises:
+            PolicyUnavailable: OPA unreachable, timed out, non-200.
+            PolicyDecisionInvalid: Undefined or malformed decision.
+        """
+        return parse_call_result(await self._post("/v1/data/gateway_runtime/main/call", input_doc))
+
+    async def visible(self, input_doc: dict[str, Any]) -> ListDecision:
+        """Filter ``input_doc["candidates"]`` through the policy in one query.
+
+        Raises:
+            PolicyUnavailable: OPA unreachable, timed out, non-200.
+            PolicyDecisionInvalid: Malformed result.
+        """
+        return parse_list_result(await self._post("/v1/data/gateway_runtime/main/list", input_doc))

@@ -1,0 +1,154 @@
+"""Start and supervise the OPA sidecar (``opa run --server``) as a child process.
+
+OPA pulls its bundle from the control plane with the bundle protocol (long
+polling), reports status and uploads decision logs there. Source: OPA
+configuration reference ("services", "bundles", "status", "decision_logs").
+Readiness uses ``opa-python-client`` (``OpaClient.check_health``) against
+``/health``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import anyio
+import orjson
+from opa_client.opa import OpaClient
+
+from gateway.config import Config
+
+__all__ = ["OpaSidecar", "opa_config"]
+
+log = logging.getLogger("gateway.opa")
+
+
+def opa_config(config: Config, token_path: str) -> dict[str, Any]:
+    """The OPA configuration document (JSON is valid YAML for ``opa run -c``).
+
+    Args:
+        config: Gateway configuration.
+        token_path: File holding the internal bearer token (re-read by OPA on
+            every request, so the token never appears on a command line).
+    """
+    opa = config.opa
+    return {
+        "labels": {"gateway_dataplane": config.data_plane.id, "tenant": config.tenant, "environment": config.environment},
+        "services": {
+            "control_plane": {
+                "url": f"{config.control_plane.url}/v1/opa",
+                "credentials": {"bearer": {"token_path": token_path}},
+                "response_header_timeout_seconds": opa.long_poll_timeout + 10,
+            }
+        },
+        "bundles": {
+            opa.bundle_name: {
+                "service": "control_plane",
+                "resource": f"bundles/{opa.bundle_name}",
+                "persist": False,
+                "polling": {
+                    "min_delay_seconds": 1,
+                    "max_delay_seconds": 3,
+                    "long_polling_timeout_seconds": opa.long_poll_timeout,
+                },
+            }
+        },
+        "status": {"service": "control_plane"},
+        "decision_logs": {
+            "service": "control_plane",
+            "resource": "/logs",
+            "reporting": {
+                "buffer_type": "event",
+                "min_delay_seconds": opa.decision_log_min_delay,
+                "max_delay_seconds": opa.decision_log_max_delay,
+                "upload_size_limit_bytes": 1048576,
+            },
+        },
+    }
+
+
+class OpaSidecar:
+    """A supervised ``opa run --server`` process.
+
+    ``run()`` keeps OPA alive until cancelled: it restarts it with backoff when
+    it exits. The data plane denies every request while OPA is down
+    (``policy_unavailable``), so a crash fails closed.
+    """
+
+    def __init__(self, config: Config) -> None:
+        self._config = config
+        self._proc: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+        host, _, port = config.opa.addr.rpartition(":")
+        self._client = OpaClient(host=host or "127.0.0.1", port=int(port), timeout=1.0)
+
+    def _prepare(self) -> list[str]:
+        work = Path(self._config.opa.work_dir)
+        work.mkdir(parents=True, exist_ok=True)
+        token_file = work / "internal-token"
+        fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(self._config.control_plane.internal_token.reveal())
+        cfg_file = work / "opa-config.json"
+        cfg_file.write_bytes(orjson.dumps(opa_config(self._config, str(token_file)), option=orjson.OPT_INDENT_2))
+        return [
+            self._config.opa.bin,
+            "run",
+            "--server",
+            "--addr",
+            self._config.opa.addr,
+            "--config-file",
+            str(cfg_file),
+            "--log-level",
+            "error",
+            "--disable-telemetry",
+        ]
+
+    def healthy(self, *, bundles: bool = False) -> bool:
+        """``GET /health`` (with ``?bundles`` = the bundle has been activated)."""
+        return self._client.check_health({"bundles": True} if bundles else None)
+
+    async def wait_ready(self, timeout: float, *, bundles: bool = False) -> bool:
+        """Poll ``/health`` until healthy or ``timeout`` seconds pass."""
+        with anyio.move_on_after(timeout):
+            while True:
+                if await anyio.to_thread.run_sync(lambda: self.healthy(bundles=bundles)):
+                    return True
+                await anyio.sleep(0.05)
+        return False
+
+    async def run(self) -> None:
+        """Run and restart OPA until cancelled; kills it on cancellation."""
+        argv = self._prepare()
+        log_path = Path(self._config.opa.work_dir) / "opa.log"
+        backoff = 0.2
+        try:
+            while True:
+                with open(log_path, "ab") as logf:
+                    self._proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT)
+                log.info("opa sidecar started pid=%s addr=%s", self._proc.pid, self._config.opa.addr)
+                while self._proc.poll() is None:
+                    await anyio.sleep(0.2)
+                    backoff = 0.2
+                log.error("opa sidecar exited with %s; restarting in %.1fs", self._proc.returncode, backoff)
+                self.restarts += 1
+                await anyio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+        finally:
+            self.stop()
+
+    def stop(self) -> None:
+        """Terminate the OPA process (SIGTERM, then SIGKILL after 5 s)."""
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        self._client.close_connection()

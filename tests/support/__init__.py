@@ -1,0 +1,1 @@
+"""Reusable test infrastructure: ports, managed subprocesses, PostgreSQL, logs."""
