@@ -1,0 +1,235 @@
+"""A local single-node stack for the demo, the benchmark and end-to-end tests.
+
+Starts real processes on loopback: the sample upstream MCP server and
+``gateway serve`` (control plane + data plane + supervised OPA sidecar), with
+a development identity provider for bearer tokens. NOT for production.
+
+Example::
+
+    with LocalStack.create(run_dir, database_url=url, opa_bin=opa) as stack:
+        stack.start_upstream()
+        stack.start_gateway()
+        stack.register_and_approve_server("demo", stack.upstream_url)
+        stack.upload_and_approve_policy(sample_policy_modules())
+        token = stack.idp.mint("alice", ["viewer"], stack.audience)
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from gateway.config import PROJECT_ROOT
+from gateway.devtools.idp import DevIdentityProvider
+
+__all__ = ["LocalStack", "free_port", "sample_policy_modules"]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def sample_policy_modules(root: Path | None = None) -> dict[str, str]:
+    """The sample policy (``policies/gateway/**.rego``) as ``{relative file name: source}``."""
+    base = (root or PROJECT_ROOT / "policies") / "gateway"
+    return {
+        str(p.relative_to(base.parent)): p.read_text()
+        for p in sorted(base.rglob("*.rego"))
+        if not p.name.endswith("_test.rego")
+    }
+
+
+@dataclass
+class LocalStack:
+    """Processes and endpoints of one local stack (all on 127.0.0.1).
+
+    Attributes:
+        run_dir: Logs, IdP keys and OPA work files go here.
+        control_url: ``http://127.0.0.1:<control port>``.
+        data_url: ``http://127.0.0.1:<data port>``.
+        audience: The ``aud`` tokens must carry (``<data_url>/mcp``).
+        admin_token: Bearer token of the admin API.
+    """
+
+    run_dir: Path
+    database_url: str
+    opa_bin: str
+    control_port: int
+    data_port: int
+    opa_port: int
+    upstream_port: int
+    admin_token: str
+    idp: DevIdentityProvider
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def create(
+        cls,
+        run_dir: Path,
+        *,
+        database_url: str,
+        opa_bin: str,
+        control_port: int | None = None,
+        data_port: int | None = None,
+        upstream_port: int | None = None,
+    ) -> LocalStack:
+        """Prepare a stack in ``run_dir`` (ports default to free ones)."""
+        run_dir.mkdir(parents=True, exist_ok=True)
+        issuer = "http://127.0.0.1/dev-idp"
+        idp_dir = run_dir / "idp"
+        idp = DevIdentityProvider.load(idp_dir) if (idp_dir / "jwks.json").exists() else DevIdentityProvider.create(idp_dir, issuer)
+        return cls(
+            run_dir=run_dir,
+            database_url=database_url,
+            opa_bin=opa_bin,
+            control_port=control_port or free_port(),
+            data_port=data_port or free_port(),
+            opa_port=free_port(),
+            upstream_port=upstream_port or free_port(),
+            admin_token=secrets.token_urlsafe(24),
+            idp=idp,
+        )
+
+    @property
+    def control_url(self) -> str:
+        return f"http://127.0.0.1:{self.control_port}"
+
+    @property
+    def data_url(self) -> str:
+        return f"http://127.0.0.1:{self.data_port}"
+
+    @property
+    def upstream_url(self) -> str:
+        return f"http://127.0.0.1:{self.upstream_port}/mcp"
+
+    @property
+    def audience(self) -> str:
+        return f"{self.data_url}/mcp"
+
+    def gateway_env(self) -> dict[str, str]:
+        """The environment ``gateway serve`` runs with."""
+        env = dict(os.environ)
+        env.update(
+            {
+                "DATABASE_URL": self.database_url,
+                "GATEWAY_CONTROL_PORT": str(self.control_port),
+                "GATEWAY_DATA_PORT": str(self.data_port),
+                "GATEWAY_ADMIN_TOKEN": self.admin_token,
+                "GATEWAY_JWT_ISSUER": self.idp.issuer,
+                "GATEWAY_JWT_AUDIENCE": self.audience,
+                "GATEWAY_JWKS_URL": self.idp.jwks_url,
+                "OPA_BIN": self.opa_bin,
+                "GATEWAY_OPA_ADDR": f"127.0.0.1:{self.opa_port}",
+                "GATEWAY_RUN_DIR": str(self.run_dir),
+                "GATEWAY_DATAPLANE_ID": "dp-local",
+            }
+        )
+        env.update(self.extra_env)
+        return env
+
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        log = open(self.run_dir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the process
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        log.close()
+        self.procs[name] = proc
+        return proc
+
+    def _wait(self, name: str, url: str, timeout: float, headers: dict[str, str] | None = None) -> None:
+        deadline = time.monotonic() + timeout
+        proc = self.procs[name]
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with {proc.returncode}; see {self.run_dir / (name + '.log')}")
+            try:
+                if httpx.get(url, headers=headers, timeout=1.0).status_code < 500:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise TimeoutError(f"{name} not ready at {url} after {timeout}s; see {self.run_dir / (name + '.log')}")
+
+    def start_upstream(self, name: str = "upstream") -> None:
+        """Start ``deploy/demo/sample_upstream.py`` and wait until it answers."""
+        script = PROJECT_ROOT / "deploy" / "demo" / "sample_upstream.py"
+        self._spawn(name, [sys.executable, str(script), "--host", "127.0.0.1", "--port", str(self.upstream_port)])
+        self._wait(name, f"http://127.0.0.1:{self.upstream_port}/_health", 20)
+
+    def start_gateway(self, timeout: float = 30) -> None:
+        """Start ``gateway serve`` (both planes + OPA sidecar) and wait for both ports."""
+        self._spawn("gateway", [sys.executable, "-m", "gateway", "serve"], env=self.gateway_env())
+        self._wait("gateway", f"{self.control_url}/v1/control-plane/scope", timeout, self.admin_headers)
+        self._wait("gateway", f"{self.data_url}/.well-known/oauth-protected-resource", timeout)
+
+    def stop(self, name: str) -> None:
+        """SIGTERM one process (SIGKILL after 10 s)."""
+        proc = self.procs.pop(name, None)
+        if proc is None or proc.poll() is not None:
+            return
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+    def close(self) -> None:
+        """Stop every process this stack started."""
+        for name in list(self.procs):
+            self.stop(name)
+
+    def __enter__(self) -> LocalStack:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.admin_token}"}
+
+    def admin(self, method: str, path: str, json: Any = None, expect: int | tuple[int, ...] = (200, 201)) -> Any:
+        """Call the admin API; raise with the body when the status is unexpected."""
+        resp = httpx.request(method, f"{self.control_url}{path}", json=json, headers=self.admin_headers, timeout=30)
+        allowed = (expect,) if isinstance(expect, int) else expect
+        if resp.status_code not in allowed:
+            raise RuntimeError(f"{method} {path} -> {resp.status_code}: {resp.text}")
+        return resp.json() if resp.content else None
+
+    def register_and_approve_server(self, name: str, url: str, description: str = "") -> dict[str, Any]:
+        """``POST /v1/servers`` then ``POST /v1/servers/{name}/approve``."""
+        self.admin("POST", "/v1/servers", {"name": name, "transport": "streamable_http", "url": url, "description": description})
+        return self.admin("POST", f"/v1/servers/{name}/approve")  # type: ignore[no-any-return]
+
+    def upload_and_approve_policy(self, modules: dict[str, str], data: Any = None) -> int:
+        """Upload a policy version, approve it, return its version number."""
+        body: dict[str, Any] = {"modules": modules}
+        if data is not None:
+            body["data"] = data
+        version = int(self.admin("POST", "/v1/policies", body)["version"])
+        self.admin("POST", f"/v1/policies/{version}/approve")
+        return version
+
+    def wait_projection_active(self, timeout: float = 30) -> dict[str, Any]:
+        """Wait until every data plane and OPA runs the desired projection."""
+        deadline = time.monotonic() + timeout
+        state: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            state = self.admin("GET", "/v1/projection")
+            if state.get("desired_version") and state.get("active_version") == state.get("desired_version"):
+                return state
+            time.sleep(0.05)
+        raise TimeoutError(f"projection not active after {timeout}s: {state}")
