@@ -26,13 +26,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
 from gateway.config import PROJECT_ROOT
 from gateway.devtools.idp import DevIdentityProvider
 
-__all__ = ["LocalStack", "free_port", "sample_policy_modules"]
+__all__ = ["LocalStack", "fresh_database", "free_port", "sample_policy_modules"]
 
 
 def free_port() -> int:
@@ -40,6 +41,29 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def fresh_database(database_url: str, name: str) -> str:
+    """Drop and re-create database ``name`` on the server of ``database_url``; return its URL.
+
+    The demo and the benchmark start from an empty schema every run (the
+    control plane's migrations create it), without touching other databases.
+    """
+    import asyncio
+
+    import asyncpg
+
+    async def _recreate() -> None:
+        conn = await asyncpg.connect(database_url)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+
+    asyncio.run(_recreate())
+    parts = urlsplit(database_url)
+    return urlunsplit(parts._replace(path=f"/{name}"))
 
 
 def sample_policy_modules(root: Path | None = None) -> dict[str, str]:

@@ -1,0 +1,179 @@
+"""`make bench`: added latency of a governed ``tools/call`` vs the same call made directly.
+
+One run, one machine, loopback. It starts the local stack (gateway with both
+planes + the OPA sidecar + PostgreSQL + the sample upstream), then measures,
+with the same HTTP client and the same JSON-RPC body shape (MCP 2026-07-28,
+stateless, so no session set-up is timed):
+
+* ``rtt``      — a bare HTTP GET round trip to the upstream (``/_health``): the unit;
+* ``opa``      — one decision straight to the OPA sidecar (``/v1/data/gateway_runtime/main/call``);
+* ``direct``   — ``tools/call echo`` straight to the upstream;
+* ``gateway``  — ``tools/call demo__echo`` through the data plane (JWT, schema
+  validation, OPA decision, audit enqueue, pooled upstream session).
+
+Sequential requests give p50/p99 latency; a closed loop of concurrent workers
+gives throughput. Results are printed and written to ``.run/bench/results.json``.
+
+    make bench                       # defaults: 2000 sequential, 16 workers x 5 s
+    python deploy/bench/bench.py --requests 5000 --concurrency 32 --seconds 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from gateway.config import PROJECT_ROOT
+from gateway.devtools.stack import LocalStack, fresh_database, sample_policy_modules
+
+META = {
+    "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+    "io.modelcontextprotocol/clientCapabilities": {},
+}
+
+
+def _call(tool: str, text: str) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": tool, "arguments": {"text": text}, "_meta": META}}
+
+
+def _headers(tool: str, token: str | None = None) -> dict[str, str]:
+    h = {
+        "accept": "application/json, text/event-stream",
+        "mcp-protocol-version": "2026-07-28",
+        "mcp-method": "tools/call",
+        "mcp-name": tool,
+    }
+    if token:
+        h["authorization"] = f"Bearer {token}"
+    return h
+
+
+def _pct(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def _latency(fn: Callable[[], Awaitable[None]], n: int, warmup: int) -> dict[str, float]:
+    for _ in range(warmup):
+        await fn()
+    samples = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        await fn()
+        samples.append((time.perf_counter() - t0) * 1000)
+    return {"p50_ms": _pct(samples, 0.50), "p99_ms": _pct(samples, 0.99), "mean_ms": statistics.fmean(samples)}
+
+
+async def _throughput(fn: Callable[[], Awaitable[None]], workers: int, seconds: float) -> float:
+    done = 0
+    stop = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        nonlocal done
+        while time.perf_counter() < stop:
+            await fn()
+            done += 1
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(workers)))
+    return done / (time.perf_counter() - t0)
+
+
+async def measure(stack: LocalStack, args: argparse.Namespace) -> dict[str, Any]:
+    token = stack.idp.mint("bench", ["viewer"], stack.audience, ttl_seconds=3600)
+    limits = httpx.Limits(max_connections=args.concurrency * 2, max_keepalive_connections=args.concurrency * 2)
+    async with httpx.AsyncClient(limits=limits, timeout=30) as http:
+        gw_url = f"{stack.data_url}/mcp"
+        opa_url = f"http://127.0.0.1:{stack.opa_port}/v1/data/gateway_runtime/main/call"
+        opa_input = {
+            "input": {
+                "tenant": "tenant_local", "environment": "prod", "action": "tools/call",
+                "subject": {"sub": "bench", "issuer": stack.idp.issuer, "roles": ["viewer"], "scopes": [], "client_id": None, "claims": {}},
+                "server": {"name": "demo", "transport": "streamable_http"},
+                "tool": {"name": "echo", "annotations": {"readOnlyHint": True}},
+                "arguments": {"text": "x"}, "session": {"id": None, "protocol_version": "2026-07-28"}, "projection": {"version": 1},
+            }
+        }
+
+        async def rtt() -> None:
+            (await http.get(f"http://127.0.0.1:{stack.upstream_port}/_health")).raise_for_status()
+
+        async def opa() -> None:
+            r = await http.post(opa_url, json=opa_input)
+            assert r.json()["result"]["decision"]["allow"] is True
+
+        async def direct() -> None:
+            r = await http.post(stack.upstream_url, json=_call("echo", "bench"), headers=_headers("echo"))
+            assert r.json()["result"]["isError"] is False, r.text
+
+        async def gateway() -> None:
+            r = await http.post(gw_url, json=_call("demo__echo", "bench"), headers=_headers("demo__echo", token))
+            assert r.json()["result"]["isError"] is False, r.text
+
+        cases = {"rtt": rtt, "opa": opa, "direct": direct, "gateway": gateway}
+        out: dict[str, Any] = {}
+        for name, fn in cases.items():
+            out[name] = await _latency(fn, args.requests, args.warmup)
+        for name in ("direct", "gateway"):
+            out[name]["throughput_rps"] = await _throughput(cases[name], args.concurrency, args.seconds)
+        return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--run-dir", default=str(PROJECT_ROOT / ".run" / "bench"))
+    args = parser.parse_args()
+    database_url = os.environ.get("DATABASE_URL")
+    if not database_url:
+        print("bench: DATABASE_URL is not set (run it with `make bench`)", file=sys.stderr)
+        return 2
+    opa_bin = os.environ.get("OPA_BIN") or str(PROJECT_ROOT / ".tools" / "bin" / "opa")
+    run_dir = Path(args.run_dir)
+    with LocalStack.create(run_dir, database_url=fresh_database(database_url, "gateway_bench"), opa_bin=opa_bin) as stack:
+        stack.start_upstream()
+        stack.start_gateway()
+        stack.register_and_approve_server("demo", stack.upstream_url)
+        stack.upload_and_approve_policy(sample_policy_modules())
+        stack.wait_projection_active()
+        results = asyncio.run(measure(stack, args))
+    rtt = results["rtt"]["p50_ms"]
+    added_p50 = results["gateway"]["p50_ms"] - results["direct"]["p50_ms"]
+    added_p99 = results["gateway"]["p99_ms"] - results["direct"]["p99_ms"]
+    summary = {
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "params": vars(args),
+        "results": results,
+        "added_p50_ms": added_p50,
+        "added_p99_ms": added_p99,
+        "added_p50_in_rtt": added_p50 / rtt,
+    }
+    print(f"\n{'case':10} {'p50 ms':>8} {'p99 ms':>8} {'mean ms':>8} {'req/s':>8}")
+    for name, r in results.items():
+        rps = f"{r['throughput_rps']:8.0f}" if "throughput_rps" in r else f"{'':>8}"
+        print(f"{name:10} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f} {r['mean_ms']:8.2f} {rps}")
+    print(
+        f"\ngoverned tools/call adds {added_p50:.2f} ms at p50 ({added_p50 / rtt:.1f} bare RTT) "
+        f"and {added_p99:.2f} ms at p99 over calling the upstream directly"
+    )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "results.json").write_text(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
