@@ -207,7 +207,7 @@ class Config:
         if path:
             try:
                 data = tomllib.loads(Path(path).read_text())
-            except (OSError, tomllib.TOMLDecodeError) as exc:
+            except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
                 raise ConfigError(f"cannot read config file {path}: {exc}") from exc
         for env_key, dotted in ENV_KEYS.items():
             if env_key in env and env[env_key] != "":
@@ -332,6 +332,8 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: str) -> None:
     *parents, leaf = dotted.split(".")
     for p in parents:
         node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{p} must be a table, so {dotted} cannot be set")
     node[leaf] = value
 
 

@@ -73,7 +73,8 @@ class JwtVerifier:
                 resp.raise_for_status()
                 raw = resp.content
             return jwt.PyJWKSet.from_dict(orjson.loads(raw))
-        except (OSError, httpx.HTTPError, orjson.JSONDecodeError, jwt.PyJWKSetError) as exc:
+        except (OSError, httpx.HTTPError, orjson.JSONDecodeError, jwt.PyJWKSetError, AttributeError) as exc:
+            # AttributeError: PyJWKSet.from_dict on a JWKS that is not a JSON object
             log.error("cannot load JWKS from %s: %s", url, type(exc).__name__)
             raise AuthenticationFailed("signing keys unavailable") from exc
 

@@ -75,8 +75,10 @@ class ActiveProjection:
 
 
 def _validator(schema: Any) -> Any:
-    if not isinstance(schema, Mapping):
+    if schema is None:
         schema = {"type": "object"}
+    elif not isinstance(schema, Mapping):  # e.g. `false` must not become a permissive schema
+        raise SchemaError("inputSchema must be a JSON object")
     cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
     cls.check_schema(schema)
     # No registry retrieval is configured, so remote $refs are never fetched

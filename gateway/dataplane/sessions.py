@@ -56,7 +56,8 @@ class SessionStore:
         if now - session.last_used > self._idle:
             del self._sessions[session_id]
             return None
-        if not secrets.compare_digest("\x00".join(session.owner), "\x00".join(owner)):
+        # compare bytes: compare_digest raises TypeError on non-ASCII str (e.g. sub "josé")
+        if not secrets.compare_digest("\x00".join(session.owner).encode(), "\x00".join(owner).encode()):
             return None
         session.last_used = now
         self._sessions.move_to_end(session_id)

@@ -72,10 +72,10 @@ def parse_call_result(body: Any) -> Decision:
     allow = raw.get("allow")
     if not isinstance(allow, bool):
         raise PolicyDecisionInvalid("data.gateway.decision.allow is missing or not a boolean")
-    reasons = raw.get("reasons", [])
+    reasons = raw.get("reasons")  # required by the contract
     if not isinstance(reasons, list) or not all(isinstance(r, str) for r in reasons):
         raise PolicyDecisionInvalid("data.gateway.decision.reasons must be an array of strings")
-    obligations = raw.get("obligations", {})
+    obligations = raw.get("obligations")  # required by the contract
     if not isinstance(obligations, Mapping):
         raise PolicyDecisionInvalid("data.gateway.decision.obligations must be an object")
     return Decision(allow, tuple(reasons), dict(obligations), decision_id, _revision(result))
