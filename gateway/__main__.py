@@ -19,6 +19,40 @@ from gateway.errors import ConfigError
 __all__ = ["main"]
 
 
+def _binds(config: Config) -> list[tuple[str, int]]:
+    binds = []
+    if config.plane in ("both", "control"):
+        binds.append((config.control_plane.host, config.control_plane.port))
+    if config.plane in ("both", "data"):
+        binds.append((config.data_plane.host, config.data_plane.port))
+    return binds
+
+
+async def _serve_uvicorn(config: Config) -> None:
+    import socket
+
+    import uvicorn
+
+    from gateway.app import create_app
+
+    sockets = []
+    for host, port in _binds(config):
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+        sock.setblocking(False)
+        sockets.append(sock)
+    uv_config = uvicorn.Config(
+        create_app(config), access_log=False, log_level="warning", lifespan="on", timeout_keep_alive=75,
+        http="httptools", loop="none",
+    )
+    logging.getLogger("gateway").info(
+        "gateway listening on %s (plane=%s, server=uvicorn)", ", ".join(f"{h}:{p}" for h, p in _binds(config)), config.plane
+    )
+    await uvicorn.Server(uv_config).serve(sockets=sockets)
+
+
 async def _serve(config: Config) -> None:
     from hypercorn.asyncio import serve
     from hypercorn.config import Config as HypercornConfig
@@ -26,11 +60,7 @@ async def _serve(config: Config) -> None:
     from gateway.app import create_app
 
     hc = HypercornConfig()
-    binds = []
-    if config.plane in ("both", "control"):
-        binds.append(f"{config.control_plane.host}:{config.control_plane.port}")
-    if config.plane in ("both", "data"):
-        binds.append(f"{config.data_plane.host}:{config.data_plane.port}")
+    binds = [f"{h}:{p}" for h, p in _binds(config)]
     hc.bind = binds
     hc.accesslog = None
     hc.errorlog = "-"
@@ -60,7 +90,12 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return 2
-    asyncio.run(_serve(config))
+    if config.server == "uvicorn":
+        import uvloop
+
+        uvloop.run(_serve_uvicorn(config))
+    else:
+        asyncio.run(_serve(config))
     return 0
 
 

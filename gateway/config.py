@@ -127,6 +127,8 @@ class DataPlaneConfig:
     upstream_timeout: float = 30 * SECONDS
     session_idle_timeout: float = 30 * 60 * SECONDS
     max_sessions: int = 10_000
+    http_client: str = "aiohttp"
+    """Hot-path HTTP client backend to OPA and upstreams: ``aiohttp`` or ``httpx``."""
 
 
 @dataclass(frozen=True)
@@ -182,6 +184,8 @@ class Config:
     environment: str = "prod"
     plane: str = "both"
     """``both``, ``control`` or ``data``."""
+    server: str = "hypercorn"
+    """ASGI server: ``hypercorn`` (asyncio) or ``uvicorn`` (httptools + uvloop); ``make bench`` compares them."""
     run_dir: str = ""
     policies_dir: str = ""
     control_plane: ControlPlaneConfig = field(default_factory=ControlPlaneConfig)
@@ -238,6 +242,10 @@ class Config:
     def _resolved(self) -> Config:
         if self.plane not in ("both", "control", "data"):
             raise ConfigError(f"plane must be both, control or data, not {self.plane!r}")
+        if self.data_plane.http_client not in ("aiohttp", "httpx"):
+            raise ConfigError(f"GATEWAY_HTTP_CLIENT must be aiohttp or httpx, not {self.data_plane.http_client!r}")
+        if self.server not in ("hypercorn", "uvicorn"):
+            raise ConfigError(f"GATEWAY_SERVER must be hypercorn or uvicorn, not {self.server!r}")
         run_dir = self.run_dir or str(PROJECT_ROOT / ".run")
         cp = self.control_plane
         if self.plane in ("both", "control"):
@@ -294,6 +302,7 @@ ENV_KEYS: dict[str, str] = {
     "GATEWAY_TENANT": "tenant",
     "GATEWAY_ENVIRONMENT": "environment",
     "GATEWAY_PLANE": "plane",
+    "GATEWAY_SERVER": "server",
     "GATEWAY_RUN_DIR": "run_dir",
     "GATEWAY_POLICIES_DIR": "policies_dir",
     "GATEWAY_CONTROL_HOST": "control_plane.host",
@@ -306,6 +315,7 @@ ENV_KEYS: dict[str, str] = {
     "GATEWAY_PUBLIC_URL": "data_plane.public_url",
     "GATEWAY_DATAPLANE_ID": "data_plane.id",
     "GATEWAY_UPSTREAM_TIMEOUT": "data_plane.upstream_timeout",
+    "GATEWAY_HTTP_CLIENT": "data_plane.http_client",
     "GATEWAY_JWT_ISSUER": "jwt.issuer",
     "GATEWAY_JWT_AUDIENCE": "jwt.audience",
     "GATEWAY_JWKS_URL": "jwt.jwks_url",

@@ -9,6 +9,7 @@ The tree (class, safe ``category``, HTTP ``status_code``)::
     |  + UnknownTool                  unknown_tool              404
     |  + UnknownServer                unknown_server            404
     |  + PolicyRejected               policy_rejected           400
+    |  + UnsupportedTransport         unsupported_transport     400
     + AuthenticationFailed            unauthenticated           401
     + AdminAuthFailed                 admin_unauthenticated     401
     + NotFound                        not_found                 404
@@ -47,6 +48,7 @@ __all__ = [
     "RequestRejected",
     "UnknownServer",
     "UnknownTool",
+    "UnsupportedTransport",
     "UpstreamError",
     "UpstreamProtocolError",
     "UpstreamTimeout",
@@ -110,6 +112,12 @@ class PolicyRejected(RequestRejected):
     def __init__(self, message: str, *, errors: list[dict[str, object]]) -> None:
         super().__init__(message)
         self.errors = errors
+
+
+class UnsupportedTransport(RequestRejected):
+    """A known upstream transport (``legacy_sse``, ``stdio``) that cannot be registered yet."""
+
+    category = "unsupported_transport"
 
 
 class AuthenticationFailed(GatewayError):

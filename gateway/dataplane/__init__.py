@@ -17,6 +17,7 @@ from gateway.dataplane.endpoint import mcp_endpoint, protected_resource_metadata
 from gateway.dataplane.governance import Governor
 from gateway.dataplane.projection import ProjectionSync
 from gateway.dataplane.sessions import SessionStore
+from gateway.httpclient import create_http_client
 from gateway.mcp.upstream import UpstreamPool
 from gateway.policy.opa import OpaPolicyEngine
 from gateway.policy.sidecar import OpaSidecar
@@ -47,22 +48,22 @@ def create_dataplane_app(config: Config) -> Starlette:
 async def dataplane_resources(config: Config) -> AsyncIterator[dict[str, object]]:
     """Open the data plane's long-lived resources and background tasks.
 
-    Yields the lifespan state keys the handlers read (``dp_*``): one HTTP
-    client to OPA, one pooled client for upstreams, one for the control plane,
+    Yields the lifespan state keys the handlers read (``dp_*``): one pooled
+    hot-path client shared by OPA and the upstreams, one httpx client for the
+    control plane (projection long-poll, audit shipping, JWKS),
     the JWT verifier, projection sync, audit shipper, session store and the
     supervised OPA sidecar (when ``opa.manage``).
     """
-    limits = httpx.Limits(max_connections=200, max_keepalive_connections=100, keepalive_expiry=60)
+    limits = httpx.Limits(max_connections=20, max_keepalive_connections=10, keepalive_expiry=60)
+    hot = create_http_client(config.data_plane.http_client)
     async with (
-        httpx.AsyncClient(base_url=config.opa.url, limits=limits) as opa_http,
-        httpx.AsyncClient(limits=limits) as upstream_http,
         httpx.AsyncClient(limits=limits) as cp_http,
         anyio.create_task_group() as tg,
     ):
-        upstreams = UpstreamPool(upstream_http, timeout=config.data_plane.upstream_timeout)
+        upstreams = UpstreamPool(hot, timeout=config.data_plane.upstream_timeout)
         sync = ProjectionSync(config, cp_http, upstreams)
         audit = AuditShipper(config, cp_http)
-        engine = OpaPolicyEngine(opa_http, timeout=config.opa.timeout)
+        engine = OpaPolicyEngine(hot, config.opa.url, timeout=config.opa.timeout)
         sidecar = OpaSidecar(config) if config.opa.manage else None
         if sidecar is not None:
             tg.start_soon(sidecar.run)
@@ -83,3 +84,4 @@ async def dataplane_resources(config: Config) -> AsyncIterator[dict[str, object]
         finally:
             tg.cancel_scope.cancel()
             await upstreams.aclose()
+            await hot.aclose()

@@ -13,7 +13,8 @@ upstream, reused across calls (never opened per call):
 Era detection follows the spec's dual-era client rule: probe ``server/discover``;
 a ``DiscoverResult`` naming a modern version means modern, anything else falls
 back to ``initialize``. Responses may be ``application/json`` or an SSE stream
-(parsed with httpx-sse); only the final response is returned.
+(read event by event until the response to our request id); notifications
+on the stream are not relayed in this version.
 """
 
 from __future__ import annotations
@@ -24,12 +25,11 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import anyio
-import httpx
 import orjson
-from httpx_sse import EventSource
 from mcp.shared.inbound import encode_header_value
 
 from gateway.errors import UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
+from gateway.httpclient import HttpClient, HttpTimeout, HttpTransportError
 from gateway.mcp.messages import HANDSHAKE_VERSIONS, MODERN_VERSIONS
 
 __all__ = ["StreamableHttpUpstream", "Upstream", "UpstreamPool"]
@@ -69,7 +69,7 @@ class StreamableHttpUpstream:
         timeout: Seconds for one request/response exchange.
     """
 
-    def __init__(self, url: str, http: httpx.AsyncClient, *, timeout: float) -> None:
+    def __init__(self, url: str, http: HttpClient, *, timeout: float) -> None:
         self.url = url
         self._http = http
         self._timeout = timeout
@@ -136,46 +136,48 @@ class StreamableHttpUpstream:
     async def _notify(self, session: _Session, method: str) -> None:
         body = orjson.dumps({"jsonrpc": "2.0", "method": method})
         try:
-            resp = await self._http.post(
-                self.url, content=body, headers=self._headers(session, method, {}), timeout=self._timeout
-            )
-        except httpx.HTTPError as exc:
-            raise UpstreamUnavailable(f"upstream {self.url}: {type(exc).__name__}") from exc
-        if resp.status_code >= 400:
-            raise UpstreamProtocolError(f"upstream {self.url} rejected {method}: HTTP {resp.status_code}")
+            async with self._http.request(
+                "POST", self.url, body=body, headers=self._headers(session, method, {}), timeout=self._timeout
+            ) as resp:
+                await resp.read()
+                status = resp.status
+        except HttpTransportError as exc:
+            raise UpstreamUnavailable(f"upstream {self.url}: {exc}") from exc
+        if status >= 400:
+            raise UpstreamProtocolError(f"upstream {self.url} rejected {method}: HTTP {status}")
 
     async def _exchange(self, session: _Session, method: str, params: dict[str, Any]) -> dict[str, Any]:
         req_id = next(self._ids)
         body = orjson.dumps({"jsonrpc": "2.0", "id": req_id, "method": method, "params": self._envelope(session, params)})
         headers = self._headers(session, method, params)
         try:
-            async with self._http.stream("POST", self.url, content=body, headers=headers, timeout=self._timeout) as resp:
+            async with self._http.request("POST", self.url, body=body, headers=headers, timeout=self._timeout) as resp:
                 if method == "initialize":
                     session.session_id = resp.headers.get("mcp-session-id")
-                if resp.status_code == 404 and session.session_id:
+                if resp.status == 404 and session.session_id:
                     raise _SessionExpired
                 ctype = resp.headers.get("content-type", "")
                 if ctype.startswith("text/event-stream"):
-                    async for event in EventSource(resp).aiter_sse():
+                    async for event in resp.aiter_sse():
                         if not event.data:
                             continue
                         msg = _loads(event.data.encode(), self.url)
                         if msg.get("id") == req_id and ("result" in msg or "error" in msg):
                             return msg
                     raise UpstreamProtocolError(f"upstream {self.url}: SSE stream ended without a response")
-                raw = await resp.aread()
-                if resp.status_code >= 500:
-                    raise UpstreamUnavailable(f"upstream {self.url} answered HTTP {resp.status_code}")
+                raw = await resp.read()
+                if resp.status >= 500:
+                    raise UpstreamUnavailable(f"upstream {self.url} answered HTTP {resp.status}")
                 if not ctype.startswith("application/json"):
-                    raise UpstreamProtocolError(f"upstream {self.url} answered HTTP {resp.status_code} {ctype!r}")
+                    raise UpstreamProtocolError(f"upstream {self.url} answered HTTP {resp.status} {ctype!r}")
                 msg = _loads(raw, self.url)
                 if "result" not in msg and "error" not in msg:
                     raise UpstreamProtocolError(f"upstream {self.url}: not a JSON-RPC response")
                 return msg
-        except httpx.TimeoutException as exc:
+        except HttpTimeout as exc:
             raise UpstreamTimeout(f"upstream {self.url} timed out after {self._timeout}s") from exc
-        except httpx.HTTPError as exc:
-            raise UpstreamUnavailable(f"upstream {self.url}: {type(exc).__name__}") from exc
+        except HttpTransportError as exc:
+            raise UpstreamUnavailable(f"upstream {self.url}: {exc}") from exc
 
     async def request(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
         """Send one request on the pooled session.
@@ -206,13 +208,11 @@ class StreamableHttpUpstream:
         """End a legacy session with ``DELETE`` (best effort)."""
         session, self._session = self._session, None
         if session and session.era == "legacy" and session.session_id:
+            headers = {"mcp-session-id": session.session_id, "mcp-protocol-version": session.protocol_version}
             try:
-                await self._http.delete(
-                    self.url,
-                    headers={"mcp-session-id": session.session_id, "mcp-protocol-version": session.protocol_version},
-                    timeout=2.0,
-                )
-            except httpx.HTTPError:
+                async with self._http.request("DELETE", self.url, body=None, headers=headers, timeout=2.0) as resp:
+                    await resp.read()
+            except HttpTransportError:
                 pass
 
 
@@ -237,7 +237,7 @@ class UpstreamPool:
     its session; removed or changed servers are closed.
     """
 
-    def __init__(self, http: httpx.AsyncClient, *, timeout: float) -> None:
+    def __init__(self, http: HttpClient, *, timeout: float) -> None:
         self._http = http
         self._timeout = timeout
         self._by_name: dict[str, tuple[tuple[str, str], StreamableHttpUpstream]] = {}

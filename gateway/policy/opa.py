@@ -1,7 +1,7 @@
 """The only module that knows OPA's wire format: the Data API client (PDP port).
 
-``POST /v1/data/gateway_runtime/main/call`` and ``.../list`` over one shared
-keep-alive ``httpx.AsyncClient``. Source: OPA REST API "Get a Document (with
+``POST /v1/data/gateway_runtime/main/call`` and ``.../list`` over the shared
+keep-alive hot-path client (:mod:`gateway.httpclient`). Source: OPA REST API "Get a Document (with
 Input)" — an undefined document is HTTP 200 without ``result``; ``decision_id``
 is present when decision logging is on.
 """
@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-import httpx
 import orjson
 
 from gateway.errors import PolicyUnavailable
+from gateway.httpclient import HttpClient, HttpTimeout, HttpTransportError
 from gateway.policy.decision import Decision, ListDecision, parse_call_result, parse_list_result
 
 __all__ = ["OpaPolicyEngine", "PolicyEngine"]
@@ -38,32 +38,35 @@ class OpaPolicyEngine:
 
     Example::
 
-        async with httpx.AsyncClient(base_url="http://127.0.0.1:8181") as http:
-            engine = OpaPolicyEngine(http, timeout=2.0)
-            decision = await engine.decide(build_input(...))
+        engine = OpaPolicyEngine(create_http_client("aiohttp"), "http://127.0.0.1:8181", timeout=2.0)
+        decision = await engine.decide(build_input(...))
 
     Args:
-        http: A client whose ``base_url`` is the OPA server.
+        http: The shared hot-path client.
+        base_url: The OPA server, e.g. ``http://127.0.0.1:8181``.
         timeout: Seconds for one decision round trip.
     """
 
-    def __init__(self, http: httpx.AsyncClient, *, timeout: float) -> None:
+    def __init__(self, http: HttpClient, base_url: str, *, timeout: float) -> None:
         self._http = http
+        self._base = base_url.rstrip("/")
         self._timeout = timeout
 
     async def _post(self, path: str, input_doc: dict[str, Any]) -> Any:
+        body = orjson.dumps({"input": input_doc})
         try:
-            resp = await self._http.post(
-                path, content=orjson.dumps({"input": input_doc}), headers=_JSON, timeout=self._timeout
-            )
-        except httpx.TimeoutException as exc:
+            async with self._http.request(
+                "POST", self._base + path, body=body, headers=_JSON, timeout=self._timeout
+            ) as resp:
+                status, raw = resp.status, await resp.read()
+        except HttpTimeout as exc:
             raise PolicyUnavailable(f"OPA timed out after {self._timeout}s") from exc
-        except httpx.HTTPError as exc:
-            raise PolicyUnavailable(f"OPA unreachable: {type(exc).__name__}") from exc
-        if resp.status_code != 200:
-            raise PolicyUnavailable(f"OPA answered HTTP {resp.status_code}")
+        except HttpTransportError as exc:
+            raise PolicyUnavailable(f"OPA unreachable: {exc}") from exc
+        if status != 200:
+            raise PolicyUnavailable(f"OPA answered HTTP {status}")
         try:
-            return orjson.loads(resp.content)
+            return orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             raise PolicyUnavailable("OPA answered invalid JSON") from exc
 

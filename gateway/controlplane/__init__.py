@@ -1,0 +1,88 @@
+"""The control plane: system of record, projection compiler, OPA management APIs, admin REST API.
+
+Wiring (``gateway/app.py``)::
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        async with controlplane_resources(config) as cp_state:
+            yield {**cp_state}
+
+    app = Starlette(lifespan=lifespan, routes=[Mount("/", app=create_controlplane_app(config))])
+"""
+
+from __future__ import annotations
+
+import logging
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.config import Config
+from gateway.controlplane._http import JSONResponse, error_body, request_id
+from gateway.controlplane._resources import controlplane_resources
+from gateway.controlplane.middleware import BearerAuthMiddleware, RequestIdMiddleware
+from gateway.controlplane.routes import routes
+from gateway.errors import GatewayError, UpstreamError
+
+__all__ = ["controlplane_resources", "create_controlplane_app"]
+
+log = logging.getLogger(__name__)
+
+_HTTP_CATEGORIES = {404: "not_found", 405: "method_not_allowed"}
+
+
+async def _gateway_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, GatewayError)
+    if isinstance(exc, UpstreamError):
+        log.warning("control-plane request failed upstream: %s: %s", exc.category, exc)
+    elif exc.status_code >= 500:
+        log.error("control-plane request failed: %s", exc.category, exc_info=exc)
+    else:
+        log.info("control-plane request rejected: %s: %s", exc.category, exc)
+    return JSONResponse(error_body(exc, request_id(request.scope)), status_code=exc.status_code)
+
+
+async def _http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    category = _HTTP_CATEGORIES.get(exc.status_code, "bad_request")
+    body = {"error": category, "message": category.replace("_", " "), "request_id": request_id(request.scope)}
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.error("unexpected control-plane error", exc_info=exc)
+    body = {"error": "internal_error", "message": "internal error", "request_id": request_id(request.scope)}
+    return JSONResponse(body, status_code=500)
+
+
+def create_controlplane_app(config: Config) -> Starlette:
+    """Build the control-plane ASGI app (no lifespan: the root app enters :func:`controlplane_resources`).
+
+    Example::
+
+        app = create_controlplane_app(config)   # mount at "/" on the control-plane port
+
+    Args:
+        config: The resolved gateway configuration (scope, tokens, OPA binary, policies dir).
+
+    Returns:
+        A Starlette app serving the admin API (admin token) and the OPA / data-plane
+        APIs (internal token).
+    """
+    app = Starlette(
+        routes=routes,
+        middleware=[
+            Middleware(RequestIdMiddleware),
+            Middleware(
+                BearerAuthMiddleware,
+                admin_token=config.control_plane.admin_token,
+                internal_token=config.control_plane.internal_token,
+            ),
+        ],
+        exception_handlers={GatewayError: _gateway_error, HTTPException: _http_exception, Exception: _unexpected},
+    )
+    app.state.config = config
+    return app

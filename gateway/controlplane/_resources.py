@@ -1,0 +1,52 @@
+"""The control plane's long-lived resources, entered once by the root application's lifespan."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from gateway.config import Config
+from gateway.controlplane.notifier import ProjectionNotifier, listen_for_projections
+from gateway.controlplane.projection import ensure_initial_projection
+from gateway.db.migrate import apply_migrations
+from gateway.db.pool import create_pool
+from gateway.db.projections import latest_version
+
+__all__ = ["controlplane_resources"]
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.asynccontextmanager
+async def controlplane_resources(config: Config) -> AsyncIterator[dict[str, object]]:
+    """Open the pool, migrate, ensure a projection exists, and LISTEN for new projections.
+
+    The root app's single lifespan enters this and merges the yielded dict into
+    its lifespan state; handlers read ``request.state.cp_pool`` and
+    ``request.state.cp_notifier``.
+
+    Example::
+
+        @contextlib.asynccontextmanager
+        async def lifespan(app):
+            async with controlplane_resources(config) as cp_state:
+                yield {**cp_state, **dataplane_state}
+
+    Yields:
+        ``{"cp_pool": asyncpg.Pool, "cp_notifier": ProjectionNotifier}``.
+
+    Raises:
+        asyncpg.PostgresError | OSError: PostgreSQL is unreachable or a migration failed.
+    """
+    async with create_pool(config.database_url) as pool:
+        async with pool.acquire() as conn:
+            applied = await apply_migrations(conn)
+        if applied:
+            log.info("database migrated: %s", ", ".join(applied))
+        await ensure_initial_projection(pool, config)
+        notifier = ProjectionNotifier()
+        async with listen_for_projections(config.database_url, notifier):
+            # Read after LISTEN starts, so no compile can fall between the two.
+            notifier.publish(await latest_version(pool, config.tenant, config.environment))
+            yield {"cp_pool": pool, "cp_notifier": notifier}

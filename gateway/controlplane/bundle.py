@@ -1,0 +1,124 @@
+"""Build the OPA bundle (a deterministic gzipped tarball) for one projection; no I/O but reading Rego files."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import tarfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+__all__ = ["BUNDLE_ROOTS", "build_bundle", "bundle_data", "load_reserved_modules", "read_bundle"]
+
+BUNDLE_ROOTS = ("gateway", "gateway_runtime", "system/log")
+"""The data paths the bundle owns; user policy lives under ``gateway``."""
+RESERVED_TREES = ("gateway_runtime", "system")
+"""Top folders of ``policies_dir`` whose modules the control plane adds to every bundle."""
+
+
+def load_reserved_modules(policies_dir: str | Path) -> dict[str, str]:
+    """Read the gateway's reserved Rego modules.
+
+    Every ``*.rego`` below ``<policies_dir>/gateway_runtime`` and ``<policies_dir>/system``
+    except ``*_test.rego``. ``<policies_dir>/gateway`` is the sample user policy and is
+    never included: user policy arrives only through an approved policy version.
+
+    Returns:
+        ``{relative posix path: source}``, e.g. ``{"system/log/log.rego": "package system.log ..."}``.
+    """
+    root = Path(policies_dir)
+    found: dict[str, str] = {}
+    for top in RESERVED_TREES:
+        for path in sorted((root / top).rglob("*.rego")):
+            if path.is_file() and not path.name.endswith("_test.rego"):
+                found[path.relative_to(root).as_posix()] = path.read_text()
+    return found
+
+
+def bundle_data(
+    *,
+    version: int,
+    policy_version: int | None,
+    revision: str,
+    servers: list[dict[str, Any]],
+    policy_data: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """Return the bundle's root ``data.json`` document.
+
+    ``gateway_runtime`` holds the projection identity and the tool registry (only
+    tool annotations: schemas stay in the routing table). The policy version's own
+    ``data`` (if any) is placed at ``data.gateway`` verbatim; policy validation has
+    already rejected keys that clash with the version's rules.
+
+    Args:
+        servers: Approved servers as in the routing table (``name``, ``transport``, ``tools``).
+    """
+    registry = {
+        s["name"]: {
+            "transport": s["transport"],
+            "tools": {t["name"]: {"annotations": t.get("annotations", {})} for t in s["tools"]},
+        }
+        for s in servers
+    }
+    doc: dict[str, Any] = {
+        "gateway_runtime": {
+            "projection": {"version": version, "policy_version": policy_version, "revision": revision},
+            "registry": {"servers": registry},
+        }
+    }
+    if policy_data:
+        doc["gateway"] = dict(policy_data)
+    return doc
+
+
+def build_bundle(
+    *,
+    revision: str,
+    version: int,
+    policy_version: int | None,
+    policy_modules: Mapping[str, str],
+    reserved_modules: Mapping[str, str],
+    data: Mapping[str, Any],
+) -> bytes:
+    """Return the gzipped bundle tarball; the same inputs always give the same bytes.
+
+    Layout: ``.manifest``, ``data.json``, ``policy/<file>`` (the approved version's
+    modules), ``reserved/<relative path>`` (the gateway's own modules). Entries are
+    sorted, every mtime/uid/gid is 0, and the gzip header carries no timestamp.
+    """
+    manifest = {
+        "revision": revision,
+        "roots": list(BUNDLE_ROOTS),
+        "metadata": {"projection_version": version, "policy_version": policy_version},
+    }
+    files: dict[str, bytes] = {
+        ".manifest": orjson.dumps(manifest, option=orjson.OPT_SORT_KEYS),
+        "data.json": orjson.dumps(data, option=orjson.OPT_SORT_KEYS),
+    }
+    files.update({f"policy/{name}": src.encode() for name, src in policy_modules.items()})
+    files.update({f"reserved/{name}": src.encode() for name, src in reserved_modules.items()})
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name in sorted(files):
+            info = tarfile.TarInfo(name)
+            info.size = len(files[name])
+            info.mtime = 0
+            info.mode = 0o644
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            tar.addfile(info, io.BytesIO(files[name]))
+    return gzip.compress(raw.getvalue(), compresslevel=6, mtime=0)
+
+
+def read_bundle(blob: bytes) -> dict[str, bytes]:
+    """Return ``{entry name: content}`` of a bundle (for tests and diagnostics)."""
+    out: dict[str, bytes] = {}
+    with tarfile.open(fileobj=io.BytesIO(blob), mode="r:gz") as tar:
+        for member in tar.getmembers():
+            fh = tar.extractfile(member)
+            if fh is not None:
+                out[member.name] = fh.read()
+    return out

@@ -1,0 +1,65 @@
+"""The data planes' projection feed: routing table with ETag and long polling; records each poller."""
+
+from __future__ import annotations
+
+import re
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.controlplane._deps import deps
+from gateway.controlplane._http import JSONResponse, etag, parse_etag_version, parse_wait
+from gateway.controlplane._longpoll import current_or_newer
+from gateway.db import instances as db_instances
+from gateway.db.projections import get_projection
+from gateway.errors import GatewayError, RequestRejected
+
+__all__ = ["get_projection_feed"]
+
+_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+_CATEGORY = re.compile(r"^[a-z0-9_]{1,64}$")
+
+
+async def get_projection_feed(request: Request) -> Response:
+    """``GET /v1/dataplane/projection?dataplane_id=&active_version=&error=``.
+
+    Records the caller's ``active_version``, ``state`` (``ok``, or ``error`` when
+    ``error=<category>`` is given) and ``last_seen``, then answers like the bundle
+    endpoint: 304 when ``If-None-Match`` (or, without it, a non-zero
+    ``active_version``) names the desired version, after waiting up to
+    ``Prefer: wait=<s>``; else 200 with the routing table and ``ETag: "p<N>"``.
+    """
+    d = deps(request)
+    q = request.query_params
+    dataplane_id = q.get("dataplane_id", "")
+    if not _ID.match(dataplane_id):
+        raise RequestRejected("dataplane_id must match ^[A-Za-z0-9_.:-]{1,128}$")
+    raw_active = q.get("active_version", "0")
+    if not raw_active.isdigit() or len(raw_active) > 18:
+        raise RequestRejected("active_version must be a non-negative integer")
+    active = int(raw_active)
+    error = q.get("error")
+    if error is not None and not _CATEGORY.match(error):
+        raise RequestRejected("error must be a snake_case category")
+    await db_instances.record_data_plane(
+        d.pool,
+        d.config.tenant,
+        d.config.environment,
+        dataplane_id=dataplane_id,
+        active_version=active or None,
+        state="error" if error else "ok",
+        error_category=error,
+    )
+    have = parse_etag_version(request.headers.get("if-none-match"))
+    if have is None and active:
+        have = active
+    wait = parse_wait(request.headers.get("prefer"), d.config.control_plane.long_poll_timeout)
+    version = await current_or_newer(d, have, wait)
+    if version == 0:
+        raise GatewayError("no projection has been compiled")
+    if version == have:
+        return Response(status_code=304, headers={"ETag": etag(version)})
+    stored = await get_projection(d.pool, d.config.tenant, d.config.environment, version, with_bundle=False)
+    if stored is None:
+        raise GatewayError("the desired projection disappeared")
+    return JSONResponse(stored.routing_table, headers={"ETag": etag(version)})

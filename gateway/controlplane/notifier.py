@@ -1,0 +1,91 @@
+"""Wake long-polling requests when any control-plane process compiles a projection."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import anyio
+import asyncpg
+
+from gateway.config import SECONDS, Secret
+from gateway.db.projections import NOTIFY_CHANNEL
+
+__all__ = ["ProjectionNotifier", "listen_for_projections"]
+
+log = logging.getLogger(__name__)
+
+LISTEN_CONNECT_TIMEOUT = 10 * SECONDS
+
+
+class ProjectionNotifier:
+    """The newest projection version this process knows of, and a way to wait for a newer one.
+
+    Fed by ``NOTIFY gateway_projection`` (every process) and by local compiles.
+    Waiters must still re-read the database after waking: notifications can be
+    lost while the LISTEN connection is down, so a waiter's timeout doubles as a
+    periodic re-check.
+    """
+
+    def __init__(self, version: int = 0) -> None:
+        self._version = version
+        self._changed = anyio.Event()
+
+    @property
+    def version(self) -> int:
+        """Newest known projection version (0 before any)."""
+        return self._version
+
+    def publish(self, version: int) -> None:
+        """Record ``version``; wake every waiter if it is newer than the known one."""
+        if version > self._version:
+            self._version = version
+            self._changed.set()
+            self._changed = anyio.Event()
+
+    async def wait_newer(self, than: int, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for a version newer than ``than``.
+
+        Returns:
+            True when a newer version is known, False on timeout.
+        """
+        with anyio.move_on_after(timeout):
+            while self._version <= than:
+                await self._changed.wait()
+        return self._version > than
+
+
+@contextlib.asynccontextmanager
+async def listen_for_projections(database_url: Secret, notifier: ProjectionNotifier) -> AsyncIterator[None]:
+    """Hold a dedicated connection that ``LISTEN``s on ``gateway_projection`` and feeds ``notifier``.
+
+    Example::
+
+        async with listen_for_projections(config.database_url, notifier):
+            ...  # notifier.publish() runs on every NOTIFY from any process
+
+    Raises:
+        asyncpg.PostgresError: The connection or LISTEN failed at start-up.
+    """
+
+    def on_notify(_conn: object, _pid: int, _channel: str, payload: str) -> None:
+        try:
+            notifier.publish(int(payload))
+        except ValueError:
+            log.warning("ignoring malformed %s payload %r", NOTIFY_CHANNEL, payload[:64])
+
+    def on_terminate(_conn: object) -> None:
+        # Long-pollers fall back to their periodic database re-check.
+        log.warning("the %s LISTEN connection closed; relying on periodic re-checks", NOTIFY_CHANNEL)
+
+    conn = await asyncpg.connect(database_url.reveal(), timeout=LISTEN_CONNECT_TIMEOUT)
+    try:
+        conn.add_termination_listener(on_terminate)
+        await conn.add_listener(NOTIFY_CHANNEL, on_notify)
+        yield
+    finally:
+        conn.remove_termination_listener(on_terminate)
+        with contextlib.suppress(Exception):
+            await conn.remove_listener(NOTIFY_CHANNEL, on_notify)
+        await conn.close()

@@ -1,0 +1,32 @@
+"""The control plane's route table, and nothing else."""
+
+from __future__ import annotations
+
+from starlette.routing import Route
+
+from gateway.controlplane import audit, dataplane, opa, policies, servers, status
+
+__all__ = ["routes"]
+
+routes = [
+    # admin API (bearer admin_token)
+    Route("/v1/control-plane/scope", status.get_scope, methods=["GET"]),
+    Route("/v1/servers", servers.list_servers, methods=["GET"]),
+    Route("/v1/servers", servers.create_server, methods=["POST"]),
+    Route("/v1/servers/{name}", servers.get_server, methods=["GET"]),
+    Route("/v1/servers/{name}/approve", servers.approve_server, methods=["POST"]),
+    Route("/v1/policies", policies.list_policies, methods=["GET"]),
+    Route("/v1/policies", policies.create_policy, methods=["POST"]),
+    Route("/v1/policies/{version}", policies.get_policy, methods=["GET"]),
+    Route("/v1/policies/{version}/approve", policies.approve_policy, methods=["POST"]),
+    Route("/v1/projection", status.get_projection_status, methods=["GET"]),
+    Route("/v1/audit/decisions", audit.list_decisions, methods=["GET"]),
+    Route("/v1/audit/decisions/{decision_id}", audit.get_decision, methods=["GET"]),
+    # internal API (bearer internal_token): OPA sidecars and data planes
+    Route("/v1/opa/bundles/{name:path}", opa.get_bundle, methods=["GET"]),
+    Route("/v1/opa/status", opa.post_status, methods=["POST"]),
+    Route("/v1/opa/logs", opa.post_decision_logs, methods=["POST"]),
+    Route("/v1/dataplane/projection", dataplane.get_projection_feed, methods=["GET"]),
+    Route("/v1/audit/events", audit.ingest_events, methods=["POST"]),
+]
+"""Every control-plane route; ``middleware.auth`` decides admin vs internal by path."""

@@ -1,0 +1,119 @@
+"""The runtime-instance aggregate: what each data plane and OPA last reported."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+__all__ = ["LIVE_SECONDS", "list_data_planes", "list_opa_instances", "record_data_plane", "record_opa_status"]
+
+LIVE_SECONDS = 90
+"""An instance seen within this many seconds counts as live."""
+
+_UPSERT_DP = """
+INSERT INTO data_planes (tenant, environment, id, active_version, state, error_category, last_seen)
+VALUES ($1, $2, $3, $4, $5, $6, now())
+ON CONFLICT (tenant, environment, id) DO UPDATE SET
+    active_version = EXCLUDED.active_version, state = EXCLUDED.state,
+    error_category = EXCLUDED.error_category, last_seen = now()
+"""
+_UPSERT_OPA = """
+INSERT INTO opa_instances (tenant, environment, id, bundle_name, active_revision, active_version, state,
+                           last_successful_activation, code, message, errors, plugins, opa_version, last_seen)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, now())
+ON CONFLICT (tenant, environment, id) DO UPDATE SET
+    bundle_name = EXCLUDED.bundle_name, active_revision = EXCLUDED.active_revision,
+    active_version = EXCLUDED.active_version, state = EXCLUDED.state,
+    last_successful_activation = EXCLUDED.last_successful_activation, code = EXCLUDED.code,
+    message = EXCLUDED.message, errors = EXCLUDED.errors, plugins = EXCLUDED.plugins,
+    opa_version = EXCLUDED.opa_version, last_seen = now()
+"""
+_LIST_DP = """
+SELECT id, active_version, state, error_category, last_seen,
+       last_seen > now() - make_interval(secs => $3) AS live
+FROM data_planes WHERE tenant = $1 AND environment = $2 ORDER BY id
+"""
+_LIST_OPA = """
+SELECT id, bundle_name, active_revision, active_version, state, last_successful_activation, code, message,
+       errors, plugins, opa_version, last_seen, last_seen > now() - make_interval(secs => $3) AS live
+FROM opa_instances WHERE tenant = $1 AND environment = $2 ORDER BY id
+"""
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+async def record_data_plane(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    tenant: str,
+    environment: str,
+    *,
+    dataplane_id: str,
+    active_version: int | None,
+    state: str,
+    error_category: str | None,
+) -> None:
+    """Upsert a data plane's report; ``last_seen`` becomes now."""
+    await conn.execute(_UPSERT_DP, tenant, environment, dataplane_id, active_version, state, error_category)
+
+
+async def record_opa_status(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    tenant: str,
+    environment: str,
+    *,
+    opa_id: str,
+    bundle_name: str | None,
+    active_revision: str | None,
+    active_version: int | None,
+    state: str,
+    last_successful_activation: datetime | None,
+    code: str | None,
+    message: str | None,
+    errors: list[Any],
+    plugins: dict[str, Any],
+    opa_version: str | None,
+) -> None:
+    """Upsert an OPA instance's latest status report; ``last_seen`` becomes now."""
+    await conn.execute(
+        _UPSERT_OPA,
+        tenant,
+        environment,
+        opa_id,
+        bundle_name,
+        active_revision,
+        active_version,
+        state,
+        last_successful_activation,
+        code,
+        message,
+        errors,
+        plugins,
+        opa_version,
+    )
+
+
+async def list_data_planes(
+    conn: asyncpg.Connection | asyncpg.Pool, tenant: str, environment: str
+) -> list[dict[str, Any]]:
+    """Return every data plane of the scope with a ``live`` flag (seen in the last 90 s)."""
+    rows = await conn.fetch(_LIST_DP, tenant, environment, float(LIVE_SECONDS))
+    return [{**dict(r), "last_seen": _iso(r["last_seen"])} for r in rows]
+
+
+async def list_opa_instances(
+    conn: asyncpg.Connection | asyncpg.Pool, tenant: str, environment: str
+) -> list[dict[str, Any]]:
+    """Return every OPA instance of the scope with a ``live`` flag (seen in the last 90 s)."""
+    rows = await conn.fetch(_LIST_OPA, tenant, environment, float(LIVE_SECONDS))
+    return [
+        {
+            **dict(r),
+            "last_seen": _iso(r["last_seen"]),
+            "last_successful_activation": _iso(r["last_successful_activation"]),
+        }
+        for r in rows
+    ]

@@ -1,0 +1,70 @@
+"""Schema migrations: ordered plain ``.sql`` files applied once under an advisory lock."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import asyncpg
+
+__all__ = ["MIGRATIONS_DIR", "apply_migrations", "available_migrations"]
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+"""Where the ``NNNN_name.sql`` files live (shipped as package data)."""
+_LOCK_KEY = 0x6761_7465_7761_7901 & 0x7FFF_FFFF_FFFF_FFFF
+"""pg advisory lock key serialising migrators across processes."""
+
+_CREATE_LEDGER = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version     text PRIMARY KEY,
+    applied_at  timestamptz NOT NULL DEFAULT now()
+)
+"""
+
+
+def available_migrations(directory: Path = MIGRATIONS_DIR) -> list[Path]:
+    """Return the migration files, ordered by name (``0001_...sql`` first)."""
+    return sorted(p for p in directory.glob("*.sql") if p.is_file())
+
+
+async def apply_migrations(conn: asyncpg.Connection, directory: Path = MIGRATIONS_DIR) -> list[str]:
+    """Apply every migration not yet recorded in ``schema_migrations``.
+
+    Each file runs in its own transaction together with its ledger row, so a
+    failing file leaves no trace. Concurrent callers (several control-plane
+    processes starting at once) serialise on a session advisory lock; the
+    second one finds nothing left to do.
+
+    Example::
+
+        async with pool.acquire() as conn:
+            applied = await apply_migrations(conn)
+
+    Args:
+        conn: A connection not inside a transaction.
+        directory: Folder holding the ``.sql`` files.
+
+    Returns:
+        The versions (file stems) applied by this call, in order; empty when up to date.
+
+    Raises:
+        asyncpg.PostgresError: A migration failed; it was rolled back.
+    """
+    await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
+    try:
+        await conn.execute(_CREATE_LEDGER)
+        done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+        applied: list[str] = []
+        for path in available_migrations(directory):
+            if path.stem in done:
+                continue
+            async with conn.transaction():
+                await conn.execute(path.read_text())
+                await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", path.stem)
+            log.info("applied migration %s", path.stem)
+            applied.append(path.stem)
+        return applied
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
