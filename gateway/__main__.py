@@ -70,7 +70,7 @@ async def _serve(config: Config) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    logging.getLogger("gateway").info("gateway listening on %s (plane=%s)", ", ".join(binds), config.plane)
+    logging.getLogger("gateway").info("gateway listening on %s (plane=%s, server=hypercorn)", ", ".join(binds), config.plane)
     await serve(create_app(config), hc, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
 
 
