@@ -43,14 +43,21 @@ async def _serve_uvicorn(config: Config) -> None:
         sock.listen(2048)
         sock.setblocking(False)
         sockets.append(sock)
+    app = create_app(config)
+
+    class _Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: object) -> None:
+            getattr(app.state, "begin_shutdown", lambda: None)()
+            super().handle_exit(sig, frame)  # type: ignore[arg-type]
+
     uv_config = uvicorn.Config(
-        create_app(config), access_log=False, log_level="warning", lifespan="on", timeout_keep_alive=75,
-        http="httptools", loop="none",
+        app, access_log=False, log_level="warning", lifespan="on", timeout_keep_alive=75,
+        http="httptools", loop="none", timeout_graceful_shutdown=2,
     )
     logging.getLogger("gateway").info(
         "gateway listening on %s (plane=%s, server=uvicorn)", ", ".join(f"{h}:{p}" for h, p in _binds(config)), config.plane
     )
-    await uvicorn.Server(uv_config).serve(sockets=sockets)
+    await _Server(uv_config).serve(sockets=sockets)
 
 
 async def _serve(config: Config) -> None:
@@ -65,13 +72,19 @@ async def _serve(config: Config) -> None:
     hc.accesslog = None
     hc.errorlog = "-"
     hc.keep_alive_timeout = 75
-    hc.graceful_timeout = 5
+    hc.graceful_timeout = 2
+    app = create_app(config)
     stop = asyncio.Event()
+
+    def _stop() -> None:
+        getattr(app.state, "begin_shutdown", lambda: None)()
+        stop.set()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, _stop)
     logging.getLogger("gateway").info("gateway listening on %s (plane=%s, server=hypercorn)", ", ".join(binds), config.plane)
-    await serve(create_app(config), hc, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+    await serve(app, hc, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--config", help="TOML configuration file")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         config = Config.from_env(toml_path=args.config)
         if args.plane:

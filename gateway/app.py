@@ -70,6 +70,10 @@ def create_app(config: Config) -> Starlette:
                 state.update(await stack.enter_async_context(controlplane_resources(config)))
             if data is not None:
                 state.update(await stack.enter_async_context(dataplane_resources(config)))
+            notifier = state.get("cp_notifier")
+            # Called by the server's signal handler before it drains connections,
+            # so held long polls answer at once instead of delaying shutdown.
+            app.state.begin_shutdown = notifier.close if notifier is not None else (lambda: None)
             yield state
 
     return Starlette(lifespan=lifespan, routes=[Mount("/", app=PlaneDispatcher(planes, default))])

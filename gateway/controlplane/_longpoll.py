@@ -30,7 +30,7 @@ async def current_or_newer(d: Deps, client_version: int | None, wait: float) -> 
     if client_version != latest or wait <= 0:
         return latest
     deadline = anyio.current_time() + wait
-    while latest == client_version:
+    while latest == client_version and not d.notifier.closing:
         remaining = deadline - anyio.current_time()
         if remaining <= 0:
             break

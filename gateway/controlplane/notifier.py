@@ -31,6 +31,12 @@ class ProjectionNotifier:
     def __init__(self, version: int = 0) -> None:
         self._version = version
         self._changed = anyio.Event()
+        self.closing = False
+
+    def close(self) -> None:
+        """Release every long-poll waiter now (graceful shutdown: they answer 304)."""
+        self.closing = True
+        self._changed.set()
 
     @property
     def version(self) -> int:
@@ -51,7 +57,7 @@ class ProjectionNotifier:
             True when a newer version is known, False on timeout.
         """
         with anyio.move_on_after(timeout):
-            while self._version <= than:
+            while self._version <= than and not self.closing:
                 await self._changed.wait()
         return self._version > than
 

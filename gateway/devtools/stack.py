@@ -192,11 +192,33 @@ class LocalStack:
         self._spawn(name, [sys.executable, str(script), "--host", "127.0.0.1", "--port", str(self.upstream_port)])
         self._wait(name, f"http://127.0.0.1:{self.upstream_port}/_health", 20)
 
-    def start_gateway(self, timeout: float = 30) -> None:
-        """Start ``gateway serve`` (both planes + OPA sidecar) and wait for both ports."""
-        self._spawn("gateway", [sys.executable, "-m", "gateway", "serve"], env=self.gateway_env())
-        self._wait("gateway", f"{self.control_url}/v1/control-plane/scope", timeout, self.admin_headers)
-        self._wait("gateway", f"{self.data_url}/.well-known/oauth-protected-resource", timeout)
+    def start_gateway(self, timeout: float = 30, *, plane: str = "both") -> None:
+        """Start ``gateway serve --plane <plane>`` and wait for its port(s).
+
+        ``both`` runs as process ``gateway``; ``control`` and ``data`` run as
+        processes named after the plane, so a split deployment can be started
+        (and one plane stopped) independently.
+        """
+        name = "gateway" if plane == "both" else plane
+        self._spawn(name, [sys.executable, "-m", "gateway", "serve", "--plane", plane], env=self.gateway_env())
+        if plane in ("both", "control"):
+            self._wait(name, f"{self.control_url}/v1/control-plane/scope", timeout, self.admin_headers)
+        if plane in ("both", "data"):
+            self._wait(name, f"{self.data_url}/.well-known/oauth-protected-resource", timeout)
+
+    def opa_pid(self) -> int | None:
+        """PID of the OPA sidecar the gateway supervises (found by its listen address)."""
+        needle = f"127.0.0.1:{self.opa_port}".encode()
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if needle in cmdline and any(part.endswith(b"opa") for part in cmdline[:1]):
+                return int(entry.name)
+        return None
 
     def stop(self, name: str) -> None:
         """SIGTERM one process (SIGKILL after 10 s)."""

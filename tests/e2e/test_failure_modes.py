@@ -1,0 +1,81 @@
+"""Fail closed, lose nothing: OPA down, control plane down, split planes (real processes)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from mcp.shared.exceptions import MCPError
+
+from gateway.devtools.stack import LocalStack, sample_policy_modules
+from tests.e2e.test_governed_calls import audit_item, client, recorded
+
+pytestmark = [pytest.mark.integration, pytest.mark.db, pytest.mark.anyio]
+
+
+@pytest.fixture
+def split_stack(tmp_path: Path, database_url: str, opa_bin: Path) -> Iterator[LocalStack]:
+    """Control plane and data plane as two processes (the data plane supervises OPA)."""
+    with LocalStack.create(tmp_path, database_url=database_url, opa_bin=str(opa_bin)) as s:
+        s.start_upstream()
+        s.start_gateway(plane="control")
+        s.start_gateway(plane="data")
+        s.register_and_approve_server("demo", s.upstream_url)
+        s.upload_and_approve_policy(sample_policy_modules())
+        s.wait_projection_active()
+        yield s
+
+
+async def test_opa_down_denies_with_policy_unavailable_then_recovers(split_stack: LocalStack) -> None:
+    s = split_stack
+    httpx.delete(f"http://127.0.0.1:{s.upstream_port}/_recorded")
+    token = s.idp.mint("alice", ["viewer"], s.audience)
+    async with client(s, token) as c:
+        assert not (await c.call_tool("demo__echo", {"text": "before"})).is_error
+        pid = s.opa_pid()
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(MCPError) as denied:
+            await c.call_tool("demo__echo", {"text": "while OPA is down"})
+        assert denied.value.error.data["category"] in ("policy_unavailable", "policy_decision_invalid")
+        listed = (await c.list_tools()).tools
+        deadline = time.monotonic() + 20
+        while True:  # the data plane restarts OPA, which pulls the bundle again
+            try:
+                result = await c.call_tool("demo__echo", {"text": "after"})
+                break
+            except MCPError as exc:
+                assert exc.error.data["category"] in ("policy_unavailable", "policy_decision_invalid")
+                assert time.monotonic() < deadline, "OPA never came back"
+    assert not result.is_error
+    assert s.opa_pid() not in (None, pid)
+    assert [c["arguments"]["text"] for c in recorded(s)] == ["before", "after"]
+    assert listed == [] or all(t.name != "demo__create_ticket" for t in listed)
+    item = audit_item(s, denied.value.error.data["decision_id"])
+    assert item["allowed"] is False and item["error_category"] in ("policy_unavailable", "policy_decision_invalid")
+
+
+async def test_control_plane_down_keeps_serving_and_replays_the_audit_it_spooled(split_stack: LocalStack) -> None:
+    s = split_stack
+    token = s.idp.mint("bob", ["operator"], s.audience)
+    s.stop("control")
+    async with client(s, token) as c:
+        result = await c.call_tool("demo__create_ticket", {"title": "during outage", "priority": "low"})
+        with pytest.raises(MCPError) as denied:
+            await c.call_tool("demo__delete_record", {"record_id": "r-9"})
+    assert not result.is_error
+    spool = s.run_dir / "audit-spool" / "dp-local.jsonl"
+    deadline = time.monotonic() + 10
+    while not spool.exists():
+        assert time.monotonic() < deadline, "audit events were neither shipped nor spooled"
+        time.sleep(0.1)
+    s.start_gateway(plane="control")
+    item = audit_item(s, denied.value.error.data["decision_id"], timeout=30)
+    assert item["reasons"] == ["destructive_tool_requires_admin"]
+    calls = s.admin("GET", "/v1/audit/decisions?subject=bob&action=tools/call")["items"]
+    assert {i["status"] for i in calls} == {"ok", "denied"}
