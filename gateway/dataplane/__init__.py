@@ -13,12 +13,13 @@ from starlette.routing import Route
 from gateway.config import Config
 from gateway.dataplane.audit import AuditShipper
 from gateway.dataplane.auth import JwtVerifier
-from gateway.dataplane.endpoint import mcp_endpoint, protected_resource_metadata
+from gateway.dataplane.endpoint import healthz, mcp_endpoint, protected_resource_metadata, readyz
 from gateway.dataplane.governance import Governor
 from gateway.dataplane.projection import ProjectionSync
 from gateway.dataplane.sessions import SessionStore
 from gateway.httpclient import create_http_client
 from gateway.mcp.upstream import UpstreamPool
+from gateway.policy.health import OpaHealth
 from gateway.policy.opa import OpaPolicyEngine
 from gateway.policy.sidecar import OpaSidecar
 
@@ -28,8 +29,9 @@ __all__ = ["create_dataplane_app", "dataplane_resources"]
 def create_dataplane_app(config: Config) -> Starlette:
     """The data-plane ASGI app (no lifespan: the root app's lifespan feeds its state).
 
-    Routes: ``POST|GET|DELETE /mcp``, ``/mcp/{server}``, and RFC 9728
-    ``/.well-known/oauth-protected-resource[/mcp[/{server}]]``.
+    Routes: ``POST|GET|DELETE /mcp``, ``/mcp/{server}``, RFC 9728
+    ``/.well-known/oauth-protected-resource[/mcp[/{server}]]``, ``/healthz``
+    (liveness) and ``/readyz`` (projection active and OPA bundle activated).
     """
     methods = ["POST", "GET", "DELETE"]
     prm = "/.well-known/oauth-protected-resource"
@@ -40,6 +42,8 @@ def create_dataplane_app(config: Config) -> Starlette:
             Route(prm, protected_resource_metadata, methods=["GET"]),
             Route(f"{prm}/mcp", protected_resource_metadata, methods=["GET"]),
             Route(prm + "/mcp/{server}", protected_resource_metadata, methods=["GET"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
         ]
     )
 
@@ -65,6 +69,7 @@ async def dataplane_resources(config: Config) -> AsyncIterator[dict[str, object]
         audit = AuditShipper(config, cp_http)
         engine = OpaPolicyEngine(hot, config.opa.url, timeout=config.opa.timeout)
         sidecar = OpaSidecar(config) if config.opa.manage else None
+        opa_health = OpaHealth(config.opa.url)
         if sidecar is not None:
             tg.start_soon(sidecar.run)
         tg.start_soon(sync.run)
@@ -80,8 +85,10 @@ async def dataplane_resources(config: Config) -> AsyncIterator[dict[str, object]
                     idle_timeout=config.data_plane.session_idle_timeout, max_sessions=config.data_plane.max_sessions
                 ),
                 "dp_sidecar": sidecar,
+                "dp_opa_health": opa_health,
             }
         finally:
+            opa_health.close()
             tg.cancel_scope.cancel()
             await upstreams.aclose()
             await hot.aclose()

@@ -43,7 +43,7 @@ from gateway.mcp.messages import (
 )
 from gateway.policy.input import Subject
 
-__all__ = ["SERVER_INFO", "mcp_endpoint", "protected_resource_metadata"]
+__all__ = ["SERVER_INFO", "healthz", "mcp_endpoint", "protected_resource_metadata", "readyz"]
 
 log = logging.getLogger("gateway.mcp")
 
@@ -92,6 +92,30 @@ async def protected_resource_metadata(request: Request) -> Response:
             "resource_name": "MCP OPA gateway",
         }
     )
+
+
+async def healthz(request: Request) -> Response:
+    """Liveness: the process serves HTTP (``200 {"status": "ok"}``)."""
+    return _json({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    """Readiness: a projection is active and OPA has activated its bundle.
+
+    Returns 200 ``{"status": "ready", "projection_version", "revision"}`` or
+    503 ``{"status": "not_ready", "reasons": [...]}`` (``no_projection``,
+    ``opa_not_ready``). A load balancer should only route to ready data planes;
+    an unready one still answers, but denies every call (fail closed).
+    """
+    reasons = []
+    projection = request.state.dp_sync.current
+    if projection is None:
+        reasons.append("no_projection")
+    if not await request.state.dp_opa_health.bundles_ready():
+        reasons.append("opa_not_ready")
+    if reasons:
+        return _json({"status": "not_ready", "reasons": reasons}, 503)
+    return _json({"status": "ready", "projection_version": projection.version, "revision": projection.revision})
 
 
 async def mcp_endpoint(request: Request) -> Response:

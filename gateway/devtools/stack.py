@@ -204,7 +204,7 @@ class LocalStack:
         if plane in ("both", "control"):
             self._wait(name, f"{self.control_url}/v1/control-plane/scope", timeout, self.admin_headers)
         if plane in ("both", "data"):
-            self._wait(name, f"{self.data_url}/.well-known/oauth-protected-resource", timeout)
+            self._wait(name, f"{self.data_url}/healthz", timeout)
 
     def opa_pid(self) -> int | None:
         """PID of the OPA sidecar the gateway supervises (found by its listen address)."""
@@ -270,12 +270,13 @@ class LocalStack:
         return version
 
     def wait_projection_active(self, timeout: float = 30) -> dict[str, Any]:
-        """Wait until every data plane and OPA runs the desired projection."""
+        """Wait until every data plane and OPA runs the desired projection and ``/readyz`` is 200."""
         deadline = time.monotonic() + timeout
         state: dict[str, Any] = {}
         while time.monotonic() < deadline:
             state = self.admin("GET", "/v1/projection")
             if state.get("desired_version") and state.get("active_version") == state.get("desired_version"):
-                return state
+                if httpx.get(f"{self.data_url}/readyz", timeout=5).status_code == 200:
+                    return state
             time.sleep(0.05)
         raise TimeoutError(f"projection not active after {timeout}s: {state}")

@@ -3,8 +3,7 @@
 OPA pulls its bundle from the control plane with the bundle protocol (long
 polling), reports status and uploads decision logs there. Source: OPA
 configuration reference ("services", "bundles", "status", "decision_logs").
-Readiness uses ``opa-python-client`` (``OpaClient.check_health``) against
-``/health``.
+Readiness is checked by :mod:`gateway.policy.health`.
 """
 
 from __future__ import annotations
@@ -17,7 +16,6 @@ from typing import Any
 
 import anyio
 import orjson
-from opa_client.opa import OpaClient
 
 from gateway.config import Config
 
@@ -82,8 +80,6 @@ class OpaSidecar:
         self._config = config
         self._proc: subprocess.Popen[bytes] | None = None
         self.restarts = 0
-        host, _, port = config.opa.addr.rpartition(":")
-        self._client = OpaClient(host=host or "127.0.0.1", port=int(port), timeout=1.0)
 
     def _prepare(self) -> list[str]:
         work = Path(self._config.opa.work_dir)
@@ -106,19 +102,6 @@ class OpaSidecar:
             "error",
             "--disable-telemetry",
         ]
-
-    def healthy(self, *, bundles: bool = False) -> bool:
-        """``GET /health`` (with ``?bundles`` = the bundle has been activated)."""
-        return self._client.check_health({"bundles": True} if bundles else None)
-
-    async def wait_ready(self, timeout: float, *, bundles: bool = False) -> bool:
-        """Poll ``/health`` until healthy or ``timeout`` seconds pass."""
-        with anyio.move_on_after(timeout):
-            while True:
-                if await anyio.to_thread.run_sync(lambda: self.healthy(bundles=bundles)):
-                    return True
-                await anyio.sleep(0.05)
-        return False
 
     async def run(self) -> None:
         """Run and restart OPA until cancelled; kills it on cancellation."""
@@ -151,4 +134,3 @@ class OpaSidecar:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        self._client.close_connection()

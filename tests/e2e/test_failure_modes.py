@@ -79,3 +79,16 @@ async def test_control_plane_down_keeps_serving_and_replays_the_audit_it_spooled
     assert item["reasons"] == ["destructive_tool_requires_admin"]
     calls = s.admin("GET", "/v1/audit/decisions?subject=bob&action=tools/call")["items"]
     assert {i["status"] for i in calls} == {"ok", "denied"}
+
+
+async def test_readiness_reports_opa_not_ready_while_it_is_down(split_stack: LocalStack) -> None:
+    s = split_stack
+    pid = s.opa_pid()
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)  # hung, not dead: the supervisor must not be fooled into "ready"
+    try:
+        resp = httpx.get(f"{s.data_url}/readyz", timeout=10)
+        assert resp.status_code == 503 and resp.json()["reasons"] == ["opa_not_ready"]
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert httpx.get(f"{s.data_url}/readyz", timeout=10).status_code == 200

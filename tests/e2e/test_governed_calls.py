@@ -250,3 +250,10 @@ def test_projection_reports_the_data_plane_and_opa_on_the_desired_version(stack:
     assert [dp["id"] for dp in state["data_planes"]] == ["dp-local"]
     assert state["data_planes"][0]["active_version"] == state["desired_version"]
     assert len(state["opa"]) == 1 and state["opa"][0]["active_version"] == state["desired_version"]
+
+
+def test_health_and_readiness_endpoints(stack: LocalStack) -> None:
+    assert httpx.get(f"{stack.data_url}/healthz").json() == {"status": "ok"}
+    ready = httpx.get(f"{stack.data_url}/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["revision"].startswith("p")
