@@ -51,11 +51,19 @@ async def _serve_uvicorn(config: Config) -> None:
             super().handle_exit(sig, frame)  # type: ignore[arg-type]
 
     uv_config = uvicorn.Config(
-        app, access_log=False, log_level="warning", lifespan="on", timeout_keep_alive=75,
-        http="httptools", loop="none", timeout_graceful_shutdown=2,
+        app,
+        access_log=False,
+        log_level="warning",
+        lifespan="on",
+        timeout_keep_alive=75,
+        http="httptools",
+        loop="none",
+        timeout_graceful_shutdown=2,
     )
     logging.getLogger("gateway").info(
-        "gateway listening on %s (plane=%s, server=uvicorn)", ", ".join(f"{h}:{p}" for h, p in _binds(config)), config.plane
+        "gateway listening on %s (plane=%s, server=uvicorn)",
+        ", ".join(f"{h}:{p}" for h, p in _binds(config)),
+        config.plane,
     )
     await _Server(uv_config).serve(sockets=sockets)
 
@@ -83,7 +91,9 @@ async def _serve(config: Config) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, _stop)
-    logging.getLogger("gateway").info("gateway listening on %s (plane=%s, server=hypercorn)", ", ".join(binds), config.plane)
+    logging.getLogger("gateway").info(
+        "gateway listening on %s (plane=%s, server=hypercorn)", ", ".join(binds), config.plane
+    )
     await serve(app, hc, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
 
 
@@ -119,7 +129,9 @@ def _as_mapping(config: Config) -> dict[str, object]:
     out: dict[str, object] = {}
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
-        out[f.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+        out[f.name] = (
+            dataclasses.asdict(value) if dataclasses.is_dataclass(value) and not isinstance(value, type) else value
+        )
     return out
 
 

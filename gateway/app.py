@@ -73,7 +73,7 @@ def create_app(config: Config) -> Starlette:
             notifier = state.get("cp_notifier")
             # Called by the server's signal handler before it drains connections,
             # so held long polls answer at once instead of delaying shutdown.
-            app.state.begin_shutdown = notifier.close if notifier is not None else (lambda: None)
+            app.state.begin_shutdown = getattr(notifier, "close", lambda: None)
             yield state
 
     return Starlette(lifespan=lifespan, routes=[Mount("/", app=PlaneDispatcher(planes, default))])

@@ -34,9 +34,10 @@ import dataclasses
 import hashlib
 import hmac
 import os
+import re
 import shutil
+import socket
 import tomllib
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,7 +123,9 @@ class DataPlaneConfig:
     public_url: str = ""
     """Canonical URL clients use; the RFC 9728 ``resource`` is ``<public_url>/mcp``."""
     id: str = ""
-    """Stable id reported to the control plane; random per process when empty."""
+    """Id reported to the control plane; also names the audit spool and the OPA
+    work directory, so it must be stable across restarts. Defaults to
+    ``dp-<hostname>-<data port>``."""
     max_body: int = 4 * MIB
     upstream_timeout: float = 30 * SECONDS
     session_idle_timeout: float = 30 * 60 * SECONDS
@@ -235,7 +238,7 @@ class Config:
                 "audit": _build(AuditConfig, data.get("audit", {})),
             }
             top = {k: v for k, v in data.items() if k not in sections}
-            cfg = _build(cls, top, extra=sections)
+            cfg: Config = _build(cls, top, extra=sections)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"invalid configuration: {exc}") from exc
         return cfg._resolved()
@@ -265,26 +268,30 @@ class Config:
         dp = dataclasses.replace(
             dp,
             public_url=(dp.public_url or f"http://{dp.host}:{dp.port}").rstrip("/"),
-            id=dp.id or f"dp-{uuid.uuid4().hex[:12]}",
+            id=dp.id or _default_dataplane_id(dp.port),
         )
         jwt = self.jwt
         if self.plane in ("both", "data"):
             missing = [n for n in ("issuer", "audience", "jwks_url") if not getattr(jwt, n)]
             if missing:
-                names = ", ".join(f"GATEWAY_JWT_{m.upper()}" if m != "jwks_url" else "GATEWAY_JWKS_URL" for m in missing)
+                names = ", ".join(
+                    f"GATEWAY_JWT_{m.upper()}" if m != "jwks_url" else "GATEWAY_JWKS_URL" for m in missing
+                )
                 raise ConfigError(f"the data plane needs {names}")
             if not jwt.jwks_url.startswith(("http://", "https://", "file://")):
                 raise ConfigError("GATEWAY_JWKS_URL must be an http(s):// or file:// URL")
         opa = self.opa
-        opa_bin = opa.bin or _find_opa()
+        opa_bin = os.path.abspath(opa.bin) if opa.bin else _find_opa()
         opa = dataclasses.replace(
             opa,
             bin=opa_bin,
             url=(opa.url or f"http://{opa.addr}").rstrip("/"),
             work_dir=opa.work_dir or str(Path(run_dir) / f"opa-{dp.id}"),
         )
-        if self.plane in ("both", "data") and opa.manage and not opa_bin:
-            raise ConfigError("no opa binary: set OPA_BIN, put opa on PATH, or run `make tools`")
+        # The data plane runs the sidecar; the control plane validates uploaded policies with it.
+        needs_opa = self.plane in ("both", "control") or opa.manage
+        if needs_opa and not (opa_bin and Path(opa_bin).is_file()):
+            raise ConfigError(f"no opa binary at {opa_bin!r}: set OPA_BIN, put opa on PATH, or run `make tools`")
         audit = dataclasses.replace(self.audit, spool_dir=self.audit.spool_dir or str(Path(run_dir) / "audit-spool"))
         return dataclasses.replace(
             self,
@@ -331,11 +338,16 @@ ENV_KEYS: dict[str, str] = {
 
 
 def _find_opa() -> str:
+    # The version pinned in the Makefile (.tools/bin) wins over whatever is on PATH.
     local = PROJECT_ROOT / ".tools" / "bin" / "opa"
-    found = shutil.which("opa")
-    if found:
-        return found
-    return str(local) if local.exists() else ""
+    if local.is_file():
+        return str(local)
+    return shutil.which("opa") or ""
+
+
+def _default_dataplane_id(port: int) -> str:
+    host = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:64] or "localhost"
+    return f"dp-{host}-{port}"
 
 
 def _set_dotted(data: dict[str, Any], dotted: str, value: str) -> None:

@@ -24,7 +24,6 @@ import aiohttp
 import httpx
 from httpx_sse import EventSource
 
-
 __all__ = [
     "AiohttpClient",
     "HttpClient",
@@ -143,7 +142,10 @@ class AiohttpClient:
     def __init__(self, *, max_connections: int = 200) -> None:
         connector = aiohttp.TCPConnector(limit=max_connections, keepalive_timeout=60, ttl_dns_cache=300)
         self._session = aiohttp.ClientSession(
-            connector=connector, cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=True, skip_auto_headers=("User-Agent",)
+            connector=connector,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            auto_decompress=True,
+            skip_auto_headers=("User-Agent",),
         )
 
     @contextlib.asynccontextmanager
@@ -187,7 +189,9 @@ class HttpxClient:
     """:class:`HttpClient` on an ``httpx.AsyncClient``."""
 
     def __init__(self, *, max_connections: int = 200) -> None:
-        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections, keepalive_expiry=60)
+        limits = httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections, keepalive_expiry=60
+        )
         self._client = httpx.AsyncClient(limits=limits, follow_redirects=False)
 
     @contextlib.asynccontextmanager

@@ -170,9 +170,9 @@ def test_environment_overrides_the_toml_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("toml_text", "env_changes"),
     [
-        pytest.param('surprise = 1\n', {}, id="unknown-top-level-key"),
+        pytest.param("surprise = 1\n", {}, id="unknown-top-level-key"),
         pytest.param('[jwt]\nissuer_url = "x"\n', {}, id="unknown-section-key"),
-        pytest.param('[nonsense]\nx = 1\n', {}, id="unknown-section"),
+        pytest.param("[nonsense]\nx = 1\n", {}, id="unknown-section"),
         pytest.param('audit = "not a table"\n', {}, id="section-not-a-table"),
         pytest.param('jwt = "not a table"\n', {"GATEWAY_JWT_ISSUER": "x"}, id="env-into-section-not-a-table"),
         pytest.param('[control_plane]\nport = "eighty"\n', {}, id="bad-int-in-toml"),
@@ -232,7 +232,9 @@ def test_required_settings_are_enforced_per_plane(plane: str, missing: str) -> N
 @pytest.mark.parametrize(
     ("plane", "absent"),
     [
-        pytest.param("control", ("GATEWAY_JWT_ISSUER", "GATEWAY_JWT_AUDIENCE", "GATEWAY_JWKS_URL"), id="control-no-jwt"),
+        pytest.param(
+            "control", ("GATEWAY_JWT_ISSUER", "GATEWAY_JWT_AUDIENCE", "GATEWAY_JWKS_URL"), id="control-no-jwt"
+        ),
         pytest.param("data", ("DATABASE_URL",), id="data-no-database"),
     ],
 )
@@ -345,8 +347,12 @@ def test_derived_defaults_fill_urls_ids_and_directories() -> None:
     assert Path(cfg.policies_dir).name == "policies"
 
 
-def test_data_plane_ids_are_random_per_load_unless_set() -> None:
-    assert Config.from_env(BASE_ENV).data_plane.id != Config.from_env(BASE_ENV).data_plane.id
+def test_data_plane_id_is_stable_across_restarts_and_names_host_and_port() -> None:
+    # The id names the audit spool: a restarted data plane must find what it spooled.
+    first, second = Config.from_env(BASE_ENV).data_plane.id, Config.from_env(BASE_ENV).data_plane.id
+    assert first == second
+    assert first.startswith("dp-") and first.endswith("-8081")
+    assert Config.from_env(_env(GATEWAY_DATA_PORT="9091")).data_plane.id.endswith("-9091")
 
 
 def test_managed_opa_without_a_binary_raises_config_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -356,13 +362,31 @@ def test_managed_opa_without_a_binary_raises_config_error(monkeypatch: pytest.Mo
     _config_error(environ=_env(OPA_BIN=None))
 
 
-def test_unmanaged_opa_needs_no_binary(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_a_data_plane_with_an_unmanaged_opa_needs_no_binary(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(config_module.shutil, "which", lambda _name: None)
     monkeypatch.setattr(config_module, "PROJECT_ROOT", tmp_path)
 
-    cfg = Config.from_env(_env(OPA_BIN=None, GATEWAY_OPA_MANAGE="0", GATEWAY_OPA_URL="http://opa:8181"))
+    env = _env(OPA_BIN=None, GATEWAY_OPA_MANAGE="0", GATEWAY_OPA_URL="http://opa:8181", GATEWAY_PLANE="data")
+    cfg = Config.from_env(env)
 
     assert (cfg.opa.manage, cfg.opa.bin, cfg.opa.url) == (False, "", "http://opa:8181")
+
+
+@pytest.mark.parametrize("plane", ["both", "control"])
+def test_the_control_plane_needs_an_opa_binary_to_validate_policies(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, plane: str
+) -> None:
+    monkeypatch.setattr(config_module.shutil, "which", lambda _name: None)
+    monkeypatch.setattr(config_module, "PROJECT_ROOT", tmp_path)
+
+    _config_error(environ=_env(OPA_BIN=None, GATEWAY_OPA_MANAGE="0", GATEWAY_PLANE=plane))
+
+
+def test_a_relative_opa_bin_is_made_absolute(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    (tmp_path / "opa").write_text("")
+    monkeypatch.chdir(tmp_path)
+
+    assert Config.from_env(_env(OPA_BIN="opa")).opa.bin == str(tmp_path / "opa")
 
 
 def test_from_mapping_accepts_secret_instances() -> None:

@@ -47,10 +47,14 @@ def test_managed_process_http_and_logs(spawn, log_dir: Path, run_dir: Path) -> N
     canary = "canary-7f3a9c"
     proc = spawn(
         "http",
-        [sys.executable, "-u", "-c",
-         f"import sys; print({canary!r}); sys.stdout.flush(); "
-         f"import runpy; sys.argv=['http.server','--bind','127.0.0.1','{port}']; "
-         "runpy.run_module('http.server', run_name='__main__')"],
+        [
+            sys.executable,
+            "-u",
+            "-c",
+            f"import sys; print({canary!r}); sys.stdout.flush(); "
+            f"import runpy; sys.argv=['http.server','--bind','127.0.0.1','{port}']; "
+            "runpy.run_module('http.server', run_name='__main__')",
+        ],
         cwd=run_dir,
     )
     proc.wait_port("127.0.0.1", port, timeout=15)

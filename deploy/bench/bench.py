@@ -46,7 +46,12 @@ META = {
 
 
 def _call(tool: str, text: str) -> dict[str, Any]:
-    return {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": tool, "arguments": {"text": text}, "_meta": META}}
+    return {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/call",
+        "params": {"name": tool, "arguments": {"text": text}, "_meta": META},
+    }
 
 
 def _headers(tool: str, token: str | None = None) -> dict[str, str]:
@@ -100,11 +105,22 @@ async def measure(stack: LocalStack, args: argparse.Namespace) -> dict[str, Any]
         opa_url = f"http://127.0.0.1:{stack.opa_port}/v1/data/gateway_runtime/main/call"
         opa_input = {
             "input": {
-                "tenant": "tenant_local", "environment": "prod", "action": "tools/call",
-                "subject": {"sub": "bench", "issuer": stack.idp.issuer, "roles": ["viewer"], "scopes": [], "client_id": None, "claims": {}},
+                "tenant": "tenant_local",
+                "environment": "prod",
+                "action": "tools/call",
+                "subject": {
+                    "sub": "bench",
+                    "issuer": stack.idp.issuer,
+                    "roles": ["viewer"],
+                    "scopes": [],
+                    "client_id": None,
+                    "claims": {},
+                },
                 "server": {"name": "demo", "transport": "streamable_http"},
                 "tool": {"name": "echo", "annotations": {"readOnlyHint": True}},
-                "arguments": {"text": "x"}, "session": {"id": None, "protocol_version": "2026-07-28"}, "projection": {"version": 1},
+                "arguments": {"text": "x"},
+                "session": {"id": None, "protocol_version": "2026-07-28"},
+                "projection": {"version": 1},
             }
         }
 

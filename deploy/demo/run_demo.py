@@ -73,7 +73,9 @@ def print_audit(stack: LocalStack, expected: int, timeout: float = 20) -> None:
             break
         time.sleep(0.25)
     print("\n== audit: GET /v1/audit/decisions (newest first)")
-    print(f"   {'time':12} {'subject':7} {'action':10} {'tool':20} {'allowed':7} {'status':9} {'revision':8} {'opa log':7} reasons")
+    print(
+        f"   {'time':12} {'subject':7} {'action':10} {'tool':20} {'allowed':7} {'status':9} {'revision':8} {'opa log':7} reasons"
+    )
     for i in items:
         tool = f"{i['server'] or ''}{'__' + i['tool'] if i['tool'] else ''}"
         print(
@@ -103,16 +105,23 @@ def main() -> int:
         stack.start_upstream()
         stack.start_gateway()
         server = stack.register_and_approve_server("demo", stack.upstream_url, "Sample upstream (fake data)")
-        print(f"approved upstream 'demo' with {len(server['tools'])} tools: {', '.join(t['name'] for t in server['tools'])}")
+        print(
+            f"approved upstream 'demo' with {len(server['tools'])} tools: {', '.join(t['name'] for t in server['tools'])}"
+        )
         version = stack.upload_and_approve_policy(sample_policy_modules())
         state = stack.wait_projection_active()
-        print(f"policy version {version} active in projection {state['active_version']} (OPA and data plane reloaded, no restart)")
+        print(
+            f"policy version {version} active in projection {state['active_version']} (OPA and data plane reloaded, no restart)"
+        )
         anyio.run(
             agent,
             stack,
             "alice",
             ["viewer"],
-            [("demo__get_weather", {"city": "Paris"}), ("demo__create_ticket", {"title": "VPN down", "priority": "high"})],
+            [
+                ("demo__get_weather", {"city": "Paris"}),
+                ("demo__create_ticket", {"title": "VPN down", "priority": "high"}),
+            ],
         )
         anyio.run(
             agent,
@@ -126,7 +135,9 @@ def main() -> int:
             ],
         )
         recorded = httpx.get(f"http://127.0.0.1:{stack.upstream_port}/_recorded").json()["calls"]
-        print(f"\nthe upstream received {len(recorded)} call(s): {', '.join(c['tool'] for c in recorded)} (denied and invalid calls never reached it)")
+        print(
+            f"\nthe upstream received {len(recorded)} call(s): {', '.join(c['tool'] for c in recorded)} (denied and invalid calls never reached it)"
+        )
         print_audit(stack, expected=5)
     print("\ndemo finished: everything it started is stopped")
     return 0

@@ -2,13 +2,13 @@
 # Static + unit checks for the Rego policies:
 #   opa fmt --fail, opa check --strict (capabilities + schemas), opa test with
 #   coverage threshold. Coverage JSON is written to .run/opa-coverage.json.
-# Env: OPA (binary), OPA_COVERAGE_THRESHOLD (default 85).
+# Env: OPA (binary), OPA_COVERAGE_THRESHOLD (default 90).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
 OPA="${OPA:-$ROOT/.tools/bin/opa}"
-THRESHOLD="${OPA_COVERAGE_THRESHOLD:-85}"
+THRESHOLD="${OPA_COVERAGE_THRESHOLD:-90}"
 CAPS="deploy/opa/capabilities.json"
 POLICY_DIRS=(policies rego_tests)
 RUN_DIR="$ROOT/.run"

@@ -6,7 +6,7 @@ import logging
 import re
 import uuid
 import zlib
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -136,4 +136,4 @@ def parse_rfc3339(value: Any, *, field: str) -> datetime:
         raise RequestRejected(f"{field} must be an RFC 3339 timestamp") from None
     if parsed.tzinfo is None:
         raise RequestRejected(f"{field} must carry a time zone (Z or an offset)")
-    return parsed.astimezone(timezone.utc)
+    return parsed.astimezone(UTC)

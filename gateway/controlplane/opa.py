@@ -61,6 +61,10 @@ async def get_bundle(request: Request) -> Response:
     return Response(stored.bundle, status_code=200, headers={**headers, "ETag": etag(version)})
 
 
+def _as_dict(value: object) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
 def _opt_str(value: Any, limit: int = 4096) -> str | None:
     return value[:limit] if isinstance(value, str) else None
 
@@ -86,12 +90,12 @@ async def post_status(request: Request) -> Response:
     opa_id = body["labels"].get("id")
     if not isinstance(opa_id, str) or not opa_id or len(opa_id) > MAX_ID:
         raise RequestRejected("a status report needs labels.id")
-    bundles = body.get("bundles") if isinstance(body.get("bundles"), dict) else {}
     name = d.config.opa.bundle_name
-    bundle = bundles.get(name) if isinstance(bundles.get(name), dict) else {}
-    plugins_raw = body.get("plugins") if isinstance(body.get("plugins"), dict) else {}
-    plugins = {k: v.get("state") for k, v in plugins_raw.items() if isinstance(v, dict)}
-    errors = bundle.get("errors") if isinstance(bundle.get("errors"), list) else []
+    bundles = _as_dict(body.get("bundles"))
+    bundle = _as_dict(bundles.get(name))
+    plugins = {k: v.get("state") for k, v in _as_dict(body.get("plugins")).items() if isinstance(v, dict)}
+    raw_errors = bundle.get("errors")
+    errors: list[Any] = raw_errors if isinstance(raw_errors, list) else []
     code, message = _opt_str(bundle.get("code")), _opt_str(bundle.get("message"))
     revision = _opt_str(bundle.get("active_revision"), 256) or None
     if code or errors or any(state == "ERROR" for state in plugins.values()):
@@ -155,5 +159,3 @@ async def post_decision_logs(request: Request) -> Response:
     if rows:
         await db_audit.insert_opa_logs(d.pool, d.config.tenant, d.config.environment, rows)
     return Response(status_code=204)
-
-

@@ -44,8 +44,10 @@ async def create_server(request: Request) -> Response:
     if transport not in SUPPORTED_TRANSPORTS:
         raise UnsupportedTransport(f"transport {transport} is not supported yet; use streamable_http")
     url = body.get("url")
-    parts = urlsplit(url) if isinstance(url, str) and len(url) <= MAX_URL else None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+    if not isinstance(url, str) or len(url) > MAX_URL:
+        raise RequestRejected("url must be an absolute http(s) URL")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
         raise RequestRejected("url must be an absolute http(s) URL")
     description = body.get("description") or ""
     if not isinstance(description, str) or len(description) > MAX_DESCRIPTION:

@@ -66,7 +66,9 @@ class AuditShipper:
             fh.flush()
             os.fsync(fh.fileno())
         self.spooled += len(events)
-        log.warning("audit: %d event(s) spooled to %s (control plane unreachable or queue full)", len(events), self._spool)
+        log.warning(
+            "audit: %d event(s) spooled to %s (control plane unreachable or queue full)", len(events), self._spool
+        )
 
     async def _post(self, events: list[dict[str, Any]]) -> bool:
         cp = self._config.control_plane

@@ -165,4 +165,3 @@ def _find_key(jwks: jwt.PyJWKSet, kid: str | None) -> jwt.PyJWK | None:
         if key.key_id == kid:
             return key
     return None
-

@@ -28,7 +28,7 @@ from mcp.shared.inbound import ERROR_CODE_HTTP_STATUS, InboundLadderRejection, c
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.dataplane.auth import bearer_token
+from gateway.dataplane.auth import JwtVerifier, bearer_token
 from gateway.dataplane.governance import CallContext
 from gateway.errors import AuthenticationFailed, GatewayError, ProjectionUnavailable, RequestRejected
 from gateway.mcp.messages import (
@@ -104,13 +104,15 @@ async def readyz(request: Request) -> Response:
 
     Returns 200 ``{"status": "ready", "projection_version", "revision"}`` or
     503 ``{"status": "not_ready", "reasons": [...]}`` (``no_projection``,
-    ``opa_not_ready``). A load balancer should only route to ready data planes;
+    ``no_policy`` — no policy version approved yet, ``opa_not_ready``). A load balancer should only route to ready data planes;
     an unready one still answers, but denies every call (fail closed).
     """
     reasons = []
     projection = request.state.dp_sync.current
     if projection is None:
         reasons.append("no_projection")
+    elif projection.policy_version is None:
+        reasons.append("no_policy")
     if not await request.state.dp_opa_health.bundles_ready():
         reasons.append("opa_not_ready")
     if reasons:
@@ -164,7 +166,8 @@ async def mcp_endpoint(request: Request) -> Response:
 async def _authenticate(request: Request, server: str | None) -> Subject:
     token = bearer_token(request.headers.get("authorization"))
     extra = [f"{request.state.dp_config.data_plane.public_url}{_resource_path(server)}"]
-    return await request.state.dp_verifier.verify(token, audiences=extra)
+    verifier: JwtVerifier = request.state.dp_verifier
+    return await verifier.verify(token, audiences=extra)
 
 
 def _current(request: Request) -> Any:

@@ -14,6 +14,7 @@ Order for ``tools/call`` (each step fails closed and nothing after it runs):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import time
@@ -160,16 +161,33 @@ class Governor:
         except GatewayError as exc:
             log.warning("tools/list denied: %s", exc.category)
             self._event(
-                ctx, decision_id=str(uuid.uuid4()), action="tools/list", server=ctx.server, tool=None,
-                allowed=False, reasons=[exc.category], revision=None, projection=projection,
-                started=started, status="error", error_category=exc.category,
+                ctx,
+                decision_id=str(uuid.uuid4()),
+                action="tools/list",
+                server=ctx.server,
+                tool=None,
+                allowed=False,
+                reasons=[exc.category],
+                revision=None,
+                projection=projection,
+                started=started,
+                status="error",
+                error_category=exc.category,
             )
             return []
         tools = [{**entry.wire, "name": c.key} for c, entry in candidates if c.key in listed.allowed]
         self._event(
-            ctx, decision_id=listed.decision_id or str(uuid.uuid4()), action="tools/list", server=ctx.server,
-            tool=None, allowed=True, reasons=[f"listed:{len(tools)}/{len(candidates)}"], revision=listed.revision,
-            projection=projection, started=started, status="ok",
+            ctx,
+            decision_id=listed.decision_id or str(uuid.uuid4()),
+            action="tools/list",
+            server=ctx.server,
+            tool=None,
+            allowed=True,
+            reasons=[f"listed:{len(tools)}/{len(candidates)}"],
+            revision=listed.revision,
+            projection=projection,
+            started=started,
+            status="ok",
         )
         return tools
 
@@ -186,18 +204,46 @@ class Governor:
             return error_response(msg_id, INVALID_PARAMS, "tools/call needs a string name and object arguments")
         entry = projection.resolve(ctx.server, name)
         if entry is None:
+            # Recorded (name only, no arguments) so reviewers see probing for unapproved tools.
+            self._event(
+                ctx,
+                decision_id=str(uuid.uuid4()),
+                action="tools/call",
+                server=ctx.server,
+                tool=name[:128],
+                allowed=False,
+                reasons=["unknown_tool"],
+                revision=None,
+                projection=projection,
+                started=started,
+                status="rejected",
+                error_category="unknown_tool",
+                arguments_sha256=_sha256(arguments),
+            )
             return error_response(msg_id, INVALID_PARAMS, f"Unknown tool: {name}")
         server = projection.servers[entry.server]
         args_hash = _sha256(arguments)
-        common = {"server": entry.server, "tool": entry.name, "projection": projection, "started": started}
+        audit = functools.partial(
+            self._event,
+            ctx,
+            action="tools/call",
+            server=entry.server,
+            tool=entry.name,
+            projection=projection,
+            started=started,
+            arguments_sha256=args_hash,
+        )
 
         error = best_match(entry.validator.iter_errors(arguments))
         if error is not None:
             field = error.json_path
-            self._event(
-                ctx, decision_id=str(uuid.uuid4()), action="tools/call", allowed=False,
-                reasons=["invalid_arguments"], revision=None, status="rejected", error_category="invalid_arguments",
-                arguments_sha256=args_hash, **common,
+            audit(
+                decision_id=str(uuid.uuid4()),
+                allowed=False,
+                reasons=["invalid_arguments"],
+                revision=None,
+                status="rejected",
+                error_category="invalid_arguments",
             )
             text = f"Invalid arguments for tool {name!r}: {field}: {error.message}"
             return result_response(msg_id, {"content": [{"type": "text", "text": text}], "isError": True})
@@ -227,9 +273,13 @@ class Governor:
             if isinstance(exc, PolicyDenied):
                 decision_id = decision.decision_id or decision_id
                 reasons, revision = exc.reasons, decision.revision
-            self._event(
-                ctx, decision_id=decision_id, action="tools/call", allowed=False, reasons=reasons, revision=revision,
-                status="denied", error_category=exc.category, arguments_sha256=args_hash, **common,
+            audit(
+                decision_id=decision_id,
+                allowed=False,
+                reasons=reasons,
+                revision=revision,
+                status="denied",
+                error_category=exc.category,
             )
             message = "Denied by policy" if isinstance(exc, PolicyDenied) else "Policy decision unavailable"
             data = {"category": exc.category, "reasons": reasons, "decision_id": decision_id}
@@ -243,22 +293,32 @@ class Governor:
             reply = await upstream.request("tools/call", forward)
         except UpstreamError as exc:
             log.warning("upstream %s failed: %s", server.name, exc)
-            self._event(
-                ctx, decision_id=decision_id, action="tools/call", allowed=True, reasons=list(decision.reasons),
-                revision=decision.revision, status="error", error_category=exc.category,
-                arguments_sha256=args_hash, **common,
+            audit(
+                decision_id=decision_id,
+                allowed=True,
+                reasons=list(decision.reasons),
+                revision=decision.revision,
+                status="error",
+                error_category=exc.category,
             )
             return error_response(
-                msg_id, UPSTREAM_FAILED, "Upstream server failed", {"category": exc.category, "decision_id": decision_id}
+                msg_id,
+                UPSTREAM_FAILED,
+                "Upstream server failed",
+                {"category": exc.category, "decision_id": decision_id},
             )
         result = reply.get("result")
-        status = "ok" if result is not None and not (isinstance(result, dict) and result.get("isError")) else "tool_error"
-        self._event(
-            ctx, decision_id=decision_id, action="tools/call", allowed=True, reasons=list(decision.reasons),
-            revision=decision.revision, status=status, arguments_sha256=args_hash,
-            result_sha256=_sha256(result if result is not None else reply.get("error")), **common,
+        status = (
+            "ok" if result is not None and not (isinstance(result, dict) and result.get("isError")) else "tool_error"
+        )
+        audit(
+            decision_id=decision_id,
+            allowed=True,
+            reasons=list(decision.reasons),
+            revision=decision.revision,
+            status=status,
+            result_sha256=_sha256(result if result is not None else reply.get("error")),
         )
         if result is None:
             return {"jsonrpc": "2.0", "id": msg_id, "error": reply.get("error")}
         return result_response(msg_id, result)
-

@@ -59,7 +59,9 @@ _ITEM_COLUMNS = (
     ", ".join(f'a."{f}"' if f == "timestamp" else f"a.{f}" for f in EVENT_FIELDS)
     + ", EXISTS (SELECT 1 FROM opa_decision_logs o WHERE o.decision_id = a.decision_id) AS opa_logged"
 )
-_GET = f"SELECT {_ITEM_COLUMNS} FROM audit_decisions a WHERE a.tenant = $1 AND a.environment = $2 AND a.decision_id = $3"
+_GET = (
+    f"SELECT {_ITEM_COLUMNS} FROM audit_decisions a WHERE a.tenant = $1 AND a.environment = $2 AND a.decision_id = $3"
+)
 _GET_OPA_LOG = """
 SELECT path, revision, "timestamp", input, result, erased, masked FROM opa_decision_logs
 WHERE tenant = $1 AND environment = $2 AND decision_id = $3

@@ -86,7 +86,9 @@ async def get_projection(
     conn: asyncpg.Connection | asyncpg.Pool, tenant: str, environment: str, version: int, *, with_bundle: bool = True
 ) -> StoredProjection | None:
     """Return projection ``version`` of the scope, or None."""
-    row = await conn.fetchrow(_SELECT.format(bundle="bundle" if with_bundle else "NULL::bytea"), tenant, environment, version)
+    row = await conn.fetchrow(
+        _SELECT.format(bundle="bundle" if with_bundle else "NULL::bytea"), tenant, environment, version
+    )
     if row is None:
         return None
     return StoredProjection(

@@ -353,9 +353,7 @@ def _build_parser() -> argparse.ArgumentParser:
     mint.add_argument("--dir", required=True, type=Path, help="key directory written by init")
     mint.add_argument("--sub", required=True, help="subject (sub claim)")
     mint.add_argument("--roles", default="", help="comma-separated roles, e.g. viewer,operator (default none)")
-    mint.add_argument(
-        "--audience", required=True, action="append", help="aud claim; repeat for several audiences"
-    )
+    mint.add_argument("--audience", required=True, action="append", help="aud claim; repeat for several audiences")
     mint.add_argument("--scope", default=DEFAULT_SCOPE, help=f"space-separated scopes (default {DEFAULT_SCOPE!r})")
     mint.add_argument("--client-id", default=DEFAULT_CLIENT_ID, help=f"client_id claim (default {DEFAULT_CLIENT_ID})")
     mint.add_argument("--ttl", type=int, default=DEFAULT_TTL_SECONDS, help="lifetime in seconds (default 3600)")

@@ -115,7 +115,11 @@ class LocalStack:
         run_dir.mkdir(parents=True, exist_ok=True)
         issuer = "http://127.0.0.1/dev-idp"
         idp_dir = run_dir / "idp"
-        idp = DevIdentityProvider.load(idp_dir) if (idp_dir / "jwks.json").exists() else DevIdentityProvider.create(idp_dir, issuer)
+        idp = (
+            DevIdentityProvider.load(idp_dir)
+            if (idp_dir / "jwks.json").exists()
+            else DevIdentityProvider.create(idp_dir, issuer)
+        )
         return cls(
             run_dir=run_dir,
             database_url=database_url,
@@ -257,7 +261,11 @@ class LocalStack:
 
     def register_and_approve_server(self, name: str, url: str, description: str = "") -> dict[str, Any]:
         """``POST /v1/servers`` then ``POST /v1/servers/{name}/approve``."""
-        self.admin("POST", "/v1/servers", {"name": name, "transport": "streamable_http", "url": url, "description": description})
+        self.admin(
+            "POST",
+            "/v1/servers",
+            {"name": name, "transport": "streamable_http", "url": url, "description": description},
+        )
         return self.admin("POST", f"/v1/servers/{name}/approve")  # type: ignore[no-any-return]
 
     def upload_and_approve_policy(self, modules: dict[str, str], data: Any = None) -> int:

@@ -115,9 +115,7 @@ def result_response(msg_id: str | int | None, result: dict[str, Any]) -> dict[st
     return {"jsonrpc": "2.0", "id": msg_id, "result": result}
 
 
-def error_response(
-    msg_id: str | int | None, code: int, message: str, data: Any = None
-) -> dict[str, Any]:
+def error_response(msg_id: str | int | None, code: int, message: str, data: Any = None) -> dict[str, Any]:
     """Build a JSON-RPC error response; ``data`` is omitted when ``None``."""
     error: dict[str, Any] = {"code": code, "message": message}
     if data is not None:

@@ -7,8 +7,9 @@ upstream, reused across calls (never opened per call):
   ``_meta`` envelope and the ``MCP-Protocol-Version``/``Mcp-Method``/``Mcp-Name``
   headers (MCP 2026-07-28 ``basic/transports/streamable-http``);
 * legacy (2025-03-26 .. 2025-11-25): one ``initialize`` handshake, then
-  ``Mcp-Session-Id`` on every POST; a 404 means the session expired and is
-  re-established once (MCP 2025-11-25 ``basic/transports`` "Session Management").
+  ``Mcp-Session-Id`` on every POST; a 404 (or the 400 many servers send for an
+  unknown session) means the session is gone: it is re-established and the
+  request retried once (MCP 2025-11-25 ``basic/transports`` "Session Management").
 
 Era detection follows the spec's dual-era client rule: probe ``server/discover``;
 a ``DiscoverResult`` naming a modern version means modern, anything else falls
@@ -148,13 +149,18 @@ class StreamableHttpUpstream:
 
     async def _exchange(self, session: _Session, method: str, params: dict[str, Any]) -> dict[str, Any]:
         req_id = next(self._ids)
-        body = orjson.dumps({"jsonrpc": "2.0", "id": req_id, "method": method, "params": self._envelope(session, params)})
+        body = orjson.dumps(
+            {"jsonrpc": "2.0", "id": req_id, "method": method, "params": self._envelope(session, params)}
+        )
         headers = self._headers(session, method, params)
         try:
             async with self._http.request("POST", self.url, body=body, headers=headers, timeout=self._timeout) as resp:
                 if method == "initialize":
                     session.session_id = resp.headers.get("mcp-session-id")
-                if resp.status == 404 and session.session_id:
+                # 404 is the spec's "session expired"; many 2025-era servers (TS SDK 1.x
+                # examples) answer an unknown session id with 400 instead. Neither
+                # processed the request, so one re-initialize-and-retry is safe.
+                if resp.status in (400, 404) and session.session_id and method != "initialize":
                     raise _SessionExpired
                 ctype = resp.headers.get("content-type", "")
                 if ctype.startswith("text/event-stream"):

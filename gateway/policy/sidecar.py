@@ -8,8 +8,10 @@ Readiness is checked by :mod:`gateway.policy.health`.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import signal
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -34,7 +36,11 @@ def opa_config(config: Config, token_path: str) -> dict[str, Any]:
     """
     opa = config.opa
     return {
-        "labels": {"gateway_dataplane": config.data_plane.id, "tenant": config.tenant, "environment": config.environment},
+        "labels": {
+            "gateway_dataplane": config.data_plane.id,
+            "tenant": config.tenant,
+            "environment": config.environment,
+        },
         "services": {
             "control_plane": {
                 "url": f"{config.control_plane.url}/v1/opa",
@@ -66,6 +72,19 @@ def opa_config(config: Config, token_path: str) -> dict[str, Any]:
             },
         },
     }
+
+
+_PRCTL: Any
+try:  # resolved in the parent: the forked child only makes the call
+    _PRCTL = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):  # pragma: no cover - not Linux
+    _PRCTL = None
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class OpaSidecar:
@@ -111,7 +130,12 @@ class OpaSidecar:
         try:
             while True:
                 with open(log_path, "ab") as logf:
-                    self._proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT)
+                    # Own session: a signal to the gateway's process group does not
+                    # kill OPA behind the supervisor's back; PDEATHSIG ends OPA if the
+                    # gateway itself dies without stopping it.
+                    self._proc = subprocess.Popen(
+                        argv, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent
+                    )
                 log.info("opa sidecar started pid=%s addr=%s", self._proc.pid, self._config.opa.addr)
                 while self._proc.poll() is None:
                     await anyio.sleep(0.2)

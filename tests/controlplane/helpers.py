@@ -11,10 +11,10 @@ from typing import Any
 import anyio
 import httpx
 import uvicorn
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.config import Config
 from gateway.controlplane import controlplane_resources, create_controlplane_app
-from starlette.types import ASGIApp, Receive, Scope, Send
 from tests.support.ports import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

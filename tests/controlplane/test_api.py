@@ -58,12 +58,16 @@ async def test_scope_endpoint_returns_the_configured_scope(cp_config: Config) ->
     ("body", "category"),
     [
         pytest.param({"name": "Bad", "transport": "streamable_http", "url": "http://x/mcp"}, "bad_request", id="upper"),
-        pytest.param({"name": "a__b", "transport": "streamable_http", "url": "http://x/mcp"}, "bad_request", id="dunder"),
+        pytest.param(
+            {"name": "a__b", "transport": "streamable_http", "url": "http://x/mcp"}, "bad_request", id="dunder"
+        ),
         pytest.param({"name": "a", "transport": "streamable_http", "url": "ftp://x/mcp"}, "bad_request", id="ftp-url"),
         pytest.param({"name": "a", "transport": "carrier_pigeon", "url": "http://x"}, "bad_request", id="transport"),
         pytest.param({"name": "a", "transport": "stdio", "url": "http://x"}, "unsupported_transport", id="stdio"),
         pytest.param({"name": "a", "transport": "legacy_sse", "url": "http://x"}, "unsupported_transport", id="sse"),
-        pytest.param({"name": "a", "transport": "streamable_http", "url": "http://x", "x": 1}, "bad_request", id="extra"),
+        pytest.param(
+            {"name": "a", "transport": "streamable_http", "url": "http://x", "x": 1}, "bad_request", id="extra"
+        ),
     ],
 )
 async def test_invalid_server_registrations_are_rejected(cp_config: Config, body: dict, category: str) -> None:
@@ -113,7 +117,9 @@ async def test_server_lifecycle_against_a_real_upstream(cp_config: Config, spawn
 
 async def test_approving_an_unreachable_server_is_502_and_leaves_it_pending(cp_config: Config) -> None:
     async with asgi_controlplane(cp_config) as (admin, _, _):
-        await admin.post("/v1/servers", json={"name": "gone", "transport": "streamable_http", "url": "http://127.0.0.1:9/mcp"})
+        await admin.post(
+            "/v1/servers", json={"name": "gone", "transport": "streamable_http", "url": "http://127.0.0.1:9/mcp"}
+        )
         before = (await admin.get("/v1/projection")).json()["desired_version"]
         r = await admin.post("/v1/servers/gone/approve")
         assert r.status_code == 502 and r.json()["error"] == "upstream_unavailable"
@@ -158,16 +164,37 @@ async def test_a_good_policy_is_stored_pending_then_approval_compiles_a_projecti
 @pytest.mark.parametrize(
     ("modules", "file", "line", "code"),
     [
-        pytest.param({"ok.rego": MINIMAL_POLICY["gateway.rego"], "bad/syntax.rego": "package gateway.x\n\nallow if {\n"},
-                     "bad/syntax.rego", 4, "rego_parse_error", id="syntax-error"),
-        pytest.param({"gateway.rego": "package gateway\n\ndecision := {\"allow\": input.x == undefined_thing}\n"},
-                     "gateway.rego", 3, "rego_unsafe_var_error", id="unsafe-var"),
-        pytest.param({"gateway.rego": MINIMAL_POLICY["gateway.rego"], "other.rego": "package other\n\nx := 1\n"},
-                     "other.rego", 1, "gateway_package_root", id="wrong-package"),
-        pytest.param({"gateway.rego": "package gateway_runtime.main\n\ncall := 1\n"},
-                     None, None, None, id="reserved-package"),
-        pytest.param({"gateway.rego": "package gateway\n\nallow := true\n"},
-                     "", 0, "gateway_decision_missing", id="no-decision-rule"),
+        pytest.param(
+            {"ok.rego": MINIMAL_POLICY["gateway.rego"], "bad/syntax.rego": "package gateway.x\n\nallow if {\n"},
+            "bad/syntax.rego",
+            4,
+            "rego_parse_error",
+            id="syntax-error",
+        ),
+        pytest.param(
+            {"gateway.rego": 'package gateway\n\ndecision := {"allow": input.x == undefined_thing}\n'},
+            "gateway.rego",
+            3,
+            "rego_unsafe_var_error",
+            id="unsafe-var",
+        ),
+        pytest.param(
+            {"gateway.rego": MINIMAL_POLICY["gateway.rego"], "other.rego": "package other\n\nx := 1\n"},
+            "other.rego",
+            1,
+            "gateway_package_root",
+            id="wrong-package",
+        ),
+        pytest.param(
+            {"gateway.rego": "package gateway_runtime.main\n\ncall := 1\n"}, None, None, None, id="reserved-package"
+        ),
+        pytest.param(
+            {"gateway.rego": "package gateway\n\nallow := true\n"},
+            "",
+            0,
+            "gateway_decision_missing",
+            id="no-decision-rule",
+        ),
     ],
 )
 async def test_bad_policies_are_rejected_with_file_and_line(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -12,7 +12,7 @@ from tests.controlplane.helpers import asgi_controlplane
 
 pytestmark = [pytest.mark.anyio, pytest.mark.db]
 
-BASE = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
+BASE = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 
 def _event(i: int, **kw: Any) -> dict[str, Any]:
@@ -54,9 +54,28 @@ async def test_ingest_is_idempotent_and_never_stores_unknown_fields(cp_config: C
         assert item["tool"] == "echo" and item["allowed"] is True and item["opa_logged"] is False
         assert item["opa_decision_log"] is None and "arguments" not in item
         assert set(item) - {"opa_decision_log"} == {
-            "decision_id", "timestamp", "tenant", "environment", "subject", "client_id", "action", "server", "tool",
-            "allowed", "reasons", "policy_revision", "projection_version", "latency_ms", "status", "error_category",
-            "arguments_sha256", "result_sha256", "session_id", "protocol_version", "dataplane_id", "opa_logged",
+            "decision_id",
+            "timestamp",
+            "tenant",
+            "environment",
+            "subject",
+            "client_id",
+            "action",
+            "server",
+            "tool",
+            "allowed",
+            "reasons",
+            "policy_revision",
+            "projection_version",
+            "latency_ms",
+            "status",
+            "error_category",
+            "arguments_sha256",
+            "result_sha256",
+            "session_id",
+            "protocol_version",
+            "dataplane_id",
+            "opa_logged",
         }
         assert (await admin.get("/v1/audit/decisions/nope")).status_code == 404
 

@@ -12,15 +12,22 @@ from gateway.controlplane.discovery import tool_sha256
 
 REPO = Path(__file__).resolve().parents[2]
 SERVERS = [
-    {"name": "demo", "transport": "streamable_http", "url": "http://u/mcp", "description": "",
-     "tools": [{"name": "echo", "inputSchema": {"type": "object"}, "annotations": {"readOnlyHint": True}}]}
+    {
+        "name": "demo",
+        "transport": "streamable_http",
+        "url": "http://u/mcp",
+        "description": "",
+        "tools": [{"name": "echo", "inputSchema": {"type": "object"}, "annotations": {"readOnlyHint": True}}],
+    }
 ]
 
 
 def _bundle(**kw: object) -> bytes:
     args = dict(
-        revision="p3-pv2", version=3, policy_version=2,
-        policy_modules={"gateway.rego": "package gateway\n\ndecision := {\"allow\": false}\n"},
+        revision="p3-pv2",
+        version=3,
+        policy_version=2,
+        policy_modules={"gateway.rego": 'package gateway\n\ndecision := {"allow": false}\n'},
         reserved_modules={"system/log/log.rego": "package system.log\n"},
         data=bundle_data(version=3, policy_version=2, revision="p3-pv2", servers=SERVERS, policy_data={"limits": 1}),
     )
@@ -36,18 +43,27 @@ def test_bundle_holds_manifest_data_policy_and_reserved_modules() -> None:
     files = read_bundle(_bundle())
     assert sorted(files) == [".manifest", "data.json", "policy/gateway.rego", "reserved/system/log/log.rego"]
     manifest = orjson.loads(files[".manifest"])
-    assert manifest == {"revision": "p3-pv2", "roots": list(BUNDLE_ROOTS),
-                        "metadata": {"projection_version": 3, "policy_version": 2}}
+    assert manifest == {
+        "revision": "p3-pv2",
+        "roots": list(BUNDLE_ROOTS),
+        "metadata": {"projection_version": 3, "policy_version": 2},
+    }
     data = orjson.loads(files["data.json"])
     assert data["gateway_runtime"]["projection"] == {"version": 3, "policy_version": 2, "revision": "p3-pv2"}
     assert data["gateway_runtime"]["registry"]["servers"]["demo"] == {
-        "transport": "streamable_http", "tools": {"echo": {"annotations": {"readOnlyHint": True}}}}
+        "transport": "streamable_http",
+        "tools": {"echo": {"annotations": {"readOnlyHint": True}}},
+    }
     assert data["gateway"] == {"limits": 1}
 
 
 def test_reserved_modules_exclude_the_sample_user_policy_and_tests(tmp_path: Path) -> None:
-    for rel in ("gateway/gateway.rego", "gateway_runtime/main/main.rego", "gateway_runtime/main/main_test.rego",
-                "system/log/log.rego"):
+    for rel in (
+        "gateway/gateway.rego",
+        "gateway_runtime/main/main.rego",
+        "gateway_runtime/main/main_test.rego",
+        "system/log/log.rego",
+    ):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text("package x\n")
     assert sorted(load_reserved_modules(tmp_path)) == ["gateway_runtime/main/main.rego", "system/log/log.rego"]
@@ -58,7 +74,10 @@ def test_opa_accepts_the_bundle_built_from_the_repository_reserved_modules(tmp_p
     (tmp_path / "b.tar.gz").write_bytes(blob)
     out = subprocess.run(
         [str(opa_bin), "eval", "-b", str(tmp_path / "b.tar.gz"), "-f", "raw", "data.gateway_runtime.main.call"],
-        capture_output=True, text=True, timeout=60, check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     )
     assert orjson.loads(out.stdout) == {"revision": "p3-pv2", "decision": {"allow": False}}
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import gzip
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -106,13 +106,16 @@ async def test_dataplane_polls_are_recorded_in_the_projection_view(cp_config: Co
         view = (await admin.get("/v1/projection")).json()
         assert view["data_planes"][0]["id"] == "dp1" and view["active_version"] is None
         r = await internal.get(
-            "/v1/dataplane/projection", params={"dataplane_id": "dp1", "active_version": 1},
+            "/v1/dataplane/projection",
+            params={"dataplane_id": "dp1", "active_version": 1},
             headers={"If-None-Match": r.headers["etag"]},
         )
         assert r.status_code == 304
         view = (await admin.get("/v1/projection")).json()
         assert view["desired_version"] == view["active_version"] == 1 and view["policy_version"] is None
-        await internal.get("/v1/dataplane/projection", params={"dataplane_id": "dp1", "active_version": 1, "error": "bundle_invalid"})
+        await internal.get(
+            "/v1/dataplane/projection", params={"dataplane_id": "dp1", "active_version": 1, "error": "bundle_invalid"}
+        )
         dp = (await admin.get("/v1/projection")).json()["data_planes"][0]
         assert dp["state"] == "error" and dp["error_category"] == "bundle_invalid"
         assert (await internal.get("/v1/dataplane/projection")).status_code == 400
@@ -122,8 +125,13 @@ async def test_status_reports_map_revisions_to_versions(cp_config: Config) -> No
     async with asgi_controlplane(cp_config) as (admin, internal, _):
         report = {
             "labels": {"id": "opa-1", "version": "1.22.2"},
-            "bundles": {"gateway": {"name": "gateway", "active_revision": "p1-pv0",
-                                     "last_successful_activation": "2026-01-01T00:00:00.123456789Z"}},
+            "bundles": {
+                "gateway": {
+                    "name": "gateway",
+                    "active_revision": "p1-pv0",
+                    "last_successful_activation": "2026-01-01T00:00:00.123456789Z",
+                }
+            },
             "plugins": {"bundle": {"state": "OK"}},
         }
         assert (await internal.post("/v1/opa/status", json=report)).status_code == 204
@@ -140,9 +148,18 @@ async def test_status_reports_map_revisions_to_versions(cp_config: Config) -> No
 
 async def test_decision_logs_accept_gzip_arrays_idempotently_and_reject_garbage(cp_config: Config) -> None:
     async with asgi_controlplane(cp_config) as (_, internal, state):
-        events = [{"decision_id": "d1", "path": "gateway_runtime/main/call", "labels": {"id": "opa-1"},
-                   "bundles": {"gateway": {"revision": "p1-pv0"}}, "timestamp": "2026-01-01T00:00:00Z",
-                   "input": {"tool": "echo"}, "result": {"revision": "p1-pv0"}, "erased": ["/input/arguments"]}]
+        events = [
+            {
+                "decision_id": "d1",
+                "path": "gateway_runtime/main/call",
+                "labels": {"id": "opa-1"},
+                "bundles": {"gateway": {"revision": "p1-pv0"}},
+                "timestamp": "2026-01-01T00:00:00Z",
+                "input": {"tool": "echo"},
+                "result": {"revision": "p1-pv0"},
+                "erased": ["/input/arguments"],
+            }
+        ]
         body = gzip.compress(orjson.dumps(events))
         headers = {"Content-Encoding": "gzip", "Content-Type": "application/json"}
         for _ in range(2):
@@ -156,9 +173,13 @@ async def test_decision_logs_accept_gzip_arrays_idempotently_and_reject_garbage(
 def _opa_config(cp_url: str) -> dict[str, Any]:
     return {
         "services": {"cp": {"url": f"{cp_url}/v1/opa", "credentials": {"bearer": {"token": INTERNAL_TOKEN}}}},
-        "bundles": {"gateway": {"service": "cp", "resource": "bundles/gateway",
-                                "polling": {"min_delay_seconds": 1, "max_delay_seconds": 2,
-                                            "long_polling_timeout_seconds": 10}}},
+        "bundles": {
+            "gateway": {
+                "service": "cp",
+                "resource": "bundles/gateway",
+                "polling": {"min_delay_seconds": 1, "max_delay_seconds": 2, "long_polling_timeout_seconds": 10},
+            }
+        },
         "status": {"service": "cp"},
         "decision_logs": {"service": "cp", "reporting": {"min_delay_seconds": 1, "max_delay_seconds": 2}},
     }
@@ -170,14 +191,16 @@ async def test_a_real_opa_activates_bundles_reports_status_and_ships_decision_lo
 ) -> None:
     async with served_controlplane(cp_config) as cp_url:
         admin = httpx.AsyncClient(base_url=cp_url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, trust_env=False)
-        internal = httpx.AsyncClient(base_url=cp_url, headers={"Authorization": f"Bearer {INTERNAL_TOKEN}"},
-                                     trust_env=False)
+        internal = httpx.AsyncClient(
+            base_url=cp_url, headers={"Authorization": f"Bearer {INTERNAL_TOKEN}"}, trust_env=False
+        )
         async with admin, internal:
             config_path = tmp_path / "opa.json"
             config_path.write_bytes(orjson.dumps(_opa_config(cp_url)))
             opa_port = free_port()
-            proc = spawn("opa", [opa_bin, "run", "-s", "-a", f"127.0.0.1:{opa_port}", "-c", config_path,
-                                 "--log-level", "info"])
+            proc = spawn(
+                "opa", [opa_bin, "run", "-s", "-a", f"127.0.0.1:{opa_port}", "-c", config_path, "--log-level", "info"]
+            )
             # In a thread: the control plane OPA talks to runs on this event loop.
             await anyio.to_thread.run_sync(lambda: proc.wait_port("127.0.0.1", opa_port, timeout=20))
 
@@ -196,20 +219,37 @@ async def test_a_real_opa_activates_bundles_reports_status_and_ships_decision_lo
             assert view["policy_version"] is not None
 
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{opa_port}", trust_env=False) as opa:
-                r = await opa.post("/v1/data/gateway_runtime/main/call",
-                                   json={"input": {"tool": "echo", "arguments": {"text": "secret-canary"}}})
+                r = await opa.post(
+                    "/v1/data/gateway_runtime/main/call",
+                    json={"input": {"tool": "echo", "arguments": {"text": "secret-canary"}}},
+                )
             answer = r.json()
             assert answer["result"]["decision"]["allow"] is True
             assert answer["result"]["revision"] == f"p{version}-pv{view['policy_version']}"
             decision_id = answer["decision_id"]
 
             event = {
-                "decision_id": decision_id, "timestamp": datetime.now(timezone.utc).isoformat(),
-                "tenant": "tenant_local", "environment": "prod", "dataplane_id": "dp1", "subject": "alice",
-                "client_id": "cli", "action": "tools/call", "server": "demo", "tool": "echo", "allowed": True,
-                "reasons": [], "policy_revision": answer["result"]["revision"], "projection_version": version,
-                "latency_ms": 1.5, "status": "ok", "error_category": None, "arguments_sha256": "a" * 64,
-                "result_sha256": None, "session_id": None, "protocol_version": "2025-11-25",
+                "decision_id": decision_id,
+                "timestamp": datetime.now(UTC).isoformat(),
+                "tenant": "tenant_local",
+                "environment": "prod",
+                "dataplane_id": "dp1",
+                "subject": "alice",
+                "client_id": "cli",
+                "action": "tools/call",
+                "server": "demo",
+                "tool": "echo",
+                "allowed": True,
+                "reasons": [],
+                "policy_revision": answer["result"]["revision"],
+                "projection_version": version,
+                "latency_ms": 1.5,
+                "status": "ok",
+                "error_category": None,
+                "arguments_sha256": "a" * 64,
+                "result_sha256": None,
+                "session_id": None,
+                "protocol_version": "2025-11-25",
             }
             assert (await internal.post("/v1/audit/events", json=[event])).status_code == 202
 
@@ -224,5 +264,3 @@ async def test_a_real_opa_activates_bundles_reports_status_and_ships_decision_lo
             assert "arguments" not in log["input"] and "/input/arguments" in log["erased"]
             listed = (await admin.get("/v1/audit/decisions", params={"tool": "echo"})).json()["items"]
             assert [i["decision_id"] for i in listed] == [decision_id] and listed[0]["opa_logged"] is True
-
-

@@ -283,7 +283,9 @@ async def test_a_cached_entry_is_not_used_after_the_token_expires(
     assert decode_calls == [token, token]
 
 
-async def test_the_cache_is_bounded(idp: DevIdentityProvider, make_verifier: MakeVerifier, decode_calls: list[str]) -> None:
+async def test_the_cache_is_bounded(
+    idp: DevIdentityProvider, make_verifier: MakeVerifier, decode_calls: list[str]
+) -> None:
     verifier = make_verifier(idp, cache_size=2)
     tokens = [idp.mint(f"user{i}", [], AUDIENCE) for i in range(3)]
     for token in tokens:
@@ -297,7 +299,9 @@ async def test_the_cache_is_bounded(idp: DevIdentityProvider, make_verifier: Mak
 
 async def test_a_token_without_kid_uses_the_only_key(idp: DevIdentityProvider, verifier: JwtVerifier) -> None:
     token = jwt.encode(
-        idp.claims("alice", [], AUDIENCE), idp._private_key, algorithm="RS256"  # noqa: SLF001 - no kid header
+        idp.claims("alice", [], AUDIENCE),
+        idp._private_key,
+        algorithm="RS256",  # noqa: SLF001 - no kid header
     )
 
     assert (await verifier.verify(token)).sub == "alice"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
@@ -28,14 +28,20 @@ async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
 
 async def test_duplicate_server_maps_to_conflict_and_missing_to_not_found(pool: asyncpg.Pool) -> None:
     async with pool.acquire() as conn:
-        await servers.create_server(conn, T, E, name="a", transport="streamable_http", url="http://x/mcp", description="")
+        await servers.create_server(
+            conn, T, E, name="a", transport="streamable_http", url="http://x/mcp", description=""
+        )
         with pytest.raises(ConflictError) as info:
-            await servers.create_server(conn, T, E, name="a", transport="streamable_http", url="http://y", description="")
+            await servers.create_server(
+                conn, T, E, name="a", transport="streamable_http", url="http://y", description=""
+            )
         assert "http://y" not in str(info.value)
         with pytest.raises(NotFound):
             await servers.get_server(conn, T, E, "b")
         # another scope is another namespace
-        await servers.create_server(conn, T, "dev", name="a", transport="streamable_http", url="http://x", description="")
+        await servers.create_server(
+            conn, T, "dev", name="a", transport="streamable_http", url="http://x", description=""
+        )
 
 
 async def test_approving_a_server_pins_tools_in_order_and_replaces_old_pins(pool: asyncpg.Pool) -> None:
@@ -50,8 +56,13 @@ async def test_approving_a_server_pins_tools_in_order_and_replaces_old_pins(pool
         assert [t["name"] for t in (await servers.get_server(conn, T, E, "a"))["tools"]] == ["zz"]
         approved = await servers.approved_servers_with_tools(conn, T, E)
         assert approved == [
-            {"name": "a", "transport": "streamable_http", "url": "http://x", "description": "d",
-             "tools": [{"name": "zz", "inputSchema": {"type": "object"}}]}
+            {
+                "name": "a",
+                "transport": "streamable_http",
+                "url": "http://x",
+                "description": "d",
+                "tools": [{"name": "zz", "inputSchema": {"type": "object"}}],
+            }
         ]
 
 
@@ -79,12 +90,20 @@ def _event(i: int, ts: datetime, **kw: object) -> tuple:
 
 
 async def test_audit_events_are_idempotent_and_join_opa_logs(pool: asyncpg.Pool) -> None:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     await audit.insert_decision_events(pool, [_event(1, now), _event(1, now), _event(2, now)])
     assert await pool.fetchval("select count(*) from audit_decisions") == 2
-    log = {"decision_id": "d001", "opa_id": "o", "path": "gateway_runtime/main/call", "revision": "p1-pv0",
-           "timestamp": now, "input": {"tool": "echo"}, "result": {"allow": True}, "erased": ["/input/arguments"],
-           "masked": None}
+    log = {
+        "decision_id": "d001",
+        "opa_id": "o",
+        "path": "gateway_runtime/main/call",
+        "revision": "p1-pv0",
+        "timestamp": now,
+        "input": {"tool": "echo"},
+        "result": {"allow": True},
+        "erased": ["/input/arguments"],
+        "masked": None,
+    }
     await audit.insert_opa_logs(pool, T, E, [log, log])
     item = await audit.get_decision(pool, T, E, "d001")
     assert item is not None and item["opa_logged"] is True
@@ -94,7 +113,7 @@ async def test_audit_events_are_idempotent_and_join_opa_logs(pool: asyncpg.Pool)
 
 
 async def test_audit_keyset_pagination_visits_every_row_once(pool: asyncpg.Pool) -> None:
-    base = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    base = datetime(2026, 1, 1, tzinfo=UTC)
     # pairs share a timestamp, so the decision_id tiebreak matters
     await audit.insert_decision_events(pool, [_event(i, base + timedelta(seconds=i // 2)) for i in range(11)])
     seen: list[str] = []

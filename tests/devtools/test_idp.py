@@ -195,8 +195,21 @@ def test_cli_init_and_mint(tmp_path: Path) -> None:
     assert run("init", "--dir", str(key_dir)).returncode == 1  # no silent overwrite
 
     minted = run(
-        "mint", "--dir", str(key_dir), "--sub", "alice", "--roles", "viewer,operator",
-        "--audience", AUDIENCE, "--scope", "mcp:tools", "--client-id", "cli-agent", "--ttl", "120",
+        "mint",
+        "--dir",
+        str(key_dir),
+        "--sub",
+        "alice",
+        "--roles",
+        "viewer,operator",
+        "--audience",
+        AUDIENCE,
+        "--scope",
+        "mcp:tools",
+        "--client-id",
+        "cli-agent",
+        "--ttl",
+        "120",
     )
     assert minted.returncode == 0, minted.stderr
     token = minted.stdout.strip()

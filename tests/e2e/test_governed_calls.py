@@ -170,7 +170,12 @@ def test_modern_header_mismatch_is_400_minus_32020(stack: LocalStack) -> None:
 def test_legacy_session_is_bound_to_its_subject(stack: LocalStack) -> None:
     alice = {"authorization": f"Bearer {stack.idp.mint('alice', ['viewer'], stack.audience)}"}
     bob = {"authorization": f"Bearer {stack.idp.mint('bob', ['admin'], stack.audience)}"}
-    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+    init = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+    }
     resp = httpx.post(f"{stack.data_url}/mcp", json=init, headers=alice)
     session = resp.headers["mcp-session-id"]
     listing = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
@@ -203,7 +208,9 @@ async def test_opa_decision_log_and_runtime_audit_share_the_decision_id_without_
         tables = [r["tablename"] for r in await conn.fetch("select tablename from pg_tables where schemaname='public'")]
         for table in tables:
             hits = await conn.fetchval(
-                f'select count(*) from "{table}" t where t::text like $1 or t::text like $2', f"%{CANARY}%", f"%{token}%"
+                f'select count(*) from "{table}" t where t::text like $1 or t::text like $2',
+                f"%{CANARY}%",
+                f"%{token}%",
             )
             assert hits == 0, f"canary or token stored in table {table}"
     finally:
@@ -219,7 +226,7 @@ async def test_approving_a_policy_version_changes_live_decisions_without_restart
     stricter = {
         "gateway.rego": (
             "package gateway\n\n"
-            "default decision := {\"allow\": false, \"reasons\": [\"maintenance_window\"], \"obligations\": {}}\n"
+            'default decision := {"allow": false, "reasons": ["maintenance_window"], "obligations": {}}\n'
         )
     }
     async with client(stack, token) as c:

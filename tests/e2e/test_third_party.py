@@ -53,6 +53,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
 from gateway.devtools.stack import LocalStack, free_port, sample_policy_modules
+from tests.support import pg
 
 pytestmark = [pytest.mark.integration, pytest.mark.db, pytest.mark.anyio, pytest.mark.timeout(600)]
 
@@ -134,10 +135,21 @@ def ensure_npm_tool(tool: NpmTool, say: Callable[[str], None]) -> Path:
     NPM_PREFIX.mkdir(parents=True, exist_ok=True)
     tool.marker.unlink(missing_ok=True)
     cmd = [
-        npm, "install", "--prefix", str(NPM_PREFIX), "--no-audit", "--no-fund", "--ignore-scripts",
-        "--no-update-notifier", "--save-exact", "--loglevel=error", tool.spec,
+        npm,
+        "install",
+        "--prefix",
+        str(NPM_PREFIX),
+        "--no-audit",
+        "--no-fund",
+        "--ignore-scripts",
+        "--no-update-notifier",
+        "--save-exact",
+        "--loglevel=error",
+        tool.spec,
     ]
-    say(f"installing {tool.spec} into {NPM_PREFIX.relative_to(REPO_ROOT)} (npm install, timeout {INSTALL_TIMEOUT} s) ...")
+    say(
+        f"installing {tool.spec} into {NPM_PREFIX.relative_to(REPO_ROOT)} (npm install, timeout {INSTALL_TIMEOUT} s) ..."
+    )
     started = time.monotonic()
     hint = "is the npm registry reachable (`npm config get registry`, proxy settings)?"
     try:
@@ -147,7 +159,8 @@ def ensure_npm_tool(tool: NpmTool, say: Callable[[str], None]) -> Path:
     except subprocess.TimeoutExpired:
         pytest.fail(f"`{' '.join(cmd)}` did not finish within {INSTALL_TIMEOUT} s; {hint}", pytrace=False)
     if proc.returncode != 0:
-        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
+        lines = (proc.stderr or proc.stdout).strip().splitlines()
+        tail = "\n".join(lines if len(lines) <= 16 else [*lines[:8], "...", *lines[-8:]])
         pytest.fail(f"`{' '.join(cmd)}` failed with exit {proc.returncode}; {hint}\n{tail}", pytrace=False)
     if _installed_version(tool) != tool.version or not tool.bin_path.exists():
         pytest.fail(f"npm install finished but {tool.spec} / {tool.bin_path} is not there", pytrace=False)
@@ -176,9 +189,16 @@ def inspector_bin(request: pytest.FixtureRequest) -> Path:
 
 # ---------------------------------------------------------------- the stack
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, session_database_url: str, opa_bin: Path) -> Iterator[LocalStack]:
+def module_database_url(pg_admin_url: str) -> Iterator[str]:
+    # Our own database: the session one may already hold another e2e module's servers ("demo" -> 409).
+    with pg.throwaway_database(pg_admin_url) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, module_database_url: str, opa_bin: Path) -> Iterator[LocalStack]:
     run_dir = tmp_path_factory.mktemp("stack")
-    with LocalStack.create(run_dir, database_url=session_database_url, opa_bin=str(opa_bin)) as s:
+    with LocalStack.create(run_dir, database_url=module_database_url, opa_bin=str(opa_bin)) as s:
         s.start_upstream()
         s.start_gateway()
         s.register_and_approve_server("demo", s.upstream_url, "sample upstream")
@@ -260,7 +280,11 @@ def everything(stack: LocalStack, everything_bin: Path, node_bin: str) -> Iterat
         with open(log, "ab") as out:
             proc = subprocess.Popen(
                 [node_bin, str(everything_bin), "streamableHttp"],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
             )
         procs.append(proc)
         deadline = time.monotonic() + 20
@@ -302,8 +326,14 @@ class TestServerEverythingUpstream:
         if Path("/proc/net/tcp").exists():
             assert addresses == {LOOPBACK_V4}, f"server-everything listens on {addresses}, expected 127.0.0.1 only"
         init = {
-            "jsonrpc": "2.0", "id": 1, "method": "initialize",
-            "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "probe", "version": "1"}},
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-11-25",
+                "capabilities": {},
+                "clientInfo": {"name": "probe", "version": "1"},
+            },
         }
         resp = httpx.post(everything.url, json=init, headers={"accept": "application/json, text/event-stream"})
         assert resp.status_code == 200
@@ -340,7 +370,8 @@ class TestServerEverythingUpstream:
         async with client(stack, admin, mode=mode) as c:
             tools = {t.name: t for t in (await c.list_tools()).tools}
         not_read_only = sorted(
-            n for n, t in tools.items()
+            n
+            for n, t in tools.items()
             if n.startswith("everything__") and not (t.annotations and t.annotations.read_only_hint is True)
         )
         # Pick a harmless, argument-less, non-destructive one (gzip-file-as-resource would fetch a URL).
@@ -360,18 +391,10 @@ class TestServerEverythingUpstream:
         assert denied.value.error.code == -32003
         assert data["category"] == "policy_denied" and data["reasons"] == ["tool_not_read_only"]
         item = audit_item(stack, data["decision_id"])
-        assert item["allowed"] is False and item["server"] == "everything" and item["tool"] == "toggle-simulated-logging"
+        assert (
+            item["allowed"] is False and item["server"] == "everything" and item["tool"] == "toggle-simulated-logging"
+        )
 
-    @pytest.mark.xfail(
-        raises=AssertionError,
-        strict=True,
-        reason=(
-            "gateway bug (reported): StreamableHttpUpstream re-initializes a legacy upstream session only on "
-            "HTTP 404; server-everything answers an unknown Mcp-Session-Id with HTTP 400 -32000 "
-            "'Bad Request: No valid session ID provided', so after an upstream restart every call fails "
-            "until the gateway restarts"
-        ),
-    )
     async def test_gateway_recovers_after_the_legacy_upstream_restarts(
         self, stack: LocalStack, everything: Everything
     ) -> None:
@@ -413,7 +436,16 @@ def inspector(
     env.update({"MCP_INSPECTOR_SECRET_STORE": "memory", "HOME": str(home)})
 
     def run(*args: str, token: str | None = None) -> InspectorRun:
-        argv = [node_bin, str(inspector_bin), "--cli", f"{stack.data_url}/mcp", "--transport", "http", "--format", "json"]
+        argv = [
+            node_bin,
+            str(inspector_bin),
+            "--cli",
+            f"{stack.data_url}/mcp",
+            "--transport",
+            "http",
+            "--format",
+            "json",
+        ]
         argv += list(args)
         if token is not None:
             argv += ["--header", f"Authorization: Bearer {token}"]
@@ -453,7 +485,9 @@ def test_inspector_calls_demo_echo(stack: LocalStack, inspector: Callable[..., I
     assert seen["authorization_header_count"] == 0, "the client's bearer token must not reach the upstream"
 
 
-def test_inspector_without_token_exits_3_auth_required(stack: LocalStack, inspector: Callable[..., InspectorRun]) -> None:
+def test_inspector_without_token_exits_3_auth_required(
+    stack: LocalStack, inspector: Callable[..., InspectorRun]
+) -> None:
     run = inspector("--method", "tools/list")
     assert run.returncode == 3, (run.stdout, run.stderr)
     assert run.stdout == ""
@@ -467,8 +501,15 @@ def test_inspector_refuses_a_tool_the_policy_hides_without_calling_it(
     httpx.delete(f"http://127.0.0.1:{stack.upstream_port}/_recorded")
     token = stack.idp.mint("insp-viewer", ["viewer"], stack.audience)
     run = inspector(
-        "--method", "tools/call", "--tool-name", "demo__create_ticket",
-        "--tool-arg", "title=x", "--tool-arg", "priority=low", token=token,
+        "--method",
+        "tools/call",
+        "--tool-name",
+        "demo__create_ticket",
+        "--tool-arg",
+        "title=x",
+        "--tool-arg",
+        "priority=low",
+        token=token,
     )
     assert run.returncode == 5, (run.stdout, run.stderr)
     assert run.json_err()["error"]["code"] == "tool_not_found"
@@ -478,8 +519,15 @@ def test_inspector_refuses_a_tool_the_policy_hides_without_calling_it(
 def test_inspector_tool_error_exits_5(stack: LocalStack, inspector: Callable[..., InspectorRun]) -> None:
     token = stack.idp.mint("insp-admin", ["admin"], stack.audience)
     run = inspector(
-        "--method", "tools/call", "--tool-name", "demo__create_ticket",
-        "--tool-arg", "title=x", "--tool-arg", "priority=urgent", token=token,
+        "--method",
+        "tools/call",
+        "--tool-name",
+        "demo__create_ticket",
+        "--tool-arg",
+        "title=x",
+        "--tool-arg",
+        "priority=urgent",
+        token=token,
     )
     assert run.returncode == 5, (run.stdout, run.stderr)
     assert run.json_out()["result"]["isError"] is True

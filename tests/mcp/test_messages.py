@@ -37,10 +37,19 @@ def _body(obj: Any) -> bytes:
             id="request-str-id-with-params",
         ),
         pytest.param({"jsonrpc": "2.0", "id": 0, "method": "ping"}, "request", 0, "ping", {}, id="request-zero-id"),
-        pytest.param({"jsonrpc": "2.0", "id": "", "method": "ping"}, "request", "", "ping", {}, id="request-empty-str-id"),
-        pytest.param({"jsonrpc": "2.0", "id": -7, "method": "ping"}, "request", -7, "ping", {}, id="request-negative-id"),
         pytest.param(
-            {"jsonrpc": "2.0", "id": 2, "method": "ping", "params": None}, "request", 2, "ping", {}, id="null-params-is-empty"
+            {"jsonrpc": "2.0", "id": "", "method": "ping"}, "request", "", "ping", {}, id="request-empty-str-id"
+        ),
+        pytest.param(
+            {"jsonrpc": "2.0", "id": -7, "method": "ping"}, "request", -7, "ping", {}, id="request-negative-id"
+        ),
+        pytest.param(
+            {"jsonrpc": "2.0", "id": 2, "method": "ping", "params": None},
+            "request",
+            2,
+            "ping",
+            {},
+            id="null-params-is-empty",
         ),
         pytest.param(
             {"jsonrpc": "2.0", "method": "notifications/initialized"},
