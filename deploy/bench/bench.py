@@ -71,15 +71,30 @@ def _pct(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def _latency(fn: Callable[[], Awaitable[None]], n: int, warmup: int) -> dict[str, float]:
-    for _ in range(warmup):
-        await fn()
-    samples = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        await fn()
-        samples.append((time.perf_counter() - t0) * 1000)
-    return {"p50_ms": _pct(samples, 0.50), "p99_ms": _pct(samples, 0.99), "mean_ms": statistics.fmean(samples)}
+async def _latencies(
+    cases: dict[str, Callable[[], Awaitable[None]]], n: int, warmup: int, rounds: int
+) -> dict[str, Any]:
+    """p50/p99/mean per case, interleaving the cases in ``rounds`` rounds.
+
+    Interleaving exposes every case to the same background conditions (CPU
+    steal, GC, other processes), so the gateway-minus-direct difference is not
+    an artefact of when each case happened to run.
+    """
+    for fn in cases.values():
+        for _ in range(warmup):
+            await fn()
+    samples: dict[str, list[float]] = {name: [] for name in cases}
+    per_round = max(1, n // rounds)
+    for _ in range(rounds):
+        for name, fn in cases.items():
+            for _ in range(per_round):
+                t0 = time.perf_counter()
+                await fn()
+                samples[name].append((time.perf_counter() - t0) * 1000)
+    return {
+        name: {"p50_ms": _pct(s, 0.50), "p99_ms": _pct(s, 0.99), "mean_ms": statistics.fmean(s), "n": len(s)}
+        for name, s in samples.items()
+    }
 
 
 async def _throughput(fn: Callable[[], Awaitable[None]], workers: int, seconds: float) -> float:
@@ -140,9 +155,7 @@ async def measure(stack: LocalStack, args: argparse.Namespace) -> dict[str, Any]
             assert r.json()["result"]["isError"] is False, r.text
 
         cases = {"rtt": rtt, "opa": opa, "direct": direct, "gateway": gateway}
-        out: dict[str, Any] = {}
-        for name, fn in cases.items():
-            out[name] = await _latency(fn, args.requests, args.warmup)
+        out = await _latencies(cases, args.requests, args.warmup, args.rounds)
         for name in ("direct", "gateway"):
             out[name]["throughput_rps"] = await _throughput(cases[name], args.concurrency, args.seconds)
         return out
@@ -152,6 +165,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument(
+        "--rounds", type=int, default=10, help="latency samples are taken in this many interleaved rounds"
+    )
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--run-dir", default=str(PROJECT_ROOT / ".run" / "bench"))
