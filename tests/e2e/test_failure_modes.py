@@ -13,7 +13,7 @@ import pytest
 from mcp.shared.exceptions import MCPError
 
 from gateway.devtools.stack import LocalStack, sample_policy_modules
-from tests.e2e.test_governed_calls import audit_item, client, recorded
+from tests.e2e.helpers import audit_item, client, recorded
 
 pytestmark = [pytest.mark.integration, pytest.mark.db, pytest.mark.anyio]
 
@@ -54,7 +54,7 @@ async def test_opa_down_denies_with_policy_unavailable_then_recovers(split_stack
                 assert time.monotonic() < deadline, "OPA never came back"
     assert not result.is_error
     assert s.opa_pid() not in (None, pid)
-    assert [c["arguments"]["text"] for c in recorded(s)] == ["before", "after"]
+    assert [c["arguments"]["text"] for c in recorded(s)["calls"]] == ["before", "after"]
     assert listed == [] or all(t.name != "demo__create_ticket" for t in listed)
     item = audit_item(s, denied.value.error.data["decision_id"])
     assert item["allowed"] is False and item["error_category"] in ("policy_unavailable", "policy_decision_invalid")

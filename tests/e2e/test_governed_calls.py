@@ -7,55 +7,21 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import httpx
-import httpx2
 import pytest
-from mcp import Client
-from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
 from gateway.devtools.stack import LocalStack, sample_policy_modules
+from tests.e2e.helpers import audit_item, client, recorded
 from tests.support.logs import files_containing
 
 pytestmark = [pytest.mark.integration, pytest.mark.db, pytest.mark.anyio]
 
 CANARY = "CANARY-7f3a9c-do-not-store"
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, session_database_url: str, opa_bin: Path) -> Iterator[LocalStack]:
-    run_dir = tmp_path_factory.mktemp("stack")
-    with LocalStack.create(run_dir, database_url=session_database_url, opa_bin=str(opa_bin)) as s:
-        s.start_upstream()
-        s.start_gateway()
-        s.register_and_approve_server("demo", s.upstream_url, "sample upstream")
-        s.upload_and_approve_policy(sample_policy_modules())
-        s.wait_projection_active()
-        yield s
-
-
-def recorded(stack: LocalStack) -> list[dict[str, Any]]:
-    return httpx.get(f"http://127.0.0.1:{stack.upstream_port}/_recorded").json()["calls"]  # type: ignore[no-any-return]
-
-
-def client(stack: LocalStack, token: str, path: str = "/mcp", mode: str = "auto") -> Client:
-    http = httpx2.AsyncClient(headers={"authorization": f"Bearer {token}"}, timeout=httpx2.Timeout(30, read=60))
-    return Client(streamable_http_client(f"{stack.data_url}{path}", http_client=http), mode=mode)
-
-
-def audit_item(stack: LocalStack, decision_id: str, *, opa_logged: bool = False, timeout: float = 15) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        resp = httpx.get(f"{stack.control_url}/v1/audit/decisions/{decision_id}", headers=stack.admin_headers)
-        if resp.status_code == 200 and (resp.json()["opa_logged"] or not opa_logged):
-            return resp.json()  # type: ignore[no-any-return]
-        time.sleep(0.1)
-    raise AssertionError(f"decision {decision_id} not in the audit log after {timeout}s")
 
 
 def test_no_token_gets_401_with_rfc9728_resource_metadata(stack: LocalStack) -> None:
@@ -122,7 +88,7 @@ async def test_denied_call_never_reaches_the_upstream(stack: LocalStack) -> None
         await c.call_tool("demo__echo", {"text": "after the denial"})
     data = denied.value.error.data
     assert data["category"] == "policy_denied" and data["reasons"] == ["tool_not_read_only"]
-    assert [call["tool"] for call in recorded(stack)] == ["echo"]
+    assert [call["tool"] for call in recorded(stack)["calls"]] == ["echo"]
     item = audit_item(stack, data["decision_id"], opa_logged=True)
     assert item["allowed"] is False and item["status"] == "denied"
     assert item["reasons"] == ["tool_not_read_only"]
@@ -137,7 +103,7 @@ async def test_invalid_arguments_are_a_tool_error_naming_the_field_and_never_rea
         missing = await c.call_tool("demo__get_weather", {})
     assert result.is_error and "$.priority" in result.content[0].text
     assert missing.is_error and "city" in missing.content[0].text
-    assert recorded(stack) == []
+    assert recorded(stack)["calls"] == []
 
 
 async def test_per_server_endpoint_serves_original_tool_names(stack: LocalStack) -> None:

@@ -46,14 +46,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import httpx2
 import pytest
-from mcp import Client
-from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
 from gateway.devtools.stack import LocalStack, free_port, sample_policy_modules
-from tests.support import pg
+from tests.e2e.helpers import audit_item, client, recorded
 
 pytestmark = [pytest.mark.integration, pytest.mark.db, pytest.mark.anyio, pytest.mark.timeout(600)]
 
@@ -188,44 +185,6 @@ def inspector_bin(request: pytest.FixtureRequest) -> Path:
 
 
 # ---------------------------------------------------------------- the stack
-@pytest.fixture(scope="module")
-def module_database_url(pg_admin_url: str) -> Iterator[str]:
-    # Our own database: the session one may already hold another e2e module's servers ("demo" -> 409).
-    with pg.throwaway_database(pg_admin_url) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, module_database_url: str, opa_bin: Path) -> Iterator[LocalStack]:
-    run_dir = tmp_path_factory.mktemp("stack")
-    with LocalStack.create(run_dir, database_url=module_database_url, opa_bin=str(opa_bin)) as s:
-        s.start_upstream()
-        s.start_gateway()
-        s.register_and_approve_server("demo", s.upstream_url, "sample upstream")
-        s.upload_and_approve_policy(sample_policy_modules())
-        s.wait_projection_active()
-        yield s
-
-
-def client(stack: LocalStack, token: str, path: str = "/mcp", mode: str = "auto") -> Client:
-    http = httpx2.AsyncClient(headers={"authorization": f"Bearer {token}"}, timeout=httpx2.Timeout(30, read=60))
-    return Client(streamable_http_client(f"{stack.data_url}{path}", http_client=http), mode=mode)
-
-
-def audit_item(stack: LocalStack, decision_id: str, timeout: float = 15) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        resp = httpx.get(f"{stack.control_url}/v1/audit/decisions/{decision_id}", headers=stack.admin_headers)
-        if resp.status_code == 200:
-            return resp.json()  # type: ignore[no-any-return]
-        time.sleep(0.1)
-    raise AssertionError(f"decision {decision_id} not in the audit log after {timeout}s")
-
-
-def recorded(stack: LocalStack) -> dict[str, Any]:
-    return httpx.get(f"http://127.0.0.1:{stack.upstream_port}/_recorded").json()  # type: ignore[no-any-return]
-
-
 # ---------------------------------------------------------------- server-everything (legacy upstream)
 def _listen_addresses(port: int) -> set[str]:
     """IPv4/IPv6 addresses (hex, as in /proc/net/tcp*) with a socket LISTENing on ``port``."""
