@@ -104,8 +104,9 @@ async def readyz(request: Request) -> Response:
 
     Returns 200 ``{"status": "ready", "projection_version", "revision"}`` or
     503 ``{"status": "not_ready", "reasons": [...]}`` (``no_projection``,
-    ``no_policy`` — no policy version approved yet, ``opa_not_ready``). A load balancer should only route to ready data planes;
-    an unready one still answers, but denies every call (fail closed).
+    ``no_policy`` — no policy version approved yet, ``opa_not_ready``). A load
+    balancer should only route to ready data planes; an unready one still
+    answers, but denies every call (fail closed).
     """
     reasons = []
     projection = request.state.dp_sync.current
@@ -140,8 +141,8 @@ async def mcp_endpoint(request: Request) -> Response:
         if session_id and request.state.dp_sessions.delete(session_id, (subject.issuer, subject.sub)):
             return Response(status_code=204)
         return _json(error_response(None, INVALID_REQUEST, "Unknown session"), 404)
-    body = await request.body()
-    if len(body) > request.state.dp_config.data_plane.max_body:
+    body = await _read_body(request, request.state.dp_config.data_plane.max_body)
+    if body is None:
         return _json(error_response(None, INVALID_REQUEST, "Request body too large"), 413)
     try:
         msg = parse_message(body)
@@ -161,6 +162,21 @@ async def mcp_endpoint(request: Request) -> Response:
     except GatewayError as exc:
         log.error("request failed: %s (%s)", exc.category, exc)
         return _json(error_response(msg.id, INTERNAL_ERROR, "Gateway error", {"category": exc.category}), 200)
+
+
+async def _read_body(request: Request, limit: int) -> bytes | None:
+    """The body, or None once it exceeds ``limit`` bytes (never buffers more than that)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 async def _authenticate(request: Request, server: str | None) -> Subject:

@@ -230,3 +230,30 @@ def test_health_and_readiness_endpoints(stack: LocalStack) -> None:
     ready = httpx.get(f"{stack.data_url}/readyz")
     assert ready.status_code == 200
     assert ready.json()["revision"].startswith("p")
+
+
+def test_an_oversized_body_is_refused_with_413_before_it_is_parsed(stack: LocalStack) -> None:
+    token = stack.idp.mint("bob", ["admin"], stack.audience)
+    headers = {"authorization": f"Bearer {token}", "content-type": "application/json"}
+    big = b'{"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"pad": "' + b"x" * (5 * 1024 * 1024) + b'"}}'
+    assert httpx.post(f"{stack.data_url}/mcp", content=big, headers=headers).status_code == 413
+
+    def chunks():  # no Content-Length: the limit must hold while streaming too
+        for i in range(0, len(big), 65536):
+            yield big[i : i + 65536]
+
+    assert httpx.post(f"{stack.data_url}/mcp", content=chunks(), headers=headers).status_code == 413
+
+
+def test_malformed_json_rpc_is_a_400_with_a_specific_code_and_never_reaches_the_upstream(stack: LocalStack) -> None:
+    httpx.delete(f"http://127.0.0.1:{stack.upstream_port}/_recorded")
+    token = stack.idp.mint("bob", ["admin"], stack.audience)
+    headers = {"authorization": f"Bearer {token}", "content-type": "application/json"}
+    for body, code in (
+        (b"{not json", -32700),
+        (b"[]", -32600),
+        (b'{"jsonrpc": "1.0", "id": 1, "method": "x"}', -32600),
+    ):
+        resp = httpx.post(f"{stack.data_url}/mcp", content=body, headers=headers)
+        assert resp.status_code == 400 and resp.json()["error"]["code"] == code
+    assert recorded(stack)["calls"] == []
