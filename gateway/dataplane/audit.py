@@ -88,11 +88,24 @@ class AuditShipper:
         self.shipped += len(events)
         return True
 
+    async def _ship(self, batch: list[dict[str, Any]]) -> bool:
+        """Post ``batch``; on refusal, or if cancelled mid-flight, spool it (never lost)."""
+        shipped = False
+        try:
+            shipped = await self._post(batch)
+        finally:
+            if not shipped:
+                self._write_spool(batch)
+        return shipped
+
     async def _replay_spool(self) -> None:
-        if not self._spool.exists():
-            return
         replaying = self._spool.with_suffix(".replaying")
-        self._spool.rename(replaying)
+        # A leftover .replaying file means an earlier replay was interrupted: replay it again
+        # (ingest is idempotent on decision_id, so re-sent events are not duplicated).
+        if not replaying.exists():
+            if not self._spool.exists():
+                return
+            self._spool.rename(replaying)
         lines = [orjson.loads(line) for line in replaying.read_bytes().splitlines() if line.strip()]
         batch = self._config.audit.batch_size
         for i in range(0, len(lines), batch):
@@ -105,8 +118,8 @@ class AuditShipper:
         """Ship everything queued now; spool whatever the control plane refuses."""
         while self._queue:
             batch = [self._queue.popleft() for _ in range(min(len(self._queue), self._config.audit.batch_size))]
-            if not await self._post(batch):
-                self._write_spool(batch + list(self._queue))
+            if not await self._ship(batch):
+                self._write_spool(list(self._queue))
                 self._queue.clear()
                 return
         await self._replay_spool()
