@@ -42,12 +42,18 @@ def _short(result: Any) -> str:
     return " ".join(" ".join(texts).split())[:90]
 
 
-async def agent(stack: LocalStack, user: str, roles: list[str], calls: list[tuple[str, dict[str, Any]]]) -> None:
-    """Run one agent session through the gateway's aggregated ``/mcp`` endpoint."""
+async def agent(
+    stack: LocalStack, user: str, roles: list[str], calls: list[tuple[str, dict[str, Any]]], mode: str = "auto"
+) -> None:
+    """Run one agent session through the gateway's aggregated ``/mcp`` endpoint.
+
+    ``mode="auto"`` negotiates the stateless 2026-07-28 revision; ``"legacy"`` the
+    2025-11-25 ``initialize`` handshake with an ``Mcp-Session-Id``.
+    """
     token = stack.idp.mint(user, roles, stack.audience, client_id="demo-agent")
     headers = {"authorization": f"Bearer {token}"}
     async with httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30, read=300)) as http:
-        async with Client(streamable_http_client(f"{stack.data_url}/mcp", http_client=http)) as client:
+        async with Client(streamable_http_client(f"{stack.data_url}/mcp", http_client=http), mode=mode) as client:
             tools = await client.list_tools()
             print(f"\n== {user} (roles: {', '.join(roles)}) — MCP {client.protocol_version}")
             print(f"   sees {len(tools.tools)} tool(s): {', '.join(t.name for t in tools.tools)}")
@@ -133,6 +139,7 @@ def main() -> int:
                 ("demo__create_ticket", {"title": "VPN down", "priority": "urgent"}),
                 ("demo__delete_record", {"record_id": "r-42"}),
             ],
+            "legacy",
         )
         recorded = httpx.get(f"http://127.0.0.1:{stack.upstream_port}/_recorded").json()["calls"]
         print(
