@@ -108,9 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
-        config = Config.from_env(toml_path=args.config)
-        if args.plane:
-            config = Config.from_mapping({**_as_mapping(config), "plane": args.plane})
+        config = Config.from_env(toml_path=args.config, overrides={"plane": args.plane} if args.plane else None)
     except ConfigError as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return 2
@@ -121,18 +119,6 @@ def main(argv: list[str] | None = None) -> int:
     else:
         asyncio.run(_serve(config))
     return 0
-
-
-def _as_mapping(config: Config) -> dict[str, object]:
-    import dataclasses
-
-    out: dict[str, object] = {}
-    for f in dataclasses.fields(config):
-        value = getattr(config, f.name)
-        out[f.name] = (
-            dataclasses.asdict(value) if dataclasses.is_dataclass(value) and not isinstance(value, type) else value
-        )
-    return out
 
 
 if __name__ == "__main__":

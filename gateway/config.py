@@ -199,12 +199,20 @@ class Config:
     audit: AuditConfig = field(default_factory=AuditConfig)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, *, toml_path: str | None = None) -> Config:
-        """Build from defaults, an optional TOML file and the environment.
+    def from_env(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        *,
+        toml_path: str | None = None,
+        overrides: Mapping[str, str] | None = None,
+    ) -> Config:
+        """Build from defaults, an optional TOML file, the environment and overrides.
 
         Args:
             environ: Variables to read (defaults to ``os.environ``).
             toml_path: TOML file; ``GATEWAY_CONFIG`` is used when omitted.
+            overrides: Dotted keys (e.g. ``{"plane": "data"}``) applied last, before
+                validation — command-line flags.
 
         Raises:
             ConfigError: A value is missing, malformed or inconsistent.
@@ -220,6 +228,8 @@ class Config:
         for env_key, dotted in ENV_KEYS.items():
             if env_key in env and env[env_key] != "":
                 _set_dotted(data, dotted, env[env_key])
+        for dotted, value in (overrides or {}).items():
+            _set_dotted(data, dotted, value)
         return cls.from_mapping(data)
 
     @classmethod

@@ -16,6 +16,7 @@ The tree (class, safe ``category``, HTTP ``status_code``)::
     + ConflictError                   conflict                  409
     + PolicyDenied                    policy_denied             403
     + PolicyUnavailable               policy_unavailable        503
+    |  + PolicyRevisionStale          policy_revision_stale     503
     + PolicyDecisionInvalid           policy_decision_invalid   503
     + UpstreamError                   upstream_error            502
     |  + UpstreamUnavailable          upstream_unavailable      502
@@ -43,6 +44,7 @@ __all__ = [
     "PolicyDecisionInvalid",
     "PolicyDenied",
     "PolicyRejected",
+    "PolicyRevisionStale",
     "PolicyUnavailable",
     "ProjectionUnavailable",
     "RequestRejected",
@@ -164,6 +166,13 @@ class PolicyUnavailable(GatewayError):
 
     category = "policy_unavailable"
     status_code = 503
+
+
+class PolicyRevisionStale(PolicyUnavailable):
+    """OPA decided with an older policy version than the data plane's projection, and did
+    not catch up within the wait: deny rather than apply a superseded policy."""
+
+    category = "policy_revision_stale"
 
 
 class PolicyDecisionInvalid(GatewayError):

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import aiohttp
+import aiohttp.http_exceptions
+import anyio
 import httpx
 from httpx_sse import EventSource
 
@@ -31,6 +33,7 @@ __all__ = [
     "HttpTimeout",
     "HttpTransportError",
     "HttpxClient",
+    "MAX_RESPONSE_BYTES",
     "SseEvent",
     "create_http_client",
     "iter_sse",
@@ -115,6 +118,22 @@ class HttpClient(Protocol):
         ...
 
 
+MAX_RESPONSE_BYTES = 16 * 1024 * 1024
+"""Largest body (or single SSE line) accepted from OPA or an upstream; more is a
+transport error (the SDK's own SSE event cap is 1 MiB)."""
+
+
+async def _read_capped(chunks: AsyncIterator[bytes]) -> bytes:
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in chunks:
+        size += len(chunk)
+        if size > MAX_RESPONSE_BYTES:
+            raise HttpTransportError(f"response exceeds {MAX_RESPONSE_BYTES} bytes")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
 class _AiohttpResponse:
     def __init__(self, resp: aiohttp.ClientResponse) -> None:
         self._resp = resp
@@ -122,11 +141,27 @@ class _AiohttpResponse:
         self.headers: Mapping[str, str] = resp.headers
 
     async def read(self) -> bytes:
-        return await self._resp.read()
+        declared = self._resp.content_length
+        if declared is not None and declared > MAX_RESPONSE_BYTES:
+            raise HttpTransportError(f"response of {declared} bytes exceeds {MAX_RESPONSE_BYTES}")
+        return await _read_capped(self._resp.content.iter_any())
 
     async def _lines(self) -> AsyncIterator[bytes]:
-        async for line in self._resp.content:
-            yield line.rstrip(b"\r\n")
+        # Split ourselves: aiohttp's readline() refuses lines over its buffer size
+        # with an exception outside ClientError, and a tool result is one SSE line.
+        buf = bytearray()
+        async for chunk in self._resp.content.iter_any():
+            search_from = len(buf)
+            buf += chunk
+            while (end := buf.find(b"\n", search_from)) != -1:
+                line = bytes(buf[:end])
+                del buf[: end + 1]
+                search_from = 0
+                yield line.rstrip(b"\r")
+            if len(buf) > MAX_RESPONSE_BYTES:
+                raise HttpTransportError(f"SSE line exceeds {MAX_RESPONSE_BYTES} bytes")
+        if buf:
+            yield bytes(buf).rstrip(b"\r")
 
     def aiter_sse(self) -> AsyncIterator[SseEvent]:
         return iter_sse(self._lines())
@@ -164,7 +199,7 @@ class AiohttpClient:
                 yield _AiohttpResponse(resp)
         except TimeoutError as exc:
             raise HttpTimeout(f"timed out after {timeout}s") from exc
-        except aiohttp.ClientError as exc:
+        except (aiohttp.ClientError, aiohttp.http_exceptions.HttpProcessingError) as exc:
             raise HttpTransportError(type(exc).__name__) from exc
 
     async def aclose(self) -> None:
@@ -178,7 +213,7 @@ class _HttpxResponse:
         self.headers: Mapping[str, str] = resp.headers
 
     async def read(self) -> bytes:
-        return await self._resp.aread()
+        return await _read_capped(self._resp.aiter_bytes())
 
     async def aiter_sse(self) -> AsyncIterator[SseEvent]:
         async for sse in EventSource(self._resp).aiter_sse():
@@ -199,9 +234,11 @@ class HttpxClient:
         self, method: str, url: str, *, body: bytes | None, headers: Mapping[str, str], timeout: float
     ) -> AsyncIterator[HttpResponse]:
         try:
-            async with self._client.stream(method, url, content=body, headers=headers, timeout=timeout) as resp:
-                yield _HttpxResponse(resp)
-        except httpx.TimeoutException as exc:
+            # httpx's timeout is per read; fail_after makes it a deadline for the whole exchange.
+            with anyio.fail_after(timeout):
+                async with self._client.stream(method, url, content=body, headers=headers, timeout=timeout) as resp:
+                    yield _HttpxResponse(resp)
+        except (httpx.TimeoutException, TimeoutError) as exc:
             raise HttpTimeout(f"timed out after {timeout}s") from exc
         except httpx.HTTPError as exc:
             raise HttpTransportError(type(exc).__name__) from exc

@@ -400,3 +400,11 @@ def test_from_mapping_accepts_secret_instances() -> None:
     )
 
     assert cfg.database_url.reveal() == DB
+
+
+def test_a_plane_override_is_applied_before_validation() -> None:
+    # `gateway serve --plane data` must not demand the control plane's DATABASE_URL.
+    env = _env(DATABASE_URL=None, GATEWAY_ADMIN_TOKEN=None, GATEWAY_INTERNAL_TOKEN="internal")
+    with pytest.raises(ConfigError):
+        Config.from_env(env)
+    assert Config.from_env(env, overrides={"plane": "data"}).plane == "data"

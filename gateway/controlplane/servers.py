@@ -17,8 +17,10 @@ from gateway.errors import RequestRejected, UnsupportedTransport
 
 __all__ = ["approve_server", "create_server", "get_server", "list_servers"]
 
-NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
-"""Server names; ``__`` is also forbidden (the data plane exposes ``<server>__<tool>``)."""
+NAME = re.compile(r"^[a-z0-9](?:[a-z0-9_-]{0,61}[a-z0-9])?$")
+"""Server names; ``__`` is also forbidden and the last character is alphanumeric, so
+``<server>__<tool>`` (the data plane's aggregated name) splits one way only: server
+``a`` + tool ``_b`` and server ``a_`` + tool ``b`` cannot both exist."""
 SUPPORTED_TRANSPORTS = frozenset({"streamable_http"})
 KNOWN_TRANSPORTS = frozenset({"streamable_http", "legacy_sse", "stdio"})
 MAX_URL = 2048
@@ -27,7 +29,7 @@ MAX_DESCRIPTION = 4096
 
 def _validate_name(name: object) -> str:
     if not isinstance(name, str) or not NAME.match(name) or "__" in name:
-        raise RequestRejected("name must match ^[a-z0-9][a-z0-9_-]{0,62}$ and must not contain '__'")
+        raise RequestRejected("name must be 1-63 of [a-z0-9_-], start and end alphanumeric, and must not contain '__'")
     return name
 
 

@@ -67,9 +67,11 @@ async def dataplane_resources(config: Config) -> AsyncIterator[dict[str, object]
         upstreams = UpstreamPool(hot, timeout=config.data_plane.upstream_timeout)
         sync = ProjectionSync(config, cp_http, upstreams)
         audit = AuditShipper(config, cp_http)
-        engine = OpaPolicyEngine(hot, config.opa.url, timeout=config.opa.timeout)
-        sidecar = OpaSidecar(config) if config.opa.manage else None
         opa_health = OpaHealth(config.opa.url)
+        sidecar = OpaSidecar(config) if config.opa.manage else None
+        engine = OpaPolicyEngine(
+            hot, config.opa.url, timeout=config.opa.timeout, ready=sidecar.bundle_active if sidecar else None
+        )
         if sidecar is not None:
             tg.start_soon(sidecar.run)
         tg.start_soon(sync.run)
@@ -90,5 +92,8 @@ async def dataplane_resources(config: Config) -> AsyncIterator[dict[str, object]
         finally:
             opa_health.close()
             tg.cancel_scope.cancel()
-            await upstreams.aclose()
-            await hot.aclose()
+            # Shielded: the cancel above would otherwise cancel these at their first await,
+            # leaving legacy upstream sessions open (no DELETE) and the pool unclosed.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                await upstreams.aclose()
+                await hot.aclose()

@@ -30,6 +30,7 @@ from starlette.responses import Response
 
 from gateway.dataplane.auth import JwtVerifier, bearer_token
 from gateway.dataplane.governance import CallContext
+from gateway.dataplane.sessions import SessionLimitReached
 from gateway.errors import AuthenticationFailed, GatewayError, ProjectionUnavailable, RequestRejected
 from gateway.mcp.messages import (
     HANDSHAKE_VERSIONS,
@@ -114,7 +115,9 @@ async def readyz(request: Request) -> Response:
         reasons.append("no_projection")
     elif projection.policy_version is None:
         reasons.append("no_policy")
-    if not await request.state.dp_opa_health.bundles_ready():
+    sidecar = request.state.dp_sidecar
+    # Both: the probe catches a hung OPA; the sidecar's flag is what gates decisions.
+    if not await request.state.dp_opa_health.bundles_ready() or (sidecar is not None and not sidecar.bundle_active()):
         reasons.append("opa_not_ready")
     if reasons:
         return _json({"status": "not_ready", "reasons": reasons}, 503)
@@ -237,7 +240,11 @@ async def _legacy(
     if msg.kind == "request" and msg.method == "initialize":
         requested = msg.params.get("protocolVersion")
         version = requested if requested in HANDSHAKE_VERSIONS else HANDSHAKE_VERSIONS[0]
-        session = sessions.create(owner, version)
+        try:
+            session = sessions.create(owner, version)
+        except SessionLimitReached:
+            log.warning("session store full: initialize refused")
+            return _json(error_response(msg.id, INTERNAL_ERROR, "Too many sessions; retry later"), 503)
         result = {"protocolVersion": version, "capabilities": _CAPABILITIES, "serverInfo": SERVER_INFO}
         return _json(result_response(msg.id, result), headers={"mcp-session-id": session.id})
     if version_header is not None and version_header not in HANDSHAKE_VERSIONS:

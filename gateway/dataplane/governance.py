@@ -17,30 +17,53 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import re
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
+import anyio
 import orjson
 from jsonschema.exceptions import best_match
+from referencing.exceptions import Unresolvable
 
 from gateway.config import Config
 from gateway.dataplane.audit import AuditShipper
 from gateway.dataplane.projection import ActiveProjection, ToolEntry
-from gateway.errors import GatewayError, PolicyDenied, UpstreamError
-from gateway.mcp.messages import INVALID_PARAMS, POLICY_DENIED, error_response, result_response
+from gateway.errors import GatewayError, PolicyDenied, PolicyRevisionStale, UpstreamError
+from gateway.mcp.messages import INTERNAL_ERROR, INVALID_PARAMS, POLICY_DENIED, error_response, result_response
 from gateway.mcp.upstream import UpstreamPool
+from gateway.policy.decision import Decision, ListDecision
 from gateway.policy.input import Candidate, Subject, build_discovery_input, build_input
 from gateway.policy.opa import PolicyEngine
 
-__all__ = ["CallContext", "Governor", "UPSTREAM_FAILED"]
+__all__ = ["STALE_WAIT", "UPSTREAM_FAILED", "CallContext", "Governor", "is_stale"]
 
 log = logging.getLogger("gateway.pep")
 
 UPSTREAM_FAILED = -32004
 """Implementation-defined JSON-RPC code: the upstream failed (``data.category``)."""
+
+
+STALE_WAIT = 1.0
+"""Seconds a call waits for OPA to activate the policy version the data plane already routes with."""
+
+_R = TypeVar("_R", Decision, ListDecision)
+_REVISION = re.compile(r"^p(?P<projection>[0-9]+)-pv(?P<policy>[0-9]+)$")
+
+
+def is_stale(revision: str | None, projection: ActiveProjection) -> bool:
+    """True when OPA's bundle ``revision`` (``p<N>-pv<P>``) carries another policy
+    version than ``projection`` and is not newer than it; unparseable is stale (fail closed)."""
+    match = _REVISION.match(revision or "")
+    if match is None:
+        return True
+    if int(match["policy"]) == (projection.policy_version or 0):
+        return False
+    return int(match["projection"]) <= projection.version
 
 
 def _sha256(value: Any) -> str:
@@ -124,6 +147,26 @@ class Governor:
             }
         )
 
+    async def _current(self, projection: ActiveProjection, ask: Callable[[], Awaitable[_R]]) -> _R:
+        """Ask OPA until it answers from the data plane's policy version (or a newer projection).
+
+        During a rollout the data plane and OPA pick up a projection independently;
+        an answer from an *older* projection with a *different* policy version would
+        apply a superseded policy, so it is re-asked for up to ``STALE_WAIT`` seconds
+        (OPA usually catches up in tens of milliseconds), then denied.
+
+        Raises:
+            PolicyRevisionStale: OPA stayed on the older policy version.
+        """
+        deadline = time.monotonic() + STALE_WAIT
+        while True:
+            answer = await ask()
+            if not is_stale(answer.revision, projection):
+                return answer
+            if time.monotonic() >= deadline:
+                raise PolicyRevisionStale(f"OPA decided with {answer.revision}, data plane is on {projection.revision}")
+            await anyio.sleep(0.02)
+
     def _visible_candidates(self, projection: ActiveProjection, ctx: CallContext) -> list[tuple[Candidate, ToolEntry]]:
         if ctx.server is None:
             items = sorted(projection.aggregated.items())
@@ -157,7 +200,7 @@ class Governor:
             projection_version=projection.version,
         )
         try:
-            listed = await self._engine.visible(doc)
+            listed = await self._current(projection, lambda: self._engine.visible(doc))
         except GatewayError as exc:
             log.warning("tools/list denied: %s", exc.category)
             self._event(
@@ -234,7 +277,23 @@ class Governor:
             arguments_sha256=args_hash,
         )
 
-        error = best_match(entry.validator.iter_errors(arguments))
+        try:
+            error = best_match(entry.validator.iter_errors(arguments))
+        except Unresolvable:  # e.g. "#/$defs/missing": the approved schema cannot be applied
+            audit(
+                decision_id=str(uuid.uuid4()),
+                allowed=False,
+                reasons=["invalid_tool_schema"],
+                revision=None,
+                status="rejected",
+                error_category="invalid_tool_schema",
+            )
+            return error_response(
+                msg_id,
+                INTERNAL_ERROR,
+                "The tool's approved inputSchema cannot be applied",
+                {"category": "invalid_tool_schema"},
+            )
         if error is not None:
             field = error.json_path
             audit(
@@ -263,7 +322,7 @@ class Governor:
             projection_version=projection.version,
         )
         try:
-            decision = await self._engine.decide(doc)
+            decision = await self._current(projection, lambda: self._engine.decide(doc))
             if not decision.allow:
                 raise PolicyDenied("denied by policy", reasons=list(decision.reasons))
         except GatewayError as exc:

@@ -22,6 +22,8 @@ import httpx
 import jsonschema
 import orjson
 from jsonschema.exceptions import SchemaError
+from referencing import Registry, Resource
+from referencing.exceptions import NoSuchResource
 
 from gateway.config import Config
 from gateway.mcp.upstream import UpstreamPool
@@ -74,16 +76,42 @@ class ActiveProjection:
         return entry.tools.get(tool_name) if entry else None
 
 
+def _refuse_retrieval(uri: str) -> Resource[Any]:
+    raise NoSuchResource(ref=uri)  # type: ignore[call-arg]
+
+
+_NO_REMOTE_REFS: Registry[Any] = Registry(retrieve=_refuse_retrieval)  # type: ignore[call-arg]
+"""A registry that never fetches: jsonschema's default would ``urlopen`` a remote ``$ref``
+(blocking, no timeout) at validation time. MCP 2026-07-28 basic/index "JSON Schema Usage":
+implementations MUST NOT auto-dereference network ``$ref``s."""
+
+
+def _external_refs(schema: Any) -> list[str]:
+    """Every ``$ref`` in ``schema`` that does not point inside the document (``#...``)."""
+    found: list[str] = []
+    stack = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, Mapping):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and not ref.startswith("#"):
+                found.append(ref)
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return found
+
+
 def _validator(schema: Any) -> Any:
     if schema is None:
         schema = {"type": "object"}
     elif not isinstance(schema, Mapping):  # e.g. `false` must not become a permissive schema
         raise SchemaError("inputSchema must be a JSON object")
+    if refs := _external_refs(schema):
+        raise SchemaError(f"inputSchema references external schemas {refs[:3]}; they are never fetched")
     cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
     cls.check_schema(schema)
-    # No registry retrieval is configured, so remote $refs are never fetched
-    # (MCP 2026-07-28 basic/index "JSON Schema Usage": MUST NOT auto-dereference).
-    return cls(schema, format_checker=cls.FORMAT_CHECKER)
+    return cls(schema, format_checker=cls.FORMAT_CHECKER, registry=_NO_REMOTE_REFS)
 
 
 def compile_projection(table: Mapping[str, Any], cache: dict[str, Any] | None = None) -> ActiveProjection:
@@ -94,8 +122,9 @@ def compile_projection(table: Mapping[str, Any], cache: dict[str, Any] | None = 
             "transport", "url", "tools": [<wire tool>], ...}]}``.
         cache: Validators by tool hash, reused across projections.
 
-    Tools whose ``inputSchema`` is not a valid JSON Schema are left out (logged):
-    they could never be called safely.
+    Tools whose ``inputSchema`` is not a valid JSON Schema, or references an
+    external schema (never fetched), are left out (logged): they could never be
+    called safely.
     """
     cache = {} if cache is None else cache
     servers: dict[str, ServerEntry] = {}
@@ -107,8 +136,13 @@ def compile_projection(table: Mapping[str, Any], cache: dict[str, Any] | None = 
             wire = {k: v for k, v in wire.items() if k != "sha256"}
             try:
                 validator = cache.get(digest) or _validator(wire.get("inputSchema"))
-            except SchemaError:
-                log.error("server %s tool %s has an invalid inputSchema; not served", srv["name"], wire.get("name"))
+            except Exception as exc:  # one unusable tool must not block the whole projection
+                log.error(
+                    "server %s tool %s has an unusable inputSchema (%s); not served",
+                    srv["name"],
+                    wire.get("name"),
+                    type(exc).__name__,
+                )
                 continue
             cache[digest] = validator
             entry = ToolEntry(srv["name"], wire["name"], wire, wire.get("annotations") or {}, validator, digest)

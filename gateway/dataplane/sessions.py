@@ -3,7 +3,10 @@
 Session ids are 256-bit random, bound to the authenticated subject
 (``issuer`` + ``sub``): a request presenting another subject's session id is
 answered 404 exactly like an unknown id (MCP security best practices, "Session
-Hijacking"). Sessions expire after an idle timeout; the store is bounded.
+Hijacking"). Sessions expire after an idle timeout; the store is bounded per
+subject (a subject over its share loses its own oldest session) and overall
+(when full of live sessions, ``initialize`` is refused with 503 rather than
+evicting other subjects' sessions).
 """
 
 from __future__ import annotations
@@ -13,7 +16,11 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
-__all__ = ["Session", "SessionStore"]
+__all__ = ["Session", "SessionLimitReached", "SessionStore"]
+
+
+class SessionLimitReached(Exception):
+    """Every slot holds a live session of someone else: refuse (HTTP 503)."""
 
 
 @dataclass(slots=True)
@@ -31,21 +38,41 @@ class SessionStore:
 
     Args:
         idle_timeout: Seconds of inactivity after which a session is gone.
-        max_sessions: Oldest sessions are evicted beyond this count.
+        max_sessions: Most live sessions overall.
+        max_per_owner: Most live sessions of one subject; its oldest is evicted beyond this.
     """
 
-    def __init__(self, *, idle_timeout: float, max_sessions: int) -> None:
+    def __init__(self, *, idle_timeout: float, max_sessions: int, max_per_owner: int = 64) -> None:
         self._idle = idle_timeout
         self._max = max_sessions
+        self._max_per_owner = max_per_owner
         self._sessions: OrderedDict[str, Session] = OrderedDict()
 
     def create(self, owner: tuple[str, str], protocol_version: str) -> Session:
-        """Open a session for ``owner`` (issuer, sub)."""
-        session = Session(secrets.token_urlsafe(32), owner, protocol_version, time.monotonic())
+        """Open a session for ``owner`` (issuer, sub).
+
+        Raises:
+            SessionLimitReached: The store is full of other subjects' live sessions.
+        """
+        now = time.monotonic()
+        own = [sid for sid, sess in self._sessions.items() if sess.owner == owner]
+        for sid in own[: max(0, len(own) - self._max_per_owner + 1)]:
+            del self._sessions[sid]
+        if len(self._sessions) >= self._max:
+            self._expire(now)
+        if len(self._sessions) >= self._max:
+            raise SessionLimitReached(f"{len(self._sessions)} live sessions")
+        session = Session(secrets.token_urlsafe(32), owner, protocol_version, now)
         self._sessions[session.id] = session
-        while len(self._sessions) > self._max:
-            self._sessions.popitem(last=False)
         return session
+
+    def _expire(self, now: float) -> None:
+        # Oldest-used first (get() moves a used session to the end), so stop at the first live one.
+        while self._sessions:
+            sid, sess = next(iter(self._sessions.items()))
+            if now - sess.last_used <= self._idle:
+                return
+            del self._sessions[sid]
 
     def get(self, session_id: str, owner: tuple[str, str]) -> Session | None:
         """The live session with this id owned by ``owner``, else None."""

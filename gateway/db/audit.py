@@ -15,6 +15,7 @@ __all__ = [
     "get_decision",
     "insert_decision_events",
     "insert_opa_logs",
+    "pg_safe",
     "query_decisions",
 ]
 
@@ -92,9 +93,24 @@ def _item(row: asyncpg.Record) -> dict[str, Any]:
     return item
 
 
+def pg_safe(value: Any) -> Any:
+    """``value`` with every U+0000 in strings (and object keys) replaced by U+FFFD.
+
+    PostgreSQL ``text`` and ``jsonb`` cannot hold NUL; one NUL in a client-chosen
+    string would otherwise fail a whole batch, and audit is all-or-nothing.
+    """
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd") if "\x00" in value else value
+    if isinstance(value, dict):
+        return {pg_safe(k): pg_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(pg_safe(v) for v in value)
+    return value
+
+
 async def insert_decision_events(conn: asyncpg.Connection | asyncpg.Pool, events: Sequence[Sequence[Any]]) -> None:
     """Insert validated events (tuples ordered as :data:`EVENT_FIELDS`); duplicates are ignored."""
-    await conn.executemany(_INSERT_EVENT, events)
+    await conn.executemany(_INSERT_EVENT, [pg_safe(tuple(e)) for e in events])
 
 
 async def insert_opa_logs(
@@ -109,18 +125,20 @@ async def insert_opa_logs(
     await conn.executemany(
         _INSERT_OPA_LOG,
         [
-            (
-                e["decision_id"],
-                tenant,
-                environment,
-                e["opa_id"],
-                e["path"],
-                e["revision"],
-                e["timestamp"],
-                e["input"],
-                e["result"],
-                e["erased"],
-                e["masked"],
+            pg_safe(
+                (
+                    e["decision_id"],
+                    tenant,
+                    environment,
+                    e["opa_id"],
+                    e["path"],
+                    e["revision"],
+                    e["timestamp"],
+                    e["input"],
+                    e["result"],
+                    e["erased"],
+                    e["masked"],
+                )
             )
             for e in logs
         ],

@@ -24,12 +24,13 @@ import itertools
 import logging
 from dataclasses import dataclass
 from typing import Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import orjson
 from mcp.shared.inbound import encode_header_value
 
-from gateway.errors import UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
+from gateway.errors import UpstreamError, UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
 from gateway.httpclient import HttpClient, HttpTimeout, HttpTransportError
 from gateway.mcp.messages import HANDSHAKE_VERSIONS, MODERN_VERSIONS
 
@@ -72,6 +73,7 @@ class StreamableHttpUpstream:
 
     def __init__(self, url: str, http: HttpClient, *, timeout: float) -> None:
         self.url = url
+        self._safe_url = _redact(url)
         self._http = http
         self._timeout = timeout
         self._ids = itertools.count(1)
@@ -91,8 +93,9 @@ class StreamableHttpUpstream:
             probe = _Session("modern", version)
             try:
                 msg = await self._exchange(probe, "server/discover", {})
-                supported = msg.get("result", {}).get("supportedVersions", [])
-                if "result" in msg and version in supported:
+                result = msg.get("result")
+                supported = result.get("supportedVersions") if isinstance(result, dict) else None
+                if isinstance(supported, list) and version in supported:
                     self._session = probe
                     return probe
             except UpstreamProtocolError:
@@ -100,11 +103,11 @@ class StreamableHttpUpstream:
             legacy = _Session("legacy", HANDSHAKE_VERSIONS[0])
             init_params = {"protocolVersion": legacy.protocol_version, "capabilities": {}, "clientInfo": CLIENT_INFO}
             msg = await self._exchange(legacy, "initialize", init_params)
-            if "result" not in msg:
-                raise UpstreamProtocolError(f"upstream {self.url} refused initialize")
+            if not isinstance(msg.get("result"), dict):
+                raise UpstreamProtocolError(f"upstream {self._safe_url} refused initialize")
             negotiated = msg["result"].get("protocolVersion")
             if negotiated not in HANDSHAKE_VERSIONS:
-                raise UpstreamProtocolError(f"upstream {self.url} negotiated unsupported version {negotiated!r}")
+                raise UpstreamProtocolError(f"upstream {self._safe_url} negotiated unsupported version {negotiated!r}")
             legacy.protocol_version = negotiated
             await self._notify(legacy, "notifications/initialized")
             self._session = legacy
@@ -143,9 +146,9 @@ class StreamableHttpUpstream:
                 await resp.read()
                 status = resp.status
         except HttpTransportError as exc:
-            raise UpstreamUnavailable(f"upstream {self.url}: {exc}") from exc
+            raise UpstreamUnavailable(f"upstream {self._safe_url}: {exc}") from exc
         if status >= 400:
-            raise UpstreamProtocolError(f"upstream {self.url} rejected {method}: HTTP {status}")
+            raise UpstreamProtocolError(f"upstream {self._safe_url} rejected {method}: HTTP {status}")
 
     async def _exchange(self, session: _Session, method: str, params: dict[str, Any]) -> dict[str, Any]:
         req_id = next(self._ids)
@@ -170,20 +173,20 @@ class StreamableHttpUpstream:
                         msg = _loads(event.data.encode(), self.url)
                         if msg.get("id") == req_id and ("result" in msg or "error" in msg):
                             return msg
-                    raise UpstreamProtocolError(f"upstream {self.url}: SSE stream ended without a response")
+                    raise UpstreamProtocolError(f"upstream {self._safe_url}: SSE stream ended without a response")
                 raw = await resp.read()
                 if resp.status >= 500:
-                    raise UpstreamUnavailable(f"upstream {self.url} answered HTTP {resp.status}")
+                    raise UpstreamUnavailable(f"upstream {self._safe_url} answered HTTP {resp.status}")
                 if not ctype.startswith("application/json"):
-                    raise UpstreamProtocolError(f"upstream {self.url} answered HTTP {resp.status} {ctype!r}")
+                    raise UpstreamProtocolError(f"upstream {self._safe_url} answered HTTP {resp.status} {ctype!r}")
                 msg = _loads(raw, self.url)
                 if "result" not in msg and "error" not in msg:
-                    raise UpstreamProtocolError(f"upstream {self.url}: not a JSON-RPC response")
+                    raise UpstreamProtocolError(f"upstream {self._safe_url}: not a JSON-RPC response")
                 return msg
         except HttpTimeout as exc:
-            raise UpstreamTimeout(f"upstream {self.url} timed out after {self._timeout}s") from exc
+            raise UpstreamTimeout(f"upstream {self._safe_url} timed out after {self._timeout}s") from exc
         except HttpTransportError as exc:
-            raise UpstreamUnavailable(f"upstream {self.url}: {exc}") from exc
+            raise UpstreamUnavailable(f"upstream {self._safe_url}: {exc}") from exc
 
     async def request(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
         """Send one request on the pooled session.
@@ -200,15 +203,22 @@ class StreamableHttpUpstream:
             UpstreamTimeout: No answer within the timeout.
             UpstreamProtocolError: Not MCP / JSON-RPC.
         """
-        session = self._session or await self._connect()
         try:
-            return await self._exchange(session, method, params)
-        except _SessionExpired:
-            async with self._lock:
-                if self._session is session:
-                    self._session = None
-            session = await self._connect()
-            return await self._exchange(session, method, params)
+            session = self._session or await self._connect()
+            try:
+                return await self._exchange(session, method, params)
+            except _SessionExpired:
+                async with self._lock:
+                    if self._session is session:
+                        self._session = None
+                session = await self._connect()
+                return await self._exchange(session, method, params)
+        except UpstreamError:
+            raise
+        except _SessionExpired as exc:
+            raise UpstreamProtocolError(f"upstream {self._safe_url} rejected a fresh session") from exc
+        except Exception as exc:  # adapter boundary: nothing foreign escapes as a 500
+            raise UpstreamProtocolError(f"upstream {self._safe_url}: {type(exc).__name__}") from exc
 
     async def aclose(self) -> None:
         """End a legacy session with ``DELETE`` (best effort)."""
@@ -226,6 +236,14 @@ class _SessionExpired(Exception):
     pass
 
 
+def _redact(url: str) -> str:
+    """``url`` without userinfo, query or fragment: safe for logs and error messages."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
 def _loads(raw: bytes, url: str) -> dict[str, Any]:
     try:
         msg = orjson.loads(raw)
@@ -237,34 +255,32 @@ def _loads(raw: bytes, url: str) -> dict[str, Any]:
 
 
 class UpstreamPool:
-    """Upstream sessions by server name, kept across projection changes.
+    """Upstream sessions by (server name, transport, URL), kept across projection changes.
 
     A server whose transport and URL are unchanged in a new projection keeps
-    its session; removed or changed servers are closed.
+    its session; :meth:`retain` closes the others. A request still running on an
+    older projection gets (or re-creates) the session for the URL it resolved,
+    never the newer one's.
     """
 
     def __init__(self, http: HttpClient, *, timeout: float) -> None:
         self._http = http
         self._timeout = timeout
-        self._by_name: dict[str, tuple[tuple[str, str], StreamableHttpUpstream]] = {}
+        self._sessions: dict[tuple[str, str, str], StreamableHttpUpstream] = {}
 
     def get(self, name: str, transport: str, url: str) -> Upstream:
-        """The pooled upstream for ``name`` (created on first use)."""
-        key = (transport, url)
-        entry = self._by_name.get(name)
-        if entry is not None and entry[0] == key:
-            return entry[1]
-        upstream = StreamableHttpUpstream(url, self._http, timeout=self._timeout)
-        self._by_name[name] = (key, upstream)
+        """The pooled upstream for this server (created on first use)."""
+        key = (name, transport, url)
+        upstream = self._sessions.get(key)
+        if upstream is None:
+            upstream = self._sessions[key] = StreamableHttpUpstream(url, self._http, timeout=self._timeout)
         return upstream
 
     async def retain(self, servers: dict[str, tuple[str, str]]) -> None:
-        """Close sessions of servers not in ``servers`` (name -> (transport, url))."""
-        for name in list(self._by_name):
-            key, upstream = self._by_name[name]
-            if servers.get(name) != key:
-                del self._by_name[name]
-                await upstream.aclose()
+        """Close sessions of servers not in ``servers`` (name -> (transport, url)) with the same address."""
+        keep = {(name, transport, url) for name, (transport, url) in servers.items()}
+        for key in [k for k in self._sessions if k not in keep]:
+            await self._sessions.pop(key).aclose()
 
     async def aclose(self) -> None:
         """Close every session."""

@@ -8,6 +8,7 @@ is present when decision logging is on.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import orjson
@@ -45,14 +46,22 @@ class OpaPolicyEngine:
         http: The shared hot-path client.
         base_url: The OPA server, e.g. ``http://127.0.0.1:8181``.
         timeout: Seconds for one decision round trip.
+        ready: When given and false, deny (``policy_unavailable``) without asking
+            OPA — e.g. the supervised sidecar has not activated its bundle (and
+            so its decision-log mask) since it last started.
     """
 
-    def __init__(self, http: HttpClient, base_url: str, *, timeout: float) -> None:
+    def __init__(
+        self, http: HttpClient, base_url: str, *, timeout: float, ready: Callable[[], bool] | None = None
+    ) -> None:
         self._http = http
         self._base = base_url.rstrip("/")
         self._timeout = timeout
+        self._ready = ready
 
     async def _post(self, path: str, input_doc: dict[str, Any]) -> Any:
+        if self._ready is not None and not self._ready():
+            raise PolicyUnavailable("OPA has not activated its bundle yet")
         body = orjson.dumps({"input": input_doc})
         try:
             async with self._http.request(

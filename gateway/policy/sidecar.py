@@ -20,6 +20,7 @@ import anyio
 import orjson
 
 from gateway.config import Config
+from gateway.policy.health import OpaHealth
 
 __all__ = ["OpaSidecar", "opa_config"]
 
@@ -52,6 +53,8 @@ def opa_config(config: Config, token_path: str) -> dict[str, Any]:
             opa.bundle_name: {
                 "service": "control_plane",
                 "resource": f"bundles/{opa.bundle_name}",
+                # Not persisted: revisions ("p<N>") are only unique within one database, so a
+                # bundle kept on disk could be mistaken for a different projection of the same N.
                 "persist": False,
                 "polling": {
                     "min_delay_seconds": 1,
@@ -97,7 +100,9 @@ class OpaSidecar:
 
     def __init__(self, config: Config) -> None:
         self._config = config
+        self._health = OpaHealth(config.opa.url)
         self._proc: subprocess.Popen[bytes] | None = None
+        self._bundle_active = False
         self.restarts = 0
 
     def _prepare(self) -> list[str]:
@@ -122,6 +127,15 @@ class OpaSidecar:
             "--disable-telemetry",
         ]
 
+    def bundle_active(self) -> bool:
+        """True once the running OPA process has activated the bundle (``/health?bundles``).
+
+        The data plane sends no decision to an OPA that has not: before activation
+        it has neither the policy nor the ``system.log.mask`` rule, so a decision
+        would be undefined (a deny) *and* logged with raw arguments.
+        """
+        return self._bundle_active
+
     async def run(self) -> None:
         """Run and restart OPA until cancelled; kills it on cancellation."""
         argv = self._prepare()
@@ -129,6 +143,7 @@ class OpaSidecar:
         backoff = 0.2
         try:
             while True:
+                self._bundle_active = False
                 with open(log_path, "ab") as logf:
                     # Own session: a signal to the gateway's process group does not
                     # kill OPA behind the supervisor's back; PDEATHSIG ends OPA if the
@@ -138,18 +153,25 @@ class OpaSidecar:
                     )
                 log.info("opa sidecar started pid=%s addr=%s", self._proc.pid, self._config.opa.addr)
                 while self._proc.poll() is None:
-                    await anyio.sleep(0.2)
+                    if not self._bundle_active:
+                        self._bundle_active = await self._health.bundles_ready()
+                        if self._bundle_active:
+                            log.info("opa sidecar pid=%s activated its bundle", self._proc.pid)
+                    await anyio.sleep(0.2 if self._bundle_active else 0.02)
                     backoff = 0.2
+                self._bundle_active = False
                 log.error("opa sidecar exited with %s; restarting in %.1fs", self._proc.returncode, backoff)
                 self.restarts += 1
                 await anyio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
         finally:
             self.stop()
+            self._health.close()
 
     def stop(self) -> None:
         """Terminate the OPA process (SIGTERM, then SIGKILL after 5 s)."""
         proc, self._proc = self._proc, None
+        self._bundle_active = False
         if proc is None or proc.poll() is not None:
             return
         proc.terminate()

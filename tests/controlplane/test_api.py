@@ -61,6 +61,11 @@ async def test_scope_endpoint_returns_the_configured_scope(cp_config: Config) ->
         pytest.param(
             {"name": "a__b", "transport": "streamable_http", "url": "http://x/mcp"}, "bad_request", id="dunder"
         ),
+        pytest.param(
+            {"name": "a_", "transport": "streamable_http", "url": "http://x/mcp"},
+            "bad_request",
+            id="trailing-underscore",
+        ),
         pytest.param({"name": "a", "transport": "streamable_http", "url": "ftp://x/mcp"}, "bad_request", id="ftp-url"),
         pytest.param({"name": "a", "transport": "carrier_pigeon", "url": "http://x"}, "bad_request", id="transport"),
         pytest.param({"name": "a", "transport": "stdio", "url": "http://x"}, "unsupported_transport", id="stdio"),

@@ -181,3 +181,40 @@ def test_tools_of_several_servers_are_aggregated_by_server_prefix() -> None:
     assert set(projection.aggregated) == {"demo__get_weather", "tickets__get_weather"}
     tickets = projection.resolve(None, "tickets__get_weather")
     assert tickets is not None and tickets.server == "tickets"
+
+
+def _table_with_schema(schema: object) -> dict[str, object]:
+    return {
+        "version": 1,
+        "policy_version": 1,
+        "revision": "p1-pv1",
+        "servers": [
+            {
+                "name": "demo",
+                "transport": "streamable_http",
+                "url": "http://x/mcp",
+                "tools": [{"name": "t", "inputSchema": schema}, {"name": "ok", "inputSchema": {"type": "object"}}],
+            }
+        ],
+    }
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        pytest.param({"properties": {"a": {"$ref": "http://127.0.0.1:9/s.json"}}}, id="remote-ref"),
+        pytest.param({"$defs": {"x": {"$ref": "other.json#/x"}}}, id="relative-external-ref"),
+        pytest.param({"$schema": {}, "type": "object"}, id="unhashable-dialect"),
+    ],
+)
+def test_tools_with_unusable_schemas_are_dropped_without_blocking_the_projection(schema: object) -> None:
+    projection = compile_projection(_table_with_schema(schema))
+    assert projection.resolve("demo", "t") is None
+    assert projection.resolve("demo", "ok") is not None
+
+
+def test_local_refs_still_validate() -> None:
+    schema = {"$defs": {"p": {"enum": ["low", "high"]}}, "properties": {"p": {"$ref": "#/$defs/p"}}}
+    entry = compile_projection(_table_with_schema(schema)).resolve("demo", "t")
+    assert entry is not None
+    assert entry.validator.is_valid({"p": "low"}) and not entry.validator.is_valid({"p": "urgent"})

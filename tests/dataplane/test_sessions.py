@@ -7,7 +7,7 @@ import types
 import pytest
 
 import gateway.dataplane.sessions as sessions_module
-from gateway.dataplane.sessions import SessionStore
+from gateway.dataplane.sessions import SessionLimitReached, SessionStore
 
 ALICE = ("https://idp.test.invalid", "alice")
 BOB = ("https://idp.test.invalid", "bob")
@@ -31,8 +31,8 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     return fake
 
 
-def _store(idle: float = 60.0, max_sessions: int = 100) -> SessionStore:
-    return SessionStore(idle_timeout=idle, max_sessions=max_sessions)
+def _store(idle: float = 60.0, max_sessions: int = 100, max_per_owner: int = 64) -> SessionStore:
+    return SessionStore(idle_timeout=idle, max_sessions=max_sessions, max_per_owner=max_per_owner)
 
 
 def test_created_sessions_have_unique_long_ids(clock: FakeClock) -> None:
@@ -129,8 +129,8 @@ def test_another_owners_attempt_does_not_refresh_the_idle_timer(clock: FakeClock
     assert store.get(session.id, ALICE) is None
 
 
-def test_oldest_sessions_are_evicted_beyond_the_maximum(clock: FakeClock) -> None:
-    store = _store(max_sessions=3)
+def test_a_subject_over_its_share_loses_its_own_oldest_sessions(clock: FakeClock) -> None:
+    store = _store(max_per_owner=3)
     created = []
     for _ in range(5):
         created.append(store.create(ALICE, VERSION))
@@ -141,7 +141,7 @@ def test_oldest_sessions_are_evicted_beyond_the_maximum(clock: FakeClock) -> Non
 
 
 def test_eviction_spares_recently_used_sessions(clock: FakeClock) -> None:
-    store = _store(max_sessions=2)
+    store = _store(max_per_owner=2)
     first = store.create(ALICE, VERSION)
     second = store.create(ALICE, VERSION)
     assert store.get(first.id, ALICE) is first  # first is now the most recently used
@@ -151,6 +151,27 @@ def test_eviction_spares_recently_used_sessions(clock: FakeClock) -> None:
     assert store.get(second.id, ALICE) is None
     assert store.get(first.id, ALICE) is first
     assert store.get(third.id, ALICE) is third
+
+
+def test_a_full_store_refuses_new_sessions_instead_of_evicting_other_subjects(clock: FakeClock) -> None:
+    store = _store(max_sessions=2)
+    bobs = store.create(BOB, VERSION)
+    store.create(ALICE, VERSION)
+
+    with pytest.raises(SessionLimitReached):
+        store.create(ALICE, VERSION)
+    assert store.get(bobs.id, BOB) is bobs
+
+
+def test_a_full_store_makes_room_by_expiring_idle_sessions(clock: FakeClock) -> None:
+    store = _store(idle=10, max_sessions=2)
+    old = [store.create(BOB, VERSION), store.create(BOB, VERSION)]
+    clock.now += 11
+
+    fresh = store.create(ALICE, VERSION)
+
+    assert store.get(fresh.id, ALICE) is fresh
+    assert [store.get(s.id, BOB) for s in old] == [None, None]
 
 
 def test_delete_ends_the_owners_session(clock: FakeClock) -> None:
