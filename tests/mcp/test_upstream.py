@@ -1,0 +1,200 @@
+"""The upstream client over a scripted HttpClient double: era detection, session
+recovery, SSE, and error mapping to safe categories (no foreign exception escapes)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
+
+import orjson
+import pytest
+
+from gateway.errors import UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
+from gateway.httpclient import HttpTimeout, HttpTransportError, SseEvent, iter_sse
+from gateway.mcp.upstream import StreamableHttpUpstream, UpstreamPool
+
+pytestmark = pytest.mark.anyio
+
+URL = "http://user:pw@upstream.test:9000/mcp?api_key=k"
+Reply = tuple[int, dict[str, str], bytes] | Exception
+
+
+class Response:
+    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.status, self.headers, self._body = status, headers, body
+
+    async def read(self) -> bytes:
+        return self._body
+
+    def aiter_sse(self) -> AsyncIterator[SseEvent]:
+        async def lines() -> AsyncIterator[bytes]:
+            for line in self._body.split(b"\n"):
+                yield line
+
+        return iter_sse(lines())
+
+
+class Http:
+    """Answers each request with ``script(method, headers, body)``; records the requests."""
+
+    def __init__(self, script: Callable[[str, Mapping[str, str], dict[str, Any] | None], Reply]) -> None:
+        self.script = script
+        self.requests: list[tuple[str, dict[str, str], dict[str, Any] | None]] = []
+
+    @contextlib.asynccontextmanager
+    async def request(
+        self, method: str, url: str, *, body: bytes | None, headers: Mapping[str, str], timeout: float
+    ) -> AsyncIterator[Response]:
+        msg = orjson.loads(body) if body else None
+        self.requests.append((method, dict(headers), msg))
+        reply = self.script(method, headers, msg)
+        if isinstance(reply, Exception):
+            raise reply
+        yield Response(*reply)
+
+    async def aclose(self) -> None:
+        pass
+
+
+def _json(msg: dict[str, Any], status: int = 200, **headers: str) -> Reply:
+    return status, {"content-type": "application/json", **headers}, orjson.dumps(msg)
+
+
+def _result(req: dict[str, Any] | None, result: Any) -> Reply:
+    return _json({"jsonrpc": "2.0", "id": req["id"] if req else None, "result": result})
+
+
+def _modern(method: str, headers: Mapping[str, str], req: dict[str, Any] | None) -> Reply:
+    assert req is not None
+    if req["method"] == "server/discover":
+        return _result(req, {"supportedVersions": ["2026-07-28"], "capabilities": {}})
+    return _result(req, {"content": [{"type": "text", "text": req["params"]["arguments"]["text"]}]})
+
+
+class Legacy:
+    """A 2025-11-25 server: no discover, sessions, SSE responses; `expire_with` answers a stale session."""
+
+    def __init__(self, expire_with: int = 404) -> None:
+        self.session = "s1"
+        self.expire_with = expire_with
+        self.initialized = 0
+
+    def __call__(self, method: str, headers: Mapping[str, str], req: dict[str, Any] | None) -> Reply:
+        if req is None or "id" not in req:  # notifications/initialized
+            return 202, {}, b""
+        if req["method"] == "server/discover":
+            return _json({"jsonrpc": "2.0", "id": None, "error": {"code": -32000, "message": "not initialized"}}, 400)
+        if req["method"] == "initialize":
+            self.initialized += 1
+            self.session = f"s{self.initialized}"
+            init = {"jsonrpc": "2.0", "id": req["id"], "result": {"protocolVersion": "2025-11-25"}}
+            return 200, {"content-type": "application/json", "mcp-session-id": self.session}, orjson.dumps(init)
+        if headers.get("mcp-session-id") != self.session:
+            return _json(
+                {"jsonrpc": "2.0", "id": None, "error": {"code": -32000, "message": "bad session"}}, self.expire_with
+            )
+        event = orjson.dumps({"jsonrpc": "2.0", "id": req["id"], "result": {"content": [], "isError": False}})
+        progress = orjson.dumps({"jsonrpc": "2.0", "method": "notifications/progress", "params": {}})
+        return (
+            200,
+            {"content-type": "text/event-stream"},
+            b"event: message\ndata: " + progress + b"\n\ndata: " + event + b"\n\n",
+        )
+
+
+async def test_a_modern_upstream_gets_the_envelope_and_routing_headers() -> None:
+    http = Http(_modern)
+    upstream = StreamableHttpUpstream("http://u/mcp", http, timeout=5)
+    reply = await upstream.request("tools/call", {"name": "echo", "arguments": {"text": "hi"}})
+    assert reply["result"]["content"][0]["text"] == "hi"
+    _, headers, body = http.requests[-1]
+    assert headers["mcp-protocol-version"] == "2026-07-28" and headers["mcp-method"] == "tools/call"
+    assert headers["mcp-name"] == "echo"
+    assert body is not None and body["params"]["_meta"]["io.modelcontextprotocol/protocolVersion"] == "2026-07-28"
+    assert upstream.protocol_version == "2026-07-28"
+
+
+@pytest.mark.parametrize("expire_with", [404, 400])
+async def test_a_legacy_session_is_reestablished_once_when_the_upstream_forgot_it(expire_with: int) -> None:
+    server = Legacy(expire_with)
+    http = Http(server)
+    upstream = StreamableHttpUpstream("http://u/mcp", http, timeout=5)
+    assert "result" in await upstream.request("tools/call", {"name": "t", "arguments": {}})
+    server.session = "restarted"  # the upstream restarted and no longer knows s1
+    assert "result" in await upstream.request("tools/call", {"name": "t", "arguments": {}})
+    assert server.initialized == 2 and upstream.protocol_version == "2025-11-25"
+
+
+async def test_a_session_refused_again_after_reinitialising_is_a_protocol_error() -> None:
+    server = Legacy(400)
+
+    def script(method: str, headers: Mapping[str, str], req: dict[str, Any] | None) -> Reply:
+        if req and req.get("method") == "tools/call":
+            return _json({"jsonrpc": "2.0", "id": None, "error": {"code": -32000, "message": "no"}}, 400)
+        return server(method, headers, req)
+
+    upstream = StreamableHttpUpstream(URL, Http(script), timeout=5)
+    with pytest.raises(UpstreamProtocolError) as err:
+        await upstream.request("tools/call", {"name": "t", "arguments": {}})
+    assert "pw" not in str(err.value) and "api_key" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("failure", "expected"),
+    [
+        pytest.param(HttpTimeout("slow"), UpstreamTimeout, id="timeout"),
+        pytest.param(HttpTransportError("ECONNREFUSED"), UpstreamUnavailable, id="refused"),
+        pytest.param(RuntimeError("surprise"), UpstreamProtocolError, id="foreign-exception"),
+    ],
+)
+async def test_transport_failures_map_to_safe_categories(failure: Exception, expected: type[Exception]) -> None:
+    upstream = StreamableHttpUpstream(URL, Http(lambda *_: failure), timeout=5)
+    with pytest.raises(expected) as err:
+        await upstream.request("tools/call", {"name": "t", "arguments": {}})
+    assert "pw" not in str(err.value) and "api_key" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        pytest.param((200, {"content-type": "text/html"}, b"<html>"), id="not-json"),
+        pytest.param((200, {"content-type": "application/json"}, b"[1,2]"), id="not-an-object"),
+        pytest.param((200, {"content-type": "application/json"}, b"{broken"), id="invalid-json"),
+        pytest.param((200, {"content-type": "text/event-stream"}, b"data: {}\n\n"), id="sse-without-response"),
+        pytest.param((502, {"content-type": "application/json"}, b"{}"), id="5xx"),
+    ],
+)
+async def test_answers_that_are_not_mcp_are_upstream_errors(reply: Reply) -> None:
+    def script(method: str, headers: Mapping[str, str], req: dict[str, Any] | None) -> Reply:
+        if req and req["method"] == "server/discover":
+            return _modern(method, headers, req)
+        return reply
+
+    with pytest.raises((UpstreamProtocolError, UpstreamUnavailable)):
+        await StreamableHttpUpstream("http://u/mcp", Http(script), timeout=5).request("tools/call", {"name": "t"})
+
+
+async def test_a_discover_result_that_is_not_an_object_falls_back_to_the_handshake() -> None:
+    server = Legacy()
+
+    def script(method: str, headers: Mapping[str, str], req: dict[str, Any] | None) -> Reply:
+        if req and req.get("method") == "server/discover":
+            return _result(req, "not-an-object")
+        return server(method, headers, req)
+
+    upstream = StreamableHttpUpstream("http://u/mcp", Http(script), timeout=5)
+    assert "result" in await upstream.request("tools/call", {"name": "t", "arguments": {}})
+    assert upstream.protocol_version == "2025-11-25"
+
+
+async def test_the_pool_reuses_sessions_and_closes_the_ones_a_projection_dropped() -> None:
+    server = Legacy()
+    http = Http(server)
+    pool = UpstreamPool(http, timeout=5)
+    first = pool.get("demo", "streamable_http", "http://u/mcp")
+    assert pool.get("demo", "streamable_http", "http://u/mcp") is first
+    await first.request("tools/call", {"name": "t", "arguments": {}})
+    await pool.retain({"demo": ("streamable_http", "http://moved/mcp")})
+    assert http.requests[-1][0] == "DELETE"
+    assert pool.get("demo", "streamable_http", "http://moved/mcp") is not first
