@@ -7,7 +7,8 @@ Order for ``tools/call`` (each step fails closed and nothing after it runs):
    result with ``isError: true`` naming the failing field, MCP 2025-11-25
    SEP-1303; OPA is not asked, the upstream never sees it);
 3. ask OPA (deny, undefined, malformed or unreachable -> JSON-RPC error
-   ``-32003`` with ``data.category`` and ``data.reasons``);
+   ``-32003`` with ``data.category`` and ``data.reasons``); an answer from a
+   superseded policy version is re-asked, then denied (``policy_revision_stale``);
 4. forward to the pooled upstream session;
 5. enqueue one audit event (hashes only) — never awaited.
 """
