@@ -60,7 +60,16 @@ async def _create(admin_url: str, name: str) -> None:
 async def _drop(admin_url: str, name: str) -> None:
     conn = await asyncpg.connect(admin_url, timeout=10)
     try:
-        await conn.execute(f"DROP DATABASE IF EXISTS {_quote_ident(name)} WITH (FORCE)")
+        # FORCE cannot terminate an autovacuum worker (a superuser process) for our
+        # non-superuser role; it finishes within moments, so retry for a bounded time.
+        for attempt in range(50):
+            try:
+                await conn.execute(f"DROP DATABASE IF EXISTS {_quote_ident(name)} WITH (FORCE)")
+                return
+            except (asyncpg.InsufficientPrivilegeError, asyncpg.ObjectInUseError):
+                if attempt == 49:
+                    raise
+                await asyncio.sleep(0.1)
     finally:
         await conn.close()
 
