@@ -56,7 +56,14 @@ def fresh_database(database_url: str, name: str) -> str:
     async def _recreate() -> None:
         conn = await asyncpg.connect(database_url)
         try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            for attempt in range(50):  # FORCE cannot stop an autovacuum worker for a non-superuser
+                try:
+                    await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                    break
+                except (asyncpg.InsufficientPrivilegeError, asyncpg.ObjectInUseError):
+                    if attempt == 49:
+                        raise
+                    await asyncio.sleep(0.1)
             await conn.execute(f'CREATE DATABASE "{name}"')
         finally:
             await conn.close()
