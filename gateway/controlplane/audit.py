@@ -24,21 +24,12 @@ MAX_BATCH = 10_000
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
 MAX_STR = 1024
-_OPTIONAL_STR = (
-    "dataplane_id",
-    "subject",
-    "client_id",
-    "action",
-    "server",
-    "tool",
-    "policy_revision",
-    "status",
-    "error_category",
-    "arguments_sha256",
-    "result_sha256",
-    "session_id",
-    "protocol_version",
+_TYPED_FIELDS = frozenset(
+    {"decision_id", "timestamp", "tenant", "environment", "allowed", "reasons", "projection_version", "latency_ms"}
 )
+"""Event fields checked one by one in :func:`validate_event`."""
+_OPTIONAL_STR = tuple(f for f in EVENT_FIELDS if f not in _TYPED_FIELDS)
+"""Every other event field: a string or null (derived, so a new column cannot be forgotten)."""
 
 
 def validate_event(event: Any, *, tenant: str, environment: str) -> tuple[Any, ...]:

@@ -16,6 +16,7 @@ Example::
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import signal
@@ -28,12 +29,21 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
 import httpx
 
 from gateway.config import PROJECT_ROOT
 from gateway.devtools.idp import DevIdentityProvider
 
-__all__ = ["LocalStack", "fresh_database", "free_port", "sample_policy_modules"]
+__all__ = [
+    "LocalStack",
+    "drop_database",
+    "free_port",
+    "fresh_database",
+    "quote_ident",
+    "sample_policy_modules",
+    "with_database",
+]
 
 
 def free_port() -> int:
@@ -43,34 +53,49 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def with_database(url: str, dbname: str) -> str:
+    """``url`` with its database (path) replaced by ``dbname``."""
+    return urlunsplit(urlsplit(url)._replace(path=f"/{dbname}"))
+
+
+def quote_ident(name: str) -> str:
+    """``name`` as a quoted SQL identifier."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+async def drop_database(conn: asyncpg.Connection, name: str) -> None:
+    """``DROP DATABASE IF EXISTS … WITH (FORCE)``, retried for up to 5 s.
+
+    FORCE cannot terminate an autovacuum worker (a superuser process) for a
+    non-superuser role; it finishes within moments, so the drop is retried.
+    """
+    for attempt in range(50):
+        try:
+            await conn.execute(f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE)")
+            return
+        except (asyncpg.InsufficientPrivilegeError, asyncpg.ObjectInUseError):
+            if attempt == 49:
+                raise
+            await asyncio.sleep(0.1)
+
+
 def fresh_database(database_url: str, name: str) -> str:
     """Drop and re-create database ``name`` on the server of ``database_url``; return its URL.
 
     The demo and the benchmark start from an empty schema every run (the
     control plane's migrations create it), without touching other databases.
     """
-    import asyncio
-
-    import asyncpg
 
     async def _recreate() -> None:
         conn = await asyncpg.connect(database_url)
         try:
-            for attempt in range(50):  # FORCE cannot stop an autovacuum worker for a non-superuser
-                try:
-                    await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-                    break
-                except (asyncpg.InsufficientPrivilegeError, asyncpg.ObjectInUseError):
-                    if attempt == 49:
-                        raise
-                    await asyncio.sleep(0.1)
-            await conn.execute(f'CREATE DATABASE "{name}"')
+            await drop_database(conn, name)
+            await conn.execute(f"CREATE DATABASE {quote_ident(name)}")
         finally:
             await conn.close()
 
     asyncio.run(_recreate())
-    parts = urlsplit(database_url)
-    return urlunsplit(parts._replace(path=f"/{name}"))
+    return with_database(database_url, name)
 
 
 def sample_policy_modules(root: Path | None = None) -> dict[str, str]:

@@ -9,9 +9,11 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+
+from gateway.devtools import stack
+from gateway.devtools.stack import quote_ident, with_database
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ENSURE_POSTGRES = REPO_ROOT / "deploy" / "scripts" / "ensure-postgres.sh"
@@ -39,20 +41,10 @@ def admin_url_from_env_or_script() -> str:
     return lines[-1].strip()
 
 
-def with_database(url: str, dbname: str) -> str:
-    """``url`` with its database (path) replaced by ``dbname``."""
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path="/" + dbname))
-
-
-def _quote_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 async def _create(admin_url: str, name: str) -> None:
     conn = await asyncpg.connect(admin_url, timeout=10)
     try:
-        await conn.execute(f"CREATE DATABASE {_quote_ident(name)}")
+        await conn.execute(f"CREATE DATABASE {quote_ident(name)}")
     finally:
         await conn.close()
 
@@ -60,16 +52,7 @@ async def _create(admin_url: str, name: str) -> None:
 async def _drop(admin_url: str, name: str) -> None:
     conn = await asyncpg.connect(admin_url, timeout=10)
     try:
-        # FORCE cannot terminate an autovacuum worker (a superuser process) for our
-        # non-superuser role; it finishes within moments, so retry for a bounded time.
-        for attempt in range(50):
-            try:
-                await conn.execute(f"DROP DATABASE IF EXISTS {_quote_ident(name)} WITH (FORCE)")
-                return
-            except (asyncpg.InsufficientPrivilegeError, asyncpg.ObjectInUseError):
-                if attempt == 49:
-                    raise
-                await asyncio.sleep(0.1)
+        await stack.drop_database(conn, name)
     finally:
         await conn.close()
 
