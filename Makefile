@@ -23,7 +23,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # .run/database_url). Recipes needing it prefix their command with $(WITH_DB).
 WITH_DB = DATABASE_URL="$$(cat $(RUN)/database_url)"
 
-.PHONY: help venv tools opa postgres test test-unit rego-check lint fmt demo bench clean
+.PHONY: help venv tools opa postgres test test-unit rego-check lint fmt demo bench fuzz clean
 
 help: ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -48,7 +48,7 @@ rego-check: opa ## opa fmt --fail, opa check --strict, opa test --coverage (>= t
 	bash deploy/scripts/rego-check.sh
 
 fmt: opa venv ## opa fmt --write the policies; ruff format + fix the Python
-	@dirs=$$(for d in policies rego_tests; do [ -d $$d ] && echo $$d; done); \
+	@dirs=$$(for d in policies gateway/policy/rego rego_tests; do [ -d $$d ] && echo $$d; done); \
 	if [ -n "$$dirs" ]; then $(OPA) fmt --write $$dirs; else echo "fmt: no policy dirs"; fi
 	$(VENV)/bin/ruff check --fix gateway tests deploy
 	$(VENV)/bin/ruff format gateway tests deploy
@@ -69,6 +69,9 @@ test-unit: venv opa ## pytest without db/integration tests
 
 demo: venv opa postgres ## run the end-to-end demo
 	$(WITH_DB) $(VENV)/bin/python deploy/demo/run_demo.py
+
+fuzz: venv opa postgres ## schemathesis on the control plane API, longer (GATEWAY_FUZZ_EXAMPLES, default 500)
+	GATEWAY_FUZZ_EXAMPLES=$${GATEWAY_FUZZ_EXAMPLES:-500} $(WITH_DB) $(VENV)/bin/pytest -q tests/fuzz
 
 bench: venv opa postgres ## run the benchmark
 	$(WITH_DB) $(VENV)/bin/python deploy/bench/bench.py

@@ -1,8 +1,12 @@
-"""Command line: ``gateway serve`` runs the planes under Hypercorn.
+"""Command line: ``gateway serve`` runs the planes under uvicorn (default) or hypercorn.
 
 Usage::
 
     gateway serve [--plane both|control|data] [--config gateway.toml]
+
+Both servers get the request-head size and time limits and the body-read timeout
+of :mod:`gateway.serving`, and every log handler gets the credential filter of
+:mod:`gateway.logredact`.
 """
 
 from __future__ import annotations
@@ -12,9 +16,11 @@ import asyncio
 import logging
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 
 from gateway.config import Config
 from gateway.errors import ConfigError
+from gateway.logredact import install as install_log_redaction
 
 __all__ = ["main"]
 
@@ -28,12 +34,19 @@ def _binds(config: Config) -> list[tuple[str, int]]:
     return binds
 
 
-async def _serve_uvicorn(config: Config) -> None:
+ASGIApp = Callable[..., Awaitable[None]]
+
+
+def _begin_shutdown(app: object) -> None:
+    getattr(getattr(app, "state", None), "begin_shutdown", lambda: None)()
+
+
+async def _serve_uvicorn(config: Config, make_app: Callable[[], ASGIApp]) -> None:
     import socket
 
     import uvicorn
 
-    from gateway.app import create_app
+    from gateway.serving import BodyReadTimeout, limited_httptools_protocol
 
     sockets = []
     for host, port in _binds(config):
@@ -43,23 +56,25 @@ async def _serve_uvicorn(config: Config) -> None:
         sock.listen(2048)
         sock.setblocking(False)
         sockets.append(sock)
-    app = create_app(config)
+    app = make_app()
 
     class _Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: object) -> None:
-            getattr(app.state, "begin_shutdown", lambda: None)()
+            _begin_shutdown(app)
             super().handle_exit(sig, frame)  # type: ignore[arg-type]
 
     uv_config = uvicorn.Config(
-        app,
+        BodyReadTimeout(app, config.body_timeout),
         access_log=False,
-        log_level="warning",
+        log_config=None,  # uvicorn's loggers propagate to the root handlers (and their redaction filter)
+        log_level="debug" if config.log_level.upper() == "DEBUG" else "warning",
         lifespan="on",
         timeout_keep_alive=75,
-        http="httptools",
+        http=limited_httptools_protocol(max_head_bytes=config.max_header_bytes, head_timeout=config.header_timeout),
         loop="none",
         timeout_graceful_shutdown=2,
     )
+    install_log_redaction()
     logging.getLogger("gateway").info(
         "gateway listening on %s (plane=%s, server=uvicorn)",
         ", ".join(f"{h}:{p}" for h, p in _binds(config)),
@@ -68,24 +83,28 @@ async def _serve_uvicorn(config: Config) -> None:
     await _Server(uv_config).serve(sockets=sockets)
 
 
-async def _serve(config: Config) -> None:
+async def _serve_hypercorn(config: Config, make_app: Callable[[], ASGIApp]) -> None:
     from hypercorn.asyncio import serve
     from hypercorn.config import Config as HypercornConfig
 
-    from gateway.app import create_app
+    from gateway.serving import BodyReadTimeout
 
     hc = HypercornConfig()
     binds = [f"{h}:{p}" for h, p in _binds(config)]
     hc.bind = binds
     hc.accesslog = None
-    hc.errorlog = "-"
-    hc.keep_alive_timeout = 75
+    hc.errorlog = logging.getLogger("hypercorn.error")  # propagates to the root handlers, no handler of its own
+    # One idle timer runs from a connection's start (or a response's end) until a request head is
+    # complete, so it is the head timeout as well as the keep-alive timeout.
+    hc.keep_alive_timeout = config.header_timeout
+    hc.h11_max_incomplete_size = config.max_header_bytes
+    hc.h2_max_header_list_size = config.max_header_bytes
     hc.graceful_timeout = 2
-    app = create_app(config)
+    app = make_app()
     stop = asyncio.Event()
 
     def _stop() -> None:
-        getattr(app.state, "begin_shutdown", lambda: None)()
+        _begin_shutdown(app)
         stop.set()
 
     loop = asyncio.get_running_loop()
@@ -94,7 +113,27 @@ async def _serve(config: Config) -> None:
     logging.getLogger("gateway").info(
         "gateway listening on %s (plane=%s, server=hypercorn)", ", ".join(binds), config.plane
     )
-    await serve(app, hc, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+    install_log_redaction()
+    await serve(BodyReadTimeout(app, config.body_timeout), hc, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+
+
+def configure_logging(config: Config) -> None:
+    """Apply ``config.log_level`` to the root logger (``basicConfig`` must have run)."""
+    level = config.log_level.upper()
+    logging.getLogger().setLevel(level)
+    if level != "DEBUG":
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def run(config: Config, make_app: Callable[[], ASGIApp]) -> None:
+    """Serve ``make_app()`` (built on the server's event loop) on the listeners of ``config``,
+    with its server (``config.server``) and limits, until SIGINT/SIGTERM."""
+    if config.server == "uvicorn":
+        import uvloop
+
+        uvloop.run(_serve_uvicorn(config, make_app))
+    else:
+        asyncio.run(_serve_hypercorn(config, make_app))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,18 +145,20 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--config", help="TOML configuration file")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    install_log_redaction()
     try:
         config = Config.from_env(toml_path=args.config, overrides={"plane": args.plane} if args.plane else None)
+        if config.plane in ("both", "control"):
+            from gateway.policy.reserved import require_assets
+
+            require_assets()  # no bundle may ship without the reserved Rego (decision-log mask)
     except ConfigError as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return 2
-    if config.server == "uvicorn":
-        import uvloop
+    configure_logging(config)
+    from gateway.app import create_app
 
-        uvloop.run(_serve_uvicorn(config))
-    else:
-        asyncio.run(_serve(config))
+    run(config, lambda: create_app(config))
     return 0
 
 

@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.responses import JSONResponse
-from starlette.routing import Mount
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.config import Config
@@ -76,4 +75,8 @@ def create_app(config: Config) -> Starlette:
             app.state.begin_shutdown = getattr(notifier, "close", lambda: None)
             yield state
 
-    return Starlette(lifespan=lifespan, routes=[Mount("/", app=PlaneDispatcher(planes, default))])
+    root = Starlette(lifespan=lifespan)
+    # Every path goes to the dispatcher. Mount("/") would not do: its `.*` stops at a "\n"
+    # in the path, which then got Starlette's text/plain 404 instead of the planes' JSON errors.
+    root.router.default = PlaneDispatcher(planes, default)
+    return root

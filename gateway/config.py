@@ -33,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import hmac
+import math
 import os
 import re
 import shutil
@@ -42,6 +43,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from gateway.errors import ConfigError
 
@@ -64,7 +66,7 @@ MIB = 1024 * 1024
 """Unit for sizes (ints, in bytes)."""
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-"""The source checkout; the reserved Rego lives in ``policies/`` beside the package."""
+"""The source checkout (for the default ``.run`` directory and ``.tools/bin/opa``)."""
 
 
 class Secret:
@@ -132,6 +134,19 @@ class DataPlaneConfig:
     max_sessions: int = 10_000
     http_client: str = "aiohttp"
     """Hot-path HTTP client backend to OPA and upstreams: ``aiohttp`` or ``httpx``."""
+    allowed_hosts: tuple[str, ...] = ()
+    """``Host`` header values (``host[:port]``, case-insensitive) the data plane answers;
+    any other gets 421 (DNS-rebinding protection, MCP 2025-11-25 ``basic/transports``
+    "Security Warning"). Default: the ``public_url`` authority (with and without its
+    scheme's default port), ``<host>:<port>`` of the listener, and — when the listener is
+    loopback or all interfaces — ``127.0.0.1``, ``localhost`` and ``[::1]`` with the data
+    port only (``GATEWAY_ALLOWED_HOSTS``, comma-separated)."""
+    allowed_origins: tuple[str, ...] = ()
+    """``Origin`` header values (``scheme://host[:port]``) accepted; a request with any
+    other ``Origin`` gets 403, one without ``Origin`` passes. Default: the ``public_url``
+    origin and, when the listener is loopback or all interfaces, ``http://127.0.0.1``,
+    ``http://localhost`` and ``http://[::1]`` with the data port only
+    (``GATEWAY_ALLOWED_ORIGINS``, comma-separated)."""
 
 
 @dataclass(frozen=True)
@@ -148,6 +163,10 @@ class JwtConfig:
     leeway: float = 30 * SECONDS
     cache_size: int = 4096
     """Verified tokens kept (by SHA-256 of the token) until they expire."""
+    jwks_refresh_interval: float = 30 * SECONDS
+    """Least time between two JWKS fetches triggered by an unknown ``kid`` (key rotation)."""
+    jwks_unknown_kid_ttl: float = 300 * SECONDS
+    """How long a ``kid`` still unknown after a fetch is refused without fetching again."""
 
 
 @dataclass(frozen=True)
@@ -191,7 +210,19 @@ class Config:
     """ASGI server: ``uvicorn`` (httptools + uvloop) or ``hypercorn`` (asyncio, h11); ``make bench``
     measures both — uvicorn added about 30% less latency and served more req/s here."""
     run_dir: str = ""
-    policies_dir: str = ""
+    log_level: str = "INFO"
+    """``DEBUG``, ``INFO``, ``WARNING`` or ``ERROR``; ``DEBUG`` also lets the HTTP client and
+    server libraries log (every line still passes :mod:`gateway.logredact`)."""
+    max_header_bytes: int = 32 * 1024
+    """Bytes (request line plus header fields) a request head may take on either server;
+    a larger head gets 431 and the connection is closed."""
+    header_timeout: float = 10 * SECONDS
+    """Seconds from a connection's start (or a request's first byte) until its head is
+    complete; a slower client gets 408 (uvicorn) or is disconnected (hypercorn, whose
+    single idle timer also closes idle keep-alive connections after this long)."""
+    body_timeout: float = 30 * SECONDS
+    """Seconds from the application's first read of a request body until all of it has
+    arrived; a slower client gets 408 and the connection is closed."""
     control_plane: ControlPlaneConfig = field(default_factory=ControlPlaneConfig)
     data_plane: DataPlaneConfig = field(default_factory=DataPlaneConfig)
     jwt: JwtConfig = field(default_factory=JwtConfig)
@@ -260,6 +291,12 @@ class Config:
             raise ConfigError(f"GATEWAY_HTTP_CLIENT must be aiohttp or httpx, not {self.data_plane.http_client!r}")
         if self.server not in ("hypercorn", "uvicorn"):
             raise ConfigError(f"GATEWAY_SERVER must be hypercorn or uvicorn, not {self.server!r}")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ConfigError(f"GATEWAY_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, not {self.log_level!r}")
+        if not 1024 <= self.max_header_bytes <= 16 * MIB:
+            raise ConfigError("GATEWAY_MAX_HEADER_BYTES must be between 1024 and 16 MiB")
+        if not (0 < self.header_timeout < math.inf and 0 < self.body_timeout < math.inf):
+            raise ConfigError("GATEWAY_HEADER_TIMEOUT and GATEWAY_BODY_TIMEOUT must be positive seconds")
         run_dir = self.run_dir or str(PROJECT_ROOT / ".run")
         cp = self.control_plane
         if self.plane in ("both", "control"):
@@ -277,9 +314,10 @@ class Config:
         dp = self.data_plane
         dp = dataclasses.replace(
             dp,
-            public_url=(dp.public_url or f"http://{dp.host}:{dp.port}").rstrip("/"),
+            public_url=(dp.public_url or f"http://{_bracketed(dp.host)}:{dp.port}").rstrip("/"),
             id=dp.id or _default_dataplane_id(dp.port),
         )
+        dp = _with_default_hosts(dp)
         jwt = self.jwt
         if self.plane in ("both", "data"):
             missing = [n for n in ("issuer", "audience", "jwks_url") if not getattr(jwt, n)]
@@ -306,7 +344,6 @@ class Config:
         return dataclasses.replace(
             self,
             run_dir=run_dir,
-            policies_dir=self.policies_dir or str(PROJECT_ROOT / "policies"),
             control_plane=cp,
             data_plane=dp,
             jwt=jwt,
@@ -322,7 +359,10 @@ ENV_KEYS: dict[str, str] = {
     "GATEWAY_PLANE": "plane",
     "GATEWAY_SERVER": "server",
     "GATEWAY_RUN_DIR": "run_dir",
-    "GATEWAY_POLICIES_DIR": "policies_dir",
+    "GATEWAY_LOG_LEVEL": "log_level",
+    "GATEWAY_MAX_HEADER_BYTES": "max_header_bytes",
+    "GATEWAY_HEADER_TIMEOUT": "header_timeout",
+    "GATEWAY_BODY_TIMEOUT": "body_timeout",
     "GATEWAY_CONTROL_HOST": "control_plane.host",
     "GATEWAY_CONTROL_PORT": "control_plane.port",
     "GATEWAY_CONTROL_URL": "control_plane.url",
@@ -334,6 +374,8 @@ ENV_KEYS: dict[str, str] = {
     "GATEWAY_DATAPLANE_ID": "data_plane.id",
     "GATEWAY_UPSTREAM_TIMEOUT": "data_plane.upstream_timeout",
     "GATEWAY_HTTP_CLIENT": "data_plane.http_client",
+    "GATEWAY_ALLOWED_HOSTS": "data_plane.allowed_hosts",
+    "GATEWAY_ALLOWED_ORIGINS": "data_plane.allowed_origins",
     "GATEWAY_JWT_ISSUER": "jwt.issuer",
     "GATEWAY_JWT_AUDIENCE": "jwt.audience",
     "GATEWAY_JWKS_URL": "jwt.jwks_url",
@@ -358,6 +400,44 @@ def _find_opa() -> str:
 def _default_dataplane_id(port: int) -> str:
     host = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:64] or "localhost"
     return f"dp-{host}-{port}"
+
+
+_LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
+_ALL_INTERFACES = ("0.0.0.0", "::", "")  # noqa: S104 - names, not a bind
+
+
+def _with_default_hosts(dp: DataPlaneConfig) -> DataPlaneConfig:
+    """Fill ``allowed_hosts``/``allowed_origins`` left empty (see their docstrings)."""
+    public = urlsplit(dp.public_url)
+    scheme = public.scheme.lower()
+    try:
+        port = public.port
+    except ValueError as exc:
+        raise ConfigError("GATEWAY_PUBLIC_URL has an invalid port") from exc
+    if scheme not in ("http", "https") or not public.hostname:
+        raise ConfigError("GATEWAY_PUBLIC_URL must be an absolute http(s) URL")
+    netloc = _bracketed(public.hostname.lower())
+    default_port = 80 if scheme == "http" else 443
+    if port is None or port == default_port:
+        hosts, origins = {netloc, f"{netloc}:{default_port}"}, {f"{scheme}://{netloc}"}
+    else:
+        hosts, origins = {f"{netloc}:{port}"}, {f"{scheme}://{netloc}:{port}"}
+    bind = dp.host.strip("[]").lower()
+    if bind in ("127.0.0.1", "localhost", "::1") or bind in _ALL_INTERFACES:
+        hosts.update(f"{name}:{dp.port}" for name in _LOOPBACK_NAMES)
+        origins.update(f"http://{name}:{dp.port}" for name in _LOOPBACK_NAMES)
+    else:
+        hosts.add(f"{_bracketed(bind)}:{dp.port}")
+    return dataclasses.replace(
+        dp,
+        allowed_hosts=dp.allowed_hosts or tuple(sorted(hosts)),
+        allowed_origins=dp.allowed_origins or tuple(sorted(origins)),
+    )
+
+
+def _bracketed(host: str) -> str:
+    """``host`` as it appears in a URL authority or ``Host`` header (IPv6 in brackets)."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
 def _set_dotted(data: dict[str, Any], dotted: str, value: str) -> None:

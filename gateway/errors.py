@@ -10,6 +10,9 @@ The tree (class, safe ``category``, HTTP ``status_code``)::
     |  + UnknownServer                unknown_server            404
     |  + PolicyRejected               policy_rejected           400
     |  + UnsupportedTransport         unsupported_transport     400
+    |  + ArgumentsTooDeep             arguments_too_deep        400
+    |  + ArgumentsTooLarge            arguments_too_large       400
+    |  + UnexpectedParam              unexpected_param          400
     + AuthenticationFailed            unauthenticated           401
     + AdminAuthFailed                 admin_unauthenticated     401
     + NotFound                        not_found                 404
@@ -37,6 +40,8 @@ __all__ = [
     "AdminAuthFailed",
     "AuthenticationFailed",
     "ConfigError",
+    "ArgumentsTooDeep",
+    "ArgumentsTooLarge",
     "ConflictError",
     "GatewayError",
     "InvalidArguments",
@@ -49,6 +54,7 @@ __all__ = [
     "ProjectionUnavailable",
     "RequestRejected",
     "UnknownServer",
+    "UnexpectedParam",
     "UnknownTool",
     "UnsupportedTransport",
     "UpstreamError",
@@ -120,6 +126,27 @@ class UnsupportedTransport(RequestRejected):
     """A known upstream transport (``legacy_sse``, ``stdio``) that cannot be registered yet."""
 
     category = "unsupported_transport"
+
+
+class ArgumentsTooDeep(RequestRejected):
+    """JSON-RPC ``params`` (``tools/call`` arguments included) nest deeper than
+    :data:`gateway.mcp.messages.MAX_PARAMS_DEPTH` objects/arrays (JSON-RPC ``-32602``)."""
+
+    category = "arguments_too_deep"
+
+
+class ArgumentsTooLarge(RequestRejected):
+    """JSON-RPC ``params`` hold more than :data:`gateway.mcp.messages.MAX_PARAMS_VALUES`
+    JSON values (JSON-RPC ``-32602``)."""
+
+    category = "arguments_too_large"
+
+
+class UnexpectedParam(RequestRejected):
+    """A ``tools/call`` ``params`` key other than ``name``, ``arguments`` and ``_meta``
+    (JSON-RPC ``-32602``): policy would not see it, so it is never forwarded."""
+
+    category = "unexpected_param"
 
 
 class AuthenticationFailed(GatewayError):

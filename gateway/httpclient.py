@@ -6,8 +6,9 @@ the default: on loopback, one OPA round trip measured 0.35 ms with aiohttp
 against 0.95 ms with httpx (``deploy/bench/clients.py``), so ``aiohttp`` is
 the default and ``httpx`` stays available (``GATEWAY_HTTP_CLIENT=httpx``).
 
-Server-sent events (WHATWG HTML §9.2.6) are parsed by :func:`iter_sse` for
-the aiohttp backend and by httpx-sse for the httpx backend.
+Server-sent events (WHATWG HTML §9.2.6) are parsed by :func:`iter_sse` over
+:func:`split_lines` for both backends, so both enforce the same
+:data:`MAX_RESPONSE_BYTES` cap on one line.
 
 Both backends keep connections alive and pooled; neither follows redirects
 nor keeps cookies (an MCP proxy must not).
@@ -24,7 +25,6 @@ import aiohttp
 import aiohttp.http_exceptions
 import anyio
 import httpx
-from httpx_sse import EventSource
 
 __all__ = [
     "AiohttpClient",
@@ -37,6 +37,7 @@ __all__ = [
     "SseEvent",
     "create_http_client",
     "iter_sse",
+    "split_lines",
 ]
 
 
@@ -123,6 +124,32 @@ MAX_RESPONSE_BYTES = 16 * 1024 * 1024
 transport error (the SDK's own SSE event cap is 1 MiB)."""
 
 
+async def split_lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Split a body into lines (``\n`` or ``\r\n``, terminator stripped), however the
+    chunks fall; a last line without a terminator is yielded too.
+
+    Ours rather than a library's: aiohttp's ``readline()`` refuses lines over its buffer
+    size with an exception outside ``ClientError``, and httpx's line iterator (used by
+    httpx-sse) has no bound at all — and a tool result is one SSE line.
+
+    Raises:
+        HttpTransportError: A line longer than :data:`MAX_RESPONSE_BYTES`.
+    """
+    buf = bytearray()
+    async for chunk in chunks:
+        search_from = len(buf)
+        buf += chunk
+        while (end := buf.find(b"\n", search_from)) != -1:
+            line = bytes(buf[:end])
+            del buf[: end + 1]
+            search_from = 0
+            yield line.rstrip(b"\r")
+        if len(buf) > MAX_RESPONSE_BYTES:
+            raise HttpTransportError(f"SSE line exceeds {MAX_RESPONSE_BYTES} bytes")
+    if buf:
+        yield bytes(buf).rstrip(b"\r")
+
+
 async def _read_capped(chunks: AsyncIterator[bytes]) -> bytes:
     parts: list[bytes] = []
     size = 0
@@ -146,25 +173,8 @@ class _AiohttpResponse:
             raise HttpTransportError(f"response of {declared} bytes exceeds {MAX_RESPONSE_BYTES}")
         return await _read_capped(self._resp.content.iter_any())
 
-    async def _lines(self) -> AsyncIterator[bytes]:
-        # Split ourselves: aiohttp's readline() refuses lines over its buffer size
-        # with an exception outside ClientError, and a tool result is one SSE line.
-        buf = bytearray()
-        async for chunk in self._resp.content.iter_any():
-            search_from = len(buf)
-            buf += chunk
-            while (end := buf.find(b"\n", search_from)) != -1:
-                line = bytes(buf[:end])
-                del buf[: end + 1]
-                search_from = 0
-                yield line.rstrip(b"\r")
-            if len(buf) > MAX_RESPONSE_BYTES:
-                raise HttpTransportError(f"SSE line exceeds {MAX_RESPONSE_BYTES} bytes")
-        if buf:
-            yield bytes(buf).rstrip(b"\r")
-
     def aiter_sse(self) -> AsyncIterator[SseEvent]:
-        return iter_sse(self._lines())
+        return iter_sse(split_lines(self._resp.content.iter_any()))
 
 
 class AiohttpClient:
@@ -215,9 +225,8 @@ class _HttpxResponse:
     async def read(self) -> bytes:
         return await _read_capped(self._resp.aiter_bytes())
 
-    async def aiter_sse(self) -> AsyncIterator[SseEvent]:
-        async for sse in EventSource(self._resp).aiter_sse():
-            yield SseEvent(sse.event, sse.data)
+    def aiter_sse(self) -> AsyncIterator[SseEvent]:
+        return iter_sse(split_lines(self._resp.aiter_bytes()))
 
 
 class HttpxClient:

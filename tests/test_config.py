@@ -69,7 +69,6 @@ def test_from_env_reads_the_base_environment() -> None:
         pytest.param("GATEWAY_ENVIRONMENT", "staging", "environment", "staging", id="environment"),
         pytest.param("GATEWAY_PLANE", "control", "plane", "control", id="plane"),
         pytest.param("GATEWAY_RUN_DIR", "/tmp/run", "run_dir", "/tmp/run", id="run-dir"),
-        pytest.param("GATEWAY_POLICIES_DIR", "/tmp/pol", "policies_dir", "/tmp/pol", id="policies-dir"),
         pytest.param("GATEWAY_CONTROL_HOST", "0.0.0.0", "control_plane.host", "0.0.0.0", id="control-host"),
         pytest.param("GATEWAY_CONTROL_PORT", "9090", "control_plane.port", 9090, id="control-port"),
         pytest.param("GATEWAY_CONTROL_URL", "http://cp:1/", "control_plane.url", "http://cp:1", id="control-url"),
@@ -344,7 +343,6 @@ def test_derived_defaults_fill_urls_ids_and_directories() -> None:
     assert cfg.opa.url == "http://127.0.0.1:8181"
     assert cfg.opa.work_dir == f"/tmp/gw-run/opa-{cfg.data_plane.id}"
     assert cfg.audit.spool_dir == "/tmp/gw-run/audit-spool"
-    assert Path(cfg.policies_dir).name == "policies"
 
 
 def test_data_plane_id_is_stable_across_restarts_and_names_host_and_port() -> None:

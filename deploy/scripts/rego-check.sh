@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Static + unit checks for the Rego policies:
-#   opa fmt --fail, opa check --strict (capabilities + schemas), opa test with
-#   coverage threshold. Coverage JSON is written to .run/opa-coverage.json.
+#   opa fmt --fail, opa check --strict (the restricted capabilities every policy
+#   version is held to + schemas), opa test with coverage threshold. Coverage JSON
+#   is written to .run/opa-coverage.json. The reserved Rego ships inside the
+#   package (gateway/policy/rego); its tests mirror it in rego_tests/.
 # Env: OPA (binary), OPA_COVERAGE_THRESHOLD (default 90).
 set -euo pipefail
 
@@ -9,8 +11,9 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
 OPA="${OPA:-$ROOT/.tools/bin/opa}"
 THRESHOLD="${OPA_COVERAGE_THRESHOLD:-90}"
-CAPS="deploy/opa/capabilities.json"
-POLICY_DIRS=(policies rego_tests)
+CAPS="gateway/policy/capabilities.json"
+POLICY_DIRS=(policies gateway/policy/rego rego_tests)
+CHECK_DIRS=(policies gateway/policy/rego)
 RUN_DIR="$ROOT/.run"
 
 log() { echo "rego-check: $*" >&2; }
@@ -38,8 +41,8 @@ else
   exit 1
 fi
 if [ -d schemas ]; then check_args+=(-s schemas); else log "WARNING: no schemas/ dir; checking without -s"; fi
-log "opa check ${check_args[*]} policies"
-"$OPA" check "${check_args[@]}" policies
+log "opa check ${check_args[*]} ${CHECK_DIRS[*]}"
+"$OPA" check "${check_args[@]}" "${CHECK_DIRS[@]}"
 
 mkdir -p "$RUN_DIR"
 cov="$RUN_DIR/opa-coverage.json"

@@ -26,6 +26,7 @@ from gateway.controlplane._resources import controlplane_resources
 from gateway.controlplane.middleware import BearerAuthMiddleware, RequestIdMiddleware
 from gateway.controlplane.routes import routes
 from gateway.errors import GatewayError, UpstreamError
+from gateway.policy.reserved import require_assets
 
 __all__ = ["controlplane_resources", "create_controlplane_app"]
 
@@ -71,7 +72,12 @@ def create_controlplane_app(config: Config) -> Starlette:
     Returns:
         A Starlette app serving the admin API (admin token) and the OPA / data-plane
         APIs (internal token).
+
+    Raises:
+        ConfigError: The reserved Rego or the restricted capabilities are not installed
+            with the package (:func:`gateway.policy.reserved.require_assets`).
     """
+    require_assets()
     app = Starlette(
         routes=routes,
         middleware=[

@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.controlplane._deps import deps
-from gateway.controlplane._http import JSONResponse, parse_rfc3339, read_json
+from gateway.controlplane._http import MAX_BIGINT, JSONResponse, check_text, parse_int, parse_rfc3339, read_json
 from gateway.db import audit as db_audit
 from gateway.db.audit import EVENT_FIELDS, DecisionQuery
 from gateway.errors import NotFound, RequestRejected
@@ -24,6 +24,10 @@ MAX_BATCH = 10_000
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
 MAX_STR = 1024
+MAX_DECISION_ID = 256
+"""Longest decision id, in characters (ingest, path parameter and cursor)."""
+MAX_CURSOR = 1024
+"""Longest accepted ``cursor`` (base64url of ``[timestamp, decision_id]``)."""
 _TYPED_FIELDS = frozenset(
     {"decision_id", "timestamp", "tenant", "environment", "allowed", "reasons", "projection_version", "latency_ms"}
 )
@@ -47,8 +51,8 @@ def validate_event(event: Any, *, tenant: str, environment: str) -> tuple[Any, .
         raise RequestRejected("each audit event must be an object")
     values: dict[str, Any] = {}
     decision_id = event.get("decision_id")
-    if not isinstance(decision_id, str) or not 0 < len(decision_id) <= 256:
-        raise RequestRejected("decision_id must be a non-empty string")
+    if not isinstance(decision_id, str) or not 0 < len(decision_id) <= MAX_DECISION_ID:
+        raise RequestRejected(f"decision_id must be a non-empty string of at most {MAX_DECISION_ID} characters")
     values["decision_id"] = decision_id
     values["timestamp"] = parse_rfc3339(event.get("timestamp"), field="timestamp")
     if event.get("tenant") != tenant or event.get("environment") != environment:
@@ -69,8 +73,8 @@ def validate_event(event: Any, *, tenant: str, environment: str) -> tuple[Any, .
         raise RequestRejected("reasons must be a list of strings")
     values["reasons"] = reasons
     pv = event.get("projection_version")
-    if pv is not None and (isinstance(pv, bool) or not isinstance(pv, int) or pv < 0):
-        raise RequestRejected("projection_version must be a non-negative integer or null")
+    if pv is not None and (isinstance(pv, bool) or not isinstance(pv, int) or not 0 <= pv <= MAX_BIGINT):
+        raise RequestRejected(f"projection_version must be an integer between 0 and {MAX_BIGINT}, or null")
     values["projection_version"] = pv
     latency = event.get("latency_ms")
     if latency is not None and (isinstance(latency, bool) or not isinstance(latency, int | float) or latency < 0):
@@ -107,29 +111,29 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
         ts, decision_id = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
         if not isinstance(decision_id, str):
             raise ValueError
+        check_text(decision_id, "cursor", max_length=MAX_DECISION_ID)
         return parse_rfc3339(ts, field="cursor"), decision_id
     except (ValueError, TypeError, binascii.Error, orjson.JSONDecodeError, RequestRejected):
         raise RequestRejected("cursor is not valid; pass next_cursor unchanged") from None
 
 
 def _parse_query(params: Any) -> DecisionQuery:
+    """Validate every query parameter of ``GET /v1/audit/decisions`` (400 naming the parameter)."""
     allowed_raw = params.get("allowed")
     if allowed_raw not in (None, "true", "false"):
         raise RequestRejected("allowed must be true or false")
-    raw_limit = params.get("limit", str(DEFAULT_LIMIT))
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIMIT:
-        raise RequestRejected(f"limit must be an integer between 1 and {MAX_LIMIT}")
-    cursor = params.get("cursor")
+    cursor = check_text(params.get("cursor"), "cursor", max_length=MAX_CURSOR)
+    since, until = params.get("since"), params.get("until")
     return DecisionQuery(
-        subject=params.get("subject"),
-        server=params.get("server"),
-        tool=params.get("tool"),
+        subject=check_text(params.get("subject"), "subject"),
+        server=check_text(params.get("server"), "server"),
+        tool=check_text(params.get("tool"), "tool"),
         allowed=None if allowed_raw is None else allowed_raw == "true",
-        action=params.get("action"),
-        since=parse_rfc3339(params["since"], field="since") if params.get("since") else None,
-        until=parse_rfc3339(params["until"], field="until") if params.get("until") else None,
+        action=check_text(params.get("action"), "action"),
+        since=parse_rfc3339(since, field="since") if since else None,
+        until=parse_rfc3339(until, field="until") if until else None,
         after=_decode_cursor(cursor) if cursor else None,
-        limit=int(raw_limit),
+        limit=parse_int(params.get("limit"), "limit", default=DEFAULT_LIMIT, minimum=1, maximum=MAX_LIMIT),
     )
 
 
@@ -151,9 +155,8 @@ async def list_decisions(request: Request) -> Response:
 async def get_decision(request: Request) -> Response:
     """``GET /v1/audit/decisions/{decision_id}`` -> the event plus ``opa_decision_log`` (or null)."""
     d = deps(request)
-    item = await db_audit.get_decision(
-        d.pool, d.config.tenant, d.config.environment, request.path_params["decision_id"]
-    )
+    decision_id = check_text(request.path_params["decision_id"], "decision_id", max_length=MAX_DECISION_ID)
+    item = await db_audit.get_decision(d.pool, d.config.tenant, d.config.environment, decision_id)
     if item is None:
         raise NotFound("decision not found")
     return JSONResponse(item)

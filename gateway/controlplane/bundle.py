@@ -1,4 +1,4 @@
-"""Build the OPA bundle (a deterministic gzipped tarball) for one projection; no I/O but reading Rego files."""
+"""Build the OPA bundle (a deterministic gzipped tarball) for one projection (pure, no I/O)."""
 
 from __future__ import annotations
 
@@ -6,36 +6,14 @@ import gzip
 import io
 import tarfile
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import orjson
 
-__all__ = ["BUNDLE_ROOTS", "build_bundle", "bundle_data", "load_reserved_modules", "read_bundle"]
+__all__ = ["BUNDLE_ROOTS", "build_bundle", "bundle_data", "read_bundle"]
 
 BUNDLE_ROOTS = ("gateway", "gateway_runtime", "system/log")
 """The data paths the bundle owns; user policy lives under ``gateway``."""
-RESERVED_TREES = ("gateway_runtime", "system")
-"""Top folders of ``policies_dir`` whose modules the control plane adds to every bundle."""
-
-
-def load_reserved_modules(policies_dir: str | Path) -> dict[str, str]:
-    """Read the gateway's reserved Rego modules.
-
-    Every ``*.rego`` below ``<policies_dir>/gateway_runtime`` and ``<policies_dir>/system``
-    except ``*_test.rego``. ``<policies_dir>/gateway`` is the sample user policy and is
-    never included: user policy arrives only through an approved policy version.
-
-    Returns:
-        ``{relative posix path: source}``, e.g. ``{"system/log/log.rego": "package system.log ..."}``.
-    """
-    root = Path(policies_dir)
-    found: dict[str, str] = {}
-    for top in RESERVED_TREES:
-        for path in sorted((root / top).rglob("*.rego")):
-            if path.is_file() and not path.name.endswith("_test.rego"):
-                found[path.relative_to(root).as_posix()] = path.read_text()
-    return found
 
 
 def bundle_data(

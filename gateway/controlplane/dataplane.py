@@ -8,7 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.controlplane._deps import deps
-from gateway.controlplane._http import JSONResponse, etag, parse_etag_version, parse_wait
+from gateway.controlplane._http import MAX_BIGINT, JSONResponse, etag, parse_etag_version, parse_int, parse_wait
 from gateway.controlplane._longpoll import current_or_newer
 from gateway.db import instances as db_instances
 from gateway.db.projections import get_projection
@@ -16,12 +16,17 @@ from gateway.errors import GatewayError, RequestRejected
 
 __all__ = ["get_projection_feed"]
 
-_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
-_CATEGORY = re.compile(r"^[a-z0-9_]{1,64}$")
+_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+_CATEGORY = re.compile(r"[a-z0-9_]{1,64}")
+_OPA_INSTANCE = re.compile(r"[A-Za-z0-9_.:/-]{1,256}")
 
 
 async def get_projection_feed(request: Request) -> Response:
-    """``GET /v1/dataplane/projection?dataplane_id=&active_version=&error=``.
+    """``GET /v1/dataplane/projection?dataplane_id=&active_version=&error=&opa_instance=``.
+
+    ``opa_instance`` names the OPA sidecar the data plane supervises (its
+    ``gateway_instance`` label); it is registered as an OPA instance that has
+    activated nothing yet, unless that OPA already reported its status.
 
     Records the caller's ``active_version``, ``state`` (``ok``, or ``error`` when
     ``error=<category>`` is given) and ``last_seen``, then answers like the bundle
@@ -32,15 +37,20 @@ async def get_projection_feed(request: Request) -> Response:
     d = deps(request)
     q = request.query_params
     dataplane_id = q.get("dataplane_id", "")
-    if not _ID.match(dataplane_id):
+    if not _ID.fullmatch(dataplane_id):
         raise RequestRejected("dataplane_id must match ^[A-Za-z0-9_.:-]{1,128}$")
-    raw_active = q.get("active_version", "0")
-    if not raw_active.isdigit() or len(raw_active) > 18:
-        raise RequestRejected("active_version must be a non-negative integer")
-    active = int(raw_active)
+    active = parse_int(q.get("active_version"), "active_version", default=0, maximum=MAX_BIGINT)
     error = q.get("error")
-    if error is not None and not _CATEGORY.match(error):
+    if error is not None and not _CATEGORY.fullmatch(error):
         raise RequestRejected("error must be a snake_case category")
+    opa_instance = q.get("opa_instance")
+    if opa_instance is not None and not _OPA_INSTANCE.fullmatch(opa_instance):
+        raise RequestRejected("opa_instance must match ^[A-Za-z0-9_.:/-]{1,256}$")
+    if opa_instance is not None:
+        # Before the data plane's own report: its OPA never looks absent while the data plane looks active.
+        await db_instances.register_opa_instance(
+            d.pool, d.config.tenant, d.config.environment, opa_id=opa_instance, dataplane_id=dataplane_id
+        )
     await db_instances.record_data_plane(
         d.pool,
         d.config.tenant,

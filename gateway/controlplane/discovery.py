@@ -12,6 +12,7 @@ from mcp import Client, MCPError
 
 from gateway.db.servers import PinnedTool
 from gateway.errors import UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
+from gateway.logredact import redact, redact_url
 
 __all__ = ["MAX_PAGES", "discover_tools", "tool_sha256"]
 
@@ -54,10 +55,10 @@ async def discover_tools(url: str, *, timeout: float) -> list[PinnedTool]:
     except UpstreamProtocolError:
         raise
     except MCPError as exc:
-        log.warning("upstream %s answered an MCP error during discovery: %r", url, exc)
+        log.warning("upstream %s answered an MCP error during discovery: %s", redact_url(url), redact(repr(exc)))
         raise UpstreamProtocolError("the upstream answered tools/list with an MCP error") from None
     except Exception as exc:  # connection refused, HTTP errors, TLS, bad payloads (often in an ExceptionGroup)
-        log.warning("upstream %s unreachable during discovery: %r", url, _root_cause(exc))
+        log.warning("upstream %s unreachable during discovery: %s", redact_url(url), redact(repr(_root_cause(exc))))
         raise UpstreamUnavailable("could not list the upstream's tools; check its URL and that it is running") from None
 
 

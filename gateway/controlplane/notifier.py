@@ -39,6 +39,11 @@ class ProjectionNotifier:
         self._changed.set()
 
     @property
+    def waiting(self) -> int:
+        """Long polls parked in :meth:`wait_newer` right now."""
+        return self._changed.statistics().tasks_waiting
+
+    @property
     def version(self) -> int:
         """Newest known projection version (0 before any)."""
         return self._version

@@ -11,7 +11,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.controlplane._deps import deps
-from gateway.controlplane._http import etag, parse_etag_version, parse_rfc3339, parse_wait, read_json
+from gateway.controlplane._http import (
+    check_json_text,
+    etag,
+    parse_etag_version,
+    parse_rfc3339,
+    parse_wait,
+    read_json,
+)
 from gateway.controlplane._longpoll import current_or_newer
 from gateway.db import audit as db_audit
 from gateway.db import instances as db_instances
@@ -78,7 +85,10 @@ def _opt_time(value: Any) -> datetime | None:
 
 
 async def post_status(request: Request) -> Response:
-    """``POST /v1/opa/status``: store one OPA instance's status report (keyed by ``labels.id``).
+    """``POST /v1/opa/status``: store one OPA instance's status report.
+
+    Keyed by ``labels.gateway_instance`` (set by the data plane that supervises the OPA,
+    see ``/v1/dataplane/projection?opa_instance=``), else ``labels.id``.
 
     ``state`` is ``error`` when the bundle or a plugin reports an error, ``ok`` once a
     revision is active, ``pending`` before that.
@@ -87,9 +97,11 @@ async def post_status(request: Request) -> Response:
     body = await read_json(request)
     if not isinstance(body, dict) or not isinstance(body.get("labels"), dict):
         raise RequestRejected("a status report needs labels")
-    opa_id = body["labels"].get("id")
-    if not isinstance(opa_id, str) or not opa_id or len(opa_id) > MAX_ID:
-        raise RequestRejected("a status report needs labels.id")
+    # A supervised sidecar is filed under the id its data plane registered it with.
+    opa_id = body["labels"].get("gateway_instance") or body["labels"].get("id")
+    if not isinstance(opa_id, str) or not 0 < len(opa_id) <= MAX_ID or "\x00" in opa_id:
+        raise RequestRejected(f"a status report needs labels.id (1..{MAX_ID} characters, without NUL)")
+    check_json_text(body, "the status report")
     name = d.config.opa.bundle_name
     bundles = _as_dict(body.get("bundles"))
     bundle = _as_dict(bundles.get(name))
@@ -119,6 +131,7 @@ async def post_status(request: Request) -> Response:
         errors=errors,
         plugins=plugins,
         opa_version=_opt_str(body["labels"].get("version"), 64),
+        dataplane_id=_opt_str(body["labels"].get("gateway_dataplane"), MAX_ID),
     )
     return Response(status_code=204)
 

@@ -7,21 +7,18 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.controlplane._deps import deps
-from gateway.controlplane._http import JSONResponse, read_json
-from gateway.controlplane.bundle import load_reserved_modules
+from gateway.controlplane._http import MAX_BIGINT, JSONResponse, check_json_text, parse_int, read_json
 from gateway.controlplane.projection import mutate_and_compile
 from gateway.controlplane.rego import parse_upload, validate_policy
 from gateway.db import policies as db_policies
-from gateway.errors import NotFound
+from gateway.policy.reserved import load_reserved_modules
 
 __all__ = ["approve_policy", "create_policy", "get_policy", "list_policies"]
 
 
 def _version(request: Request) -> int:
-    raw = request.path_params["version"]
-    if not raw.isdigit() or len(raw) > 18:
-        raise NotFound("policy version not found")
-    return int(raw)
+    """The ``{version}`` path parameter: 1..2^63-1 in ASCII digits, else 400 naming ``version``."""
+    return parse_int(request.path_params["version"], "version", minimum=1, maximum=MAX_BIGINT)
 
 
 async def create_policy(request: Request) -> Response:
@@ -32,8 +29,12 @@ async def create_policy(request: Request) -> Response:
     ``policy_rejected`` with ``errors: [{file, line, message, code}]``).
     """
     d = deps(request)
-    upload = parse_upload(await read_json(request))
-    reserved = await anyio.to_thread.run_sync(load_reserved_modules, d.config.policies_dir)
+    body = await read_json(request)
+    if isinstance(body, dict):
+        check_json_text(body.get("modules"), "modules")
+        check_json_text(body.get("data"), "data")
+    upload = parse_upload(body)
+    reserved = await anyio.to_thread.run_sync(load_reserved_modules)
     await validate_policy(d.config.opa.bin, upload, reserved)
     async with d.pool.acquire() as conn:
         record = await db_policies.create_policy(

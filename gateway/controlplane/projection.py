@@ -11,10 +11,11 @@ import anyio
 import asyncpg
 
 from gateway.config import Config
-from gateway.controlplane.bundle import build_bundle, bundle_data, load_reserved_modules
+from gateway.controlplane.bundle import build_bundle, bundle_data
 from gateway.controlplane.notifier import ProjectionNotifier
 from gateway.db import instances, policies, projections, servers
 from gateway.db.projections import StoredProjection
+from gateway.policy.reserved import capabilities_summary, load_reserved_modules
 
 __all__ = ["compile_projection", "ensure_initial_projection", "mutate_and_compile", "projection_status", "revision_of"]
 
@@ -99,7 +100,7 @@ async def mutate_and_compile(
     Raises:
         GatewayError: Whatever ``mutate`` raises; nothing is committed then.
     """
-    reserved = await anyio.to_thread.run_sync(load_reserved_modules, config.policies_dir)
+    reserved = await anyio.to_thread.run_sync(load_reserved_modules)
     async with pool.acquire() as conn, conn.transaction():
         await projections.lock_compiler(conn)
         result = await mutate(conn)
@@ -114,7 +115,7 @@ async def ensure_initial_projection(pool: asyncpg.Pool, config: Config) -> int:
     Returns:
         The desired (newest) projection version.
     """
-    reserved = await anyio.to_thread.run_sync(load_reserved_modules, config.policies_dir)
+    reserved = await anyio.to_thread.run_sync(load_reserved_modules)
     async with pool.acquire() as conn, conn.transaction():
         await projections.lock_compiler(conn)
         latest = await projections.latest_version(conn, config.tenant, config.environment)
@@ -128,7 +129,11 @@ async def projection_status(pool: asyncpg.Pool, config: Config) -> dict[str, Any
 
     ``active_version`` is the minimum over every live (seen in the last 90 s) data
     plane and OPA of the version it has activated; None when there is no live
-    instance or one of them has activated nothing yet.
+    instance or one of them has activated nothing yet. A supervised OPA sidecar counts
+    from the moment it starts (its data plane registers it, ``state: starting``), so
+    ``active_version`` is null until that OPA has activated a bundle.
+    ``policy_capabilities`` lists the OPA builtins policy versions may call
+    (:func:`gateway.policy.reserved.capabilities_summary`).
     """
     tenant, env = config.tenant, config.environment
     async with pool.acquire() as conn:
@@ -145,6 +150,7 @@ async def projection_status(pool: asyncpg.Pool, config: Config) -> dict[str, Any
         "desired_version": desired,
         "active_version": active,
         "policy_version": policy_version,
+        "policy_capabilities": capabilities_summary(),
         "data_planes": [
             {k: d[k] for k in ("id", "active_version", "state", "last_seen", "live", "error_category")} for d in dps
         ],
@@ -153,6 +159,7 @@ async def projection_status(pool: asyncpg.Pool, config: Config) -> dict[str, Any
                 k: o[k]
                 for k in (
                     "id",
+                    "dataplane_id",
                     "active_revision",
                     "active_version",
                     "state",

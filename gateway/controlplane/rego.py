@@ -17,6 +17,7 @@ import orjson
 
 from gateway.config import MIB, SECONDS
 from gateway.errors import GatewayError, PolicyRejected, RequestRejected
+from gateway.policy.reserved import CAPABILITIES_FILE, excluded_reason, load_capabilities
 
 __all__ = ["MAX_POLICY_BYTES", "PolicyUpload", "parse_upload", "validate_policy"]
 
@@ -30,6 +31,7 @@ PARSE_CONCURRENCY = 8
 OPA_TIMEOUT = 30 * SECONDS
 """Bound on each ``opa`` subprocess."""
 _FILE_NAME = re.compile(r"^[A-Za-z0-9_./-]+\.rego$")
+_UNDEFINED_FUNCTION = re.compile(r"^undefined function (?P<name>[A-Za-z0-9_.]+)$")
 _USER_DIR = "policy"
 _RESERVED_DIR = "reserved"
 
@@ -86,8 +88,10 @@ def parse_upload(body: Any) -> PolicyUpload:
 async def validate_policy(opa_bin: str, upload: PolicyUpload, reserved_modules: Mapping[str, str]) -> None:
     """Compile the upload together with the reserved modules and check the bundle contract.
 
-    Runs ``opa check --format json`` over the user modules plus the reserved ones
-    (catching syntax, type and cross-module errors), then ``opa parse --format json``
+    Runs ``opa check --format json --capabilities <restricted>`` over the user modules plus
+    the reserved ones (catching syntax, type and cross-module errors, and every call of a
+    builtin listed in :data:`gateway.policy.reserved.EXCLUDED_BUILTINS`, reported with code
+    ``gateway_forbidden_builtin``, the builtin's name and the line), then ``opa parse --format json``
     per user module to read its package and rule heads. Rejects a module outside the
     ``gateway`` package tree, a version that defines no ``data.gateway.decision``,
     and ``data`` keys that clash with rules.
@@ -103,7 +107,9 @@ async def validate_policy(opa_bin: str, upload: PolicyUpload, reserved_modules: 
         for name, source in reserved_modules.items():
             _write(root / _RESERVED_DIR / name, source)
         dirs = [_USER_DIR] + ([_RESERVED_DIR] if reserved_modules else [])
-        rc, out, err = await _opa(opa_bin, ["check", "--format", "json", *dirs], cwd=root)
+        load_capabilities()  # ConfigError (500) rather than an unrestricted check when it is missing
+        check = ["check", "--format", "json", "--capabilities", str(CAPABILITIES_FILE), *dirs]
+        rc, out, err = await _opa(opa_bin, check, cwd=root)
         if rc != 0:
             errors = _check_errors(out, err)
             raise PolicyRejected(_summary(errors), errors=errors)
@@ -174,16 +180,32 @@ def _check_errors(out: bytes, err: bytes) -> list[dict[str, Any]]:
             for e in doc["errors"]:
                 loc = e.get("location") or {}
                 errors.append(
-                    {
-                        "file": _display_name(str(loc.get("file", ""))),
-                        "line": int(loc.get("row", 0) or 0),
-                        "message": str(e.get("message", "")),
-                        "code": str(e.get("code", "")),
-                    }
+                    _forbidden_builtin(
+                        {
+                            "file": _display_name(str(loc.get("file", ""))),
+                            "line": int(loc.get("row", 0) or 0),
+                            "message": str(e.get("message", "")),
+                            "code": str(e.get("code", "")),
+                        }
+                    )
                 )
             return errors
     log.warning("unrecognised opa output: %r / %r", out[:500], err[:500])
     return [{"file": "", "line": 0, "message": "opa rejected the policy"}]
+
+
+def _forbidden_builtin(error: dict[str, Any]) -> dict[str, Any]:
+    """Name an excluded builtin (``undefined function http.send``) for what it is."""
+    match = _UNDEFINED_FUNCTION.match(error["message"])
+    reason = excluded_reason(match["name"]) if match else None
+    if match is None or reason is None:
+        return error
+    return {
+        **error,
+        "message": f"builtin {match['name']} is not allowed in a policy version: {reason}",
+        "code": "gateway_forbidden_builtin",
+        "builtin": match["name"],
+    }
 
 
 def _summary(errors: list[dict[str, Any]]) -> str:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from starlette.routing import Route
 
-from gateway.controlplane import audit, dataplane, opa, policies, servers, status
+from gateway.controlplane import audit, dataplane, opa, openapi, policies, servers, status
 
 __all__ = ["routes"]
 
 routes = [
+    # the OpenAPI 3.1 description of everything below (no token: it holds no data)
+    Route(openapi.OPENAPI_PATH, openapi.get_openapi, methods=["GET"]),
     # admin API (bearer admin_token)
     Route("/v1/control-plane/scope", status.get_scope, methods=["GET"]),
     Route("/v1/servers", servers.list_servers, methods=["GET"]),
@@ -29,4 +31,5 @@ routes = [
     Route("/v1/dataplane/projection", dataplane.get_projection_feed, methods=["GET"]),
     Route("/v1/audit/events", audit.ingest_events, methods=["POST"]),
 ]
-"""Every control-plane route; ``middleware.auth`` decides admin vs internal by path."""
+"""Every control-plane route; ``middleware.auth`` decides public, admin or internal by path.
+``gateway.controlplane.openapi`` describes each one (a test keeps them in step)."""

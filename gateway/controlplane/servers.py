@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.controlplane._deps import deps
-from gateway.controlplane._http import JSONResponse, read_json
+from gateway.controlplane._http import JSONResponse, check_text, read_json
 from gateway.controlplane.discovery import discover_tools
 from gateway.controlplane.projection import mutate_and_compile
 from gateway.db import servers as db_servers
@@ -17,10 +17,11 @@ from gateway.errors import RequestRejected, UnsupportedTransport
 
 __all__ = ["approve_server", "create_server", "get_server", "list_servers"]
 
-NAME = re.compile(r"^[a-z0-9](?:[a-z0-9_-]{0,61}[a-z0-9])?$")
+NAME = re.compile(r"[a-z0-9](?:[a-z0-9_-]{0,61}[a-z0-9])?")
 """Server names; ``__`` is also forbidden and the last character is alphanumeric, so
 ``<server>__<tool>`` (the data plane's aggregated name) splits one way only: server
-``a`` + tool ``_b`` and server ``a_`` + tool ``b`` cannot both exist."""
+``a`` + tool ``_b`` and server ``a_`` + tool ``b`` cannot both exist. Used with ``fullmatch``
+(``$`` would also match before a trailing newline)."""
 SUPPORTED_TRANSPORTS = frozenset({"streamable_http"})
 KNOWN_TRANSPORTS = frozenset({"streamable_http", "legacy_sse", "stdio"})
 MAX_URL = 2048
@@ -28,7 +29,8 @@ MAX_DESCRIPTION = 4096
 
 
 def _validate_name(name: object) -> str:
-    if not isinstance(name, str) or not NAME.match(name) or "__" in name:
+    """Return a valid server name (body field or path parameter); 400 naming ``name`` otherwise."""
+    if not isinstance(name, str) or not NAME.fullmatch(name) or "__" in name:
         raise RequestRejected("name must be 1-63 of [a-z0-9_-], start and end alphanumeric, and must not contain '__'")
     return name
 
@@ -41,19 +43,24 @@ async def create_server(request: Request) -> Response:
         raise RequestRejected('body must be {"name", "transport", "url", "description"?}')
     name = _validate_name(body.get("name"))
     transport = body.get("transport")
-    if transport not in KNOWN_TRANSPORTS:
+    if not isinstance(transport, str) or transport not in KNOWN_TRANSPORTS:
         raise RequestRejected("transport must be one of streamable_http, legacy_sse, stdio")
     if transport not in SUPPORTED_TRANSPORTS:
         raise UnsupportedTransport(f"transport {transport} is not supported yet; use streamable_http")
     url = body.get("url")
-    if not isinstance(url, str) or len(url) > MAX_URL:
-        raise RequestRejected("url must be an absolute http(s) URL")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    if not isinstance(url, str) or len(url) > MAX_URL or not url.isprintable() or not url.isascii():
+        raise RequestRejected(f"url must be an absolute http(s) URL of at most {MAX_URL} printable ASCII characters")
+    try:
+        parts = urlsplit(url)
+        hostname, _ = parts.hostname, parts.port  # .port raises on a bad port
+    except ValueError:
+        raise RequestRejected("url must be an absolute http(s) URL") from None
+    if parts.scheme not in ("http", "https") or not hostname:
         raise RequestRejected("url must be an absolute http(s) URL")
     description = body.get("description") or ""
-    if not isinstance(description, str) or len(description) > MAX_DESCRIPTION:
-        raise RequestRejected(f"description must be a string of at most {MAX_DESCRIPTION} characters")
+    if not isinstance(description, str):
+        raise RequestRejected(f"description must be a string of at most {MAX_DESCRIPTION} characters, without NUL")
+    check_text(description, "description", max_length=MAX_DESCRIPTION)
     async with d.pool.acquire() as conn:
         record = await db_servers.create_server(
             conn,
@@ -79,7 +86,9 @@ async def get_server(request: Request) -> Response:
     """``GET /v1/servers/{name}`` -> the server record with its pinned tools."""
     d = deps(request)
     async with d.pool.acquire() as conn:
-        record = await db_servers.get_server(conn, d.config.tenant, d.config.environment, request.path_params["name"])
+        record = await db_servers.get_server(
+            conn, d.config.tenant, d.config.environment, _validate_name(request.path_params["name"])
+        )
     return JSONResponse(record)
 
 
@@ -92,7 +101,7 @@ async def approve_server(request: Request) -> Response:
     d = deps(request)
     tenant, env = d.config.tenant, d.config.environment
     async with d.pool.acquire() as conn:
-        current = await db_servers.get_server(conn, tenant, env, request.path_params["name"])
+        current = await db_servers.get_server(conn, tenant, env, _validate_name(request.path_params["name"]))
     if current["transport"] not in SUPPORTED_TRANSPORTS:
         raise UnsupportedTransport(f"transport {current['transport']} is not supported yet")
     tools = await discover_tools(current["url"], timeout=d.config.control_plane.discovery_timeout)

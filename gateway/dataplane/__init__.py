@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import anyio
 import httpx
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.routing import Route
 
 from gateway.config import Config
@@ -15,6 +16,7 @@ from gateway.dataplane.audit import AuditShipper
 from gateway.dataplane.auth import JwtVerifier
 from gateway.dataplane.endpoint import healthz, mcp_endpoint, protected_resource_metadata, readyz
 from gateway.dataplane.governance import Governor
+from gateway.dataplane.hostcheck import HostOriginGuard
 from gateway.dataplane.projection import ProjectionSync
 from gateway.dataplane.sessions import SessionStore
 from gateway.httpclient import create_http_client
@@ -32,10 +34,15 @@ def create_dataplane_app(config: Config) -> Starlette:
     Routes: ``POST|GET|DELETE /mcp``, ``/mcp/{server}``, RFC 9728
     ``/.well-known/oauth-protected-resource[/mcp[/{server}]]``, ``/healthz``
     (liveness) and ``/readyz`` (projection active and OPA bundle activated).
+    Every route is behind :class:`~gateway.dataplane.hostcheck.HostOriginGuard`
+    (``data_plane.allowed_hosts``/``allowed_origins``: 421/403).
     """
     methods = ["POST", "GET", "DELETE"]
     prm = "/.well-known/oauth-protected-resource"
+    dp = config.data_plane
+    guard = Middleware(HostOriginGuard, allowed_hosts=dp.allowed_hosts, allowed_origins=dp.allowed_origins)
     return Starlette(
+        middleware=[guard],
         routes=[
             Route("/mcp", mcp_endpoint, methods=methods),
             Route("/mcp/{server}", mcp_endpoint, methods=methods),
@@ -44,7 +51,7 @@ def create_dataplane_app(config: Config) -> Starlette:
             Route(prm + "/mcp/{server}", protected_resource_metadata, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
-        ]
+        ],
     )
 
 
@@ -68,7 +75,7 @@ async def dataplane_resources(config: Config) -> AsyncIterator[dict[str, object]
         sync = ProjectionSync(config, cp_http, upstreams)
         audit = AuditShipper(config, cp_http)
         opa_health = OpaHealth(config.opa.url)
-        sidecar = OpaSidecar(config) if config.opa.manage else None
+        sidecar = OpaSidecar(config, on_start=sync.opa_started) if config.opa.manage else None
         engine = OpaPolicyEngine(
             hot, config.opa.url, timeout=config.opa.timeout, ready=sidecar.bundle_active if sidecar else None
         )

@@ -1,16 +1,26 @@
 """Bearer JWT authentication for the data plane (OAuth 2.1 resource server).
 
 Verifies signature (JWKS, RFC 7517), ``iss``, ``aud`` (RFC 8707 audience),
-``exp`` and ``nbf`` (RFC 7519) with pyjwt. Verified tokens are cached by the
+``exp`` and ``nbf`` (RFC 7519) with pyjwt, then the rules pyjwt leaves open:
+``sub`` must be a non-blank string, and ``exp``/``nbf``/``iat`` must be JSON
+numbers (not strings or booleans), finite, and between the epoch and the end
+of year 9999 (RFC 7519 §2 "NumericDate"). Verified tokens are cached by the
 SHA-256 of the token until they expire, so the hot path pays one dict lookup.
 A 401 carries ``WWW-Authenticate: Bearer ... resource_metadata=...``
 (RFC 6750 §3, RFC 9728 §5.1). The raw token is never logged or stored.
+
+Signing keys: the JWKS is fetched once, then again only for a ``kid`` it does
+not hold, and at most once per ``jwks_refresh_interval``. Concurrent requests
+that need a fetch share one (single flight), so a token is never blocked for
+more than one fetch; a ``kid`` still unknown after a fetch is remembered
+(``jwks_unknown_kid_ttl``, bounded) and refused without another fetch.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -23,13 +33,20 @@ import orjson
 
 from gateway.config import JwtConfig
 from gateway.errors import AuthenticationFailed
+from gateway.logredact import redact_url
 from gateway.policy.input import Subject
 
 __all__ = ["JwtVerifier", "bearer_token"]
 
 log = logging.getLogger("gateway.auth")
 
-_JWKS_REFRESH_MIN_INTERVAL = 30.0
+_FAILED_FETCH_BACKOFF = 1.0
+"""Seconds during which a failed JWKS fetch is not retried (the waiters share its failure)."""
+_UNKNOWN_KIDS_MAX = 1024
+"""Unknown ``kid`` values remembered at once (oldest dropped first)."""
+_NUMERIC_DATE_MAX = 253402300800
+"""Epoch seconds of 10000-01-01T00:00:00Z: NumericDates must be below it."""
+_NUMERIC_DATES = ("exp", "nbf", "iat")
 
 
 def bearer_token(authorization: str | None) -> str:
@@ -60,7 +77,11 @@ class JwtVerifier:
         self._http = http
         self._jwks: jwt.PyJWKSet | None = None
         self._jwks_loaded_at = 0.0
+        self._fetches = 0
+        """Fetch attempts so far (successful or not): the single-flight generation."""
+        self._failed_at: float | None = None
         self._lock = anyio.Lock()
+        self._unknown_kids: OrderedDict[str | None, float] = OrderedDict()
         self._cache: OrderedDict[bytes, tuple[Subject, float, frozenset[str]]] = OrderedDict()
 
     async def _load_jwks(self) -> jwt.PyJWKSet:
@@ -75,23 +96,66 @@ class JwtVerifier:
             return jwt.PyJWKSet.from_dict(orjson.loads(raw))
         except (OSError, httpx.HTTPError, orjson.JSONDecodeError, jwt.PyJWKSetError, AttributeError) as exc:
             # AttributeError: PyJWKSet.from_dict on a JWKS that is not a JSON object
-            log.error("cannot load JWKS from %s: %s", url, type(exc).__name__)
+            log.error("cannot load JWKS from %s: %s", redact_url(url), type(exc).__name__)
             raise AuthenticationFailed("signing keys unavailable") from exc
 
     async def _key_for(self, kid: str | None) -> jwt.PyJWK:
-        now = time.monotonic()
+        jwks = self._jwks
+        if jwks is not None:
+            key = _find_key(jwks, kid)
+            if key is not None:
+                return key
+            if not self._may_refetch(kid):
+                raise AuthenticationFailed("token signed with an unknown key")
+        await self._refresh(self._fetches)
         if self._jwks is None:
-            async with self._lock:
-                if self._jwks is None:
-                    self._jwks, self._jwks_loaded_at = await self._load_jwks(), now
+            raise AuthenticationFailed("signing keys unavailable")
         key = _find_key(self._jwks, kid)
-        if key is None and now - self._jwks_loaded_at > _JWKS_REFRESH_MIN_INTERVAL:
-            async with self._lock:  # unknown kid: the issuer may have rotated keys
-                self._jwks, self._jwks_loaded_at = await self._load_jwks(), now
-            key = _find_key(self._jwks, kid)
         if key is None:
+            self._remember_unknown(kid)
             raise AuthenticationFailed("token signed with an unknown key")
         return key
+
+    def _may_refetch(self, kid: str | None) -> bool:
+        """Whether an unknown ``kid`` justifies fetching the JWKS again (keys may have rotated)."""
+        now = time.monotonic()
+        seen = self._unknown_kids.get(kid)
+        if seen is not None:
+            if now - seen < self._config.jwks_unknown_kid_ttl:
+                return False
+            del self._unknown_kids[kid]
+        return now - self._jwks_loaded_at >= self._config.jwks_refresh_interval
+
+    def _remember_unknown(self, kid: str | None) -> None:
+        self._unknown_kids[kid] = time.monotonic()
+        self._unknown_kids.move_to_end(kid)
+        while len(self._unknown_kids) > _UNKNOWN_KIDS_MAX:
+            self._unknown_kids.popitem(last=False)
+
+    async def _refresh(self, seen: int) -> None:
+        """Fetch the JWKS unless another task fetched it since this one looked (``seen``).
+
+        Raises:
+            AuthenticationFailed: This fetch, or the one it waited for, failed.
+        """
+        async with self._lock:
+            if self._fetches != seen:  # single flight: share the fetch that just ran
+                if self._jwks is None:
+                    raise AuthenticationFailed("signing keys unavailable")
+                return
+            now = time.monotonic()
+            if self._failed_at is not None and now - self._failed_at < _FAILED_FETCH_BACKOFF:
+                raise AuthenticationFailed("signing keys unavailable")
+            try:
+                jwks = await self._load_jwks()
+            except AuthenticationFailed:
+                self._failed_at = now
+                raise
+            else:
+                # Remembered unknown kids stay: the key set is searched before them.
+                self._jwks, self._jwks_loaded_at, self._failed_at = jwks, now, None
+            finally:
+                self._fetches += 1  # counted once done, so tasks queued behind it share it
 
     async def verify(self, token: str, *, audiences: Sequence[str] = ()) -> Subject:
         """Verify ``token`` and return its subject.
@@ -102,7 +166,8 @@ class JwtVerifier:
 
         Raises:
             AuthenticationFailed: Bad signature, issuer, audience, expired, not
-                yet valid, missing ``sub``, or unreadable token.
+                yet valid, missing or blank ``sub``, ``exp``/``nbf``/``iat`` not a
+                NumericDate in range, or unreadable token.
         """
         accepted = frozenset((self._config.audience, *audiences))
         digest = hashlib.sha256(token.encode()).digest()
@@ -128,6 +193,7 @@ class JwtVerifier:
             )
         except jwt.PyJWTError as exc:
             raise AuthenticationFailed(f"token rejected: {type(exc).__name__}") from exc
+        _check_identity_claims(claims)
         subject = self._subject(claims)
         aud = claims.get("aud")
         token_auds = frozenset([aud] if isinstance(aud, str) else aud or [])
@@ -156,6 +222,25 @@ class JwtVerifier:
             client_id=client_id if isinstance(client_id, str) else None,
             claims=claims,
         )
+
+
+def _check_identity_claims(claims: dict[str, object]) -> None:
+    """Refuse what pyjwt lets through: a blank ``sub`` and non-numeric or absurd dates.
+
+    pyjwt only checks that ``int(value)`` works, so ``"123"``, ``true`` and ``1e300``
+    pass it. Every blank-``sub`` token would otherwise share one session owner.
+    """
+    sub = claims.get("sub")
+    if not isinstance(sub, str) or not sub.strip():
+        raise AuthenticationFailed("token rejected: empty subject")
+    for name in _NUMERIC_DATES:
+        if name not in claims:
+            continue
+        value = claims[name]
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise AuthenticationFailed(f"token rejected: {name} is not a number")
+        if not (math.isfinite(value) and 0 <= value < _NUMERIC_DATE_MAX):
+            raise AuthenticationFailed(f"token rejected: {name} is out of range")
 
 
 def _find_key(jwks: jwt.PyJWKSet, kid: str | None) -> jwt.PyJWK | None:

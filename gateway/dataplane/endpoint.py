@@ -21,11 +21,10 @@ from __future__ import annotations
 
 import logging
 from typing import Any
-from urllib.parse import urlparse
 
 import orjson
 from mcp.shared.inbound import ERROR_CODE_HTTP_STATUS, InboundLadderRejection, classify_inbound_request
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from gateway.dataplane.auth import JwtVerifier, bearer_token
@@ -35,6 +34,7 @@ from gateway.errors import AuthenticationFailed, GatewayError, ProjectionUnavail
 from gateway.mcp.messages import (
     HANDSHAKE_VERSIONS,
     INTERNAL_ERROR,
+    INVALID_PARAMS,
     INVALID_REQUEST,
     METHOD_NOT_FOUND,
     MODERN_VERSIONS,
@@ -70,15 +70,6 @@ def _unauthorized(request: Request, server: str | None, exc: AuthenticationFaile
     else:
         challenge = f'Bearer resource_metadata="{metadata}"'
     return _json({"error": exc.category}, 401, {"www-authenticate": challenge})
-
-
-def _origin_allowed(request: Request) -> bool:
-    origin = request.headers.get("origin")
-    if origin is None:
-        return True
-    allowed = {urlparse(request.state.dp_config.data_plane.public_url)._replace(path="").geturl()}
-    host = urlparse(origin).hostname
-    return origin in allowed or host in ("127.0.0.1", "localhost", "::1")
 
 
 async def protected_resource_metadata(request: Request) -> Response:
@@ -125,10 +116,23 @@ async def readyz(request: Request) -> Response:
 
 
 async def mcp_endpoint(request: Request) -> Response:
-    """Serve ``/mcp`` (aggregated) and ``/mcp/{server}`` for POST, GET and DELETE."""
+    """Serve ``/mcp`` (aggregated) and ``/mcp/{server}`` for POST, GET and DELETE.
+
+    ``Host`` and ``Origin`` are checked before this runs
+    (:class:`gateway.dataplane.hostcheck.HostOriginGuard`). No exception escapes
+    as an HTTP 500: an unexpected one becomes JSON-RPC ``-32603`` with
+    ``data.category = "internal_error"`` (HTTP 200), after the governor has
+    audited it when the request was governed.
+    """
+    try:
+        return await _serve(request)
+    except Exception as exc:  # boundary: the one place an unexpected failure is mapped
+        log.error("request failed unexpectedly: %s", type(exc).__name__, exc_info=log.isEnabledFor(logging.DEBUG))
+        return _json(error_response(None, INTERNAL_ERROR, "Gateway error", {"category": "internal_error"}))
+
+
+async def _serve(request: Request) -> Response:
     server = request.path_params.get("server")
-    if not _origin_allowed(request):
-        return _json(error_response(None, INVALID_REQUEST, "Origin not allowed"), 403)
     try:
         subject = await _authenticate(request, server)
     except AuthenticationFailed as exc:
@@ -144,7 +148,12 @@ async def mcp_endpoint(request: Request) -> Response:
         if session_id and request.state.dp_sessions.delete(session_id, (subject.issuer, subject.sub)):
             return Response(status_code=204)
         return _json(error_response(None, INVALID_REQUEST, "Unknown session"), 404)
-    body = await _read_body(request, request.state.dp_config.data_plane.max_body)
+    try:
+        body = await _read_body(request, request.state.dp_config.data_plane.max_body)
+    except ClientDisconnect:
+        # Nobody is left to answer; an ordinary event, not an error (no traceback).
+        log.info("client disconnected before its request body was complete")
+        return Response(status_code=400)
     if body is None:
         return _json(error_response(None, INVALID_REQUEST, "Request body too large"), 413)
     try:
@@ -165,10 +174,23 @@ async def mcp_endpoint(request: Request) -> Response:
     except GatewayError as exc:
         log.error("request failed: %s (%s)", exc.category, exc)
         return _json(error_response(msg.id, INTERNAL_ERROR, "Gateway error", {"category": exc.category}), 200)
+    except Exception as exc:
+        log.error("request failed unexpectedly: %s", type(exc).__name__, exc_info=log.isEnabledFor(logging.DEBUG))
+        return _json(error_response(msg.id, INTERNAL_ERROR, "Gateway error", {"category": "internal_error"}), 200)
+
+
+def _rejected_params(msg: Any, status: int) -> Response:
+    """``-32602`` for an ungoverned method whose params broke the parser's depth/size limits."""
+    rejection = msg.rejection
+    return _json(error_response(msg.id, INVALID_PARAMS, "Invalid params", {"category": rejection.category}), status)
 
 
 async def _read_body(request: Request, limit: int) -> bytes | None:
-    """The body, or None once it exceeds ``limit`` bytes (never buffers more than that)."""
+    """The body, or None once it exceeds ``limit`` bytes (never buffers more than that).
+
+    Raises:
+        ClientDisconnect: The client went away before the body was complete.
+    """
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         return None
@@ -206,6 +228,8 @@ async def _modern(request: Request, msg: Any, subject: Subject, server: str | No
     if isinstance(route, InboundLadderRejection):
         status = ERROR_CODE_HTTP_STATUS.get(route.code, 400)
         return _json(error_response(msg.id, route.code, route.message, route.data), status)
+    if msg.rejection is not None and msg.method != "tools/call":
+        return _rejected_params(msg, ERROR_CODE_HTTP_STATUS.get(INVALID_PARAMS, 400))
     meta = {"io.modelcontextprotocol/serverInfo": SERVER_INFO}
     if msg.method == "server/discover":
         result = {
@@ -224,7 +248,8 @@ async def _modern(request: Request, msg: Any, subject: Subject, server: str | No
         result = {"tools": tools, "resultType": "complete", "ttlMs": 0, "cacheScope": "private", "_meta": meta}
         return _json(result_response(msg.id, result))
     if msg.method == "tools/call":
-        reply = await request.state.dp_governor.call_tool(_current(request), ctx, msg.id, msg.params)
+        governor = request.state.dp_governor
+        reply = await governor.call_tool(_current(request), ctx, msg.id, msg.params, rejection=msg.rejection)
         result = reply.get("result")
         if isinstance(result, dict):
             result.setdefault("resultType", "complete")
@@ -238,6 +263,8 @@ async def _legacy(
     owner = (subject.issuer, subject.sub)
     sessions = request.state.dp_sessions
     if msg.kind == "request" and msg.method == "initialize":
+        if msg.rejection is not None:
+            return _rejected_params(msg, 200)
         requested = msg.params.get("protocolVersion")
         version = requested if requested in HANDSHAKE_VERSIONS else HANDSHAKE_VERSIONS[0]
         try:
@@ -258,11 +285,14 @@ async def _legacy(
     if msg.kind != "request":
         return Response(status_code=202)
     ctx = CallContext(subject, session.id, session.protocol_version, server)
+    if msg.rejection is not None and msg.method != "tools/call":
+        return _rejected_params(msg, 200)
     if msg.method == "ping":
         return _json(result_response(msg.id, {}))
     if msg.method == "tools/list":
         tools = await request.state.dp_governor.list_tools(_current(request), ctx)
         return _json(result_response(msg.id, {"tools": tools}))
     if msg.method == "tools/call":
-        return _json(await request.state.dp_governor.call_tool(_current(request), ctx, msg.id, msg.params))
+        governor = request.state.dp_governor
+        return _json(await governor.call_tool(_current(request), ctx, msg.id, msg.params, rejection=msg.rejection))
     return _json(error_response(msg.id, METHOD_NOT_FOUND, f"Method not found: {msg.method}"))

@@ -175,6 +175,19 @@ class ProjectionSync:
         self.current: ActiveProjection | None = None
         self.ready = anyio.Event()
         self._error: str | None = None
+        self._opa_instance: str | None = None
+        self._poll_scope: anyio.CancelScope | None = None
+
+    def opa_started(self, instance_id: str) -> None:
+        """Report a (re)started OPA sidecar at once: the held long poll is re-sent carrying it.
+
+        The control plane registers the instance (``state: starting``, no active version)
+        when it receives the poll, so its rollout view never shows a version active
+        while this data plane's OPA has not activated it.
+        """
+        self._opa_instance = instance_id
+        if self._poll_scope is not None:
+            self._poll_scope.cancel()
 
     async def poll_once(self, wait: float) -> bool:
         """One long-poll round; returns True when a new projection was activated."""
@@ -183,12 +196,20 @@ class ProjectionSync:
         params = {"dataplane_id": self._config.data_plane.id, "active_version": str(active)}
         if self._error:
             params["error"] = self._error
+        if self._opa_instance:
+            params["opa_instance"] = self._opa_instance
         headers = {"authorization": f"Bearer {cp.internal_token.reveal()}", "prefer": f"wait={int(wait)}"}
         if self.current:
             headers["if-none-match"] = f'"p{self.current.version}"'
-        resp = await self._http.get(
-            f"{cp.url}/v1/dataplane/projection", params=params, headers=headers, timeout=wait + 10
-        )
+        # Only the request is interruptible (opa_started): activation below is never cut short.
+        with anyio.CancelScope() as scope:
+            self._poll_scope = scope
+            resp = await self._http.get(
+                f"{cp.url}/v1/dataplane/projection", params=params, headers=headers, timeout=wait + 10
+            )
+        self._poll_scope = None
+        if scope.cancelled_caught:
+            return False
         if resp.status_code == 304:
             return False
         resp.raise_for_status()

@@ -7,7 +7,14 @@ from typing import Any
 
 import asyncpg
 
-__all__ = ["LIVE_SECONDS", "list_data_planes", "list_opa_instances", "record_data_plane", "record_opa_status"]
+__all__ = [
+    "LIVE_SECONDS",
+    "list_data_planes",
+    "list_opa_instances",
+    "record_data_plane",
+    "record_opa_status",
+    "register_opa_instance",
+]
 
 LIVE_SECONDS = 90
 """An instance seen within this many seconds counts as live."""
@@ -21,14 +28,24 @@ ON CONFLICT (tenant, environment, id) DO UPDATE SET
 """
 _UPSERT_OPA = """
 INSERT INTO opa_instances (tenant, environment, id, bundle_name, active_revision, active_version, state,
-                           last_successful_activation, code, message, errors, plugins, opa_version, last_seen)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, now())
+                           last_successful_activation, code, message, errors, plugins, opa_version, dataplane_id,
+                           last_seen)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, now())
 ON CONFLICT (tenant, environment, id) DO UPDATE SET
+    dataplane_id = COALESCE(EXCLUDED.dataplane_id, opa_instances.dataplane_id),
     bundle_name = EXCLUDED.bundle_name, active_revision = EXCLUDED.active_revision,
     active_version = EXCLUDED.active_version, state = EXCLUDED.state,
     last_successful_activation = EXCLUDED.last_successful_activation, code = EXCLUDED.code,
     message = EXCLUDED.message, errors = EXCLUDED.errors, plugins = EXCLUDED.plugins,
     opa_version = EXCLUDED.opa_version, last_seen = now()
+"""
+_REGISTER_OPA = """
+INSERT INTO opa_instances (tenant, environment, id, state, dataplane_id, last_seen)
+VALUES ($1, $2, $3, 'starting', $4, now())
+ON CONFLICT (tenant, environment, id) DO UPDATE SET last_seen = now(), dataplane_id = EXCLUDED.dataplane_id
+"""
+_RETIRE_OPA = """
+DELETE FROM opa_instances WHERE tenant = $1 AND environment = $2 AND dataplane_id = $4 AND id <> $3
 """
 _LIST_DP = """
 SELECT id, active_version, state, error_category, last_seen,
@@ -37,7 +54,8 @@ FROM data_planes WHERE tenant = $1 AND environment = $2 ORDER BY id
 """
 _LIST_OPA = """
 SELECT id, bundle_name, active_revision, active_version, state, last_successful_activation, code, message,
-       errors, plugins, opa_version, last_seen, last_seen > now() - make_interval(secs => $3) AS live
+       errors, plugins, opa_version, dataplane_id, last_seen,
+       last_seen > now() - make_interval(secs => $3) AS live
 FROM opa_instances WHERE tenant = $1 AND environment = $2 ORDER BY id
 """
 
@@ -76,8 +94,12 @@ async def record_opa_status(
     errors: list[Any],
     plugins: dict[str, Any],
     opa_version: str | None,
+    dataplane_id: str | None = None,
 ) -> None:
-    """Upsert an OPA instance's latest status report; ``last_seen`` becomes now."""
+    """Upsert an OPA instance's latest status report; ``last_seen`` becomes now.
+
+    ``dataplane_id`` (OPA's ``gateway_dataplane`` label) keeps its stored value when None.
+    """
     await conn.execute(
         _UPSERT_OPA,
         tenant,
@@ -93,7 +115,23 @@ async def record_opa_status(
         errors,
         plugins,
         opa_version,
+        dataplane_id,
     )
+
+
+async def register_opa_instance(
+    pool: asyncpg.Pool, tenant: str, environment: str, *, opa_id: str, dataplane_id: str
+) -> None:
+    """Record that data plane ``dataplane_id`` started (or still runs) OPA sidecar ``opa_id``.
+
+    A new row is ``state = 'starting'`` with no active version, so the rollout view's
+    ``active_version`` stays null until that OPA reports an activated bundle; an existing
+    row (the OPA already reported) only has ``last_seen`` refreshed. Rows of other OPA
+    instances of the same data plane (predecessors of a restarted sidecar) are deleted.
+    """
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(_RETIRE_OPA, tenant, environment, opa_id, dataplane_id)
+        await conn.execute(_REGISTER_OPA, tenant, environment, opa_id, dataplane_id)
 
 
 async def list_data_planes(

@@ -111,7 +111,7 @@ class StreamableHttpUpstream:
             legacy.protocol_version = negotiated
             await self._notify(legacy, "notifications/initialized")
             self._session = legacy
-            log.info("upstream %s: legacy session, protocol %s", self.url, negotiated)
+            log.info("upstream %s: legacy session, protocol %s", self._safe_url, negotiated)
             return legacy
 
     def _headers(self, session: _Session, method: str, params: dict[str, Any]) -> dict[str, str]:
@@ -170,7 +170,7 @@ class StreamableHttpUpstream:
                     async for event in resp.aiter_sse():
                         if not event.data:
                             continue
-                        msg = _loads(event.data.encode(), self.url)
+                        msg = _loads(event.data.encode(), self._safe_url)
                         if msg.get("id") == req_id and ("result" in msg or "error" in msg):
                             return msg
                     raise UpstreamProtocolError(f"upstream {self._safe_url}: SSE stream ended without a response")
@@ -179,7 +179,7 @@ class StreamableHttpUpstream:
                     raise UpstreamUnavailable(f"upstream {self._safe_url} answered HTTP {resp.status}")
                 if not ctype.startswith("application/json"):
                     raise UpstreamProtocolError(f"upstream {self._safe_url} answered HTTP {resp.status} {ctype!r}")
-                msg = _loads(raw, self.url)
+                msg = _loads(raw, self._safe_url)
                 if "result" not in msg and "error" not in msg:
                     raise UpstreamProtocolError(f"upstream {self._safe_url}: not a JSON-RPC response")
                 return msg
@@ -244,13 +244,13 @@ def _redact(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
-def _loads(raw: bytes, url: str) -> dict[str, Any]:
+def _loads(raw: bytes, safe_url: str) -> dict[str, Any]:
     try:
         msg = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise UpstreamProtocolError(f"upstream {url} sent invalid JSON") from exc
+        raise UpstreamProtocolError(f"upstream {safe_url} sent invalid JSON") from exc
     if not isinstance(msg, dict):
-        raise UpstreamProtocolError(f"upstream {url} sent a non-object message")
+        raise UpstreamProtocolError(f"upstream {safe_url} sent a non-object message")
     return msg
 
 

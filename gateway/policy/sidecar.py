@@ -13,6 +13,8 @@ import logging
 import os
 import signal
 import subprocess
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,22 +24,25 @@ import orjson
 from gateway.config import Config
 from gateway.policy.health import OpaHealth
 
-__all__ = ["OpaSidecar", "opa_config"]
+__all__ = ["OpaSidecar", "opa_config", "sidecar_environment"]
 
 log = logging.getLogger("gateway.opa")
 
 
-def opa_config(config: Config, token_path: str) -> dict[str, Any]:
+def opa_config(config: Config, token_path: str, instance_id: str = "") -> dict[str, Any]:
     """The OPA configuration document (JSON is valid YAML for ``opa run -c``).
 
     Args:
         config: Gateway configuration.
         token_path: File holding the internal bearer token (re-read by OPA on
             every request, so the token never appears on a command line).
+        instance_id: This OPA process's id (label ``gateway_instance``), under which the
+            control plane files its status reports; fresh for every (re)start.
     """
     opa = config.opa
     return {
         "labels": {
+            "gateway_instance": instance_id,
             "gateway_dataplane": config.data_plane.id,
             "tenant": config.tenant,
             "environment": config.environment,
@@ -77,6 +82,21 @@ def opa_config(config: Config, token_path: str) -> dict[str, Any]:
     }
 
 
+def sidecar_environment(work_dir: str) -> dict[str, str]:
+    """The whole environment ``opa run`` gets: nothing inherited from the gateway.
+
+    The gateway's own environment holds the admin token and ``DATABASE_URL``; OPA needs
+    none of it (its configuration is a file, the internal token a ``token_path``). Even
+    though policy versions may not call ``opa.runtime()`` (restricted capabilities), the
+    sidecar is started as if they could. ``HOME`` and ``TMPDIR`` point at its own work
+    directory; ``PATH`` is the OS default.
+
+    Returns:
+        ``{"PATH": os.defpath, "HOME": work_dir, "TMPDIR": work_dir, "LANG": "C.UTF-8"}``.
+    """
+    return {"PATH": os.defpath, "HOME": work_dir, "TMPDIR": work_dir, "LANG": "C.UTF-8"}
+
+
 _PRCTL: Any
 try:  # resolved in the parent: the forked child only makes the call
     _PRCTL = ctypes.CDLL(None, use_errno=True).prctl
@@ -98,14 +118,19 @@ class OpaSidecar:
     (``policy_unavailable``), so a crash fails closed.
     """
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, on_start: Callable[[str], None] | None = None) -> None:
         self._config = config
+        self._on_start = on_start
+        self.instance_id = ""
+        """Id of the current OPA process (label ``gateway_instance``); a new one per (re)start."""
         self._health = OpaHealth(config.opa.url)
         self._proc: subprocess.Popen[bytes] | None = None
         self._bundle_active = False
         self.restarts = 0
 
     def _prepare(self) -> list[str]:
+        """Write the token and a configuration for a fresh :attr:`instance_id`; return the argv."""
+        self.instance_id = f"{self._config.data_plane.id}/{uuid.uuid4()}"
         work = Path(self._config.opa.work_dir)
         work.mkdir(parents=True, exist_ok=True)
         token_file = work / "internal-token"
@@ -113,7 +138,8 @@ class OpaSidecar:
         with os.fdopen(fd, "w") as fh:
             fh.write(self._config.control_plane.internal_token.reveal())
         cfg_file = work / "opa-config.json"
-        cfg_file.write_bytes(orjson.dumps(opa_config(self._config, str(token_file)), option=orjson.OPT_INDENT_2))
+        document = opa_config(self._config, str(token_file), self.instance_id)
+        cfg_file.write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2))
         return [
             self._config.opa.bin,
             "run",
@@ -138,18 +164,25 @@ class OpaSidecar:
 
     async def run(self) -> None:
         """Run and restart OPA until cancelled; kills it on cancellation."""
-        argv = self._prepare()
         log_path = Path(self._config.opa.work_dir) / "opa.log"
         backoff = 0.2
         try:
             while True:
                 self._bundle_active = False
+                argv = self._prepare()
+                if self._on_start is not None:
+                    self._on_start(self.instance_id)
                 with open(log_path, "ab") as logf:
                     # Own session: a signal to the gateway's process group does not
                     # kill OPA behind the supervisor's back; PDEATHSIG ends OPA if the
                     # gateway itself dies without stopping it.
                     self._proc = subprocess.Popen(
-                        argv, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent
+                        argv,
+                        stdout=logf,
+                        stderr=subprocess.STDOUT,
+                        env=sidecar_environment(self._config.opa.work_dir),
+                        start_new_session=True,
+                        preexec_fn=_die_with_parent,
                     )
                 log.info("opa sidecar started pid=%s addr=%s", self._proc.pid, self._config.opa.addr)
                 while self._proc.poll() is None:

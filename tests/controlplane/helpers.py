@@ -60,16 +60,13 @@ async def asgi_controlplane(config: Config) -> AsyncIterator[tuple[httpx.AsyncCl
 
 @contextlib.asynccontextmanager
 async def served_controlplane(config: Config) -> AsyncIterator[str]:
-    """Run the control plane under uvicorn on a free loopback port (real lifespan); yield its base URL."""
-    from starlette.applications import Starlette
-    from starlette.routing import Mount
+    """Run the control plane under uvicorn on a free loopback port; yield its base URL.
 
-    @contextlib.asynccontextmanager
-    async def lifespan(_app: Starlette) -> AsyncIterator[dict[str, object]]:
-        async with controlplane_resources(config) as state:
-            yield state
+    The app is the real composition root (``gateway.app.create_app``) with its lifespan.
+    """
+    from gateway.app import create_app
 
-    root = Starlette(lifespan=lifespan, routes=[Mount("/", app=create_controlplane_app(config))])
+    root = create_app(config)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(root, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
     async with anyio.create_task_group() as tg:

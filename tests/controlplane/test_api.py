@@ -241,10 +241,12 @@ async def test_policy_data_clashing_with_a_rule_is_rejected(cp_config: Config) -
     assert r.status_code == 400 and r.json()["errors"][0]["code"] == "gateway_data_conflict"
 
 
-async def test_unknown_policy_version_is_404(cp_config: Config) -> None:
+async def test_unknown_policy_version_is_404_and_a_malformed_one_400(cp_config: Config) -> None:
     async with asgi_controlplane(cp_config) as (admin, _, _):
         assert (await admin.get("/v1/policies/42")).json()["error"] == "not_found"
-        assert (await admin.post("/v1/policies/abc/approve")).status_code == 404
+        assert (await admin.post("/v1/policies/42/approve")).status_code == 404
+        malformed = await admin.post("/v1/policies/abc/approve")
+        assert malformed.status_code == 400 and "version" in malformed.json()["message"]
 
 
 async def test_errors_never_echo_request_data_and_carry_a_request_id(cp_config: Config) -> None:

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import orjson
 
-from gateway.controlplane.bundle import BUNDLE_ROOTS, build_bundle, bundle_data, load_reserved_modules, read_bundle
+from gateway.controlplane.bundle import BUNDLE_ROOTS, build_bundle, bundle_data, read_bundle
 from gateway.controlplane.discovery import tool_sha256
+from gateway.policy.reserved import load_reserved_modules
 
-REPO = Path(__file__).resolve().parents[2]
 SERVERS = [
     {
         "name": "demo",
@@ -57,20 +57,8 @@ def test_bundle_holds_manifest_data_policy_and_reserved_modules() -> None:
     assert data["gateway"] == {"limits": 1}
 
 
-def test_reserved_modules_exclude_the_sample_user_policy_and_tests(tmp_path: Path) -> None:
-    for rel in (
-        "gateway/gateway.rego",
-        "gateway_runtime/main/main.rego",
-        "gateway_runtime/main/main_test.rego",
-        "system/log/log.rego",
-    ):
-        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / rel).write_text("package x\n")
-    assert sorted(load_reserved_modules(tmp_path)) == ["gateway_runtime/main/main.rego", "system/log/log.rego"]
-
-
 def test_opa_accepts_the_bundle_built_from_the_repository_reserved_modules(tmp_path: Path, opa_bin: Path) -> None:
-    blob = _bundle(reserved_modules=load_reserved_modules(REPO / "policies"))
+    blob = _bundle(reserved_modules=load_reserved_modules())
     (tmp_path / "b.tar.gz").write_bytes(blob)
     out = subprocess.run(
         [str(opa_bin), "eval", "-b", str(tmp_path / "b.tar.gz"), "-f", "raw", "data.gateway_runtime.main.call"],

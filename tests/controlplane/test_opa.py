@@ -13,6 +13,7 @@ import orjson
 import pytest
 
 from gateway.config import Config
+from gateway.controlplane._longpoll import RECHECK_INTERVAL
 from tests.controlplane.helpers import (
     ADMIN_TOKEN,
     INTERNAL_TOKEN,
@@ -61,8 +62,22 @@ async def test_long_poll_times_out_with_304(cp_config: Config) -> None:
     assert r.status_code == 304 and r.headers["content-type"] == BUNDLE_TYPE
 
 
+async def _upload_policy(admin: httpx.AsyncClient) -> int:
+    r = await admin.post("/v1/policies", json={"modules": MINIMAL_POLICY})
+    assert r.status_code == 201, r.text
+    return int(r.json()["version"])
+
+
+async def _parked(state: dict[str, Any]) -> None:
+    """Return once a long poll is parked on the notifier (so an approval must wake it)."""
+    with anyio.fail_after(5):
+        while state["cp_notifier"].waiting < 1:
+            await anyio.sleep(0.01)
+
+
 async def test_long_poll_wakes_when_this_process_compiles(cp_config: Config) -> None:
-    async with asgi_controlplane(cp_config) as (admin, internal, _):
+    async with asgi_controlplane(cp_config) as (admin, internal, state):
+        policy = await _upload_policy(admin)  # opa check runs here, outside the timed window
         result: dict[str, httpx.Response] = {}
 
         async def long_poll() -> None:
@@ -70,16 +85,23 @@ async def test_long_poll_wakes_when_this_process_compiles(cp_config: Config) -> 
                 "/v1/opa/bundles/gateway", headers={"If-None-Match": '"p1"', "Prefer": "modes=snapshot;wait=30"}
             )
 
-        with anyio.fail_after(10):
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(long_poll)
-                await anyio.sleep(0.2)  # let the poller park; the outcome does not depend on it
-                version = await _approve_policy(admin)
-    assert result["r"].status_code == 200 and result["r"].headers["etag"] == f'"p{version}"'
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(long_poll)
+            await _parked(state)
+            # Bound below the database re-check: only the in-process publish can wake it in time.
+            with anyio.fail_after(RECHECK_INTERVAL - 1):
+                r = await admin.post(f"/v1/policies/{policy}/approve")
+                while "r" not in result:
+                    await anyio.sleep(0.01)
+    assert result["r"].status_code == 200 and result["r"].headers["etag"] == f'"p{r.json()["projection_version"]}"'
 
 
 async def test_long_poll_wakes_on_notify_from_another_control_plane_process(cp_config: Config) -> None:
-    async with asgi_controlplane(cp_config) as (_, internal_a, _), asgi_controlplane(cp_config) as (admin_b, _, _):
+    async with (
+        asgi_controlplane(cp_config) as (_, internal_a, state_a),
+        asgi_controlplane(cp_config) as (admin_b, _, _),
+    ):
+        policy = await _upload_policy(admin_b)
         result: dict[str, httpx.Response] = {}
 
         async def long_poll() -> None:
@@ -89,14 +111,17 @@ async def test_long_poll_wakes_on_notify_from_another_control_plane_process(cp_c
                 headers={"If-None-Match": '"p1"', "Prefer": "wait=30"},
             )
 
-        # Bound well below the 5 s database re-check: only NOTIFY can wake it this fast.
-        with anyio.fail_after(4):
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(long_poll)
-                await anyio.sleep(0.2)
-                version = await _approve_policy(admin_b)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(long_poll)
+            await _parked(state_a)
+            # Bound below the database re-check: only NOTIFY can wake process A in time.
+            with anyio.fail_after(RECHECK_INTERVAL - 1):
+                r = await admin_b.post(f"/v1/policies/{policy}/approve")
+                while "r" not in result:
+                    await anyio.sleep(0.01)
     assert result["r"].status_code == 200
-    assert result["r"].json()["version"] == version and result["r"].json()["policy_version"] is not None
+    assert result["r"].json()["version"] == r.json()["projection_version"]
+    assert result["r"].json()["policy_version"] == policy
 
 
 async def test_dataplane_polls_are_recorded_in_the_projection_view(cp_config: Config) -> None:

@@ -6,12 +6,16 @@ import base64
 import hashlib
 import hmac
 import json
+import threading
 import time
 import types
-from collections.abc import AsyncIterator, Callable
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import jwt
 import pytest
@@ -384,3 +388,226 @@ def test_bearer_token_rejects_missing_or_non_bearer_headers(header: str | None) 
         bearer_token(header)
 
     assert exc_info.value.category == "unauthenticated"
+
+
+# -- identity claims pyjwt lets through (issue 5, defect 7) -------------------------------------
+
+FAR_FUTURE = 4102444800  # 2100-01-01T00:00:00Z
+
+
+@pytest.mark.parametrize(
+    "extra_claims",
+    [
+        pytest.param({"sub": ""}, id="empty-sub"),
+        pytest.param({"sub": "   \t"}, id="blank-sub"),
+        pytest.param({"sub": 42}, id="numeric-sub"),
+        pytest.param({"exp": str(FAR_FUTURE)}, id="exp-as-string"),
+        pytest.param({"exp": 1e300}, id="exp-1e300"),
+        pytest.param({"exp": FAR_FUTURE * 1000}, id="exp-after-year-9999"),
+        pytest.param({"exp": float("inf")}, id="exp-infinite"),
+        pytest.param({"exp": float("nan")}, id="exp-nan"),
+        pytest.param({"nbf": True}, id="nbf-boolean"),
+        pytest.param({"nbf": "0"}, id="nbf-as-string"),
+        pytest.param({"nbf": -1}, id="nbf-before-the-epoch"),
+        pytest.param({"iat": "0"}, id="iat-as-string"),
+        pytest.param({"iat": [1]}, id="iat-as-list"),
+    ],
+)
+async def test_a_blank_subject_or_a_date_that_is_not_a_sane_number_is_unauthenticated(
+    idp: DevIdentityProvider, verifier: JwtVerifier, extra_claims: dict[str, Any]
+) -> None:
+    await _rejected(verifier, idp.mint("alice", ["viewer"], AUDIENCE, extra_claims=extra_claims))
+
+
+async def test_fractional_dates_are_numeric_dates(idp: DevIdentityProvider, verifier: JwtVerifier) -> None:
+    now = time.time()
+    claims = {"iat": now - 0.5, "nbf": now - 0.5, "exp": now + 600.25}
+
+    subject = await verifier.verify(idp.mint("alice", [], AUDIENCE, extra_claims=claims))
+
+    assert subject.claims["exp"] == now + 600.25
+
+
+# -- JWKS fetching under unknown kids (issue 5, defect 3) ---------------------------------------
+
+
+class _JwksServer:
+    """A real HTTP server on loopback serving a JWKS, counting fetches; each answer takes ``delay`` s."""
+
+    def __init__(self, jwks: dict[str, Any], delay: float) -> None:
+        self.jwks = jwks
+        self.status = 200
+        self.delay = delay
+        self.fetches = 0
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                server.fetches += 1
+                time.sleep(server.delay)
+                body = json.dumps(server.jwks).encode()
+                self.send_response(server.status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}/jwks.json"
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+@pytest.fixture
+def jwks_server(idp: DevIdentityProvider) -> Iterator[_JwksServer]:
+    server = _JwksServer(idp.jwks, delay=0.01)
+    yield server
+    server.close()
+
+
+class _Clock:
+    """``auth.time`` with a monotonic clock the test moves forward."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def monotonic(self) -> float:
+        return time.monotonic() + self.offset
+
+    @staticmethod
+    def time() -> float:
+        return time.time()
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> _Clock:
+    fake = _Clock()
+    monkeypatch.setattr(auth_module, "time", fake)
+    return fake
+
+
+def _random_kid_tokens(idp: DevIdentityProvider, count: int) -> list[str]:
+    return [idp.mint(f"attacker{i}", [], AUDIENCE, kid=f"random-{uuid.uuid4().hex}") for i in range(count)]
+
+
+async def _verify_all(verifier: JwtVerifier, tokens: list[str]) -> list[str | AuthenticationFailed]:
+    outcomes: list[str | AuthenticationFailed] = [AuthenticationFailed("not run")] * len(tokens)
+
+    async def one(i: int, token: str) -> None:
+        try:
+            outcomes[i] = (await verifier.verify(token)).sub
+        except AuthenticationFailed as exc:
+            outcomes[i] = exc
+
+    async with anyio.create_task_group() as tg:
+        for i, token in enumerate(tokens):
+            tg.start_soon(one, i, token)
+    return outcomes
+
+
+@pytest.fixture
+def http_verifier(http: httpx.AsyncClient, jwks_server: _JwksServer) -> JwtVerifier:
+    return JwtVerifier(JwtConfig(issuer=ISSUER, audience=AUDIENCE, jwks_url=jwks_server.url), http)
+
+
+async def test_two_hundred_concurrent_unknown_kids_fetch_the_jwks_at_most_once(
+    idp: DevIdentityProvider, http_verifier: JwtVerifier, jwks_server: _JwksServer, clock: _Clock
+) -> None:
+    await http_verifier.verify(idp.mint("alice", [], AUDIENCE))
+    clock.offset += 3600  # the keys are old enough to refetch once
+
+    outcomes = await _verify_all(http_verifier, _random_kid_tokens(idp, 200))
+
+    assert all(isinstance(o, AuthenticationFailed) for o in outcomes)
+    assert jwks_server.fetches == 2  # the first load and one refresh shared by all 200
+
+    await _verify_all(http_verifier, _random_kid_tokens(idp, 50))  # within the refresh interval
+
+    assert jwks_server.fetches == 2
+
+
+async def test_concurrent_tokens_share_one_failing_jwks_fetch(
+    idp: DevIdentityProvider, http_verifier: JwtVerifier, jwks_server: _JwksServer
+) -> None:
+    jwks_server.status = 503
+
+    outcomes = await _verify_all(http_verifier, [idp.mint(f"user{i}", [], AUDIENCE) for i in range(50)])
+
+    assert all(isinstance(o, AuthenticationFailed) for o in outcomes)
+    assert jwks_server.fetches == 1
+
+
+async def test_a_rotated_key_is_picked_up_with_one_fetch(
+    idp: DevIdentityProvider,
+    http_verifier: JwtVerifier,
+    jwks_server: _JwksServer,
+    clock: _Clock,
+    tmp_path: Path,
+) -> None:
+    await http_verifier.verify(idp.mint("alice", [], AUDIENCE))
+    rotated = DevIdentityProvider.create(tmp_path / "rotated", ISSUER)
+    jwks_server.jwks = {"keys": [*idp.jwks["keys"], *rotated.jwks["keys"]]}
+    clock.offset += 3600
+
+    subject = await http_verifier.verify(rotated.mint("bob", [], AUDIENCE))
+
+    assert subject.sub == "bob"
+    assert jwks_server.fetches == 2
+
+
+async def test_a_valid_token_amid_a_flood_of_unknown_kids_waits_for_at_most_one_fetch(
+    idp: DevIdentityProvider,
+    http_verifier: JwtVerifier,
+    jwks_server: _JwksServer,
+    clock: _Clock,
+    tmp_path: Path,
+) -> None:
+    await http_verifier.verify(idp.mint("alice", [], AUDIENCE))
+    rotated = DevIdentityProvider.create(tmp_path / "rotated", ISSUER)
+    jwks_server.jwks = {"keys": [*idp.jwks["keys"], *rotated.jwks["keys"]]}
+    clock.offset += 3600
+    flood = _random_kid_tokens(idp, 200)
+    fetches_before_valid: list[int] = []
+
+    async def valid() -> None:
+        assert (await http_verifier.verify(rotated.mint("bob", [], AUDIENCE))).sub == "bob"
+        fetches_before_valid.append(jwks_server.fetches - 1)
+
+    async def unknown(token: str) -> None:
+        with pytest.raises(AuthenticationFailed):
+            await http_verifier.verify(token)
+
+    async with anyio.create_task_group() as tg:
+        for token in flood[:100]:
+            tg.start_soon(unknown, token)
+        tg.start_soon(valid)
+        for token in flood[100:]:
+            tg.start_soon(unknown, token)
+
+    assert fetches_before_valid == [1]
+    assert jwks_server.fetches == 2
+
+
+async def test_an_unknown_kid_is_remembered_and_not_fetched_for_again(
+    idp: DevIdentityProvider, http_verifier: JwtVerifier, jwks_server: _JwksServer, clock: _Clock
+) -> None:
+    await http_verifier.verify(idp.mint("alice", [], AUDIENCE))
+    token = idp.mint("mallory", [], AUDIENCE, kid="never-published")
+    clock.offset += 3600
+    await _rejected(http_verifier, token)
+    assert jwks_server.fetches == 2
+
+    clock.offset += 60  # past the refresh interval, within the unknown-kid TTL
+    await _rejected(http_verifier, idp.mint("mallory", [], AUDIENCE, kid="never-published"))
+    assert jwks_server.fetches == 2
+
+    clock.offset += 3600  # past the TTL: the issuer may have published it since
+    await _rejected(http_verifier, idp.mint("mallory", [], AUDIENCE, kid="never-published"))
+    assert jwks_server.fetches == 3

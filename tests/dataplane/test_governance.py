@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import anyio
+import orjson
 import pytest
 
 from gateway.dataplane import governance
 from gateway.dataplane.governance import CallContext, Governor, is_stale
 from gateway.dataplane.projection import ActiveProjection, compile_projection
+from gateway.errors import ArgumentsTooDeep
 from gateway.policy.decision import Decision, ListDecision
 from gateway.policy.input import Subject
 from tests.dataplane.test_audit import _config
@@ -50,15 +53,21 @@ class Engine:
 
 
 class Upstreams:
-    def __init__(self) -> None:
+    """Records forwarded params; answers ``reply`` (or raises ``fail``)."""
+
+    def __init__(self, reply: dict[str, Any] | None = None, fail: BaseException | None = None) -> None:
         self.calls: list[dict[str, Any]] = []
+        self.reply = reply or {"jsonrpc": "2.0", "id": 1, "result": {"content": [], "isError": False}}
+        self.fail = fail
 
     def get(self, name: str, transport: str, url: str) -> Upstreams:
         return self
 
     async def request(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
         self.calls.append(params)
-        return {"jsonrpc": "2.0", "id": 1, "result": {"content": [], "isError": False}}
+        if self.fail is not None:
+            raise self.fail
+        return self.reply
 
 
 class Audit:
@@ -69,8 +78,8 @@ class Audit:
         self.events.append(event)
 
 
-def _governor(tmp_path: Any, engine: Engine) -> tuple[Governor, Upstreams, Audit]:
-    upstreams, audit = Upstreams(), Audit()
+def _governor(tmp_path: Any, engine: Engine, upstreams: Upstreams | None = None) -> tuple[Governor, Upstreams, Audit]:
+    upstreams, audit = upstreams or Upstreams(), Audit()
     return Governor(_config(tmp_path), engine, upstreams, audit), upstreams, audit  # type: ignore[arg-type]
 
 
@@ -134,3 +143,134 @@ async def test_an_unknown_tool_is_audited_with_its_name_only(tmp_path: Any) -> N
     event = audit.events[-1]
     assert event["error_category"] == "unknown_tool" and "s3" not in str(event)
     assert upstreams.calls == []
+
+
+def _deep(levels: int) -> Any:
+    """A JSON value ``levels`` deep (``{}`` is one level), built without recursion."""
+    value: Any = {}
+    for _ in range(levels - 1):
+        value = {"a": value}
+    return value
+
+
+async def test_params_the_parser_marked_too_deep_are_refused_and_audited_as_rejected(tmp_path: Any) -> None:
+    engine = Engine("p5-pv2")
+    gov, upstreams, audit = _governor(tmp_path, engine)
+    params = {"name": "demo__echo", "arguments": _deep(300)}
+    reply = await gov.call_tool(_projection(), CTX, 7, params, rejection=ArgumentsTooDeep("too deep"))
+    assert reply["id"] == 7 and reply["error"]["code"] == -32602
+    assert reply["error"]["data"] == {"category": "arguments_too_deep"}
+    assert [(e["status"], e["error_category"], e["allowed"], e["tool"]) for e in audit.events] == [
+        ("rejected", "arguments_too_deep", False, "demo__echo")
+    ]
+    assert audit.events[0]["arguments_sha256"] is None
+    assert engine.asked == 0 and upstreams.calls == []
+
+
+@pytest.mark.parametrize("key", ["task", "inputResponses", "requestState", "extra"])
+async def test_a_params_key_policy_would_not_see_is_refused_naming_it(tmp_path: Any, key: str) -> None:
+    engine = Engine("p5-pv2")
+    gov, upstreams, audit = _governor(tmp_path, engine)
+    params = {"name": "demo__echo", "arguments": {"text": "hi"}, key: {"ttl": 1}}
+    reply = await gov.call_tool(_projection(), CTX, 1, params)
+    assert reply["error"]["code"] == -32602 and repr(key) in reply["error"]["message"]
+    assert audit.events[-1]["status"] == "rejected" and audit.events[-1]["error_category"] == "unexpected_param"
+    assert engine.asked == 0 and upstreams.calls == []
+
+
+async def test_only_the_name_and_the_arguments_policy_saw_are_forwarded(tmp_path: Any) -> None:
+    gov, upstreams, _ = _governor(tmp_path, Engine("p5-pv2"))
+    params = {"name": "demo__echo", "arguments": {"text": "hi"}, "_meta": {"progressToken": 1}}
+    assert "result" in await gov.call_tool(_projection(), CTX, 1, params)
+    assert upstreams.calls == [{"name": "echo", "arguments": {"text": "hi"}}]
+
+
+async def test_a_non_string_name_is_refused_and_audited(tmp_path: Any) -> None:
+    gov, upstreams, audit = _governor(tmp_path, Engine("p5-pv2"))
+    reply = await gov.call_tool(_projection(), CTX, 1, {"name": 5, "arguments": {}})
+    assert reply["error"]["code"] == -32602
+    assert audit.events[-1]["status"] == "rejected" and audit.events[-1]["error_category"] == "bad_request"
+    assert upstreams.calls == []
+
+
+async def test_a_result_too_deep_to_relay_becomes_an_audited_upstream_protocol_error(tmp_path: Any) -> None:
+    deep = {"jsonrpc": "2.0", "id": 1, "result": {"content": [], "structuredContent": _deep(300)}}
+    gov, upstreams, audit = _governor(tmp_path, Engine("p5-pv2"), Upstreams(reply=deep))
+    reply = await _call(gov, _projection())
+    assert reply["error"]["code"] == governance.UPSTREAM_FAILED
+    assert reply["error"]["data"]["category"] == "upstream_protocol_error"
+    orjson.dumps(reply)  # the answer itself can be encoded
+    [event] = audit.events
+    assert (event["allowed"], event["status"], event["error_category"]) == (True, "error", "upstream_protocol_error")
+    assert event["decision_id"] == reply["error"]["data"]["decision_id"] and len(upstreams.calls) == 1
+
+
+async def test_the_deepest_relayable_result_is_relayed_and_encodes(tmp_path: Any) -> None:
+    # The response message adds one level above the result: 253 levels of result fit in orjson's 254.
+    result = _deep(253)
+    result.update({"content": []})
+    gov, _, audit = _governor(
+        tmp_path, Engine("p5-pv2"), Upstreams(reply={"jsonrpc": "2.0", "id": 1, "result": result})
+    )
+    reply = await _call(gov, _projection())
+    assert reply["result"] is result and audit.events[-1]["status"] == "ok"
+    orjson.dumps(reply)
+    too_deep = {"jsonrpc": "2.0", "id": 1, "result": {"content": [], "a": _deep(253)}}
+    gov, _, audit = _governor(tmp_path, Engine("p5-pv2"), Upstreams(reply=too_deep))
+    assert (await _call(gov, _projection()))["error"]["data"]["category"] == "upstream_protocol_error"
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        pytest.param({"jsonrpc": "2.0", "id": 1, "result": None}, id="null-result"),
+        pytest.param({"jsonrpc": "2.0", "id": 1, "result": [1]}, id="array-result"),
+        pytest.param({"jsonrpc": "2.0", "id": 1, "error": "boom"}, id="string-error"),
+        pytest.param({"jsonrpc": "2.0", "id": 1, "error": {"code": "x", "message": "m"}}, id="error-code-not-int"),
+    ],
+)
+async def test_an_answer_that_is_neither_a_result_object_nor_an_error_object_is_a_protocol_error(
+    tmp_path: Any, reply: dict[str, Any]
+) -> None:
+    gov, _, audit = _governor(tmp_path, Engine("p5-pv2"), Upstreams(reply=reply))
+    answer = await _call(gov, _projection())
+    assert answer["error"]["data"]["category"] == "upstream_protocol_error"
+    assert audit.events[-1]["allowed"] is True and audit.events[-1]["status"] == "error"
+
+
+async def test_an_upstream_json_rpc_error_is_relayed_and_audited_as_a_tool_error(tmp_path: Any) -> None:
+    error = {"code": -32000, "message": "tool blew up"}
+    gov, _, audit = _governor(tmp_path, Engine("p5-pv2"), Upstreams(reply={"jsonrpc": "2.0", "id": 1, "error": error}))
+    assert (await _call(gov, _projection()))["error"] == error
+    assert audit.events[-1]["status"] == "tool_error" and audit.events[-1]["result_sha256"]
+
+
+async def test_an_unexpected_exception_after_the_upstream_ran_is_audited_once_then_raised(tmp_path: Any) -> None:
+    gov, upstreams, audit = _governor(tmp_path, Engine("p5-pv2"), Upstreams(fail=RuntimeError("bug")))
+    with pytest.raises(RuntimeError):
+        await _call(gov, _projection())
+    [event] = audit.events
+    assert (event["allowed"], event["status"], event["error_category"]) == (True, "error", "internal_error")
+    assert event["decision_id"] == "d0" and event["tool"] == "echo" and len(upstreams.calls) == 1
+
+
+async def test_a_cancelled_call_is_still_audited(tmp_path: Any) -> None:
+    gov, _, audit = _governor(tmp_path, Engine("p5-pv2"), Upstreams(fail=anyio.get_cancelled_exc_class()()))
+    with pytest.raises(anyio.get_cancelled_exc_class()):
+        await _call(gov, _projection())
+    assert [(e["status"], e["error_category"]) for e in audit.events] == [("error", "cancelled")]
+
+
+async def test_a_list_that_fails_unexpectedly_is_empty_and_audited(tmp_path: Any) -> None:
+    class Broken(Engine):
+        async def visible(self, input_doc: dict[str, Any]) -> ListDecision:
+            raise RuntimeError("bug")
+
+    gov, _, audit = _governor(tmp_path, Broken("p5-pv2"))
+    assert await gov.list_tools(_projection(), CTX) == []
+    assert audit.events[-1]["error_category"] == "internal_error"
+
+
+def test_the_relay_hash_is_the_canonical_hash_of_the_value() -> None:
+    value = {"b": [1, {"d": 2, "c": 3}], "a": "x"}
+    assert governance._relay_sha256(value) == governance._sha256(value)

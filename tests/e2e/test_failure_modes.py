@@ -41,11 +41,18 @@ async def test_opa_down_denies_with_policy_unavailable_then_recovers(split_stack
         assert not (await c.call_tool("demo__echo", {"text": "before"})).is_error
         pid = s.opa_pid()
         assert pid is not None
-        os.kill(pid, signal.SIGKILL)
-        with pytest.raises(MCPError) as denied:
-            await c.call_tool("demo__echo", {"text": "while OPA is down"})
-        assert denied.value.error.data["category"] in ("policy_unavailable", "policy_decision_invalid")
-        listed = (await c.list_tools()).tools
+        # A hung OPA (stopped, so it cannot be restarted behind the test's back) times out:
+        # the call is denied and the listing is empty. Then it is killed, and the supervisor
+        # starts a new one.
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(MCPError) as denied:
+                await c.call_tool("demo__echo", {"text": "while OPA is down"})
+            listed = (await c.list_tools()).tools
+        finally:
+            os.kill(pid, signal.SIGKILL)
+        assert denied.value.error.data["category"] == "policy_unavailable"
+        assert listed == []
         deadline = time.monotonic() + 20
         while True:  # the data plane restarts OPA, which pulls the bundle again
             try:
@@ -58,9 +65,8 @@ async def test_opa_down_denies_with_policy_unavailable_then_recovers(split_stack
     assert not result.is_error
     assert s.opa_pid() not in (None, pid)
     assert [c["arguments"]["text"] for c in recorded(s)["calls"]] == ["before", "after"]
-    assert listed == [] or all(t.name != "demo__create_ticket" for t in listed)
     item = audit_item(s, denied.value.error.data["decision_id"])
-    assert item["allowed"] is False and item["error_category"] in ("policy_unavailable", "policy_decision_invalid")
+    assert item["allowed"] is False and item["error_category"] == "policy_unavailable"
     # The restarted OPA was asked nothing before it had the bundle, i.e. its decision-log
     # mask: no stored OPA decision log carries raw arguments.
     deadline = time.monotonic() + 15

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -156,7 +157,8 @@ def test_legacy_session_is_bound_to_its_subject(stack: LocalStack) -> None:
 async def test_opa_decision_log_and_runtime_audit_share_the_decision_id_without_arguments_or_tokens(
     stack: LocalStack,
 ) -> None:
-    token = stack.idp.mint("alice", ["viewer"], stack.audience, extra_claims={"note": CANARY + "-claim"})
+    subject = f"canary-{uuid.uuid4().hex[:8]}"
+    token = stack.idp.mint(subject, ["viewer"], stack.audience, extra_claims={"note": CANARY + "-claim"})
     async with client(stack, token) as c:
         await c.call_tool("demo__get_weather", {"city": CANARY})
         with pytest.raises(MCPError) as denied:
@@ -167,8 +169,15 @@ async def test_opa_decision_log_and_runtime_audit_share_the_decision_id_without_
     assert "/input/arguments" in opa_log["erased"]
     assert "arguments" not in opa_log["input"]
     assert item["arguments_sha256"] and len(item["arguments_sha256"]) == 64
-    # Give OPA's decision-log upload and the audit shipper time to flush everything.
-    time.sleep(3)
+    # Wait until every request of this subject is audited and OPA's log of each has arrived.
+    deadline = time.monotonic() + 15
+    while True:
+        items = stack.admin("GET", f"/v1/audit/decisions?subject={subject}")["items"]
+        calls = [i for i in items if i["action"] == "tools/call"]
+        if len(calls) == 2 and all(i["opa_logged"] for i in items):
+            break
+        assert time.monotonic() < deadline, f"audit incomplete: {items}"
+        time.sleep(0.1)
     conn = await asyncpg.connect(stack.database_url)
     try:
         tables = [r["tablename"] for r in await conn.fetch("select tablename from pg_tables where schemaname='public'")]

@@ -7,11 +7,14 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.errors import RequestRejected
+from gateway.errors import ArgumentsTooDeep, ArgumentsTooLarge, RequestRejected
 from gateway.mcp.messages import (
     INVALID_REQUEST,
+    MAX_PARAMS_DEPTH,
+    MAX_PARAMS_VALUES,
     PARSE_ERROR,
     JsonRpcMessage,
+    check_params_shape,
     error_response,
     parse_message,
     result_response,
@@ -201,3 +204,55 @@ def test_responses_built_by_the_helpers_parse_back_as_responses() -> None:
     for built in (result_response(1, {}), error_response(2, -1, "m", {"x": 1})):
         parsed = parse_message(_body(built))
         assert parsed.kind == "response" and parsed.id == built["id"]
+
+
+def _nested(levels: int) -> bytes:
+    """JSON of an object ``levels`` deep (``{}`` is one level); built as text, since
+    orjson cannot encode more than 254 levels."""
+    return b'{"a":' * (levels - 1) + b"{}" + b"}" * (levels - 1)
+
+
+def _call(arguments: Any) -> bytes:
+    raw = arguments if isinstance(arguments, bytes) else orjson.dumps(arguments)
+    return b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":' + raw + b"}}"
+
+
+def test_arguments_at_the_depth_limit_are_accepted() -> None:
+    # params is level 1, so arguments may be MAX_PARAMS_DEPTH - 1 levels deep.
+    assert parse_message(_call(_nested(MAX_PARAMS_DEPTH - 1))).rejection is None
+
+
+@pytest.mark.parametrize("levels", [MAX_PARAMS_DEPTH, 300, 1000])
+def test_arguments_beyond_the_depth_limit_are_marked_too_deep(levels: int) -> None:
+    msg = parse_message(_call(_nested(levels)))
+
+    assert msg.kind == "request" and msg.id == 1 and msg.method == "tools/call"
+    assert isinstance(msg.rejection, ArgumentsTooDeep) and msg.rejection.category == "arguments_too_deep"
+
+
+def test_depth_counts_arrays_as_well_as_objects() -> None:
+    deep_list = b"[" * MAX_PARAMS_DEPTH + b"]" * MAX_PARAMS_DEPTH
+    assert isinstance(parse_message(_call(deep_list)).rejection, ArgumentsTooDeep)
+    assert parse_message(_call(deep_list[1:-1])).rejection is None
+
+
+def test_any_method_s_params_are_checked_not_only_tools_call() -> None:
+    body = b'{"jsonrpc":"2.0","id":1,"method":"ping","params":{"_meta":' + _nested(MAX_PARAMS_DEPTH) + b"}}"
+    assert isinstance(parse_message(body).rejection, ArgumentsTooDeep)
+
+
+def test_params_with_exactly_the_maximum_number_of_values_are_accepted() -> None:
+    # params (1) + name (1) + arguments (1) + the list's items.
+    items = MAX_PARAMS_VALUES - 3
+    assert parse_message(_call({"x": [0] * (items - 1)})).rejection is None
+
+
+def test_params_with_more_values_than_the_maximum_are_marked_too_large() -> None:
+    msg = parse_message(_call({"x": [0] * MAX_PARAMS_VALUES}))
+    assert isinstance(msg.rejection, ArgumentsTooLarge) and msg.rejection.category == "arguments_too_large"
+
+
+def test_check_params_shape_counts_values_in_wide_flat_params() -> None:
+    with pytest.raises(ArgumentsTooLarge):
+        check_params_shape({f"k{i}": i for i in range(MAX_PARAMS_VALUES)})
+    check_params_shape({f"k{i}": i for i in range(MAX_PARAMS_VALUES - 1)})

@@ -10,11 +10,14 @@ from gateway.config import Secret
 from gateway.controlplane._http import JSONResponse, error_body, request_id
 from gateway.errors import AdminAuthFailed
 
-__all__ = ["INTERNAL_PREFIXES", "BearerAuthMiddleware", "is_internal_path"]
+__all__ = ["INTERNAL_PREFIXES", "PUBLIC_PATHS", "BearerAuthMiddleware", "is_internal_path"]
 
 INTERNAL_PREFIXES = ("/v1/opa/", "/v1/dataplane/")
 """Paths that take the internal token; so does exactly ``/v1/audit/events``."""
 INTERNAL_PATHS = frozenset({"/v1/audit/events"})
+PUBLIC_PATHS = frozenset({"/v1/openapi.json"})
+"""Paths served without a token: the OpenAPI document (the API's shape, no data; the README
+documents the same). Exact matches only, and only for GET/HEAD."""
 
 
 def is_internal_path(path: str) -> bool:
@@ -27,6 +30,7 @@ class BearerAuthMiddleware:
 
     Internal paths (:data:`INTERNAL_PREFIXES`, ``/v1/audit/events``) take the internal
     token, every other path the admin token; neither token opens the other's paths.
+    ``GET``/``HEAD`` of :data:`PUBLIC_PATHS` (``/v1/openapi.json``) needs no token.
     Tokens are compared in constant time. Failure: 401 ``admin_unauthenticated``
     with ``WWW-Authenticate: Bearer``.
     """
@@ -44,6 +48,9 @@ class BearerAuthMiddleware:
         root = scope.get("root_path", "")
         if root and path.startswith(root):
             path = path[len(root) :] or "/"
+        if path in PUBLIC_PATHS and scope["method"] in ("GET", "HEAD"):
+            await self.app(scope, receive, send)
+            return
         expected = self._internal if is_internal_path(path) else self._admin
         presented = b""
         for key, value in scope.get("headers", ()):

@@ -1,0 +1,589 @@
+"""The control plane's OpenAPI 3.1 description, served at ``GET /v1/openapi.json`` (no token needed).
+
+Built once from the dicts below and encoded once; the handler returns the same
+bytes every time. Every route of :mod:`gateway.controlplane.routes` is described
+(``tests/controlplane/test_openapi.py`` keeps the two in step). The internal API
+(OPA sidecars and data planes, internal token) is tagged ``internal`` and marked
+``x-internal: true``; the admin API is tagged by resource.
+
+Source: OpenAPI Specification 3.1.0 (https://spec.openapis.org/oas/v3.1.0), whose
+schemas are JSON Schema 2020-12.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.controlplane._http import MAX_BIGINT, MAX_JSON_BODY, MAX_TEXT
+
+__all__ = ["OPENAPI_PATH", "get_openapi", "openapi_document"]
+
+OPENAPI_PATH = "/v1/openapi.json"
+"""Where the document is served; the auth middleware lets it through without a token."""
+
+NO_NUL = "^[^\\u0000]*$"
+"""PostgreSQL ``text`` cannot hold U+0000; every free-text parameter refuses it (400)."""
+SERVER_NAME = "^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$"
+TIMESTAMP = {"type": "string", "format": "date-time"}
+NULLABLE_TIMESTAMP = {"type": ["string", "null"], "format": "date-time"}
+VERSION = {"type": "integer", "minimum": 1, "maximum": MAX_BIGINT}
+NULLABLE_VERSION = {"type": ["integer", "null"], "minimum": 0, "maximum": MAX_BIGINT}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/responses/{description}"}
+
+
+def _query(name: str, schema: dict[str, Any], description: str, *, required: bool = False) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": required, "schema": schema, "description": description}
+
+
+def _path(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": schema, "description": description}
+
+
+def _text(max_length: int = MAX_TEXT) -> dict[str, Any]:
+    return {"type": "string", "maxLength": max_length, "pattern": NO_NUL}
+
+
+_SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "description": "Every error body. `error` is a stable snake_case category (gateway/errors.py); "
+        "`message` is written for clients and never echoes request data; `request_id` equals `X-Request-Id`.",
+        "required": ["error", "message", "request_id"],
+        "properties": {
+            "error": {"type": "string", "pattern": "^[a-z_]+$"},
+            "message": {"type": "string"},
+            "request_id": {"type": "string", "format": "uuid"},
+            "errors": {
+                "type": "array",
+                "description": "Only with `policy_rejected`: one entry per problem.",
+                "items": {
+                    "type": "object",
+                    "required": ["file", "message"],
+                    "properties": {
+                        "file": {"type": "string"},
+                        "line": {"type": ["integer", "null"]},
+                        "message": {"type": "string"},
+                        "code": {"type": ["string", "null"]},
+                    },
+                },
+            },
+        },
+    },
+    "Scope": {
+        "type": "object",
+        "required": ["tenant", "environment"],
+        "properties": {"tenant": {"type": "string"}, "environment": {"type": "string"}},
+    },
+    "ServerRegistration": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["name", "transport", "url"],
+        "properties": {
+            "name": {
+                "type": "string",
+                "pattern": SERVER_NAME,
+                "description": "1-63 of [a-z0-9_-], alphanumeric at both ends, without `__`.",
+            },
+            "transport": {
+                "type": "string",
+                "enum": ["streamable_http", "legacy_sse", "stdio"],
+                "description": "Only `streamable_http` is supported; the others give 400 `unsupported_transport`.",
+            },
+            "url": {
+                "type": "string",
+                "format": "uri",
+                "maxLength": 2048,
+                "description": "Absolute http(s) URL of the upstream's MCP endpoint, printable ASCII.",
+            },
+            "description": _text(4096),
+        },
+    },
+    "Tool": {
+        "type": "object",
+        "description": "A pinned tool: its MCP wire form as discovered, plus the SHA-256 of its canonical JSON.",
+        "required": ["name", "sha256"],
+        "properties": {"name": {"type": "string"}, "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"}},
+    },
+    "Server": {
+        "type": "object",
+        "required": [
+            "name",
+            "transport",
+            "url",
+            "description",
+            "status",
+            "tenant",
+            "environment",
+            "created_at",
+            "approved_at",
+            "tools",
+        ],
+        "properties": {
+            "name": {"type": "string"},
+            "transport": {"type": "string", "enum": ["streamable_http", "legacy_sse", "stdio"]},
+            "url": {"type": "string"},
+            "description": {"type": "string"},
+            "status": {"type": "string", "enum": ["pending_approval", "approved"]},
+            "tenant": {"type": "string"},
+            "environment": {"type": "string"},
+            "created_at": TIMESTAMP,
+            "approved_at": NULLABLE_TIMESTAMP,
+            "tools": {"type": "array", "items": _ref("Tool")},
+            "projection_version": {**VERSION, "description": "Only in the approval answer: the compiled projection."},
+        },
+    },
+    "ServerList": {
+        "type": "object",
+        "required": ["items"],
+        "properties": {"items": {"type": "array", "items": _ref("Server")}},
+    },
+    "PolicyUpload": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["modules"],
+        "properties": {
+            "modules": {
+                "type": "object",
+                "minProperties": 1,
+                "maxProperties": 200,
+                "description": "Rego sources by file name (no `..`, no leading `/`, not `*_test.rego`); "
+                "1 MiB in total; checked with `opa check` against the restricted capabilities.",
+                "propertyNames": {"pattern": "^[A-Za-z0-9_./-]+\\.rego$"},
+                "additionalProperties": {"type": "string", "pattern": NO_NUL},
+            },
+            "data": {"type": ["object", "null"], "description": "Static data under `data.gateway`."},
+        },
+    },
+    "PolicyVersion": {
+        "type": "object",
+        "required": ["version", "tenant", "environment", "sha256", "status", "created_at", "approved_at", "files"],
+        "properties": {
+            "version": VERSION,
+            "tenant": {"type": "string"},
+            "environment": {"type": "string"},
+            "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+            "status": {"type": "string", "enum": ["pending_approval", "active", "superseded"]},
+            "created_at": TIMESTAMP,
+            "approved_at": NULLABLE_TIMESTAMP,
+            "files": {"type": "array", "items": {"type": "string"}},
+            "modules": {
+                "type": "object",
+                "additionalProperties": {"type": "string"},
+                "description": "Only in `GET /v1/policies/{version}`.",
+            },
+            "data": {"type": ["object", "null"], "description": "Not in the list."},
+            "projection_version": {
+                **NULLABLE_VERSION,
+                "description": "Only in the approval answer; null when the version was already active.",
+            },
+        },
+    },
+    "PolicyList": {
+        "type": "object",
+        "required": ["items"],
+        "properties": {"items": {"type": "array", "items": _ref("PolicyVersion")}},
+    },
+    "ProjectionStatus": {
+        "type": "object",
+        "description": "The rollout view: desired version, the version every live instance runs, per-instance state.",
+        "required": ["desired_version", "active_version", "policy_version", "data_planes", "opa"],
+        "properties": {
+            "desired_version": {"type": "integer", "minimum": 0},
+            "active_version": NULLABLE_VERSION,
+            "policy_version": NULLABLE_VERSION,
+            "data_planes": {"type": "array", "items": {"type": "object", "required": ["id", "state", "live"]}},
+            "opa": {"type": "array", "items": {"type": "object", "required": ["id", "state", "live"]}},
+        },
+    },
+    "Decision": {
+        "type": "object",
+        "description": "One runtime audit event (metadata only, never raw arguments).",
+        "required": ["decision_id", "timestamp", "tenant", "environment", "allowed", "reasons", "opa_logged"],
+        "properties": {
+            "decision_id": {"type": "string"},
+            "timestamp": TIMESTAMP,
+            "tenant": {"type": "string"},
+            "environment": {"type": "string"},
+            "allowed": {"type": "boolean"},
+            "reasons": {"type": "array", "items": {"type": "string"}},
+            "projection_version": NULLABLE_VERSION,
+            "latency_ms": {"type": ["number", "null"], "minimum": 0},
+            "opa_logged": {"type": "boolean", "description": "Whether OPA's decision-log event has arrived."},
+            **{
+                name: {"type": ["string", "null"]}
+                for name in (
+                    "dataplane_id",
+                    "subject",
+                    "client_id",
+                    "action",
+                    "server",
+                    "tool",
+                    "policy_revision",
+                    "status",
+                    "error_category",
+                    "arguments_sha256",
+                    "result_sha256",
+                    "session_id",
+                    "protocol_version",
+                )
+            },
+            "opa_decision_log": {
+                "type": ["object", "null"],
+                "description": "Only in `GET /v1/audit/decisions/{decision_id}`: the joined OPA event.",
+            },
+        },
+    },
+    "DecisionPage": {
+        "type": "object",
+        "required": ["items", "next_cursor"],
+        "properties": {
+            "items": {"type": "array", "items": _ref("Decision")},
+            "next_cursor": {"type": ["string", "null"]},
+        },
+    },
+}
+
+_RESPONSES: dict[str, Any] = {
+    name: _json(_ref("Error"), text)
+    for name, text in {
+        "BadRequest": "Malformed input: `bad_request` (or a more specific category) naming the parameter.",
+        "Unauthorized": "Missing or wrong bearer token (`admin_unauthenticated`, `WWW-Authenticate: Bearer`).",
+        "NotFound": "No such record in this control plane's scope (`not_found`).",
+        "Conflict": "The record already exists (`conflict`).",
+        "BadGateway": "The upstream could not be listed (`upstream_unavailable`, `upstream_protocol_error`).",
+        "GatewayTimeout": "Listing the upstream's tools timed out (`upstream_timeout`).",
+    }.items()
+}
+
+_ADMIN: list[dict[str, list[str]]] = [{"adminToken": []}]
+_INTERNAL: list[dict[str, list[str]]] = [{"internalToken": []}]
+_AUDIT_FILTERS = [
+    _query("subject", _text(), "Exact subject (JWT `sub`)."),
+    _query("server", _text(), "Exact server name."),
+    _query("tool", _text(), "Exact tool name."),
+    _query("allowed", {"type": "boolean"}, "`true` or `false`."),
+    _query("action", _text(), "Exact MCP method, e.g. `tools/call`."),
+    _query("since", {"type": "string", "format": "date-time"}, "Inclusive lower bound (RFC 3339, with zone)."),
+    _query("until", {"type": "string", "format": "date-time"}, "Exclusive upper bound (RFC 3339, with zone)."),
+    _query("limit", {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}, "Page size."),
+    _query("cursor", _text(), "`next_cursor` of the previous page, unchanged."),
+]
+
+
+def _op(
+    op_id: str,
+    tag: str,
+    summary: str,
+    responses: dict[str, Any],
+    *,
+    parameters: list[dict[str, Any]] | None = None,
+    body: str | dict[str, Any] | None = None,
+    internal: bool = False,
+) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "operationId": op_id,
+        "tags": [tag],
+        "summary": summary,
+        "security": _INTERNAL if internal else _ADMIN,
+        "responses": {**responses, "401": _error("Unauthorized")},
+    }
+    if parameters:
+        op["parameters"] = parameters
+    if body is not None:
+        schema = _ref(body) if isinstance(body, str) else body
+        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": schema}}}
+    if internal:
+        op["x-internal"] = True
+    return op
+
+
+_NAME_PARAM = _path("name", {"type": "string", "pattern": SERVER_NAME}, "The server's name.")
+_VERSION_PARAM = _path("version", VERSION, "The policy version number.")
+_ETAG_HEADERS = {"ETag": {"description": 'The projection version, `"p<N>"`.', "schema": {"type": "string"}}}
+_LONG_POLL = [
+    {
+        "name": "If-None-Match",
+        "in": "header",
+        "required": False,
+        "schema": {"type": "string"},
+        "description": 'The ETag (`"p<N>"`) the caller holds.',
+    },
+    {
+        "name": "Prefer",
+        "in": "header",
+        "required": False,
+        "schema": {"type": "string"},
+        "description": "`wait=<s>`: hold a not-modified answer up to s seconds (capped) for a newer projection.",
+    },
+]
+
+_PATHS: dict[str, Any] = {
+    OPENAPI_PATH: {
+        "get": {
+            "operationId": "getOpenAPI",
+            "tags": ["meta"],
+            "summary": "This document (no token needed: it holds no data).",
+            "security": [],
+            "responses": {"200": _json({"type": "object", "required": ["openapi", "paths"]}, "OpenAPI 3.1")},
+        }
+    },
+    "/v1/control-plane/scope": {
+        "get": _op(
+            "getScope",
+            "meta",
+            "The tenant and environment this control plane serves.",
+            {
+                "200": _json(_ref("Scope"), "The scope."),
+            },
+        )
+    },
+    "/v1/servers": {
+        "get": _op(
+            "listServers",
+            "servers",
+            "Every registered server, by name, with its pinned tools.",
+            {
+                "200": _json(_ref("ServerList"), "The servers."),
+            },
+        ),
+        "post": _op(
+            "registerServer",
+            "servers",
+            "Register an upstream MCP server (pending approval).",
+            {
+                "201": _json(_ref("Server"), "Registered."),
+                "400": _error("BadRequest"),
+                "409": _error("Conflict"),
+            },
+            body="ServerRegistration",
+        ),
+    },
+    "/v1/servers/{name}": {
+        "get": _op(
+            "getServer",
+            "servers",
+            "One server with its pinned tools.",
+            {"200": _json(_ref("Server"), "The server."), "400": _error("BadRequest"), "404": _error("NotFound")},
+            parameters=[_NAME_PARAM],
+        )
+    },
+    "/v1/servers/{name}/approve": {
+        "post": _op(
+            "approveServer",
+            "servers",
+            "Connect to the upstream, list and pin its tools, approve, and compile a projection.",
+            {
+                "200": _json(_ref("Server"), "Approved; `projection_version` is the compiled projection."),
+                "400": _error("BadRequest"),
+                "404": _error("NotFound"),
+                "502": _error("BadGateway"),
+                "504": _error("GatewayTimeout"),
+            },
+            parameters=[_NAME_PARAM],
+        )
+    },
+    "/v1/policies": {
+        "get": _op(
+            "listPolicies",
+            "policies",
+            "Every policy version, newest first, without sources.",
+            {
+                "200": _json(_ref("PolicyList"), "The versions."),
+            },
+        ),
+        "post": _op(
+            "uploadPolicy",
+            "policies",
+            "Upload a policy version; compiled with `opa check` before anything is stored.",
+            {
+                "201": _json(_ref("PolicyVersion"), "Stored, pending approval."),
+                "400": _error("BadRequest"),
+            },
+            body="PolicyUpload",
+        ),
+    },
+    "/v1/policies/{version}": {
+        "get": _op(
+            "getPolicy",
+            "policies",
+            "One policy version with its modules and data.",
+            {
+                "200": _json(_ref("PolicyVersion"), "The version."),
+                "400": _error("BadRequest"),
+                "404": _error("NotFound"),
+            },
+            parameters=[_VERSION_PARAM],
+        )
+    },
+    "/v1/policies/{version}/approve": {
+        "post": _op(
+            "approvePolicy",
+            "policies",
+            "Make the version active (an older one: rollback) and compile a projection.",
+            {
+                "200": _json(_ref("PolicyVersion"), "Active."),
+                "400": _error("BadRequest"),
+                "404": _error("NotFound"),
+            },
+            parameters=[_VERSION_PARAM],
+        )
+    },
+    "/v1/projection": {
+        "get": _op(
+            "getProjection",
+            "projection",
+            "Desired and active projection versions, per instance.",
+            {
+                "200": _json(_ref("ProjectionStatus"), "The rollout view."),
+            },
+        )
+    },
+    "/v1/audit/decisions": {
+        "get": _op(
+            "listDecisions",
+            "audit",
+            "Runtime audit events, newest first, keyset-paginated.",
+            {"200": _json(_ref("DecisionPage"), "One page."), "400": _error("BadRequest")},
+            parameters=_AUDIT_FILTERS,
+        )
+    },
+    "/v1/audit/decisions/{decision_id}": {
+        "get": _op(
+            "getDecision",
+            "audit",
+            "One audit event joined with OPA's decision-log event.",
+            {"200": _json(_ref("Decision"), "The event."), "400": _error("BadRequest"), "404": _error("NotFound")},
+            parameters=[_path("decision_id", _text(256), "The decision id.")],
+        )
+    },
+    "/v1/opa/bundles/{name}": {
+        "get": _op(
+            "getBundle",
+            "internal",
+            "OPA's bundle protocol: the gzipped bundle, or 304, long-polled.",
+            {
+                "200": {
+                    "description": "The bundle.",
+                    "headers": _ETAG_HEADERS,
+                    "content": {"application/vnd.openpolicyagent.bundles": {"schema": {"type": "string"}}},
+                },
+                "304": {"description": "Not modified.", "headers": _ETAG_HEADERS},
+                "404": _error("NotFound"),
+            },
+            parameters=[_path("name", {"type": "string"}, "The configured bundle name."), *_LONG_POLL],
+            internal=True,
+        )
+    },
+    "/v1/opa/status": {
+        "post": _op(
+            "postOpaStatus",
+            "internal",
+            "OPA's status API: one instance's report, keyed by `labels.id`.",
+            {"204": {"description": "Stored."}, "400": _error("BadRequest")},
+            body={"type": "object", "required": ["labels"], "properties": {"labels": {"type": "object"}}},
+            internal=True,
+        )
+    },
+    "/v1/opa/logs": {
+        "post": _op(
+            "postOpaDecisionLogs",
+            "internal",
+            "OPA's decision-log API: a (gzip) JSON array of events, idempotent per `decision_id`.",
+            {"204": {"description": "Stored."}, "400": _error("BadRequest")},
+            body={"type": "array", "items": {"type": "object"}},
+            internal=True,
+        )
+    },
+    "/v1/dataplane/projection": {
+        "get": _op(
+            "getDataplaneProjection",
+            "internal",
+            "The data planes' projection feed (routing table), long-polled; records the caller's state.",
+            {
+                "200": {**_json({"type": "object"}, "The routing table."), "headers": _ETAG_HEADERS},
+                "304": {"description": "Not modified.", "headers": _ETAG_HEADERS},
+                "400": _error("BadRequest"),
+            },
+            parameters=[
+                _query("dataplane_id", {"type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,128}$"}, "", required=True),
+                _query("active_version", {"type": "integer", "minimum": 0, "maximum": MAX_BIGINT}, ""),
+                _query("error", {"type": "string", "pattern": "^[a-z0-9_]{1,64}$"}, "Error category, if any."),
+                *_LONG_POLL,
+            ],
+            internal=True,
+        )
+    },
+    "/v1/audit/events": {
+        "post": _op(
+            "ingestAuditEvents",
+            "internal",
+            "Data planes' runtime audit events; all-or-nothing, idempotent per `decision_id`.",
+            {
+                "202": _json(
+                    {"type": "object", "required": ["accepted"], "properties": {"accepted": {"type": "integer"}}},
+                    "Accepted.",
+                ),
+                "400": _error("BadRequest"),
+            },
+            body={"type": "array", "maxItems": 10_000, "items": {"type": "object"}},
+            internal=True,
+        )
+    },
+}
+
+
+def openapi_document() -> dict[str, Any]:
+    """Return the OpenAPI 3.1.0 document of the control plane (a fresh dict each call)."""
+    document: dict[str, Any] = orjson.loads(_ENCODED)
+    return document
+
+
+_DOCUMENT: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {
+        "title": "MCP OPA gateway control plane",
+        "version": "1",
+        "description": "Admin API (bearer admin token) and internal API (tag `internal`, `x-internal: true`, "
+        "bearer internal token: OPA sidecars and data planes). Every error body is `Error`; malformed "
+        f"input is 400 naming the parameter; JSON bodies are at most {MAX_JSON_BODY} bytes "
+        "(gzip accepted) and 200 levels deep.",
+    },
+    "tags": [
+        {"name": "meta"},
+        {"name": "servers"},
+        {"name": "policies"},
+        {"name": "projection"},
+        {"name": "audit"},
+        {"name": "internal", "description": "For OPA sidecars and data planes only (internal token)."},
+    ],
+    "paths": _PATHS,
+    "components": {
+        "schemas": _SCHEMAS,
+        "responses": _RESPONSES,
+        "securitySchemes": {
+            "adminToken": {"type": "http", "scheme": "bearer", "description": "`control_plane.admin_token`."},
+            "internalToken": {"type": "http", "scheme": "bearer", "description": "`control_plane.internal_token`."},
+        },
+    },
+}
+_ENCODED = orjson.dumps(_DOCUMENT)
+
+
+async def get_openapi(request: Request) -> Response:
+    """``GET /v1/openapi.json`` -> this document (``application/json``), readable without a token."""
+    return Response(_ENCODED, media_type="application/json")
