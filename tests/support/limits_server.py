@@ -17,7 +17,6 @@ from starlette.routing import Route
 from gateway.__main__ import configure_logging, run
 from gateway.config import Config, DataPlaneConfig
 
-
 log = logging.getLogger("limits_server")
 
 
