@@ -26,6 +26,7 @@ The tree (class, safe ``category``, HTTP ``status_code``)::
     |  + UpstreamTimeout              upstream_timeout          504
     |  + UpstreamProtocolError        upstream_protocol_error   502
     + ProjectionUnavailable           projection_unavailable    503
+    + DatabaseUnavailable             database_unavailable      503
 
 ``category`` is stable snake_case and safe to return to clients and to store in
 audit records. ``str(exc)`` may contain details (hosts, SQL detail) and goes to
@@ -43,6 +44,7 @@ __all__ = [
     "ArgumentsTooDeep",
     "ArgumentsTooLarge",
     "ConflictError",
+    "DatabaseUnavailable",
     "GatewayError",
     "InvalidArguments",
     "NotFound",
@@ -239,4 +241,15 @@ class ProjectionUnavailable(GatewayError):
     """The data plane has not activated any projection yet."""
 
     category = "projection_unavailable"
+    status_code = 503
+
+
+class DatabaseUnavailable(GatewayError):
+    """PostgreSQL is unreachable or shutting down (connection refused, reset or terminated).
+
+    The control plane answers 503 with ``Retry-After``; the request changed nothing
+    that was not rolled back with its transaction.
+    """
+
+    category = "database_unavailable"
     status_code = 503

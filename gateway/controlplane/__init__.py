@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 
+import asyncpg
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -25,7 +26,7 @@ from gateway.controlplane._http import JSONResponse, error_body, request_id
 from gateway.controlplane._resources import controlplane_resources
 from gateway.controlplane.middleware import BearerAuthMiddleware, RequestIdMiddleware
 from gateway.controlplane.routes import routes
-from gateway.errors import GatewayError, UpstreamError
+from gateway.errors import DatabaseUnavailable, GatewayError, UpstreamError
 from gateway.policy.reserved import require_assets
 
 __all__ = ["controlplane_resources", "create_controlplane_app"]
@@ -51,6 +52,22 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
     category = _HTTP_CATEGORIES.get(exc.status_code, "bad_request")
     body = {"error": category, "message": category.replace("_", " "), "request_id": request_id(request.scope)}
     return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+
+DATABASE_DOWN: tuple[type[Exception], ...] = (
+    asyncpg.exceptions.PostgresConnectionError,  # class 08: connection exceptions
+    asyncpg.exceptions.OperatorInterventionError,  # class 57: admin shutdown, cannot connect now
+    asyncpg.exceptions.InterfaceError,  # the connection closed under a query (ConnectionDoesNotExistError)
+    ConnectionError,  # refused / reset while (re)connecting
+)
+"""Exceptions meaning PostgreSQL is unreachable or restarting, answered 503 ``database_unavailable``."""
+
+
+async def _database_down(request: Request, exc: Exception) -> Response:
+    # One line, no traceback: an outage is an operational event, and a retry will do.
+    log.warning("control-plane request failed: database unavailable (%s)", type(exc).__name__)
+    body = error_body(DatabaseUnavailable("the database is unavailable; retry"), request_id(request.scope))
+    return JSONResponse(body, status_code=503, headers={"retry-after": "1"})
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
@@ -88,7 +105,12 @@ def create_controlplane_app(config: Config) -> Starlette:
                 internal_token=config.control_plane.internal_token,
             ),
         ],
-        exception_handlers={GatewayError: _gateway_error, HTTPException: _http_exception, Exception: _unexpected},
+        exception_handlers={
+            GatewayError: _gateway_error,
+            HTTPException: _http_exception,
+            **dict.fromkeys(DATABASE_DOWN, _database_down),
+            Exception: _unexpected,
+        },
     )
     app.state.config = config
     return app

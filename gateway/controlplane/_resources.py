@@ -46,7 +46,11 @@ async def controlplane_resources(config: Config) -> AsyncIterator[dict[str, obje
             log.info("database migrated: %s", ", ".join(applied))
         await ensure_initial_projection(pool, config)
         notifier = ProjectionNotifier()
-        async with listen_for_projections(config.database_url, notifier):
+
+        async def catch_up() -> None:  # NOTIFYs sent while the LISTEN connection was down are gone
+            notifier.publish(await latest_version(pool, config.tenant, config.environment))
+
+        async with listen_for_projections(config.database_url, notifier, on_relisten=catch_up):
             # Read after LISTEN starts, so no compile can fall between the two.
             notifier.publish(await latest_version(pool, config.tenant, config.environment))
             yield {"cp_pool": pool, "cp_notifier": notifier}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import anyio
 import asyncpg
@@ -67,18 +67,35 @@ class ProjectionNotifier:
         return self._version > than
 
 
+RELISTEN_BACKOFF = (0.5 * SECONDS, 10 * SECONDS)
+"""First and largest delay between attempts to re-open a lost LISTEN connection (doubling)."""
+
+
 @contextlib.asynccontextmanager
-async def listen_for_projections(database_url: Secret, notifier: ProjectionNotifier) -> AsyncIterator[None]:
+async def listen_for_projections(
+    database_url: Secret,
+    notifier: ProjectionNotifier,
+    *,
+    on_relisten: Callable[[], Awaitable[None]] | None = None,
+) -> AsyncIterator[None]:
     """Hold a dedicated connection that ``LISTEN``s on ``gateway_projection`` and feeds ``notifier``.
+
+    When the connection is lost (PostgreSQL restarted, the backend was terminated), a
+    background task re-opens it, retrying with a doubling delay (:data:`RELISTEN_BACKOFF`),
+    then awaits ``on_relisten`` so the caller can publish what was compiled while nobody
+    listened (notifications are not queued for absent listeners). Until then, long-pollers
+    fall back to their periodic database re-check.
 
     Example::
 
-        async with listen_for_projections(config.database_url, notifier):
+        async with listen_for_projections(config.database_url, notifier, on_relisten=refresh):
             ...  # notifier.publish() runs on every NOTIFY from any process
 
     Raises:
-        asyncpg.PostgresError: The connection or LISTEN failed at start-up.
+        asyncpg.PostgresError | OSError: The connection or LISTEN failed at start-up.
     """
+    lost = anyio.Event()
+    current: list[asyncpg.Connection] = []  # the one open LISTEN connection
 
     def on_notify(_conn: object, _pid: int, _channel: str, payload: str) -> None:
         try:
@@ -87,16 +104,58 @@ async def listen_for_projections(database_url: Secret, notifier: ProjectionNotif
             log.warning("ignoring malformed %s payload %r", NOTIFY_CHANNEL, payload[:64])
 
     def on_terminate(_conn: object) -> None:
-        # Long-pollers fall back to their periodic database re-check.
-        log.warning("the %s LISTEN connection closed; relying on periodic re-checks", NOTIFY_CHANNEL)
+        log.warning("the %s LISTEN connection closed; re-opening it", NOTIFY_CHANNEL)
+        lost.set()
 
-    conn = await asyncpg.connect(database_url.reveal(), timeout=LISTEN_CONNECT_TIMEOUT)
+    async def connect() -> asyncpg.Connection:
+        conn = await asyncpg.connect(database_url.reveal(), timeout=LISTEN_CONNECT_TIMEOUT)
+        try:
+            conn.add_termination_listener(on_terminate)
+            await conn.add_listener(NOTIFY_CHANNEL, on_notify)
+        except BaseException:
+            conn.remove_termination_listener(on_terminate)
+            await conn.close(timeout=1)
+            raise
+        return conn
+
+    async def keep_listening() -> None:
+        nonlocal lost
+        while True:
+            await lost.wait()
+            delay = RELISTEN_BACKOFF[0]
+            while True:
+                await anyio.sleep(delay)
+                try:
+                    fresh = await connect()
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+                    log.warning("cannot re-open the %s LISTEN connection yet: %s", NOTIFY_CHANNEL, type(exc).__name__)
+                    delay = min(delay * 2, RELISTEN_BACKOFF[1])
+                    continue
+                old = current.pop()
+                old.remove_termination_listener(on_terminate)
+                old.terminate()
+                current.append(fresh)
+                lost = anyio.Event()
+                log.info("the %s LISTEN connection is back", NOTIFY_CHANNEL)
+                break
+            if on_relisten is not None:
+                try:
+                    await on_relisten()
+                except Exception as exc:  # noqa: BLE001 - the periodic re-check still covers it
+                    log.warning("could not re-read the projection after re-listening: %s", type(exc).__name__)
+
+    current.append(await connect())
     try:
-        conn.add_termination_listener(on_terminate)
-        await conn.add_listener(NOTIFY_CHANNEL, on_notify)
-        yield
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(keep_listening)
+            try:
+                yield
+            finally:
+                tg.cancel_scope.cancel()
     finally:
+        conn = current.pop()
         conn.remove_termination_listener(on_terminate)
         with contextlib.suppress(Exception):
             await conn.remove_listener(NOTIFY_CHANNEL, on_notify)
-        await conn.close()
+        with contextlib.suppress(Exception):
+            await conn.close(timeout=2)

@@ -267,6 +267,8 @@ _RESPONSES: dict[str, Any] = {
         "Conflict": "The record already exists (`conflict`).",
         "BadGateway": "The upstream could not be listed (`upstream_unavailable`, `upstream_protocol_error`).",
         "GatewayTimeout": "Listing the upstream's tools timed out (`upstream_timeout`).",
+        "ServiceUnavailable": "PostgreSQL is unreachable or restarting (`database_unavailable`); retry after "
+        "`Retry-After` seconds. Nothing was changed.",
     }.items()
 }
 
@@ -300,7 +302,7 @@ def _op(
         "tags": [tag],
         "summary": summary,
         "security": _INTERNAL if internal else _ADMIN,
-        "responses": {**responses, "401": _error("Unauthorized")},
+        "responses": {**responses, "401": _error("Unauthorized"), "503": _error("ServiceUnavailable")},
     }
     if parameters:
         op["parameters"] = parameters
