@@ -12,6 +12,7 @@ PYTHON      ?= python3
 VENV        := $(CURDIR)/.venv
 RUN         := $(CURDIR)/.run
 OPA_COVERAGE_THRESHOLD ?= 90
+SOAK_SECONDS ?= 600
 
 # Exported to every recipe (and thus to pytest, demo, bench).
 export OPA_VERSION OPA TOOLS PYTHON OPA_COVERAGE_THRESHOLD
@@ -23,7 +24,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # .run/database_url). Recipes needing it prefix their command with $(WITH_DB).
 WITH_DB = DATABASE_URL="$$(cat $(RUN)/database_url)"
 
-.PHONY: help venv tools opa postgres test test-unit rego-check lint fmt demo bench fuzz clean
+.PHONY: help venv tools opa postgres test test-unit rego-check lint fmt demo bench fuzz soak clean
 
 help: ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -75,6 +76,10 @@ fuzz: venv opa postgres ## schemathesis on the control plane API, longer (GATEWA
 
 bench: venv opa postgres ## run the benchmark
 	$(WITH_DB) $(VENV)/bin/python deploy/bench/bench.py
+
+# `postgres` only ensures the server binaries are installed: the soak runs a cluster of its own.
+soak: venv opa postgres ## deploy/reliability/soak.py: traffic + faults for SOAK_SECONDS (600), audit accounting -> docs/reliability.md
+	$(VENV)/bin/python deploy/reliability/soak.py --seconds $(SOAK_SECONDS)
 
 clean: ## remove run artefacts (.run/)
 	rm -rf $(RUN)
