@@ -525,6 +525,13 @@ _PATHS: dict[str, Any] = {
                 _query("dataplane_id", {"type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,128}$"}, "", required=True),
                 _query("active_version", {"type": "integer", "minimum": 0, "maximum": MAX_BIGINT}, ""),
                 _query("error", {"type": "string", "pattern": "^[a-z0-9_]{1,64}$"}, "Error category, if any."),
+                _query(
+                    "opa_instance",
+                    {"type": "string", "pattern": "^[A-Za-z0-9_.:/-]{1,256}$"},
+                    "Id of the OPA sidecar this data plane just started (`<dataplane id>/<uuid>`): registered as"
+                    " an instance in state `starting`, replacing the data plane's earlier ones, so"
+                    " `active_version` stays null until it has activated a bundle.",
+                ),
                 *_LONG_POLL,
             ],
             internal=True,

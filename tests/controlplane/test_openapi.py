@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import re
 
 import pytest
@@ -76,3 +77,23 @@ async def test_the_document_is_served_without_a_token_and_only_for_get(cp_config
     assert r.json() == openapi_document()
     assert post.status_code == 401
     assert other.status_code == 401
+
+
+_QUERY_READ = re.compile(r"""\b(?:params|q|query_params)\.get\(\s*["'](\w+)["']""")
+
+
+def test_every_query_parameter_a_handler_reads_is_described() -> None:
+    # Per module: the query parameters its handlers read (from the source) are exactly those
+    # the document gives the operations served by that module.
+    read: dict[str, set[str]] = {}
+    described: dict[str, set[str]] = {}
+    paths = openapi_document()["paths"]
+    for route in routes:
+        module = inspect.getmodule(route.endpoint)
+        assert module is not None
+        read.setdefault(module.__name__, set()).update(_QUERY_READ.findall(inspect.getsource(module)))
+        for method in route.methods or ():
+            operation = paths[_CONVERTER.sub(r"{\1}", route.path)].get(method.lower(), {})
+            names = {p["name"] for p in operation.get("parameters", []) if p["in"] == "query"}
+            described.setdefault(module.__name__, set()).update(names)
+    assert read == described
