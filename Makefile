@@ -71,7 +71,7 @@ test-unit: venv opa ## pytest without db/integration tests
 demo: venv opa postgres ## run the end-to-end demo
 	$(WITH_DB) $(VENV)/bin/python deploy/demo/run_demo.py
 
-fuzz: venv opa postgres ## schemathesis on the control plane API, longer (GATEWAY_FUZZ_EXAMPLES, default 500)
+fuzz: venv opa postgres ## the fuzzers (schemathesis on the admin API, Hypothesis on JSON-RPC) with GATEWAY_FUZZ_EXAMPLES (default 500)
 	GATEWAY_FUZZ_EXAMPLES=$${GATEWAY_FUZZ_EXAMPLES:-500} $(WITH_DB) $(VENV)/bin/pytest -q tests/fuzz
 
 bench: venv opa postgres ## run the benchmark

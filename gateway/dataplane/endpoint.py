@@ -3,8 +3,8 @@
 * 2026-07-28 (modern, stateless): POST only; every request carries the
   ``_meta`` envelope and ``MCP-Protocol-Version``/``Mcp-Method``/``Mcp-Name``
   headers, validated with the SDK's ``classify_inbound_request`` ladder
-  (400 ``-32020`` header mismatch, 400 ``-32022`` unsupported version, 404
-  ``-32601`` unknown method); ``server/discover`` is implemented; list
+  (400 ``-32020`` header mismatch, also for a routing header sent more than once;
+  400 ``-32022`` unsupported version; 404 ``-32601`` unknown method); ``server/discover`` is implemented; list
   results carry ``ttlMs``/``cacheScope: "private"`` (the list is filtered per
   caller). Source: MCP 2026-07-28 ``basic/transports/streamable-http``,
   ``server/discover``, ``server/utilities/caching``.
@@ -23,7 +23,13 @@ import logging
 from typing import Any
 
 import orjson
-from mcp.shared.inbound import ERROR_CODE_HTTP_STATUS, InboundLadderRejection, classify_inbound_request
+from mcp.shared.inbound import (
+    ERROR_CODE_HTTP_STATUS,
+    InboundLadderRejection,
+    classify_inbound_request,
+    find_duplicated_routing_header,
+)
+from mcp.types import HEADER_MISMATCH
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
@@ -223,7 +229,14 @@ async def _modern(request: Request, msg: Any, subject: Subject, server: str | No
         return Response(status_code=202)
     if msg.kind == "response":
         return _json(error_response(msg.id, INVALID_REQUEST, "Clients must not send responses"), 400)
-    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.scope["headers"]}
+    raw_headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.scope["headers"]]
+    duplicated = find_duplicated_routing_header(raw_headers)
+    if duplicated is not None:
+        # Only the raw header lines show it: a first-copy reader (an intermediary) and the
+        # last-copy mapping the ladder compares would disagree. The SDK's server refuses it too.
+        message = f"{duplicated} header appears more than once"
+        return _json(error_response(msg.id, HEADER_MISMATCH, message), ERROR_CODE_HTTP_STATUS[HEADER_MISMATCH])
+    headers = {k.lower(): v for k, v in raw_headers}
     route = classify_inbound_request(msg.raw, headers=headers, supported_modern_versions=MODERN_VERSIONS)
     if isinstance(route, InboundLadderRejection):
         status = ERROR_CODE_HTTP_STATUS.get(route.code, 400)

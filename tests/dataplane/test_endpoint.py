@@ -227,6 +227,24 @@ async def test_an_unknown_method_is_404_and_32601_in_the_modern_era(gateway: Gat
     assert resp.status_code == 404 and resp.json()["error"]["code"] == -32601 and resp.json()["id"] == 3
 
 
+@pytest.mark.parametrize(
+    ("header", "first"),
+    [("mcp-method", "tools/list"), ("mcp-name", "demo__delete_record"), ("mcp-protocol-version", MODERN)],
+)
+async def test_a_routing_header_sent_twice_is_400_and_32020_and_never_governed(
+    gateway: Gateway, http: httpx.AsyncClient, header: str, first: str
+) -> None:
+    # Found by tests/fuzz/test_jsonrpc_fuzz.py: the ladder compared the last copy with the body,
+    # so a first copy naming another method or tool (what an intermediary reads) was served.
+    body = {"jsonrpc": "2.0", "id": 8, "method": "tools/call", "params": {"name": "demo__echo", "_meta": ENVELOPE}}
+    correct = _modern_headers(gateway, "tools/call", "demo__echo")
+    headers = [(header, first), *correct.items()]
+    resp = await http.post("/mcp", content=orjson.dumps(body), headers=headers)
+    assert resp.status_code == 400 and resp.json()["id"] == 8
+    assert resp.json()["error"] == {"code": -32020, "message": f"{header} header appears more than once"}
+    assert gateway.audit.events == [] and gateway.upstreams.calls == []
+
+
 async def test_initialize_beyond_the_session_limit_is_503(
     idp: DevIdentityProvider, tmp_path: Path, cp_http: httpx.AsyncClient
 ) -> None:
