@@ -15,7 +15,11 @@ log() { echo "ensure-opa: $*" >&2; }
 
 have_pinned() {
   [ -x "$1" ] || return 1
-  "$1" version 2>/dev/null | grep -qE "^Version: ${want//./\\.}\$"
+  # Capture first: with pipefail, `opa version | grep -q` fails whenever grep exits before
+  # opa has written everything (opa then dies of SIGPIPE), which happens under load.
+  local out
+  out="$("$1" version 2>/dev/null)" || return 1
+  grep -qE "^Version: ${want//./\\.}\$" <<<"$out"
 }
 
 if have_pinned "$OPA"; then
