@@ -982,6 +982,7 @@ def log_summary(stack: LocalStack) -> dict[str, Any]:
             "tracebacks": tracebacks,
             "top": counts.most_common(10),
             "spooled": spooled,
+            "relistened": text.count("LISTEN connection is back"),
         }
     return out
 
@@ -1260,12 +1261,22 @@ def _findings(r: dict[str, Any]) -> list[str]:
                 f" from the gateway's handler and from uvicorn ({errors} ERROR lines in all); a 503 would describe"
                 " the outage better."
             )
-        if "LISTEN connection closed" in cp_log:
+        http503 = f["probe_failures"].get("503", 0)
+        if http503:
             text += (
-                " The control plane's `LISTEN gateway_projection` connection closed with the restart and is not"
-                " opened again: with one control-plane process nothing is lost (an approval wakes the long polls"
-                " in-process), but with several, the others would only see new projections at their periodic"
-                " re-check (the 30 s long-poll timeout)."
+                " While it restarted, the control plane answered 503 `database_unavailable` with `Retry-After`"
+                f" to requests that needed the database ({http503} of the admin probes)."
+            )
+        if r["logs"]["control plane"].get("relistened"):
+            text += (
+                " The control plane's `LISTEN gateway_projection` connection closed with the restart and was"
+                " re-opened, after which the control plane re-read the newest projection."
+            )
+        elif "LISTEN connection closed" in cp_log:
+            text += (
+                " The control plane's `LISTEN gateway_projection` connection closed with the restart and was not"
+                " opened again: other control-plane processes would only see new projections at their periodic"
+                " re-check."
             )
         out.append(text)
     if f := faults.get("control_plane_stop"):
