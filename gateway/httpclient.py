@@ -104,9 +104,13 @@ class HttpClient(Protocol):
     """The port the policy engine and the upstream client use."""
 
     def request(
-        self, method: str, url: str, *, body: bytes | None, headers: Mapping[str, str], timeout: float
+        self, method: str, url: str, *, body: bytes | None, headers: Mapping[str, str], timeout: float | None
     ) -> contextlib.AbstractAsyncContextManager[HttpResponse]:
         """Send one request; the context releases the connection.
+
+        ``timeout`` is seconds for the whole exchange, body included; None sets no
+        deadline at all (a long-lived SSE stream: the caller bounds it with its own
+        cancel scope).
 
         Raises:
             HttpTimeout: Connect or read timed out (``timeout`` seconds overall).
@@ -195,7 +199,7 @@ class AiohttpClient:
 
     @contextlib.asynccontextmanager
     async def request(
-        self, method: str, url: str, *, body: bytes | None, headers: Mapping[str, str], timeout: float
+        self, method: str, url: str, *, body: bytes | None, headers: Mapping[str, str], timeout: float | None
     ) -> AsyncIterator[HttpResponse]:
         try:
             async with self._session.request(
@@ -240,7 +244,7 @@ class HttpxClient:
 
     @contextlib.asynccontextmanager
     async def request(
-        self, method: str, url: str, *, body: bytes | None, headers: Mapping[str, str], timeout: float
+        self, method: str, url: str, *, body: bytes | None, headers: Mapping[str, str], timeout: float | None
     ) -> AsyncIterator[HttpResponse]:
         try:
             # httpx's timeout is per read; fail_after makes it a deadline for the whole exchange.

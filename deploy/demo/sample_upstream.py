@@ -33,18 +33,40 @@ tool                arguments (JSON Schema)                                     
 "priority": ..., "status": "open"}`` (plus the same JSON as a text block); every other tool
 returns a single text block.
 
+Resources, prompts, completion and logging (capabilities ``resources``, ``prompts``,
+``completions``, ``logging``):
+
+=================================  ==========================================================
+resource                           content
+=================================  ==========================================================
+``demo://docs/readme``             ``text/markdown``, a short readme
+``demo://docs/policies``           ``text/plain``, how policies are decided
+``demo://internal/payroll``        ``text/plain``, fake payroll figures (an ``internal`` URI:
+                                   the sample policy keeps it from viewers)
+``demo://weather/{city}``          template: the ``get_weather`` text for ``city``
+=================================  ==========================================================
+
+Prompts: ``incident_report`` (arguments ``service`` required, ``severity`` optional) returns
+one user message; ``weather_brief`` (``city`` required) returns a user message that embeds
+the resource ``demo://weather/<city>``. ``completion/complete`` completes ``service`` of
+``incident_report`` and ``city`` of ``weather_brief`` and of the ``demo://weather/{city}``
+template by prefix. ``logging/setLevel`` accepts any level and records it.
+
 Test hooks (plain HTTP routes beside ``/mcp``, never authenticated, never proxied):
 
 * ``GET /_recorded`` -> ``200 application/json``::
 
       {"calls": [{"tool": "echo", "arguments": {"text": "hi"}}, ...],
+       "requests": [{"method": "resources/read", "params": {"uri": "demo://docs/readme"}}, ...],
        "last_authorization": "Bearer ..." | null,
        "authorization_header_count": 0,
        "mcp_request_count": 3}
 
   ``calls`` lists every ``tools/call`` request the MCP layer received, in arrival order,
   with the raw ``name`` and ``arguments`` as sent (recorded before argument validation, so
-  calls to unknown tools or with invalid arguments are recorded too).
+  calls to unknown tools or with invalid arguments are recorded too). ``requests`` lists
+  every other request of :data:`RECORDED_METHODS` the same way, as ``{"method", "params"}``
+  (``params`` without ``_meta``).
   ``last_authorization`` is the last ``Authorization`` header value seen on any non-hook
   HTTP request, ``authorization_header_count`` counts such requests, ``mcp_request_count``
   counts all non-hook HTTP requests. A test uses these to prove that a denied call never
@@ -64,7 +86,16 @@ from typing import Annotated, Any, Literal
 
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.mcpserver import MCPServer
-from mcp.types import ToolAnnotations
+from mcp.types import (
+    Completion,
+    CompletionArgument,
+    CompletionContext,
+    EmptyResult,
+    PromptReference,
+    ResourceTemplateReference,
+    SetLevelRequestParams,
+    ToolAnnotations,
+)
 from pydantic import BaseModel, Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -77,6 +108,18 @@ RECORDED_PATH = "/_recorded"
 HEALTH_PATH = "/_health"
 _HOOK_PATHS = frozenset({RECORDED_PATH, HEALTH_PATH})
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+RECORDED_METHODS = frozenset(
+    {
+        "resources/list",
+        "resources/templates/list",
+        "resources/read",
+        "prompts/list",
+        "prompts/get",
+        "completion/complete",
+        "logging/setLevel",
+    }
+)
+"""Requests besides ``tools/call`` that ``GET /_recorded`` lists under ``requests``."""
 
 
 class CallRecorder:
@@ -89,6 +132,7 @@ class CallRecorder:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._calls: list[dict[str, Any]] = []
+        self._requests: list[dict[str, Any]] = []
         self._last_authorization: str | None = None
         self._authorization_header_count = 0
         self._mcp_request_count = 0
@@ -97,6 +141,12 @@ class CallRecorder:
         """Append one ``tools/call`` (raw tool name and arguments, deep-copied)."""
         with self._lock:
             self._calls.append({"tool": tool, "arguments": copy.deepcopy(arguments) if arguments is not None else {}})
+
+    def record_request(self, method: str, params: Mapping[str, Any]) -> None:
+        """Append one request of :data:`RECORDED_METHODS` (params deep-copied, without ``_meta``)."""
+        kept = {k: copy.deepcopy(v) for k, v in params.items() if k != "_meta"}
+        with self._lock:
+            self._requests.append({"method": method, "params": kept})
 
     def record_http(self, authorization: str | None) -> None:
         """Count one HTTP request; remember its ``Authorization`` header value if present."""
@@ -111,6 +161,7 @@ class CallRecorder:
         with self._lock:
             return {
                 "calls": copy.deepcopy(self._calls),
+                "requests": copy.deepcopy(self._requests),
                 "last_authorization": self._last_authorization,
                 "authorization_header_count": self._authorization_header_count,
                 "mcp_request_count": self._mcp_request_count,
@@ -120,13 +171,15 @@ class CallRecorder:
         """Forget everything recorded so far."""
         with self._lock:
             self._calls.clear()
+            self._requests.clear()
             self._last_authorization = None
             self._authorization_header_count = 0
             self._mcp_request_count = 0
 
 
 class _RecordToolCalls:
-    """MCP server middleware: records every inbound ``tools/call`` request before validation."""
+    """MCP server middleware: records every inbound ``tools/call`` (and :data:`RECORDED_METHODS`
+    request) before validation."""
 
     def __init__(self, recorder: CallRecorder) -> None:
         self._recorder = recorder
@@ -135,6 +188,8 @@ class _RecordToolCalls:
         if ctx.method == "tools/call" and ctx.request_id is not None:
             params: Mapping[str, Any] = ctx.params or {}
             self._recorder.record_call(params.get("name"), params.get("arguments"))
+        elif ctx.method in RECORDED_METHODS and ctx.request_id is not None:
+            self._recorder.record_request(ctx.method, ctx.params or {})
         return await call_next(ctx)
 
 
@@ -186,8 +241,17 @@ _DOCS = [
 ]
 
 
+_SERVICES = ("api", "auth", "billing", "search", "vpn")
+_PAYROLL = "Payroll (fake): alice 1000, bob 1000, carol 1000."
+
+
+def _weather(city: str) -> str:
+    return _WEATHER.get(city.strip().lower(), f"{city}: 21 C, partly cloudy, wind 10 km/h N")
+
+
 def build_server(name: str = "demo", recorder: CallRecorder | None = None) -> tuple[MCPServer, CallRecorder]:
-    """Create the sample ``MCPServer`` (tools + hook routes) and its :class:`CallRecorder`."""
+    """Create the sample ``MCPServer`` (tools, resources, prompts, completion, logging, hook
+    routes) and its :class:`CallRecorder`."""
     recorder = recorder if recorder is not None else CallRecorder()
     mcp = MCPServer(
         name=name,
@@ -216,7 +280,7 @@ def build_server(name: str = "demo", recorder: CallRecorder | None = None) -> tu
     def get_weather(
         city: Annotated[str, Field(min_length=1, max_length=100, description="City name, e.g. 'Paris'.")],
     ) -> str:
-        return _WEATHER.get(city.strip().lower(), f"{city}: 21 C, partly cloudy, wind 10 km/h N")
+        return _weather(city)
 
     @mcp.tool(
         title="Search docs",
@@ -259,6 +323,17 @@ def build_server(name: str = "demo", recorder: CallRecorder | None = None) -> tu
     ) -> str:
         return f"record {record_id} deleted"
 
+    _add_resources_and_prompts(mcp)
+    levels: list[str] = []
+
+    async def set_level(ctx: ServerRequestContext[Any, Any], params: SetLevelRequestParams) -> EmptyResult:
+        levels.append(params.level)
+        return EmptyResult()
+
+    # No public MCPServer hook exists for logging/setLevel (deprecated in 2026-07-28); the
+    # low-level server advertises the `logging` capability once the handler is registered.
+    mcp._lowlevel_server.add_request_handler("logging/setLevel", SetLevelRequestParams, set_level)
+
     @mcp.custom_route(RECORDED_PATH, methods=["GET", "DELETE"])
     async def recorded(request: Request) -> JSONResponse:
         if request.method == "DELETE":
@@ -271,6 +346,59 @@ def build_server(name: str = "demo", recorder: CallRecorder | None = None) -> tu
         return JSONResponse({"status": "ok", "name": name})
 
     return mcp, recorder
+
+
+def _add_resources_and_prompts(mcp: MCPServer) -> None:
+    """Register the sample resources, resource template, prompts and completion handler."""
+
+    @mcp.resource("demo://docs/readme", name="readme", title="Readme", mime_type="text/markdown")
+    def readme() -> str:
+        return "# Demo upstream\n\nA sample MCP server. All data is fake."
+
+    @mcp.resource("demo://docs/policies", name="policies", title="Policies", mime_type="text/plain")
+    def policies() -> str:
+        return _DOCS[1][1]
+
+    @mcp.resource("demo://internal/payroll", name="payroll", title="Payroll (internal)", mime_type="text/plain")
+    def payroll() -> str:
+        return _PAYROLL
+
+    @mcp.resource("demo://weather/{city}", name="weather", title="Weather by city", mime_type="text/plain")
+    def weather(city: str) -> str:
+        return _weather(city)
+
+    @mcp.prompt(title="Incident report", description="Draft an incident report for a service.")
+    def incident_report(service: str, severity: str = "medium") -> str:
+        return f"Write an incident report for service {service!r} (severity {severity})."
+
+    @mcp.prompt(title="Weather brief", description="Brief the user on the weather in a city.")
+    def weather_brief(city: str) -> list[dict[str, Any]]:
+        uri = f"demo://weather/{city}"
+        return [
+            {
+                "role": "user",
+                "content": {
+                    "type": "resource",
+                    "resource": {"uri": uri, "mimeType": "text/plain", "text": _weather(city)},
+                },
+            },
+            {"role": "user", "content": f"Summarise the weather in {city} in one sentence."},
+        ]
+
+    @mcp.completion()
+    async def complete(
+        ref: PromptReference | ResourceTemplateReference,
+        argument: CompletionArgument,
+        context: CompletionContext | None,
+    ) -> Completion | None:
+        if argument.name == "service":
+            options: tuple[str, ...] = _SERVICES
+        elif argument.name == "city":
+            options = tuple(sorted(_WEATHER))
+        else:
+            return None
+        values = [o for o in options if o.startswith(argument.value.lower())]
+        return Completion(values=values, total=len(values), has_more=False)
 
 
 def build_app(name: str = "demo", host: str = "127.0.0.1") -> tuple[ASGIApp, CallRecorder]:

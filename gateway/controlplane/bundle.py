@@ -26,18 +26,25 @@ def bundle_data(
 ) -> dict[str, Any]:
     """Return the bundle's root ``data.json`` document.
 
-    ``gateway_runtime`` holds the projection identity and the tool registry (only
-    tool annotations: schemas stay in the routing table). The policy version's own
+    ``gateway_runtime`` holds the projection identity and the registry: per server its
+    transport, the names of the capabilities it declared, its tools with their
+    annotations and its prompts with their argument names (schemas and descriptions
+    stay in the routing table). The policy version's own
     ``data`` (if any) is placed at ``data.gateway`` verbatim; policy validation has
     already rejected keys that clash with the version's rules.
 
     Args:
-        servers: Approved servers as in the routing table (``name``, ``transport``, ``tools``).
+        servers: Approved servers as in the routing table (``name``, ``transport``, ``tools``,
+            and optionally ``prompts`` and ``capabilities``).
     """
     registry = {
         s["name"]: {
             "transport": s["transport"],
+            "capabilities": sorted(s.get("capabilities") or {}),
             "tools": {t["name"]: {"annotations": t.get("annotations", {})} for t in s["tools"]},
+            "prompts": {
+                p["name"]: {"arguments": [a["name"] for a in p.get("arguments") or []]} for p in s.get("prompts") or []
+            },
         }
         for s in servers
     }

@@ -1,25 +1,47 @@
-"""List an upstream MCP server's tools with the real MCP SDK client, and pin each definition."""
+"""List an upstream MCP server's tools and prompts with the real MCP SDK client, pin each
+definition, and record the capabilities the server declares."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
 import orjson
 from mcp import Client, MCPError
+from mcp.client.sse import sse_client
+from pydantic import BaseModel
 
-from gateway.db.servers import PinnedTool
+from gateway.db.servers import PinnedPrompt, PinnedTool
 from gateway.errors import UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
 from gateway.logredact import redact, redact_url
+from gateway.mcp.stdio import StdioLaunch, stdio_transport
 
-__all__ = ["MAX_PAGES", "discover_tools", "tool_sha256"]
+__all__ = ["MAX_PAGES", "Discovery", "discover_server", "discover_tools", "tool_sha256"]
 
 log = logging.getLogger(__name__)
 
 MAX_PAGES = 100
-"""Upper bound on ``tools/list`` pages followed through ``next_cursor``."""
+"""Upper bound on ``tools/list`` (and ``prompts/list``) pages followed through ``next_cursor``."""
+
+
+@dataclass(frozen=True)
+class Discovery:
+    """What an approval pins: tools, prompts and the server's declared capabilities.
+
+    Attributes:
+        tools: Every tool, in the upstream's order.
+        prompts: Every prompt (``[]`` when the server declares no ``prompts`` capability).
+        capabilities: The server's ``ServerCapabilities`` in wire form, e.g.
+            ``{"tools": {...}, "resources": {...}, "prompts": {...}, "completions": {}, "logging": {}}``
+            (MCP 2025-11-25 ``initialize`` result / 2026-07-28 ``server/discover``).
+    """
+
+    tools: list[PinnedTool]
+    prompts: list[PinnedPrompt]
+    capabilities: dict[str, Any]
 
 
 def tool_sha256(definition: dict[str, Any]) -> str:
@@ -28,38 +50,75 @@ def tool_sha256(definition: dict[str, Any]) -> str:
 
 
 async def discover_tools(url: str, *, timeout: float) -> list[PinnedTool]:
-    """Connect to a streamable-HTTP upstream and return every tool, pinned.
+    """Connect to a streamable-HTTP upstream and return every tool, pinned (see :func:`discover_server`)."""
+    return (await discover_server(url, timeout=timeout)).tools
+
+
+async def discover_server(
+    url: str | None,
+    *,
+    timeout: float,
+    transport: str = "streamable_http",
+    name: str = "",
+    launch: StdioLaunch | None = None,
+) -> Discovery:
+    """Connect to an upstream and return its tools and prompts, pinned, and its capabilities.
+
+    The SDK client connects over the registry record's ``transport``:
+    ``streamable_http`` to ``url``; ``legacy_sse`` (2024-11-05 HTTP+SSE) with the
+    SDK's ``sse_client`` to ``url`` (the SSE endpoint; it refuses an ``endpoint``
+    event on another origin), ``initialize`` handshake; ``stdio`` by starting
+    ``launch`` briefly with :func:`gateway.mcp.stdio.stdio_transport` (the data
+    plane's minimal environment, process group and caps), stopped afterwards.
 
     Each tool is kept in its MCP wire form (``name``, ``title``, ``description``,
     ``inputSchema``, ``outputSchema``, ``annotations``, ``_meta``, ...) exactly as the
-    SDK parsed it, with None fields dropped.
+    SDK parsed it, with None fields dropped; each prompt likewise (``name``, ``title``,
+    ``description``, ``arguments``, ...). Prompts are listed only when the server
+    declares the ``prompts`` capability. Resources are not pinned: they are listed
+    live at request time.
 
     Args:
-        url: The upstream's MCP endpoint (``http(s)://host/mcp``).
+        url: The upstream's MCP endpoint (``http(s)://host/mcp``, or the SSE endpoint); None for ``stdio``.
         timeout: Seconds for the whole discovery (connect, handshake, all pages).
+        transport: ``streamable_http``, ``legacy_sse`` or ``stdio``.
+        name: The server's name (log lines of a stdio process).
+        launch: What to run, for ``stdio``.
 
     Returns:
-        The tools in the upstream's order.
+        The tools and prompts in the upstream's order, and the capabilities.
 
     Raises:
         UpstreamTimeout: Discovery took longer than ``timeout``.
         UpstreamProtocolError: The upstream answered with an MCP error, duplicate
-            tool names or a cursor loop.
+            tool or prompt names or a cursor loop.
         UpstreamUnavailable: The upstream could not be reached or failed otherwise.
     """
+    where = redact_url(url) if url else f"stdio:{name}"
+    if transport == "stdio":
+        if launch is None:
+            raise ValueError("a stdio server needs a launch")
+        client = Client(stdio_transport(name, launch), mode="legacy")
+        hint = "check its command, args, cwd and env (the gateway log has its stderr)"
+    elif transport == "legacy_sse":
+        client = Client(sse_client(str(url)), mode="legacy")
+        hint = "check its SSE URL and that it is running"
+    else:
+        client = Client(str(url))
+        hint = "check its URL and that it is running"
     try:
         with anyio.fail_after(timeout):
-            return await _list_all(url)
+            return await _list_all(client)
     except TimeoutError:
         raise UpstreamTimeout(f"listing tools of the upstream timed out after {timeout:g}s") from None
     except UpstreamProtocolError:
         raise
     except MCPError as exc:
-        log.warning("upstream %s answered an MCP error during discovery: %s", redact_url(url), redact(repr(exc)))
-        raise UpstreamProtocolError("the upstream answered tools/list with an MCP error") from None
+        log.warning("upstream %s answered an MCP error during discovery: %s", where, redact(repr(exc)))
+        raise UpstreamProtocolError("the upstream answered tools/list or prompts/list with an MCP error") from None
     except Exception as exc:  # connection refused, HTTP errors, TLS, bad payloads (often in an ExceptionGroup)
-        log.warning("upstream %s unreachable during discovery: %s", redact_url(url), redact(repr(_root_cause(exc))))
-        raise UpstreamUnavailable("could not list the upstream's tools; check its URL and that it is running") from None
+        log.warning("upstream %s unreachable during discovery: %s", where, redact(repr(_root_cause(exc))))
+        raise UpstreamUnavailable(f"could not list the upstream's tools; {hint}") from None
 
 
 def _root_cause(exc: BaseException) -> BaseException:
@@ -68,24 +127,39 @@ def _root_cause(exc: BaseException) -> BaseException:
     return exc
 
 
-async def _list_all(url: str) -> list[PinnedTool]:
-    tools: list[PinnedTool] = []
+async def _list_all(client: Client) -> Discovery:
+    async with client:
+        capabilities = client.server_capabilities.model_dump(by_alias=True, mode="json", exclude_none=True)
+        tools = [PinnedTool(definition=w, sha256=tool_sha256(w)) for w in await _pages(client, "tools")]
+        prompts = []
+        if "prompts" in capabilities:
+            prompts = [PinnedPrompt(definition=w, sha256=tool_sha256(w)) for w in await _pages(client, "prompts")]
+    return Discovery(tools=tools, prompts=prompts, capabilities=capabilities)
+
+
+async def _pages(client: Client, kind: str) -> list[dict[str, Any]]:
+    """Every item of ``tools/list`` or ``prompts/list`` (``kind``), in wire form, following cursors."""
+    items: list[dict[str, Any]] = []
     seen_names: set[str] = set()
     seen_cursors: set[str] = set()
     cursor: str | None = None
-    async with Client(url) as client:
-        for _ in range(MAX_PAGES):
-            page = await client.list_tools(cursor=cursor, cache_mode="bypass")
-            for tool in page.tools:
-                wire = tool.model_dump(by_alias=True, mode="json", exclude_none=True)
-                if wire["name"] in seen_names:
-                    raise UpstreamProtocolError("the upstream listed the same tool name twice")
-                seen_names.add(wire["name"])
-                tools.append(PinnedTool(definition=wire, sha256=tool_sha256(wire)))
-            cursor = page.next_cursor
-            if not cursor:
-                return tools
-            if cursor in seen_cursors:
-                raise UpstreamProtocolError("the upstream's tools/list cursor repeats")
-            seen_cursors.add(cursor)
-    raise UpstreamProtocolError(f"the upstream's tools/list has more than {MAX_PAGES} pages")
+    for _ in range(MAX_PAGES):
+        page: list[BaseModel]
+        if kind == "tools":
+            tool_page = await client.list_tools(cursor=cursor, cache_mode="bypass")
+            page, cursor = list(tool_page.tools), tool_page.next_cursor
+        else:
+            prompt_page = await client.list_prompts(cursor=cursor, cache_mode="bypass")
+            page, cursor = list(prompt_page.prompts), prompt_page.next_cursor
+        for item in page:
+            wire = item.model_dump(by_alias=True, mode="json", exclude_none=True)
+            if wire["name"] in seen_names:
+                raise UpstreamProtocolError(f"the upstream listed the same {kind[:-1]} name twice")
+            seen_names.add(wire["name"])
+            items.append(wire)
+        if not cursor:
+            return items
+        if cursor in seen_cursors:
+            raise UpstreamProtocolError(f"the upstream's {kind}/list cursor repeats")
+        seen_cursors.add(cursor)
+    raise UpstreamProtocolError(f"the upstream's {kind}/list has more than {MAX_PAGES} pages")

@@ -58,6 +58,13 @@ def _text(max_length: int = MAX_TEXT) -> dict[str, Any]:
     return {"type": "string", "maxLength": max_length, "pattern": NO_NUL}
 
 
+_SERVER_NAME_FIELD = {
+    "type": "string",
+    "pattern": SERVER_NAME,
+    "description": "1-63 of [a-z0-9_-], alphanumeric at both ends, without `__`.",
+}
+
+
 _SCHEMAS: dict[str, Any] = {
     "Error": {
         "type": "object",
@@ -90,19 +97,21 @@ _SCHEMAS: dict[str, Any] = {
         "properties": {"tenant": {"type": "string"}, "environment": {"type": "string"}},
     },
     "ServerRegistration": {
+        "description": "An HTTP upstream (`streamable_http`, or `legacy_sse` = 2024-11-05 HTTP+SSE) has a `url`; "
+        "a `stdio` upstream has a `command` (with `args`, `cwd`, `env`) and no `url`. A field of the other kind "
+        "is a 400 naming it.",
+        "oneOf": [_ref("HttpServerRegistration"), _ref("StdioServerRegistration")],
+    },
+    "HttpServerRegistration": {
         "type": "object",
         "additionalProperties": False,
         "required": ["name", "transport", "url"],
         "properties": {
-            "name": {
-                "type": "string",
-                "pattern": SERVER_NAME,
-                "description": "1-63 of [a-z0-9_-], alphanumeric at both ends, without `__`.",
-            },
+            "name": _SERVER_NAME_FIELD,
             "transport": {
                 "type": "string",
-                "enum": ["streamable_http", "legacy_sse", "stdio"],
-                "description": "Only `streamable_http` is supported; the others give 400 `unsupported_transport`.",
+                "enum": ["streamable_http", "legacy_sse"],
+                "description": "`streamable_http`, or `legacy_sse` (the URL is then the SSE endpoint, e.g. `/sse`).",
             },
             "url": {
                 "type": "string",
@@ -111,6 +120,55 @@ _SCHEMAS: dict[str, Any] = {
                 "description": "Absolute http(s) URL of the upstream's MCP endpoint, printable ASCII.",
             },
             "description": _text(4096),
+        },
+    },
+    "StdioServerRegistration": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["name", "transport", "command"],
+        "description": "A process every data plane runs (after an approval with `trust_stdio: true`), with only "
+        "PATH, HOME and LANG from the gateway's environment plus `env`.",
+        "properties": {
+            "name": _SERVER_NAME_FIELD,
+            "transport": {"type": "string", "enum": ["stdio"]},
+            "command": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 4096,
+                "description": "Executable; a bare name is looked up in PATH. Printable characters only.",
+            },
+            "args": {
+                "type": "array",
+                "maxItems": 256,
+                "items": _text(4096),
+                "description": "Arguments (shown by the API: keep secrets in `env`).",
+            },
+            "cwd": {
+                "type": ["string", "null"],
+                "minLength": 1,
+                "maxLength": 4096,
+                "pattern": "^/",
+                "description": "Absolute working directory; null = the gateway's.",
+            },
+            "env": {
+                "type": "object",
+                "maxProperties": 100,
+                "propertyNames": {"pattern": "^[A-Za-z_][A-Za-z0-9_]{0,255}$"},
+                "additionalProperties": _text(32768),
+                "description": "Extra environment variables; may hold secrets: the API shows only their names.",
+            },
+            "description": _text(4096),
+        },
+    },
+    "ApprovalOptions": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "trust_stdio": {
+                "type": "boolean",
+                "description": "Required (true) to approve a `stdio` server: confirms that its command is trusted "
+                "and self-hosted. Refused for other transports.",
+            }
         },
     },
     "Tool": {
@@ -132,18 +190,43 @@ _SCHEMAS: dict[str, Any] = {
             "created_at",
             "approved_at",
             "tools",
+            "command",
+            "args",
+            "cwd",
+            "env_keys",
+            "trusted",
+            "trusted_at",
         ],
         "properties": {
             "name": {"type": "string"},
             "transport": {"type": "string", "enum": ["streamable_http", "legacy_sse", "stdio"]},
-            "url": {"type": "string"},
+            "url": {"type": ["string", "null"], "description": "null for `stdio`."},
             "description": {"type": "string"},
+            "command": {"type": ["string", "null"], "description": "`stdio` only."},
+            "args": {"type": ["array", "null"], "items": {"type": "string"}, "description": "`stdio` only."},
+            "cwd": {"type": ["string", "null"]},
+            "env_keys": {
+                "type": ["array", "null"],
+                "items": {"type": "string"},
+                "description": "`stdio` only: the names of its `env` (the values are never shown).",
+            },
+            "trusted": {"type": "boolean", "description": "A `stdio` server approved with `trust_stdio: true`."},
+            "trusted_at": NULLABLE_TIMESTAMP,
             "status": {"type": "string", "enum": ["pending_approval", "approved"]},
             "tenant": {"type": "string"},
             "environment": {"type": "string"},
             "created_at": TIMESTAMP,
             "approved_at": NULLABLE_TIMESTAMP,
             "tools": {"type": "array", "items": _ref("Tool")},
+            "prompts": {
+                "type": "array",
+                "items": _ref("Tool"),
+                "description": "The pinned prompts: MCP wire form as discovered, plus `sha256`.",
+            },
+            "capabilities": {
+                "type": "object",
+                "description": "The MCP capabilities the server declared at its last approval ({} before).",
+            },
             "projection_version": {**VERSION, "description": "Only in the approval answer: the compiled projection."},
         },
     },
@@ -388,7 +471,8 @@ _PATHS: dict[str, Any] = {
         "post": _op(
             "approveServer",
             "servers",
-            "Connect to the upstream, list and pin its tools, approve, and compile a projection.",
+            "Connect to the upstream, list and pin its tools and prompts, record its capabilities, approve, "
+            "and compile a projection.",
             {
                 "200": _json(_ref("Server"), "Approved; `projection_version` is the compiled projection."),
                 "400": _error("BadRequest"),
@@ -398,6 +482,13 @@ _PATHS: dict[str, Any] = {
             },
             parameters=[_NAME_PARAM],
         )
+        | {
+            "requestBody": {
+                "required": False,
+                "description": 'None for HTTP transports; `{"trust_stdio": true}` for a `stdio` server (400 without).',
+                "content": {"application/json": {"schema": _ref("ApprovalOptions")}},
+            }
+        }
     },
     "/v1/policies": {
         "get": _op(

@@ -1,8 +1,9 @@
-"""Admin API for the MCP server registry: register, list, show, approve (discover + pin tools)."""
+"""Admin API for the MCP server registry: register, list, show, approve (discover + pin tools and prompts)."""
 
 from __future__ import annotations
 
 import re
+from typing import Any
 from urllib.parse import urlsplit
 
 from starlette.requests import Request
@@ -10,10 +11,11 @@ from starlette.responses import Response
 
 from gateway.controlplane._deps import deps
 from gateway.controlplane._http import JSONResponse, check_text, read_json
-from gateway.controlplane.discovery import discover_tools
+from gateway.controlplane.discovery import discover_server
 from gateway.controlplane.projection import mutate_and_compile
 from gateway.db import servers as db_servers
-from gateway.errors import RequestRejected, UnsupportedTransport
+from gateway.errors import RequestRejected
+from gateway.mcp.stdio import StdioLaunch
 
 __all__ = ["approve_server", "create_server", "get_server", "list_servers"]
 
@@ -22,10 +24,19 @@ NAME = re.compile(r"[a-z0-9](?:[a-z0-9_-]{0,61}[a-z0-9])?")
 ``<server>__<tool>`` (the data plane's aggregated name) splits one way only: server
 ``a`` + tool ``_b`` and server ``a_`` + tool ``b`` cannot both exist. Used with ``fullmatch``
 (``$`` would also match before a trailing newline)."""
-SUPPORTED_TRANSPORTS = frozenset({"streamable_http"})
 KNOWN_TRANSPORTS = frozenset({"streamable_http", "legacy_sse", "stdio"})
 MAX_URL = 2048
 MAX_DESCRIPTION = 4096
+MAX_COMMAND = 4096
+"""Longest ``command``, ``cwd`` and each of ``args``, in characters."""
+MAX_ARGS = 256
+MAX_ENV = 100
+"""Most ``env`` entries of a stdio record."""
+MAX_ENV_VALUE = 32768
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,255}")
+"""POSIX-portable environment variable names (used with ``fullmatch``)."""
+_LAUNCH_FIELDS = frozenset({"command", "args", "cwd", "env"})
+_REGISTRATION_FIELDS = frozenset({"name", "transport", "url", "description"}) | _LAUNCH_FIELDS
 
 
 def _validate_name(name: object) -> str:
@@ -35,19 +46,8 @@ def _validate_name(name: object) -> str:
     return name
 
 
-async def create_server(request: Request) -> Response:
-    """``POST /v1/servers`` -> 201 server record in ``pending_approval``."""
-    d = deps(request)
-    body = await read_json(request)
-    if not isinstance(body, dict) or set(body) - {"name", "transport", "url", "description"}:
-        raise RequestRejected('body must be {"name", "transport", "url", "description"?}')
-    name = _validate_name(body.get("name"))
-    transport = body.get("transport")
-    if not isinstance(transport, str) or transport not in KNOWN_TRANSPORTS:
-        raise RequestRejected("transport must be one of streamable_http, legacy_sse, stdio")
-    if transport not in SUPPORTED_TRANSPORTS:
-        raise UnsupportedTransport(f"transport {transport} is not supported yet; use streamable_http")
-    url = body.get("url")
+def _validate_url(url: object) -> str:
+    """An absolute http(s) URL of printable ASCII; 400 naming ``url`` otherwise."""
     if not isinstance(url, str) or len(url) > MAX_URL or not url.isprintable() or not url.isascii():
         raise RequestRejected(f"url must be an absolute http(s) URL of at most {MAX_URL} printable ASCII characters")
     try:
@@ -57,6 +57,66 @@ async def create_server(request: Request) -> Response:
         raise RequestRejected("url must be an absolute http(s) URL") from None
     if parts.scheme not in ("http", "https") or not hostname:
         raise RequestRejected("url must be an absolute http(s) URL")
+    return url
+
+
+def _launch_text(value: object, field: str) -> str:
+    if not isinstance(value, str) or not value or len(value) > MAX_COMMAND or not value.isprintable():
+        raise RequestRejected(f"{field} must be a non-empty string of at most {MAX_COMMAND} printable characters")
+    return value
+
+
+def _validate_launch(body: dict[str, Any]) -> tuple[str, list[str], str | None, dict[str, str]]:
+    """``command``, ``args``, ``cwd`` and ``env`` of a stdio registration; 400 naming the field otherwise."""
+    command = _launch_text(body.get("command"), "command")
+    args = body.get("args", [])
+    if not isinstance(args, list) or len(args) > MAX_ARGS:
+        raise RequestRejected(f"args must be a list of at most {MAX_ARGS} strings")
+    for arg in args:
+        if not isinstance(arg, str) or len(arg) > MAX_COMMAND or "\x00" in arg:
+            raise RequestRejected(f"args must hold strings of at most {MAX_COMMAND} characters, without NUL")
+    cwd = body.get("cwd")
+    if cwd is not None and not _launch_text(cwd, "cwd").startswith("/"):
+        raise RequestRejected("cwd must be an absolute path or null")
+    env = body.get("env", {})
+    if not isinstance(env, dict) or len(env) > MAX_ENV:
+        raise RequestRejected(f"env must be an object of at most {MAX_ENV} string values")
+    for key, value in env.items():
+        if not ENV_NAME.fullmatch(key):
+            raise RequestRejected("env names must match [A-Za-z_][A-Za-z0-9_]* (at most 256 characters)")
+        if not isinstance(value, str) or len(value) > MAX_ENV_VALUE or "\x00" in value:
+            raise RequestRejected(f"env values must be strings of at most {MAX_ENV_VALUE} characters, without NUL")
+    return command, list(args), cwd, dict(env)
+
+
+async def create_server(request: Request) -> Response:
+    """``POST /v1/servers`` -> 201 server record in ``pending_approval``.
+
+    ``streamable_http`` and ``legacy_sse`` take a ``url``; ``stdio`` takes ``command``,
+    ``args``, ``cwd`` and ``env`` instead (the record shows ``env`` as ``env_keys``).
+    """
+    d = deps(request)
+    body = await read_json(request)
+    if not isinstance(body, dict) or set(body) - _REGISTRATION_FIELDS:
+        raise RequestRejected(
+            'body must be {"name", "transport", "url", "description"?} or, for stdio, '
+            '{"name", "transport", "command", "args"?, "cwd"?, "env"?, "description"?}'
+        )
+    name = _validate_name(body.get("name"))
+    transport = body.get("transport")
+    if not isinstance(transport, str) or transport not in KNOWN_TRANSPORTS:
+        raise RequestRejected("transport must be one of streamable_http, legacy_sse, stdio")
+    launch: dict[str, Any] = {}
+    url: str | None = None
+    if transport == "stdio":
+        if "url" in body:
+            raise RequestRejected("url: a stdio server has no url; give command, args, cwd and env")
+        command, args, cwd, env = _validate_launch(body)
+        launch = {"command": command, "args": args, "cwd": cwd, "env": env}
+    else:
+        if extra := sorted(_LAUNCH_FIELDS & set(body)):
+            raise RequestRejected(f"{extra[0]}: only stdio servers take command, args, cwd and env")
+        url = _validate_url(body.get("url"))
     description = body.get("description") or ""
     if not isinstance(description, str):
         raise RequestRejected(f"description must be a string of at most {MAX_DESCRIPTION} characters, without NUL")
@@ -70,6 +130,7 @@ async def create_server(request: Request) -> Response:
             transport=transport,
             url=url,
             description=description,
+            **launch,
         )
     return JSONResponse(record, status_code=201)
 
@@ -93,20 +154,67 @@ async def get_server(request: Request) -> Response:
 
 
 async def approve_server(request: Request) -> Response:
-    """``POST /v1/servers/{name}/approve``: discover and pin the tools, approve, compile.
+    """``POST /v1/servers/{name}/approve``: discover and pin the tools and prompts, record the
+    server's capabilities, approve, compile.
 
-    Re-approving an approved server re-discovers and re-pins its tools. When the
+    Re-approving an approved server re-discovers and re-pins its tools and prompts. When the
     upstream cannot be listed nothing changes (502 ``upstream_unavailable``).
+
+    A ``stdio`` server runs its command on every data plane, so its approval needs the
+    body ``{"trust_stdio": true}``: the reviewer confirms the command is trusted and
+    self-hosted (recorded as ``trusted_at``). Otherwise 400 naming ``trust_stdio``;
+    other transports refuse the field. Discovery starts the command once, briefly.
     """
     d = deps(request)
     tenant, env = d.config.tenant, d.config.environment
+    options = await _approval_options(request)
+    name = _validate_name(request.path_params["name"])
     async with d.pool.acquire() as conn:
-        current = await db_servers.get_server(conn, tenant, env, _validate_name(request.path_params["name"]))
-    if current["transport"] not in SUPPORTED_TRANSPORTS:
-        raise UnsupportedTransport(f"transport {current['transport']} is not supported yet")
-    tools = await discover_tools(current["url"], timeout=d.config.control_plane.discovery_timeout)
+        current = await db_servers.get_server(conn, tenant, env, name)
+        launch = None
+        if current["transport"] == "stdio":
+            launch = StdioLaunch.from_record(await db_servers.get_launch(conn, tenant, env, name))
+    trusted = options.get("trust_stdio") is True
+    if launch is not None and not trusted:
+        raise RequestRejected(
+            'trust_stdio: approving a stdio server runs its command on every data plane; send {"trust_stdio": true} '
+            "to confirm that it is trusted and self-hosted"
+        )
+    if launch is None and "trust_stdio" in options:
+        raise RequestRejected("trust_stdio applies to stdio servers only")
+    found = await discover_server(
+        current["url"],
+        timeout=d.config.control_plane.discovery_timeout,
+        transport=current["transport"],
+        name=name,
+        launch=launch,
+    )
     record, stored = await mutate_and_compile(
-        d.pool, d.config, d.notifier, lambda conn: db_servers.approve_server(conn, tenant, env, current["name"], tools)
+        d.pool,
+        d.config,
+        d.notifier,
+        lambda conn: db_servers.approve_server(
+            conn,
+            tenant,
+            env,
+            current["name"],
+            found.tools,
+            prompts=found.prompts,
+            capabilities=found.capabilities,
+            trusted=launch is not None,
+        ),
     )
     record["projection_version"] = stored.version
     return JSONResponse(record)
+
+
+async def _approval_options(request: Request) -> dict[str, Any]:
+    """The optional approval body: none (or empty), or ``{"trust_stdio": bool}``; 400 otherwise."""
+    if request.headers.get("content-length", "0") == "0" and "transfer-encoding" not in request.headers:
+        return {}
+    body = await read_json(request)
+    if not isinstance(body, dict) or set(body) - {"trust_stdio"}:
+        raise RequestRejected('the approval body must be {"trust_stdio": true} (stdio servers) or empty')
+    if "trust_stdio" in body and not isinstance(body["trust_stdio"], bool):
+        raise RequestRejected("trust_stdio must be a boolean")
+    return body

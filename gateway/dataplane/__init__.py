@@ -15,7 +15,7 @@ from gateway.config import Config
 from gateway.dataplane.audit import AuditShipper
 from gateway.dataplane.auth import JwtVerifier
 from gateway.dataplane.endpoint import healthz, mcp_endpoint, protected_resource_metadata, readyz
-from gateway.dataplane.governance import Governor
+from gateway.dataplane.features import FeatureGovernor
 from gateway.dataplane.hostcheck import HostOriginGuard
 from gateway.dataplane.projection import ProjectionSync
 from gateway.dataplane.sessions import SessionStore
@@ -79,6 +79,7 @@ async def dataplane_resources(config: Config) -> AsyncIterator[dict[str, object]
         engine = OpaPolicyEngine(
             hot, config.opa.url, timeout=config.opa.timeout, ready=sidecar.bundle_active if sidecar else None
         )
+        await tg.start(upstreams.run)  # hosts legacy-SSE stream readers and stdio supervisors
         if sidecar is not None:
             tg.start_soon(sidecar.run)
         tg.start_soon(sync.run)
@@ -89,7 +90,7 @@ async def dataplane_resources(config: Config) -> AsyncIterator[dict[str, object]
                 "dp_verifier": JwtVerifier(config.jwt, cp_http),
                 "dp_sync": sync,
                 "dp_audit": audit,
-                "dp_governor": Governor(config, engine, upstreams, audit),
+                "dp_governor": FeatureGovernor(config, engine, upstreams, audit),
                 "dp_sessions": SessionStore(
                     idle_timeout=config.data_plane.session_idle_timeout, max_sessions=config.data_plane.max_sessions
                 ),
@@ -100,7 +101,8 @@ async def dataplane_resources(config: Config) -> AsyncIterator[dict[str, object]
             opa_health.close()
             tg.cancel_scope.cancel()
             # Shielded: the cancel above would otherwise cancel these at their first await,
-            # leaving legacy upstream sessions open (no DELETE) and the pool unclosed.
+            # leaving legacy upstream sessions open (no DELETE) and the pool unclosed. The
+            # cancel also stops every stdio upstream process (each supervisor kills its own).
             with anyio.CancelScope(shield=True), anyio.move_on_after(5):
                 await upstreams.aclose()
                 await hot.aclose()

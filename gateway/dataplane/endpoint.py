@@ -13,6 +13,11 @@
   unknown/expired/other caller's); ``DELETE`` ends it; ``GET`` is 405 (no
   standalone stream is offered). Source: MCP 2025-11-25 ``basic/transports``.
 
+Governed methods: ``tools/list``, ``tools/call`` (:mod:`gateway.dataplane.governance`),
+``resources/list``, ``resources/templates/list``, ``resources/read``,
+``prompts/list``, ``prompts/get``, ``completion/complete`` and, handshake era only,
+``logging/setLevel`` (:mod:`gateway.dataplane.features`), each only where the
+endpoint advertises its capability; ``ping`` is answered locally (handshake era).
 Responses are single ``application/json`` bodies. Every request is
 authenticated first (401 + ``WWW-Authenticate`` with ``resource_metadata``).
 """
@@ -34,6 +39,12 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from gateway.dataplane.auth import JwtVerifier, bearer_token
+from gateway.dataplane.feature_routing import (
+    CAPABILITY_OF,
+    UNSUPPORTED_METHODS,
+    advertised_capabilities,
+    serve_feature,
+)
 from gateway.dataplane.governance import CallContext
 from gateway.dataplane.sessions import SessionLimitReached
 from gateway.errors import AuthenticationFailed, GatewayError, ProjectionUnavailable, RequestRejected
@@ -55,8 +66,10 @@ __all__ = ["SERVER_INFO", "healthz", "mcp_endpoint", "protected_resource_metadat
 log = logging.getLogger("gateway.mcp")
 
 SERVER_INFO = {"name": "mcp-opa-gateway", "version": "0.1.0"}
-_CAPABILITIES = {"tools": {"listChanged": False}}
 _JSON = "application/json"
+_GOVERNED = frozenset({"tools/call", *CAPABILITY_OF})
+"""Methods whose params-limit rejection the governor audits (the others answer it directly)."""
+_LISTS = frozenset({"resources/list", "resources/templates/list", "prompts/list"})
 
 
 def _json(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -241,14 +254,14 @@ async def _modern(request: Request, msg: Any, subject: Subject, server: str | No
     if isinstance(route, InboundLadderRejection):
         status = ERROR_CODE_HTTP_STATUS.get(route.code, 400)
         return _json(error_response(msg.id, route.code, route.message, route.data), status)
-    if msg.rejection is not None and msg.method != "tools/call":
+    if msg.rejection is not None and msg.method not in _GOVERNED:
         return _rejected_params(msg, ERROR_CODE_HTTP_STATUS.get(INVALID_PARAMS, 400))
     meta = {"io.modelcontextprotocol/serverInfo": SERVER_INFO}
     if msg.method == "server/discover":
         result = {
             "resultType": "complete",
             "supportedVersions": list(MODERN_VERSIONS),
-            "capabilities": _CAPABILITIES,
+            "capabilities": advertised_capabilities(request.state.dp_sync.current, server, handshake=False),
             "serverInfo": SERVER_INFO,
             "ttlMs": 0,
             "cacheScope": "private",
@@ -267,7 +280,29 @@ async def _modern(request: Request, msg: Any, subject: Subject, server: str | No
         if isinstance(result, dict):
             result.setdefault("resultType", "complete")
         return _json(reply)
+    if msg.method in CAPABILITY_OF:
+        feature = await serve_feature(request.state.dp_governor, _current(request), msg, ctx, handshake=False)
+        if feature is not None:
+            return _modern_feature(msg.method, feature, meta)
     return _json(error_response(msg.id, METHOD_NOT_FOUND, f"Method not found: {msg.method}"), 404)
+
+
+def _modern_feature(method: str, reply: dict[str, Any], meta: dict[str, Any]) -> Response:
+    """A 2026-07-28 answer: ``resultType`` on results; lists ``ttlMs: 0``/``cacheScope: "private"``
+    (filtered per caller); ``resources/read`` keeps the upstream's ``ttlMs`` but is always
+    ``private`` (access is per caller); ``-32601`` is HTTP 404."""
+    result = reply.get("result")
+    if isinstance(result, dict):
+        result.setdefault("resultType", "complete")
+        if method in _LISTS:
+            result.update({"ttlMs": 0, "cacheScope": "private", "_meta": meta})
+        elif method == "resources/read":
+            if not isinstance(result.get("ttlMs"), int) or isinstance(result.get("ttlMs"), bool) or result["ttlMs"] < 0:
+                result["ttlMs"] = 0
+            result["cacheScope"] = "private"
+    error = reply.get("error")
+    status = 404 if isinstance(error, dict) and error.get("code") == METHOD_NOT_FOUND else 200
+    return _json(reply, status)
 
 
 async def _legacy(
@@ -285,7 +320,8 @@ async def _legacy(
         except SessionLimitReached:
             log.warning("session store full: initialize refused")
             return _json(error_response(msg.id, INTERNAL_ERROR, "Too many sessions; retry later"), 503)
-        result = {"protocolVersion": version, "capabilities": _CAPABILITIES, "serverInfo": SERVER_INFO}
+        capabilities = advertised_capabilities(request.state.dp_sync.current, server, handshake=True)
+        result = {"protocolVersion": version, "capabilities": capabilities, "serverInfo": SERVER_INFO}
         return _json(result_response(msg.id, result), headers={"mcp-session-id": session.id})
     if version_header is not None and version_header not in HANDSHAKE_VERSIONS:
         return _json(error_response(msg.id, INVALID_REQUEST, f"Unsupported protocol version: {version_header}"), 400)
@@ -298,7 +334,7 @@ async def _legacy(
     if msg.kind != "request":
         return Response(status_code=202)
     ctx = CallContext(subject, session.id, session.protocol_version, server)
-    if msg.rejection is not None and msg.method != "tools/call":
+    if msg.rejection is not None and msg.method not in _GOVERNED:
         return _rejected_params(msg, 200)
     if msg.method == "ping":
         return _json(result_response(msg.id, {}))
@@ -308,4 +344,8 @@ async def _legacy(
     if msg.method == "tools/call":
         governor = request.state.dp_governor
         return _json(await governor.call_tool(_current(request), ctx, msg.id, msg.params, rejection=msg.rejection))
+    if msg.method in CAPABILITY_OF or msg.method in UNSUPPORTED_METHODS:
+        feature = await serve_feature(request.state.dp_governor, _current(request), msg, ctx, handshake=True)
+        if feature is not None:
+            return _json(feature)
     return _json(error_response(msg.id, METHOD_NOT_FOUND, f"Method not found: {msg.method}"))

@@ -41,6 +41,7 @@ from referencing.exceptions import Unresolvable
 
 from gateway.config import Config
 from gateway.dataplane.audit import AuditShipper
+from gateway.dataplane.namespacing import namespace_content
 from gateway.dataplane.projection import ActiveProjection, ToolEntry
 from gateway.errors import (
     ArgumentsTooDeep,
@@ -343,7 +344,7 @@ class Governor:
         self._event(
             ctx,
             decision_id=trace.decision_id,
-            action="tools/call",
+            action=trace.action,
             server=trace.server,
             tool=trace.tool,
             allowed=trace.allowed,
@@ -471,17 +472,23 @@ class Governor:
             return error_response(msg_id, UPSTREAM_FAILED, "Upstream server failed", data)
         self._emit(projection, ctx, trace, status=status, result_sha256=result_hash)
         if isinstance(result, dict):
+            if ctx.server is None and isinstance(result.get("content"), list):
+                # resource_link / embedded resource URIs, so the client can read them through /mcp
+                result["content"] = [namespace_content(block, entry.server) for block in result["content"]]
             return result_response(msg_id, result)
         return {"jsonrpc": "2.0", "id": msg_id, "error": error_obj}
 
 
 @dataclass(slots=True)
 class _Trace:
-    """What one ``tools/call`` has established so far: the fields of its one audit event."""
+    """What one governed request (a ``tools/call`` unless ``action`` says otherwise) has
+    established so far: the fields of its one audit event. ``tool`` is the name the request
+    concerns: a tool or prompt name, or a resource URI."""
 
     started: float
     server: str | None
     tool: str | None = None
+    action: str = "tools/call"
     arguments_sha256: str | None = None
     decision_id: str | None = None
     allowed: bool = False

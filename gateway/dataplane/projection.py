@@ -26,14 +26,15 @@ from referencing import Registry, Resource
 from referencing.exceptions import NoSuchResource
 
 from gateway.config import Config
-from gateway.mcp.upstream import UpstreamPool
+from gateway.mcp.stdio import StdioLaunch
+from gateway.mcp.upstream import UpstreamAddress, UpstreamPool
 
-__all__ = ["ActiveProjection", "ProjectionSync", "ServerEntry", "ToolEntry", "compile_projection"]
+__all__ = ["ActiveProjection", "ProjectionSync", "PromptEntry", "ServerEntry", "ToolEntry", "compile_projection"]
 
 log = logging.getLogger("gateway.projection")
 
 SEPARATOR = "__"
-"""Aggregated tool names are ``<server>__<tool>``."""
+"""Aggregated tool and prompt names are ``<server>__<name>``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,13 +50,48 @@ class ToolEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class PromptEntry:
+    """One approved prompt: its pinned wire definition and declared arguments.
+
+    Attributes:
+        arguments: Every declared argument name.
+        required: The names of the arguments declared ``required: true``.
+    """
+
+    server: str
+    name: str
+    wire: Mapping[str, Any]
+    arguments: frozenset[str]
+    required: frozenset[str]
+    sha256: str
+
+
+@dataclass(frozen=True, slots=True)
 class ServerEntry:
-    """One approved upstream server and its tools by original name."""
+    """One approved upstream server and its tools by original name.
+
+    For ``stdio`` servers ``url`` is the launch's address (``stdio:<sha256>``, see
+    :meth:`StdioLaunch.address`) and ``launch`` is what the data plane runs.
+    """
 
     name: str
     transport: str
     url: str
     tools: Mapping[str, ToolEntry]
+    launch: StdioLaunch | None = None
+    prompts: Mapping[str, PromptEntry] = field(default_factory=dict)
+    """Approved prompts by original name."""
+    capabilities: Mapping[str, Any] = field(default_factory=dict)
+    """The capabilities the server declared at approval (``{"resources": {...}, "prompts": {...}, ...}``)."""
+
+    def offers(self, capability: str) -> bool:
+        """True when the server declared ``capability`` (``resources``, ``prompts``, ``completions``, ``logging``)."""
+        return isinstance(self.capabilities.get(capability), Mapping)
+
+    @property
+    def address(self) -> UpstreamAddress:
+        """Where the upstream pool reaches this server."""
+        return UpstreamAddress(self.transport, self.url, self.launch)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +103,7 @@ class ActiveProjection:
     revision: str
     servers: Mapping[str, ServerEntry]
     aggregated: Mapping[str, ToolEntry] = field(default_factory=dict)
+    aggregated_prompts: Mapping[str, PromptEntry] = field(default_factory=dict)
 
     def resolve(self, server: str | None, tool_name: str) -> ToolEntry | None:
         """Find a tool by aggregated name (``server`` None) or by original name."""
@@ -74,6 +111,13 @@ class ActiveProjection:
             return self.aggregated.get(tool_name)
         entry = self.servers.get(server)
         return entry.tools.get(tool_name) if entry else None
+
+    def resolve_prompt(self, server: str | None, prompt_name: str) -> PromptEntry | None:
+        """Find a prompt by aggregated name (``server`` None) or by original name."""
+        if server is None:
+            return self.aggregated_prompts.get(prompt_name)
+        entry = self.servers.get(server)
+        return entry.prompts.get(prompt_name) if entry else None
 
 
 def _refuse_retrieval(uri: str) -> Resource[Any]:
@@ -119,17 +163,33 @@ def compile_projection(table: Mapping[str, Any], cache: dict[str, Any] | None = 
 
     Args:
         table: ``{"version", "policy_version", "revision", "servers": [{"name",
-            "transport", "url", "tools": [<wire tool>], ...}]}``.
+            "transport", "url", "tools": [<wire tool>], ...}]}``; a ``stdio`` server
+            has ``url: null`` and ``command``, ``args``, ``cwd``, ``env``, ``trusted``.
         cache: Validators by tool hash, reused across projections.
 
     Tools whose ``inputSchema`` is not a valid JSON Schema, or references an
     external schema (never fetched), are left out (logged): they could never be
-    called safely.
+    called safely. A ``stdio`` server not marked ``trusted`` at approval, or whose
+    launch is malformed, is left out whole (logged): it is never started. A server's
+    ``prompts`` and ``capabilities`` are optional (``[]``/``{}``: a server approved
+    before they were recorded); a prompt with malformed ``arguments`` is left out (logged).
     """
     cache = {} if cache is None else cache
     servers: dict[str, ServerEntry] = {}
     aggregated: dict[str, ToolEntry] = {}
+    aggregated_prompts: dict[str, PromptEntry] = {}
     for srv in table.get("servers", []):
+        launch: StdioLaunch | None = None
+        url = srv.get("url")
+        if srv["transport"] == "stdio":
+            try:
+                if srv.get("trusted") is not True:
+                    raise ValueError("not approved as trusted")
+                launch = StdioLaunch.from_record(srv)
+            except ValueError as exc:
+                log.error("stdio server %s is not served: %s", srv["name"], exc)
+                continue
+            url = launch.address()
         tools: dict[str, ToolEntry] = {}
         for wire in srv.get("tools", []):
             digest = wire.get("sha256") or hashlib.sha256(orjson.dumps(wire, option=orjson.OPT_SORT_KEYS)).hexdigest()
@@ -148,14 +208,38 @@ def compile_projection(table: Mapping[str, Any], cache: dict[str, Any] | None = 
             entry = ToolEntry(srv["name"], wire["name"], wire, wire.get("annotations") or {}, validator, digest)
             tools[entry.name] = entry
             aggregated[f"{srv['name']}{SEPARATOR}{entry.name}"] = entry
-        servers[srv["name"]] = ServerEntry(srv["name"], srv["transport"], srv["url"], tools)
+        prompts = _prompts(srv)
+        for prompt in prompts.values():
+            aggregated_prompts[f"{srv['name']}{SEPARATOR}{prompt.name}"] = prompt
+        servers[srv["name"]] = ServerEntry(
+            srv["name"], srv["transport"], str(url), tools, launch, prompts, dict(srv.get("capabilities") or {})
+        )
     return ActiveProjection(
         version=int(table["version"]),
         policy_version=table.get("policy_version"),
         revision=str(table.get("revision", "")),
         servers=servers,
         aggregated=aggregated,
+        aggregated_prompts=aggregated_prompts,
     )
+
+
+def _prompts(srv: Mapping[str, Any]) -> dict[str, PromptEntry]:
+    """The server's pinned prompts by name; a prompt whose ``arguments`` are malformed is left out (logged)."""
+    out: dict[str, PromptEntry] = {}
+    for wire in srv.get("prompts") or []:
+        digest = wire.get("sha256") or hashlib.sha256(orjson.dumps(wire, option=orjson.OPT_SORT_KEYS)).hexdigest()
+        wire = {k: v for k, v in wire.items() if k != "sha256"}
+        declared = wire.get("arguments") or []
+        if not isinstance(declared, list) or not all(
+            isinstance(a, Mapping) and isinstance(a.get("name"), str) for a in declared
+        ):
+            log.error("server %s prompt %s has malformed arguments; not served", srv["name"], wire.get("name"))
+            continue
+        names = frozenset(a["name"] for a in declared)
+        required = frozenset(a["name"] for a in declared if a.get("required") is True)
+        out[wire["name"]] = PromptEntry(srv["name"], wire["name"], wire, names, required, digest)
+    return out
 
 
 class ProjectionSync:
@@ -215,7 +299,7 @@ class ProjectionSync:
         resp.raise_for_status()
         table = orjson.loads(resp.content)
         projection = compile_projection(table, self._validators)
-        await self._upstreams.retain({s.name: (s.transport, s.url) for s in projection.servers.values()})
+        await self._upstreams.retain({s.name: s.address for s in projection.servers.values()})
         self.current = projection
         self._error = None
         self.ready.set()

@@ -16,29 +16,37 @@ a ``DiscoverResult`` naming a modern version means modern, anything else falls
 back to ``initialize``. Responses may be ``application/json`` or an SSE stream
 (read event by event until the response to our request id); notifications
 on the stream are not relayed in this version.
+
+:class:`UpstreamPool` hands out one pooled upstream per server, built from the
+registry record's explicit ``transport`` (never inferred from a URL):
+``streamable_http`` (:class:`StreamableHttpUpstream`), ``legacy_sse``
+(:class:`~gateway.mcp.legacy_sse.LegacySseUpstream`) or ``stdio``
+(:class:`~gateway.mcp.stdio.StdioUpstream`).
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
-from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import orjson
+from anyio.abc import TaskGroup, TaskStatus
 from mcp.shared.inbound import encode_header_value
 
 from gateway.errors import UpstreamError, UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
 from gateway.httpclient import HttpClient, HttpTimeout, HttpTransportError
+from gateway.mcp._common import CLIENT_INFO, loads_message, safe_url
+from gateway.mcp.legacy_sse import LegacySseUpstream
 from gateway.mcp.messages import HANDSHAKE_VERSIONS, MODERN_VERSIONS
+from gateway.mcp.stdio import StdioLaunch, StdioUpstream
 
-__all__ = ["StreamableHttpUpstream", "Upstream", "UpstreamPool"]
+__all__ = ["CLIENT_INFO", "StreamableHttpUpstream", "Upstream", "UpstreamAddress", "UpstreamPool"]
 
 log = logging.getLogger("gateway.upstream")
-
-CLIENT_INFO = {"name": "mcp-opa-gateway", "version": "0.1.0"}
 _ACCEPT = "application/json, text/event-stream"
 _NAME_PARAM = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
 
@@ -73,7 +81,7 @@ class StreamableHttpUpstream:
 
     def __init__(self, url: str, http: HttpClient, *, timeout: float) -> None:
         self.url = url
-        self._safe_url = _redact(url)
+        self._safe_url = safe_url(url)
         self._http = http
         self._timeout = timeout
         self._ids = itertools.count(1)
@@ -170,7 +178,7 @@ class StreamableHttpUpstream:
                     async for event in resp.aiter_sse():
                         if not event.data:
                             continue
-                        msg = _loads(event.data.encode(), self._safe_url)
+                        msg = loads_message(event.data.encode(), self._safe_url)
                         if msg.get("id") == req_id and ("result" in msg or "error" in msg):
                             return msg
                     raise UpstreamProtocolError(f"upstream {self._safe_url}: SSE stream ended without a response")
@@ -179,7 +187,7 @@ class StreamableHttpUpstream:
                     raise UpstreamUnavailable(f"upstream {self._safe_url} answered HTTP {resp.status}")
                 if not ctype.startswith("application/json"):
                     raise UpstreamProtocolError(f"upstream {self._safe_url} answered HTTP {resp.status} {ctype!r}")
-                msg = _loads(raw, self._safe_url)
+                msg = loads_message(raw, self._safe_url)
                 if "result" not in msg and "error" not in msg:
                     raise UpstreamProtocolError(f"upstream {self._safe_url}: not a JSON-RPC response")
                 return msg
@@ -236,52 +244,102 @@ class _SessionExpired(Exception):
     pass
 
 
-def _redact(url: str) -> str:
-    """``url`` without userinfo, query or fragment: safe for logs and error messages."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+@dataclass(frozen=True, slots=True)
+class UpstreamAddress:
+    """Where one server of a projection is reached.
+
+    ``url`` is the endpoint for ``streamable_http`` and ``legacy_sse``; for ``stdio``
+    it is :meth:`StdioLaunch.address` and ``launch`` says what to run.
+    """
+
+    transport: str
+    url: str
+    launch: StdioLaunch | None = None
 
 
-def _loads(raw: bytes, safe_url: str) -> dict[str, Any]:
-    try:
-        msg = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise UpstreamProtocolError(f"upstream {safe_url} sent invalid JSON") from exc
-    if not isinstance(msg, dict):
-        raise UpstreamProtocolError(f"upstream {safe_url} sent a non-object message")
-    return msg
+class _Refused:
+    """An upstream that cannot be used (a stdio server not in the active projection)."""
+
+    def __init__(self, reason: str) -> None:
+        self._reason = reason
+
+    async def request(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        raise UpstreamUnavailable(self._reason)
+
+    async def aclose(self) -> None:
+        pass
 
 
 class UpstreamPool:
     """Upstream sessions by (server name, transport, URL), kept across projection changes.
 
     A server whose transport and URL are unchanged in a new projection keeps
-    its session; :meth:`retain` closes the others. A request still running on an
-    older projection gets (or re-creates) the session for the URL it resolved,
-    never the newer one's.
+    its session (and, for ``stdio``, its process); :meth:`retain` closes the
+    others. A request still running on an older projection gets (or re-creates)
+    the session for the URL it resolved, never the newer one's; a ``stdio``
+    process is only ever started for a launch of the newest projection.
+
+    ``legacy_sse`` stream readers and ``stdio`` supervisors run in the task group
+    of :meth:`run`, which must be running before such an upstream is used.
     """
 
     def __init__(self, http: HttpClient, *, timeout: float) -> None:
         self._http = http
         self._timeout = timeout
-        self._sessions: dict[tuple[str, str, str], StreamableHttpUpstream] = {}
+        self._sessions: dict[tuple[str, str, str], Upstream] = {}
+        self._launches: dict[tuple[str, str, str], StdioLaunch] = {}
+        self._tg: TaskGroup | None = None
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Host the background tasks of ``legacy_sse`` and ``stdio`` upstreams until cancelled.
+
+        Cancelling it stops every stdio process (each supervisor kills its own).
+        """
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            task_status.started()
+            try:
+                await anyio.sleep_forever()
+            finally:
+                self._tg = None
 
     def get(self, name: str, transport: str, url: str) -> Upstream:
-        """The pooled upstream for this server (created on first use)."""
+        """The pooled upstream for this server (created on first use).
+
+        Raises:
+            RuntimeError: A ``legacy_sse`` or ``stdio`` upstream while :meth:`run` is not running.
+        """
         key = (name, transport, url)
         upstream = self._sessions.get(key)
-        if upstream is None:
-            upstream = self._sessions[key] = StreamableHttpUpstream(url, self._http, timeout=self._timeout)
+        if upstream is not None:
+            return upstream
+        if transport == "stdio":
+            launch = self._launches.get(key)
+            if launch is None:
+                return _Refused(f"stdio upstream {name} is not in the active projection")
+            upstream = StdioUpstream(name, launch, spawner=self._spawner(), timeout=self._timeout)
+        elif transport == "legacy_sse":
+            upstream = LegacySseUpstream(url, self._http, spawner=self._spawner(), timeout=self._timeout)
+        else:
+            upstream = StreamableHttpUpstream(url, self._http, timeout=self._timeout)
+        self._sessions[key] = upstream
         return upstream
 
-    async def retain(self, servers: dict[str, tuple[str, str]]) -> None:
-        """Close sessions of servers not in ``servers`` (name -> (transport, url)) with the same address."""
-        keep = {(name, transport, url) for name, (transport, url) in servers.items()}
+    def _spawner(self) -> TaskGroup:
+        if self._tg is None:
+            raise RuntimeError("UpstreamPool.run() is not running")
+        return self._tg
+
+    async def retain(self, servers: Mapping[str, UpstreamAddress]) -> None:
+        """Keep the sessions of ``servers`` (name -> address); close every other one.
+
+        Closing a ``stdio`` upstream kills its process.
+        """
+        keep = {(name, a.transport, a.url) for name, a in servers.items()}
+        self._launches = {(name, a.transport, a.url): a.launch for name, a in servers.items() if a.launch is not None}
         for key in [k for k in self._sessions if k not in keep]:
             await self._sessions.pop(key).aclose()
 
     async def aclose(self) -> None:
-        """Close every session."""
+        """Close every session (and stop every stdio process)."""
         await self.retain({})

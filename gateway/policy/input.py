@@ -48,13 +48,32 @@ class Subject:
 
 @dataclass(frozen=True, slots=True)
 class Candidate:
-    """One tool offered to discovery: ``key`` is the name the client will see."""
+    """One item offered to discovery; ``key`` is the name (or URI) the client will see.
+
+    Exactly one of ``tool`` (with ``annotations``), ``resource_uri`` or ``prompt`` is set:
+    a ``tools/list`` candidate is a tool, a ``resources/list`` or
+    ``resources/templates/list`` candidate a resource (for templates the URI is the
+    RFC 6570 ``uriTemplate``), a ``prompts/list`` candidate a prompt.
+    """
 
     key: str
     server: str
     transport: str
-    tool: str
-    annotations: Mapping[str, Any]
+    tool: str | None = None
+    annotations: Mapping[str, Any] = field(default_factory=dict)
+    resource_uri: str | None = None
+    prompt: str | None = None
+
+    def as_input(self) -> dict[str, Any]:
+        """The candidate's member of ``candidates`` (``schemas/discovery_input.json``)."""
+        doc: dict[str, Any] = {"key": self.key, "server": {"name": self.server, "transport": self.transport}}
+        if self.tool is not None:
+            doc["tool"] = {"name": self.tool, "annotations": dict(self.annotations)}
+        if self.resource_uri is not None:
+            doc["resource"] = {"uri": self.resource_uri, "server": self.server}
+        if self.prompt is not None:
+            doc["prompt"] = {"name": self.prompt, "arguments": {}}
+        return doc
 
 
 def build_input(
@@ -63,33 +82,60 @@ def build_input(
     environment: str,
     action: str,
     subject: Subject,
-    server: str,
-    transport: str,
-    tool: str,
-    annotations: Mapping[str, Any] | None,
-    arguments: Mapping[str, Any] | None,
+    server: str | None,
+    transport: str | None,
+    tool: str | None = None,
+    annotations: Mapping[str, Any] | None = None,
+    arguments: Mapping[str, Any] | None = None,
     session_id: str | None,
     protocol_version: str,
     projection_version: int,
+    resource_uri: str | None = None,
+    prompt: str | None = None,
+    prompt_arguments: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Build the ``data.gateway.decision`` input for one request.
 
+    Args:
+        action: The MCP method, e.g. ``tools/call``, ``resources/read``, ``prompts/get``,
+            ``completion/complete`` or ``logging/setLevel``.
+        server: The upstream server; ``None`` only for a request that concerns every
+            server of the endpoint (``logging/setLevel`` on the aggregated ``/mcp``).
+        transport: The server's transport (ignored when ``server`` is ``None``).
+        tool: The tool's original name (``tools/*``); omitted from the input when ``None``.
+        annotations: The tool's MCP annotations.
+        arguments: The request's arguments: tool arguments of ``tools/call``, the
+            argument values of ``completion/complete``, ``{"level"}`` of
+            ``logging/setLevel``; ``{}`` otherwise. Erased from decision logs.
+        resource_uri: The original (un-namespaced) resource URI, or URI template, the
+            request concerns; sets ``resource: {"uri", "server"}``.
+        prompt: The prompt's original name; sets ``prompt: {"name", "arguments"}``.
+        prompt_arguments: The prompt arguments (erased from decision logs).
+
     Returns:
         A JSON-ready dict with ``tenant``, ``environment``, ``action``,
-        ``subject``, ``server``, ``tool``, ``arguments``, ``session`` and
-        ``projection`` (schema: ``schemas/decision_input.json``).
+        ``subject``, ``arguments``, ``session`` and ``projection``, plus ``server``,
+        ``tool``, ``resource`` and ``prompt`` when they apply
+        (schema: ``schemas/decision_input.json``).
     """
-    return {
+    doc: dict[str, Any] = {
         "tenant": tenant,
         "environment": environment,
         "action": action,
         "subject": subject.as_input(),
-        "server": {"name": server, "transport": transport},
-        "tool": {"name": tool, "annotations": dict(annotations or {})},
-        "arguments": dict(arguments or {}),
-        "session": {"id": session_id, "protocol_version": protocol_version},
-        "projection": {"version": projection_version},
     }
+    if server is not None:
+        doc["server"] = {"name": server, "transport": transport}
+    if tool is not None:
+        doc["tool"] = {"name": tool, "annotations": dict(annotations or {})}
+    if resource_uri is not None and server is not None:
+        doc["resource"] = {"uri": resource_uri, "server": server}
+    if prompt is not None:
+        doc["prompt"] = {"name": prompt, "arguments": dict(prompt_arguments or {})}
+    doc["arguments"] = dict(arguments or {})
+    doc["session"] = {"id": session_id, "protocol_version": protocol_version}
+    doc["projection"] = {"version": projection_version}
+    return doc
 
 
 def build_discovery_input(
@@ -101,27 +147,23 @@ def build_discovery_input(
     session_id: str | None,
     protocol_version: str,
     projection_version: int,
+    action: str = "tools/list",
 ) -> dict[str, Any]:
     """Build the input of the one-query-per-list discovery filter.
 
     The reserved rule ``data.gateway_runtime.main.list`` evaluates
-    ``data.gateway.decision`` once per candidate with ``action: tools/list``
+    ``data.gateway.decision`` once per candidate, with ``action`` (``tools/list``,
+    ``resources/list``, ``resources/templates/list`` or ``prompts/list``) and the
+    candidate's ``server`` and ``tool``/``resource``/``prompt`` merged into the input
     (schema: ``schemas/discovery_input.json``).
     """
     return {
         "tenant": tenant,
         "environment": environment,
-        "action": "tools/list",
+        "action": action,
         "subject": subject.as_input(),
         "arguments": {},
         "session": {"id": session_id, "protocol_version": protocol_version},
         "projection": {"version": projection_version},
-        "candidates": [
-            {
-                "key": c.key,
-                "server": {"name": c.server, "transport": c.transport},
-                "tool": {"name": c.tool, "annotations": dict(c.annotations)},
-            }
-            for c in candidates
-        ],
+        "candidates": [c.as_input() for c in candidates],
     }

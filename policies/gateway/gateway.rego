@@ -2,15 +2,19 @@
 # title: Gateway decision (sample policy)
 # description: |
 #   The policy a platform team uploads as a policy version. It composes the
-#   concern packages into the one decision the gateway enforces, for both
-#   tools/list (discovery) and tools/call: a tool is listed exactly when it may
-#   be called.
+#   concern packages into the one decision the gateway enforces, for every
+#   governed MCP method: tools, resources, prompts, completion and logging. The
+#   same rules serve discovery and use: a tool, resource or prompt is listed
+#   exactly when it may be called, read or got.
 # scope: subpackages
 # schemas:
 #   - input: schema.decision_input
 package gateway
 
 import data.gateway.actions
+import data.gateway.logging
+import data.gateway.prompts
+import data.gateway.resources
 import data.gateway.tools
 
 # METADATA
@@ -27,16 +31,34 @@ decision := {
 }
 
 # METADATA
-# description: True only when the action is supported and some tool rule grants the request. Always boolean.
+# description: True only when the action is supported and a rule of its concern grants the request. Always boolean.
 default allow := false
 
 allow if {
 	count(actions.deny) == 0
-	count(tools.grants) > 0
+	count(_grants) > 0
 }
 
-_reasons := tools.grants if allow
+_reasons := _grants if allow
 
 else := actions.deny if count(actions.deny) > 0
 
-else := tools.deny
+else := _deny
+
+# The concern package (gateway.actions.concern) that judges this request. Both are
+# undefined for an unsupported action, which actions.deny already refuses.
+_grants := tools.grants if actions.concern == "tools"
+
+_grants := resources.grants if actions.concern == "resources"
+
+_grants := prompts.grants if actions.concern == "prompts"
+
+_grants := logging.grants if actions.concern == "logging"
+
+_deny := tools.deny if actions.concern == "tools"
+
+_deny := resources.deny if actions.concern == "resources"
+
+_deny := prompts.deny if actions.concern == "prompts"
+
+_deny := logging.deny if actions.concern == "logging"

@@ -88,7 +88,7 @@ test_deny_unsupported_action_even_for_admin if {
 		"allow": false,
 		"reasons": ["unsupported_action"],
 		"obligations": {},
-	} with input as _with_action(_with_roles(fixtures.tool_call_viewer_read_only, ["admin"]), "resources/read")
+	} with input as _with_action(_with_roles(fixtures.tool_call_viewer_read_only, ["admin"]), "resources/subscribe")
 }
 
 test_deny_unsupported_action_reported_alone if {
@@ -96,7 +96,7 @@ test_deny_unsupported_action_reported_alone if {
 		"allow": false,
 		"reasons": ["unsupported_action"],
 		"obligations": {},
-	} with input as _with_action(fixtures.tool_call_viewer_write, "prompts/get")
+	} with input as _with_action(fixtures.tool_call_viewer_write, "sampling/createMessage")
 }
 
 test_allow_tools_list_matches_tools_call if {
@@ -115,6 +115,102 @@ test_deny_empty_input if {
 	} with input as {}
 }
 
+test_allow_resource_read_viewer if {
+	gateway.decision == {
+		"allow": true,
+		"reasons": ["granted_by_role_viewer"],
+		"obligations": {},
+	} with input as fixtures.resource_read_viewer
+}
+
+test_deny_resource_read_viewer_internal if {
+	gateway.decision == {
+		"allow": false,
+		"reasons": ["internal_resource_requires_operator"],
+		"obligations": {},
+	} with input as _with_uri(fixtures.resource_read_viewer, "demo://internal/payroll")
+}
+
+test_allow_resource_read_operator_internal if {
+	gateway.decision == {
+		"allow": true,
+		"reasons": ["granted_by_role_operator"],
+		"obligations": {},
+	} with input as _with_roles(_with_uri(fixtures.resource_read_viewer, "demo://internal/payroll"), ["operator"])
+}
+
+test_deny_resource_read_without_a_resource if {
+	# the read-only tool that grants the viewer a tools/call grants nothing for another concern
+	gateway.decision.allow == false with input as _with_action(
+		_with_roles(fixtures.tool_call_viewer_read_only, ["viewer"]),
+		"resources/read",
+	)
+}
+
+test_allow_prompt_get_viewer if {
+	gateway.decision == {
+		"allow": true,
+		"reasons": ["granted_by_role_viewer"],
+		"obligations": {},
+	} with input as fixtures.prompt_get_viewer
+}
+
+test_deny_prompt_get_unrecognised_role if {
+	gateway.decision == {
+		"allow": false,
+		"reasons": ["no_recognised_role"],
+		"obligations": {},
+	} with input as _with_roles(fixtures.prompt_get_viewer, ["guest"])
+}
+
+test_allow_completion_follows_the_resource_rule if {
+	gateway.decision == {
+		"allow": true,
+		"reasons": ["granted_by_role_viewer"],
+		"obligations": {},
+	} with input as fixtures.completion_resource_viewer
+	gateway.decision == {
+		"allow": false,
+		"reasons": ["internal_resource_requires_operator"],
+		"obligations": {},
+	} with input as _with_uri(fixtures.completion_resource_viewer, "demo://internal/{id}")
+}
+
+test_allow_completion_follows_the_prompt_rule if {
+	completion := json.patch(fixtures.prompt_get_viewer, [{"op": "replace", "path": "/action", "value": "completion/complete"}])
+	gateway.decision.allow with input as completion
+	not gateway.decision.allow with input as _with_roles(completion, ["guest"])
+}
+
+test_allow_logging_set_level_operator if {
+	gateway.decision == {
+		"allow": true,
+		"reasons": ["granted_by_role_operator"],
+		"obligations": {},
+	} with input as fixtures.logging_set_level_operator
+}
+
+test_allow_logging_set_level_viewer if {
+	# clients such as the MCP Inspector set a level right after initialize
+	gateway.decision.allow with input as _with_roles(fixtures.logging_set_level_operator, ["viewer"])
+}
+
+test_deny_logging_set_level_unrecognised_role if {
+	gateway.decision == {
+		"allow": false,
+		"reasons": ["no_recognised_role"],
+		"obligations": {},
+	} with input as _with_roles(fixtures.logging_set_level_operator, ["guest"])
+}
+
+test_allow_resources_list_matches_resources_read if {
+	every uri in ["demo://docs/readme", "demo://internal/payroll"] {
+		read := gateway.decision with input as _with_uri(fixtures.resource_read_viewer, uri)
+		listed := gateway.decision with input as _with_action(_with_uri(fixtures.resource_read_viewer, uri), "resources/list")
+		read == listed
+	}
+}
+
 _call_fixtures := {
 	"tool_call_viewer_read_only",
 	"tool_call_viewer_write",
@@ -129,3 +225,5 @@ _with_annotations(doc, annotations) := json.patch(
 )
 
 _with_action(doc, action) := object.union(doc, {"action": action})
+
+_with_uri(doc, uri) := json.patch(doc, [{"op": "replace", "path": "/resource/uri", "value": uri}])

@@ -68,8 +68,8 @@ async def test_scope_endpoint_returns_the_configured_scope(cp_config: Config) ->
         ),
         pytest.param({"name": "a", "transport": "streamable_http", "url": "ftp://x/mcp"}, "bad_request", id="ftp-url"),
         pytest.param({"name": "a", "transport": "carrier_pigeon", "url": "http://x"}, "bad_request", id="transport"),
-        pytest.param({"name": "a", "transport": "stdio", "url": "http://x"}, "unsupported_transport", id="stdio"),
-        pytest.param({"name": "a", "transport": "legacy_sse", "url": "http://x"}, "unsupported_transport", id="sse"),
+        pytest.param({"name": "a", "transport": "stdio", "url": "http://x"}, "bad_request", id="stdio-with-url"),
+        pytest.param({"name": "a", "transport": "legacy_sse", "command": "x"}, "bad_request", id="sse-with-command"),
         pytest.param(
             {"name": "a", "transport": "streamable_http", "url": "http://x", "x": 1}, "bad_request", id="extra"
         ),

@@ -18,6 +18,8 @@ SERVERS = [
         "url": "http://u/mcp",
         "description": "",
         "tools": [{"name": "echo", "inputSchema": {"type": "object"}, "annotations": {"readOnlyHint": True}}],
+        "prompts": [{"name": "brief", "arguments": [{"name": "city", "required": True}]}],
+        "capabilities": {"tools": {}, "prompts": {"listChanged": False}},
     }
 ]
 
@@ -52,7 +54,9 @@ def test_bundle_holds_manifest_data_policy_and_reserved_modules() -> None:
     assert data["gateway_runtime"]["projection"] == {"version": 3, "policy_version": 2, "revision": "p3-pv2"}
     assert data["gateway_runtime"]["registry"]["servers"]["demo"] == {
         "transport": "streamable_http",
+        "capabilities": ["prompts", "tools"],
         "tools": {"echo": {"annotations": {"readOnlyHint": True}}},
+        "prompts": {"brief": {"arguments": ["city"]}},
     }
     assert data["gateway"] == {"limits": 1}
 

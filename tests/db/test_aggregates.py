@@ -62,6 +62,8 @@ async def test_approving_a_server_pins_tools_in_order_and_replaces_old_pins(pool
                 "url": "http://x",
                 "description": "d",
                 "tools": [{"name": "zz", "inputSchema": {"type": "object"}}],
+                "prompts": [],
+                "capabilities": {},
             }
         ]
 

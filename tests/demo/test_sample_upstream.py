@@ -13,6 +13,7 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
+from mcp.types import PromptReference
 
 from tests.support.ports import free_port
 from tests.support.procs import managed_process
@@ -188,3 +189,38 @@ def test_refuses_non_loopback_host() -> None:
     )
     assert proc.returncode == 2
     assert "loopback" in proc.stderr
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_resources_prompts_completion_and_their_recording(upstream: str, mode: str) -> None:
+    _reset(upstream)
+    async with Client(f"{upstream}/mcp", mode=mode) as client:
+        caps = client.server_capabilities
+        assert caps.resources is not None and caps.prompts is not None and caps.completions is not None
+        assert caps.logging is not None
+        uris = [r.uri for r in (await client.list_resources()).resources]
+        assert uris == ["demo://docs/readme", "demo://docs/policies", "demo://internal/payroll"]
+        templates = (await client.list_resource_templates()).resource_templates
+        assert [t.uri_template for t in templates] == ["demo://weather/{city}"]
+        weather = await client.read_resource("demo://weather/Tokyo")
+        assert weather.contents[0].text.startswith("Tokyo: 24 C")
+        prompts = {p.name: p for p in (await client.list_prompts()).prompts}
+        assert {a.name: a.required for a in prompts["incident_report"].arguments or []} == {
+            "service": True,
+            "severity": False,
+        }
+        brief = await client.get_prompt("weather_brief", {"city": "London"})
+        assert brief.messages[0].content.resource.uri == "demo://weather/London"
+        ref = PromptReference(type="ref/prompt", name="incident_report")
+        assert (await client.complete(ref, {"name": "service", "value": "b"})).completion.values == ["billing"]
+    requests = _recorded(upstream)["requests"]
+    assert [r["method"] for r in requests] == [
+        "resources/list",
+        "resources/templates/list",
+        "resources/read",
+        "prompts/list",
+        "prompts/get",
+        "completion/complete",
+    ]
+    assert requests[2]["params"] == {"uri": "demo://weather/Tokyo"}
+    assert _recorded(upstream)["calls"] == [], "only tools/call goes to calls"

@@ -12,7 +12,7 @@ import pytest
 
 from gateway.errors import UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
 from gateway.httpclient import HttpTimeout, HttpTransportError, SseEvent, iter_sse
-from gateway.mcp.upstream import StreamableHttpUpstream, UpstreamPool
+from gateway.mcp.upstream import StreamableHttpUpstream, UpstreamAddress, UpstreamPool
 
 pytestmark = pytest.mark.anyio
 
@@ -195,6 +195,6 @@ async def test_the_pool_reuses_sessions_and_closes_the_ones_a_projection_dropped
     first = pool.get("demo", "streamable_http", "http://u/mcp")
     assert pool.get("demo", "streamable_http", "http://u/mcp") is first
     await first.request("tools/call", {"name": "t", "arguments": {}})
-    await pool.retain({"demo": ("streamable_http", "http://moved/mcp")})
+    await pool.retain({"demo": UpstreamAddress("streamable_http", "http://moved/mcp")})
     assert http.requests[-1][0] == "DELETE"
     assert pool.get("demo", "streamable_http", "http://moved/mcp") is not first

@@ -164,3 +164,59 @@ def test_build_discovery_input_without_candidates_has_an_empty_list() -> None:
 
     assert doc["candidates"] == []
     assert doc["session"] == {"id": "s", "protocol_version": "2025-11-25"}
+
+
+def test_a_resource_read_input_has_a_resource_and_no_tool() -> None:
+    doc = _call_input(action="resources/read", tool=None, annotations=None, arguments=None, resource_uri="demo://a")
+    assert doc["resource"] == {"uri": "demo://a", "server": "demo"}
+    assert "tool" not in doc and "prompt" not in doc and doc["arguments"] == {}
+
+
+def test_a_prompt_input_carries_its_arguments_in_the_prompt() -> None:
+    arguments = {"city": "Paris"}
+    doc = _call_input(action="prompts/get", tool=None, arguments=None, prompt="brief", prompt_arguments=arguments)
+    arguments["city"] = "Rome"
+    assert doc["prompt"] == {"name": "brief", "arguments": {"city": "Paris"}}
+    assert "tool" not in doc and "resource" not in doc and doc["arguments"] == {}
+
+
+def test_an_input_without_a_server_has_no_server_and_no_resource() -> None:
+    doc = _call_input(
+        action="logging/setLevel",
+        server=None,
+        transport=None,
+        tool=None,
+        arguments={"level": "debug"},
+        resource_uri="x",
+    )
+    assert "server" not in doc and "resource" not in doc and doc["arguments"] == {"level": "debug"}
+
+
+def test_discovery_candidates_carry_the_member_their_list_judges() -> None:
+    candidates = [
+        Candidate("mcp-gw://demo/demo://a", "demo", "streamable_http", resource_uri="demo://a"),
+        Candidate("demo__brief", "demo", "streamable_http", prompt="brief"),
+    ]
+    doc = build_discovery_input(
+        tenant="t",
+        environment="e",
+        subject=ALICE,
+        candidates=candidates,
+        session_id=None,
+        protocol_version="2026-07-28",
+        projection_version=1,
+        action="resources/list",
+    )
+    assert doc["action"] == "resources/list"
+    assert doc["candidates"] == [
+        {
+            "key": "mcp-gw://demo/demo://a",
+            "server": {"name": "demo", "transport": "streamable_http"},
+            "resource": {"uri": "demo://a", "server": "demo"},
+        },
+        {
+            "key": "demo__brief",
+            "server": {"name": "demo", "transport": "streamable_http"},
+            "prompt": {"name": "brief", "arguments": {}},
+        },
+    ]

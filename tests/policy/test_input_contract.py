@@ -138,6 +138,125 @@ async def test_build_discovery_input_reproduces_the_golden_list_document(tmp_pat
     assert doc == golden("tool_list_viewer")
 
 
+def feature_input(subj: Subject, action: str, session: str | None, version: str, **kw: Any) -> Any:
+    return build_input(
+        tenant="tenant_local",
+        environment="prod",
+        action=action,
+        subject=subj,
+        session_id=session,
+        protocol_version=version,
+        projection_version=3,
+        **kw,
+    )
+
+
+DEMO = {"server": "demo", "transport": "streamable_http"}
+
+
+@pytest.mark.parametrize(
+    ("fixture", "sub", "role", "action", "session", "version", "kw"),
+    [
+        pytest.param(
+            "resource_read_viewer",
+            "alice",
+            "viewer",
+            "resources/read",
+            "sess-1",
+            "2025-11-25",
+            {**DEMO, "resource_uri": "demo://docs/readme"},
+            id="resource-read",
+        ),
+        pytest.param(
+            "prompt_get_viewer",
+            "alice",
+            "viewer",
+            "prompts/get",
+            None,
+            "2026-07-28",
+            {**DEMO, "prompt": "incident_report", "prompt_arguments": {"service": "vpn", "severity": "high"}},
+            id="prompt-get",
+        ),
+        pytest.param(
+            "completion_resource_viewer",
+            "alice",
+            "viewer",
+            "completion/complete",
+            None,
+            "2026-07-28",
+            {**DEMO, "resource_uri": "demo://weather/{city}", "arguments": {"city": "Pa"}},
+            id="completion-resource",
+        ),
+        pytest.param(
+            "logging_set_level_operator",
+            "bob",
+            "operator",
+            "logging/setLevel",
+            "sess-2",
+            "2025-11-25",
+            {"server": None, "transport": None, "arguments": {"level": "debug"}},
+            id="logging-set-level",
+        ),
+    ],
+)
+async def test_build_input_reproduces_the_golden_feature_documents(
+    tmp_path: Path,
+    fixture: str,
+    sub: str,
+    role: str,
+    action: str,
+    session: str | None,
+    version: str,
+    kw: dict[str, Any],
+) -> None:
+    subj = await subject(tmp_path, sub, role)
+    assert feature_input(subj, action, session, version, **kw) == golden(fixture)
+
+
+@pytest.mark.parametrize(
+    ("fixture", "action", "session", "version", "candidates"),
+    [
+        pytest.param(
+            "resource_list_viewer",
+            "resources/list",
+            "sess-1",
+            "2025-11-25",
+            [
+                Candidate(f"mcp-gw://demo/{u}", "demo", "streamable_http", resource_uri=u)
+                for u in ("demo://docs/readme", "demo://internal/payroll")
+            ],
+            id="resources",
+        ),
+        pytest.param(
+            "prompt_list_viewer",
+            "prompts/list",
+            None,
+            "2026-07-28",
+            [
+                Candidate(f"demo__{n}", "demo", "streamable_http", prompt=n)
+                for n in ("incident_report", "weather_brief")
+            ],
+            id="prompts",
+        ),
+    ],
+)
+async def test_build_discovery_input_reproduces_the_golden_feature_lists(
+    tmp_path: Path, fixture: str, action: str, session: str | None, version: str, candidates: list[Candidate]
+) -> None:
+    subj = await subject(tmp_path, "alice", "viewer")
+    doc = build_discovery_input(
+        tenant="tenant_local",
+        environment="prod",
+        subject=subj,
+        candidates=candidates,
+        session_id=session,
+        protocol_version=version,
+        projection_version=3,
+        action=action,
+    )
+    assert doc == golden(fixture)
+
+
 @pytest.mark.parametrize("fixture", sorted(p.name for p in FIXTURES.iterdir() if p.is_dir()))
 def test_every_golden_document_validates_against_its_schema(fixture: str) -> None:
     doc = golden(fixture)

@@ -5,9 +5,7 @@
 #   tool's MCP annotations. The same rules serve tools/list and tools/call.
 package gateway.tools
 
-# METADATA
-# description: The roles this policy recognises.
-recognised_roles := {"admin", "operator", "viewer"}
+import data.gateway.roles
 
 # METADATA
 # description: Admins may use any tool.
@@ -40,7 +38,7 @@ grants contains rego.metadata.rule().custom.category if {
 # custom:
 #   category: no_recognised_role
 deny contains rego.metadata.rule().custom.category if {
-	not _has_recognised_role
+	not roles.held
 }
 
 # METADATA
@@ -59,11 +57,6 @@ deny contains rego.metadata.rule().custom.category if {
 deny contains rego.metadata.rule().custom.category if {
 	count(grants) == 0
 	"operator" in input.subject.roles
-}
-
-_has_recognised_role if {
-	some role in input.subject.roles
-	role in recognised_roles
 }
 
 _read_only if input.tool.annotations.readOnlyHint == true

@@ -111,6 +111,50 @@ test_deny_list_skips_incomplete_candidates if {
 	)
 }
 
+test_allow_list_resources_by_uri if {
+	main.list == {
+		"revision": "p3-pv2",
+		"allowed": ["mcp-gw://demo/demo://docs/readme"],
+	} with input as fixtures.resource_list_viewer
+		with data.gateway_runtime.projection as _projection
+	main.list.allowed == [
+		"mcp-gw://demo/demo://docs/readme",
+		"mcp-gw://demo/demo://internal/payroll",
+	] with input as _with_roles(fixtures.resource_list_viewer, ["operator"])
+}
+
+test_allow_list_resource_templates_judges_the_resource if {
+	templates := object.union(fixtures.resource_list_viewer, {"action": "resources/templates/list"})
+	main.list.allowed == ["mcp-gw://demo/demo://docs/readme"] with input as templates
+}
+
+test_allow_list_prompts if {
+	main.list.allowed == ["demo__incident_report", "demo__weather_brief"] with input as fixtures.prompt_list_viewer
+	main.list.allowed == [] with input as _with_roles(fixtures.prompt_list_viewer, ["guest"])
+}
+
+test_allow_list_resources_agrees_with_read if {
+	every candidate in fixtures.resource_list_viewer.candidates {
+		read_input := object.union(fixtures.resource_read_viewer, {"resource": candidate.resource})
+		allowed := main.call.decision.allow with input as read_input
+		listed := candidate.key in main.list.allowed with input as fixtures.resource_list_viewer
+		allowed == listed
+	}
+}
+
+test_deny_list_candidate_without_the_listed_member if {
+	# a resources/list candidate is judged on its resource; a tool in its place lists nothing
+	tools_as_resources := object.union(fixtures.tool_list_viewer, {"action": "resources/list"})
+	main.list.allowed == [] with input as _with_roles(tools_as_resources, ["admin"])
+}
+
+test_deny_list_for_an_action_that_is_not_a_list if {
+	main.list.allowed == [] with input as object.union(
+		_with_roles(fixtures.tool_list_viewer, ["admin"]),
+		{"action": "tools/call"},
+	)
+}
+
 _projection := {"version": 3, "policy_version": 2, "revision": "p3-pv2"}
 
 _with_roles(doc, roles) := json.patch(doc, [{"op": "replace", "path": "/subject/roles", "value": roles}])

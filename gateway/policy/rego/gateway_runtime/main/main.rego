@@ -22,10 +22,11 @@ call := object.union({"revision": revision}, _decision_entry)
 # METADATA
 # title: Discovery
 # description: |
-#   POST /v1/data/gateway_runtime/main/list, one query per tools/list, with the
-#   discovery input. {"revision": ..., "allowed": [key]}: the sorted keys of the
-#   candidates whose decision, evaluated with that candidate's server and tool in
-#   the input, has allow exactly true.
+#   POST /v1/data/gateway_runtime/main/list, one query per tools/list,
+#   resources/list, resources/templates/list or prompts/list, with the discovery
+#   input. {"revision": ..., "allowed": [key]}: the sorted keys of the candidates
+#   whose decision, evaluated with that candidate's server and its tool, resource
+#   or prompt (the member the action lists) in the input, has allow exactly true.
 # entrypoint: true
 # schemas:
 #   - input: schema.discovery_input
@@ -44,13 +45,25 @@ _decision_entry := {"decision": decision} if {
 }
 
 # METADATA
+# description: |
+#   The candidate member each list action judges. A candidate without it (or
+#   without a server) is not listed; another action lists nothing.
+listed_member := {
+	"tools/list": "tool",
+	"resources/list": "resource",
+	"resources/templates/list": "resource",
+	"prompts/list": "prompt",
+}
+
+# METADATA
 # description: Keys of the candidates data.gateway.decision allows; a non-boolean allow does not list.
 # schemas:
 #   - input: schema.discovery_input
 _allowed_keys contains candidate.key if {
+	member := listed_member[input.action]
 	base := object.remove(input, {"candidates"})
 	some candidate in input.candidates
-	candidate_input := object.union(base, {"server": candidate.server, "tool": candidate.tool})
+	candidate_input := object.union(base, {"server": candidate.server, member: candidate[member]})
 
 	# One OPA query per tools/list: the user's decision is re-evaluated per candidate.
 	# regal ignore:with-outside-test-context
