@@ -4,13 +4,21 @@
   ``_meta`` envelope and ``MCP-Protocol-Version``/``Mcp-Method``/``Mcp-Name``
   headers, validated with the SDK's ``classify_inbound_request`` ladder
   (400 ``-32020`` header mismatch, also for a routing header sent more than once;
-  400 ``-32022`` unsupported version; 404 ``-32601`` unknown method); ``server/discover`` is implemented; list
-  results carry ``ttlMs``/``cacheScope: "private"`` (the list is filtered per
-  caller). Source: MCP 2026-07-28 ``basic/transports/streamable-http``,
-  ``server/discover``, ``server/utilities/caching``.
+  400 ``-32022`` unsupported version, ``data: {"supported": [...], "requested"}``;
+  404 ``-32601`` unknown method); ``server/discover`` is implemented; cacheable
+  results carry ``cacheScope: "private"`` (what a caller sees is filtered per
+  caller) and at most the upstreams' ``ttlMs``; an upstream's JSON-RPC error relayed
+  as is keeps the HTTP status its code maps to (``-32021`` is 400); ``Mcp-Param-*``
+  headers of a ``tools/call`` are checked against the pinned schema's ``x-mcp-header``
+  arguments (400 ``-32020``, SEP-2243). A request with the
+  envelope and a version header the gateway does not serve is a modern one (as the
+  SDK routes it). Source: MCP 2026-07-28 ``basic/transports/streamable-http``,
+  ``basic/versioning``, ``server/discover``, ``server/utilities/caching``.
 * 2025-03-26 .. 2025-11-25 (legacy): ``initialize`` opens a session bound to
   the caller; ``Mcp-Session-Id`` is required afterwards (400 missing, 404
-  unknown/expired/other caller's); ``DELETE`` ends it; ``GET`` is 405 (no
+  unknown/expired/other caller's); an ``MCP-Protocol-Version`` header naming no
+  handshake-era version is 400 with ``-32022`` ``{"supported": <handshake versions>,
+  "requested"}``; ``DELETE`` ends it; ``GET`` is 405 (no
   standalone stream is offered). Source: MCP 2025-11-25 ``basic/transports``.
 
 Governed methods: ``tools/list``, ``tools/call`` (:mod:`gateway.dataplane.governance`),
@@ -33,8 +41,9 @@ from mcp.shared.inbound import (
     InboundLadderRejection,
     classify_inbound_request,
     find_duplicated_routing_header,
+    validate_mcp_param_headers,
 )
-from mcp.types import HEADER_MISMATCH
+from mcp.types import HEADER_MISMATCH, UNSUPPORTED_PROTOCOL_VERSION
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
@@ -45,6 +54,7 @@ from gateway.dataplane.feature_routing import (
     advertised_capabilities,
     serve_feature,
 )
+from gateway.dataplane.features import cache_ttl_ms
 from gateway.dataplane.governance import CallContext
 from gateway.dataplane.sessions import SessionLimitReached
 from gateway.errors import AuthenticationFailed, GatewayError, ProjectionUnavailable, RequestRejected
@@ -180,12 +190,15 @@ async def _serve(request: Request) -> Response:
     except RequestRejected as exc:
         return _json(error_response(None, exc.args[1], exc.args[0]), 400)
     version_header = request.headers.get("mcp-protocol-version")
-    modern = version_header in MODERN_VERSIONS or (
-        version_header is None
-        and msg.method != "initialize"
+    enveloped = (
+        msg.method != "initialize"
         and isinstance(msg.params.get("_meta"), dict)
         and "io.modelcontextprotocol/protocolVersion" in msg.params["_meta"]
     )
+    # As the SDK's dual-era server: a handshake-era version header means a session request;
+    # any other header (a modern or an unknown version) with the envelope goes to the modern
+    # ladder, which answers an unknown one with -32020 or -32022.
+    modern = version_header in MODERN_VERSIONS or (enveloped and version_header not in HANDSHAKE_VERSIONS)
     try:
         if modern:
             return await _modern(request, msg, subject, server)
@@ -274,12 +287,15 @@ async def _modern(request: Request, msg: Any, subject: Subject, server: str | No
         result = {"tools": tools, "resultType": "complete", "ttlMs": 0, "cacheScope": "private", "_meta": meta}
         return _json(result_response(msg.id, result))
     if msg.method == "tools/call":
+        mismatch = _param_header_mismatch(request, server, msg.params)
+        if mismatch is not None:
+            return _json(error_response(msg.id, mismatch.code, mismatch.message), ERROR_CODE_HTTP_STATUS[mismatch.code])
         governor = request.state.dp_governor
         reply = await governor.call_tool(_current(request), ctx, msg.id, msg.params, rejection=msg.rejection)
         result = reply.get("result")
         if isinstance(result, dict):
             result.setdefault("resultType", "complete")
-        return _json(reply)
+        return _json(reply, _modern_status(reply))
     if msg.method in CAPABILITY_OF:
         feature = await serve_feature(request.state.dp_governor, _current(request), msg, ctx, handshake=False)
         if feature is not None:
@@ -287,22 +303,69 @@ async def _modern(request: Request, msg: Any, subject: Subject, server: str | No
     return _json(error_response(msg.id, METHOD_NOT_FOUND, f"Method not found: {msg.method}"), 404)
 
 
+def _param_header_mismatch(
+    request: Request, server: str | None, params: dict[str, Any]
+) -> InboundLadderRejection | None:
+    """The ``-32020`` rejection when the ``Mcp-Param-*`` headers disagree with a ``tools/call`` body, else None.
+
+    Checked against the pinned ``inputSchema`` of the tool the body names (its
+    ``x-mcp-header`` properties), with the SDK's ``validate_mcp_param_headers``: each
+    annotated argument and its header are present together and equal, a header is not
+    sent twice. An unknown tool, or no projection yet, is left to the governor. Source:
+    MCP 2026-07-28 ``basic/transports/streamable-http`` (SEP-2243).
+    """
+    projection = request.state.dp_sync.current
+    name, arguments = params.get("name"), params.get("arguments")
+    if projection is None or not isinstance(name, str):
+        return None
+    entry = projection.resolve(server, name)
+    if entry is None:
+        return None
+    return validate_mcp_param_headers(
+        entry.wire.get("inputSchema"), arguments if isinstance(arguments, dict) else {}, request.headers
+    )
+
+
 def _modern_feature(method: str, reply: dict[str, Any], meta: dict[str, Any]) -> Response:
-    """A 2026-07-28 answer: ``resultType`` on results; lists ``ttlMs: 0``/``cacheScope: "private"``
-    (filtered per caller); ``resources/read`` keeps the upstream's ``ttlMs`` but is always
-    ``private`` (access is per caller); ``-32601`` is HTTP 404."""
+    """A 2026-07-28 answer: ``resultType`` on results, and the caching hints.
+
+    ``cacheScope`` is always ``"private"`` (what a caller may see is decided per caller,
+    so no cache may share it across authorization contexts). ``ttlMs`` is the most the
+    upstreams promised: ``resources/list`` and ``resources/templates/list`` carry the
+    smallest ``ttlMs`` of the upstreams asked (0 unless every one gave one and none
+    failed); ``resources/read`` keeps the upstream's (0 when it gave none); ``prompts/list``
+    (the pinned set) is 0. Source: MCP 2026-07-28 ``server/utilities/caching``.
+    The HTTP status is :func:`_modern_status`'s.
+    """
     result = reply.get("result")
     if isinstance(result, dict):
         result.setdefault("resultType", "complete")
-        if method in _LISTS:
-            result.update({"ttlMs": 0, "cacheScope": "private", "_meta": meta})
-        elif method == "resources/read":
-            if not isinstance(result.get("ttlMs"), int) or isinstance(result.get("ttlMs"), bool) or result["ttlMs"] < 0:
-                result["ttlMs"] = 0
+        if method in _LISTS or method == "resources/read":
+            result["ttlMs"] = cache_ttl_ms(result.get("ttlMs")) or 0
             result["cacheScope"] = "private"
+        if method in _LISTS:
+            result["_meta"] = meta
+    return _json(reply, _modern_status(reply))
+
+
+def _modern_status(reply: dict[str, Any]) -> int:
+    """The HTTP status of a 2026-07-28 answer from a governed method.
+
+    A JSON-RPC error gets the status the spec maps its code to (the SDK's
+    ``ERROR_CODE_HTTP_STATUS``: ``-32700``, ``-32600``, ``-32602``, ``-32020``, ``-32021``,
+    ``-32022`` are 400, ``-32601`` is 404, any other code 200): an upstream's error relayed
+    as is gets the status a conforming upstream answered it with. The gateway's own refusals
+    (``-32602``, ``-32003``, ``-32004``, ``-32603``) always carry ``data.category`` and stay
+    200, as documented (an upstream error carrying ``data.category`` is answered 200 too).
+    Results are 200.
+    """
     error = reply.get("error")
-    status = 404 if isinstance(error, dict) and error.get("code") == METHOD_NOT_FOUND else 200
-    return _json(reply, status)
+    if not isinstance(error, dict):
+        return 200
+    code, data = error.get("code"), error.get("data")
+    if not isinstance(code, int) or isinstance(code, bool) or (isinstance(data, dict) and "category" in data):
+        return 200
+    return ERROR_CODE_HTTP_STATUS.get(code, 200)
 
 
 async def _legacy(
@@ -324,7 +387,11 @@ async def _legacy(
         result = {"protocolVersion": version, "capabilities": capabilities, "serverInfo": SERVER_INFO}
         return _json(result_response(msg.id, result), headers={"mcp-session-id": session.id})
     if version_header is not None and version_header not in HANDSHAKE_VERSIONS:
-        return _json(error_response(msg.id, INVALID_REQUEST, f"Unsupported protocol version: {version_header}"), 400)
+        # 2025-11-25 transports: "400 Bad Request"; the body is 2026-07-28's -32022, naming the
+        # versions a session request may carry.
+        data = {"supported": list(HANDSHAKE_VERSIONS), "requested": version_header}
+        message = f"Unsupported protocol version: {version_header}"
+        return _json(error_response(msg.id, UNSUPPORTED_PROTOCOL_VERSION, message, data), 400)
     session_id = request.headers.get("mcp-session-id")
     if not session_id:
         return _json(error_response(msg.id, INVALID_REQUEST, "Missing Mcp-Session-Id header"), 400)

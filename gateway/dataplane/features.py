@@ -8,7 +8,10 @@ whatever happens:
   upstream of the endpoint that declared ``resources`` (all pages, servers
   concurrently), then filtered by one ``gateway_runtime.main.list`` query with one
   candidate per resource (template); an upstream that fails is left out of the list
-  (audited ``error`` with its category), all of them failing is ``-32004``.
+  (audited ``error`` with its category), all of them failing is ``-32004``. For a
+  2026-07-28 caller the result carries ``ttlMs``, the smallest of every page of every
+  upstream asked, only when each page had one and no upstream failed (the endpoint
+  makes it ``private`` and 0 when absent).
 * ``resources/read``: the URI (namespaced ``mcp-gw://<server>/<uri>`` on ``/mcp``,
   see :mod:`gateway.dataplane.namespacing`) names the server; policy decides on the
   upstream's URI. The gateway does not check that the URI was listed (resources
@@ -46,10 +49,10 @@ from gateway.dataplane.governance import UPSTREAM_FAILED, CallContext, _sha256, 
 from gateway.dataplane.namespacing import namespace_contents, namespace_messages
 from gateway.dataplane.projection import ActiveProjection, ServerEntry
 from gateway.errors import RequestRejected, UpstreamError, UpstreamProtocolError
-from gateway.mcp.messages import METHOD_NOT_FOUND, error_response, result_response
+from gateway.mcp.messages import METHOD_NOT_FOUND, MODERN_VERSIONS, error_response, result_response
 from gateway.policy.input import Candidate
 
-__all__ = ["LOG_LEVELS", "MAX_LIST_ITEMS", "MAX_LIST_PAGES", "FeatureGovernor"]
+__all__ = ["LOG_LEVELS", "MAX_LIST_ITEMS", "MAX_LIST_PAGES", "FeatureGovernor", "cache_ttl_ms"]
 
 log = logging.getLogger("gateway.pep")
 
@@ -87,11 +90,12 @@ class FeatureGovernor(FeatureSteps):
         member, field = ("resourceTemplates", "uriTemplate") if templates else ("resources", "uri")
         servers = servers_offering(projection, ctx, "resources")
         fetched: dict[str, list[dict[str, Any]]] = {}
+        ttls: dict[str, int | None] = {}
         failures: dict[str, str] = {}
 
         async def fetch(server: ServerEntry) -> None:
             try:
-                fetched[server.name] = await self._list_live(server, action, member, field)
+                fetched[server.name], ttls[server.name] = await self._list_live(server, action, member, field)
             except UpstreamError as exc:
                 log.warning("upstream %s failed to list %s: %s", server.name, member, exc)
                 failures[server.name] = exc.category
@@ -123,12 +127,20 @@ class FeatureGovernor(FeatureSteps):
                 candidate = Candidate(key, server.name, server.transport, resource_uri=item[field])
                 offered.append((candidate, {**item, field: key}))
         items = await self._filter(projection, ctx, action, offered, started=started, failure=failure)
-        return result_response(msg_id, {member: items})
+        result: dict[str, Any] = {member: items}
+        known = [ttl for ttl in ttls.values() if ttl is not None]
+        if ctx.protocol_version in MODERN_VERSIONS and servers and len(known) == len(servers):
+            result["ttlMs"] = min(known)
+        return result_response(msg_id, result)
 
-    async def _list_live(self, server: ServerEntry, method: str, member: str, field: str) -> list[dict[str, Any]]:
+    async def _list_live(
+        self, server: ServerEntry, method: str, member: str, field: str
+    ) -> tuple[list[dict[str, Any]], int | None]:
         """Every item of one upstream's ``resources/list`` or ``resources/templates/list``.
 
-        Items that are not objects with a string ``field`` are dropped (logged).
+        Items that are not objects with a string ``field`` are dropped (logged). The
+        second value is the smallest ``ttlMs`` of the pages, None when a page had no
+        valid one (a handshake-era upstream never has one).
 
         Raises:
             UpstreamError: The upstream failed or answered an error or a malformed page.
@@ -136,10 +148,12 @@ class FeatureGovernor(FeatureSteps):
         items: list[dict[str, Any]] = []
         cursor: str | None = None
         seen: set[str] = set()
+        ttls: list[int | None] = []
         for _ in range(MAX_LIST_PAGES):
             page, is_error = await self._exchange(server, method, {"cursor": cursor} if cursor else {})
             if is_error or not isinstance(page.get(member), list):
                 raise UpstreamProtocolError(f"upstream {server.name} answered {method} without a {member} list")
+            ttls.append(cache_ttl_ms(page.get("ttlMs")))
             for item in page[member]:
                 if isinstance(item, dict) and isinstance(item.get(field), str):
                     items.append(item)
@@ -149,16 +163,16 @@ class FeatureGovernor(FeatureSteps):
                 log.warning(
                     "upstream %s lists more than %d %s; the rest is dropped", server.name, MAX_LIST_ITEMS, member
                 )
-                return items[:MAX_LIST_ITEMS]
+                return items[:MAX_LIST_ITEMS], _smallest(ttls)
             next_cursor = page.get("nextCursor")
             if not isinstance(next_cursor, str) or not next_cursor or next_cursor in seen:
-                return items
+                return items, _smallest(ttls)
             seen.add(next_cursor)
             cursor = next_cursor
         log.warning(
             "upstream %s has more than %d pages of %s; the rest is dropped", server.name, MAX_LIST_PAGES, member
         )
-        return items
+        return items, _smallest(ttls)
 
     async def read_resource(
         self,
@@ -444,6 +458,23 @@ class FeatureGovernor(FeatureSteps):
             return result_response(msg_id, {})
 
         return await self._governed(projection, ctx, "logging/setLevel", run)
+
+
+def cache_ttl_ms(value: Any) -> int | None:
+    """``value`` when it is a valid ``ttlMs`` (an integer >= 0, milliseconds), else None.
+
+    Source: MCP 2026-07-28 ``server/utilities/caching`` (``CacheableResult``).
+    """
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return None
+
+
+def _smallest(ttls: list[int | None]) -> int | None:
+    """The smallest ``ttlMs`` of a list's pages; None when one of them had none."""
+    if not ttls or any(ttl is None for ttl in ttls):
+        return None
+    return min(ttl for ttl in ttls if ttl is not None)
 
 
 def _argument_problem(required: frozenset[str], declared: frozenset[str], given: Mapping[str, Any]) -> str | None:

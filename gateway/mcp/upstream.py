@@ -5,7 +5,11 @@ upstream, reused across calls (never opened per call):
 
 * modern (2026-07-28, stateless): every request is one POST carrying the
   ``_meta`` envelope and the ``MCP-Protocol-Version``/``Mcp-Method``/``Mcp-Name``
-  headers (MCP 2026-07-28 ``basic/transports/streamable-http``);
+  headers (MCP 2026-07-28 ``basic/transports/streamable-http``); a ``tools/call``
+  also carries the ``Mcp-Param-*`` headers of the tool's ``x-mcp-header`` arguments
+  (SEP-2243), learnt from the upstream's ``tools/list`` the first time it answers
+  ``-32020`` (the call is then retried once: a ``-32020`` is refused before the tool
+  runs), and forgotten whenever a ``tools/list`` is relayed;
 * legacy (2025-03-26 .. 2025-11-25): one ``initialize`` handshake, then
   ``Mcp-Session-Id`` on every POST; a 404 (or the 400 many servers send for an
   unknown session) means the session is gone: it is re-established and the
@@ -35,7 +39,8 @@ from typing import Any, Protocol
 import anyio
 import orjson
 from anyio.abc import TaskGroup, TaskStatus
-from mcp.shared.inbound import encode_header_value
+from mcp.shared.inbound import encode_header_value, find_invalid_x_mcp_header, mcp_param_headers, x_mcp_header_map
+from mcp.types import HEADER_MISMATCH
 
 from gateway.errors import UpstreamError, UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
 from gateway.httpclient import HttpClient, HttpTimeout, HttpTransportError
@@ -49,6 +54,8 @@ __all__ = ["CLIENT_INFO", "StreamableHttpUpstream", "Upstream", "UpstreamAddress
 log = logging.getLogger("gateway.upstream")
 _ACCEPT = "application/json, text/event-stream"
 _NAME_PARAM = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
+_MAX_TOOL_PAGES = 20
+"""Most pages of the upstream's ``tools/list`` read to learn its ``x-mcp-header`` parameters."""
 
 
 class Upstream(Protocol):
@@ -87,6 +94,8 @@ class StreamableHttpUpstream:
         self._ids = itertools.count(1)
         self._session: _Session | None = None
         self._lock = anyio.Lock()
+        self._param_maps: dict[str, dict[tuple[str, ...], str]] | None = None
+        """Tool name -> its ``x-mcp-header`` map, from the upstream's own ``tools/list`` (modern era)."""
 
     @property
     def protocol_version(self) -> str | None:
@@ -158,12 +167,47 @@ class StreamableHttpUpstream:
         if status >= 400:
             raise UpstreamProtocolError(f"upstream {self._safe_url} rejected {method}: HTTP {status}")
 
-    async def _exchange(self, session: _Session, method: str, params: dict[str, Any]) -> dict[str, Any]:
+    def _param_headers(self, session: _Session, method: str, params: dict[str, Any]) -> dict[str, str]:
+        """The ``Mcp-Param-*`` headers a 2026-07-28 ``tools/call`` mirrors from its arguments.
+
+        Built with the SDK's client rule (``mcp_param_headers``) from the ``x-mcp-header``
+        properties of the tool's schema as the upstream lists it (learnt by
+        :meth:`request`); empty when none is known. Source: MCP 2026-07-28
+        ``basic/transports/streamable-http`` (SEP-2243).
+        """
+        name, arguments = params.get("name"), params.get("arguments")
+        if session.era != "modern" or method != "tools/call" or self._param_maps is None:
+            return {}
+        header_map = self._param_maps.get(name) if isinstance(name, str) else None
+        return mcp_param_headers(header_map, arguments) if header_map and isinstance(arguments, dict) else {}
+
+    async def _learn_param_maps(self, session: _Session) -> dict[str, dict[tuple[str, ...], str]]:
+        maps: dict[str, dict[tuple[str, ...], str]] = {}
+        cursor: str | None = None
+        for _ in range(_MAX_TOOL_PAGES):
+            msg = await self._exchange(session, "tools/list", {"cursor": cursor} if cursor else {})
+            result = msg.get("result")
+            if not isinstance(result, dict) or not isinstance(result.get("tools"), list):
+                break
+            for tool in result["tools"]:
+                if not isinstance(tool, dict) or not isinstance(tool.get("name"), str):
+                    continue
+                schema = tool.get("inputSchema")
+                if find_invalid_x_mcp_header(schema) is None and (header_map := x_mcp_header_map(schema)):
+                    maps[tool["name"]] = header_map
+            cursor = result.get("nextCursor")
+            if not isinstance(cursor, str) or not cursor:
+                break
+        return maps
+
+    async def _exchange(
+        self, session: _Session, method: str, params: dict[str, Any], extra: Mapping[str, str] | None = None
+    ) -> dict[str, Any]:
         req_id = next(self._ids)
         body = orjson.dumps(
             {"jsonrpc": "2.0", "id": req_id, "method": method, "params": self._envelope(session, params)}
         )
-        headers = self._headers(session, method, params)
+        headers = {**self._headers(session, method, params), **(extra or {})}
         try:
             async with self._http.request("POST", self.url, body=body, headers=headers, timeout=self._timeout) as resp:
                 if method == "initialize":
@@ -214,7 +258,20 @@ class StreamableHttpUpstream:
         try:
             session = self._session or await self._connect()
             try:
-                return await self._exchange(session, method, params)
+                if method == "tools/list":
+                    self._param_maps = None  # the tools may have changed: learn them again when needed
+                extra = self._param_headers(session, method, params)
+                reply = await self._exchange(session, method, params, extra)
+                error = reply.get("error")
+                if method == "tools/call" and isinstance(error, dict) and error.get("code") == HEADER_MISMATCH:
+                    # The upstream wants Mcp-Param-* headers we did not know of (or its tools changed):
+                    # learn its x-mcp-header parameters and retry once; a -32020 is refused before
+                    # the tool runs, so the retry cannot run it twice.
+                    self._param_maps = await self._learn_param_maps(session)
+                    retry = self._param_headers(session, method, params)
+                    if retry != extra:
+                        reply = await self._exchange(session, method, params, retry)
+                return reply
             except _SessionExpired:
                 async with self._lock:
                     if self._session is session:
