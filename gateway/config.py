@@ -130,6 +130,9 @@ class DataPlaneConfig:
     ``dp-<hostname>-<data port>``."""
     max_body: int = 4 * MIB
     upstream_timeout: float = 30 * SECONDS
+    drift_interval: float = 60 * SECONDS
+    """Seconds between re-lists of each approved server's tools to detect drift from the
+    pinned definitions (:mod:`gateway.dataplane.drift`); ``0`` turns the check off."""
     session_idle_timeout: float = 30 * 60 * SECONDS
     max_sessions: int = 10_000
     http_client: str = "aiohttp"
@@ -373,6 +376,7 @@ ENV_KEYS: dict[str, str] = {
     "GATEWAY_PUBLIC_URL": "data_plane.public_url",
     "GATEWAY_DATAPLANE_ID": "data_plane.id",
     "GATEWAY_UPSTREAM_TIMEOUT": "data_plane.upstream_timeout",
+    "GATEWAY_DRIFT_INTERVAL": "data_plane.drift_interval",
     "GATEWAY_HTTP_CLIENT": "data_plane.http_client",
     "GATEWAY_ALLOWED_HOSTS": "data_plane.allowed_hosts",
     "GATEWAY_ALLOWED_ORIGINS": "data_plane.allowed_origins",

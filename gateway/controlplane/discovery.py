@@ -3,13 +3,11 @@ definition, and record the capabilities the server declares."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
-import orjson
 from mcp import Client, MCPError
 from mcp.client.sse import sse_client
 from pydantic import BaseModel
@@ -17,9 +15,10 @@ from pydantic import BaseModel
 from gateway.db.servers import PinnedPrompt, PinnedTool
 from gateway.errors import UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
 from gateway.logredact import redact, redact_url
+from gateway.mcp.pinning import DRIFT_FIELDS, definition_sha256
 from gateway.mcp.stdio import StdioLaunch, stdio_transport
 
-__all__ = ["MAX_PAGES", "Discovery", "discover_server", "discover_tools", "tool_sha256"]
+__all__ = ["MAX_PAGES", "Discovery", "discover_server", "discover_tools", "tool_diff", "tool_sha256"]
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +43,34 @@ class Discovery:
     capabilities: dict[str, Any]
 
 
-def tool_sha256(definition: dict[str, Any]) -> str:
-    """Return the hex SHA-256 of ``definition`` as canonical JSON (sorted keys, compact)."""
-    return hashlib.sha256(orjson.dumps(definition, option=orjson.OPT_SORT_KEYS)).hexdigest()
+tool_sha256 = definition_sha256
+"""Hex SHA-256 of a definition's canonical JSON (:func:`gateway.mcp.pinning.definition_sha256`,
+the hash the data plane's drift check compares)."""
+
+
+def tool_diff(pinned: list[dict[str, Any]], live: list[PinnedTool]) -> dict[str, Any]:
+    """What re-approving would change: ``pinned`` (the stored tools, wire dicts with ``sha256``)
+    against ``live`` (a fresh discovery).
+
+    Returns:
+        ``{"added": [name, ...], "removed": [name, ...], "changed": [{"name", "fields": [...]}]}``,
+        each sorted by name; ``fields`` names the changed :data:`~gateway.mcp.pinning.DRIFT_FIELDS`
+        (``title``, ``description``, ``inputSchema``, ``outputSchema``, ``annotations``) and
+        ``other`` for any other difference (e.g. ``_meta``, ``icons``).
+    """
+    old = {t["name"]: {k: v for k, v in t.items() if k != "sha256"} for t in pinned}
+    new = {t.definition["name"]: t.definition for t in live}
+    changed = []
+    for name in sorted(old.keys() & new.keys()):
+        a, b = old[name], new[name]
+        if definition_sha256(a) == definition_sha256(b):
+            continue
+        fields = [f for f in DRIFT_FIELDS if a.get(f) != b.get(f)]
+        rest = (set(a) | set(b)) - set(DRIFT_FIELDS)
+        if any(a.get(k) != b.get(k) for k in rest):
+            fields.append("other")
+        changed.append({"name": name, "fields": fields})
+    return {"added": sorted(new.keys() - old.keys()), "removed": sorted(old.keys() - new.keys()), "changed": changed}
 
 
 async def discover_tools(url: str, *, timeout: float) -> list[PinnedTool]:

@@ -228,7 +228,42 @@ _SCHEMAS: dict[str, Any] = {
                 "description": "The MCP capabilities the server declared at its last approval ({} before).",
             },
             "projection_version": {**VERSION, "description": "Only in the approval answer: the compiled projection."},
+            "diff": {
+                **_ref("ToolDiff"),
+                "description": "Only in the approval answer: the tools this approval pinned against the ones it replaced.",
+            },
         },
+    },
+    "ToolDiff": {
+        "type": "object",
+        "required": ["added", "removed", "changed"],
+        "properties": {
+            "added": {"type": "array", "items": {"type": "string"}, "description": "Listed now, not pinned before."},
+            "removed": {"type": "array", "items": {"type": "string"}, "description": "Pinned before, not listed now."},
+            "changed": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["name", "fields"],
+                    "properties": {
+                        "name": {"type": "string"},
+                        "fields": {
+                            "type": "array",
+                            "items": {
+                                "type": "string",
+                                "enum": ["title", "description", "inputSchema", "outputSchema", "annotations", "other"],
+                            },
+                        },
+                    },
+                },
+                "description": "Pinned before with another definition; `fields` names what differs.",
+            },
+        },
+    },
+    "ServerDrift": {
+        "type": "object",
+        "required": ["name", "diff"],
+        "properties": {"name": {"type": "string"}, "diff": _ref("ToolDiff")},
     },
     "ServerList": {
         "type": "object",
@@ -489,6 +524,22 @@ _PATHS: dict[str, Any] = {
                 "content": {"application/json": {"schema": _ref("ApprovalOptions")}},
             }
         }
+    },
+    "/v1/servers/{name}/drift": {
+        "get": _op(
+            "getServerDrift",
+            "servers",
+            "Dry run of a re-approval: list the upstream's tools now and compare them with the pinned ones "
+            "(nothing is pinned or compiled).",
+            {
+                "200": _json(_ref("ServerDrift"), "What re-approving would change."),
+                "400": _error("BadRequest"),
+                "404": _error("NotFound"),
+                "502": _error("BadGateway"),
+                "504": _error("GatewayTimeout"),
+            },
+            parameters=[_NAME_PARAM],
+        )
     },
     "/v1/policies": {
         "get": _op(

@@ -17,6 +17,7 @@ routes = [
     Route("/v1/servers", servers.create_server, methods=["POST"]),
     Route("/v1/servers/{name}", servers.get_server, methods=["GET"]),
     Route("/v1/servers/{name}/approve", servers.approve_server, methods=["POST"]),
+    Route("/v1/servers/{name}/drift", servers.get_server_drift, methods=["GET"]),
     Route("/v1/policies", policies.list_policies, methods=["GET"]),
     Route("/v1/policies", policies.create_policy, methods=["POST"]),
     Route("/v1/policies/{version}", policies.get_policy, methods=["GET"]),

@@ -11,13 +11,13 @@ from starlette.responses import Response
 
 from gateway.controlplane._deps import deps
 from gateway.controlplane._http import JSONResponse, check_text, read_json
-from gateway.controlplane.discovery import discover_server
+from gateway.controlplane.discovery import Discovery, discover_server, tool_diff
 from gateway.controlplane.projection import mutate_and_compile
 from gateway.db import servers as db_servers
 from gateway.errors import RequestRejected
 from gateway.mcp.stdio import StdioLaunch
 
-__all__ = ["approve_server", "create_server", "get_server", "list_servers"]
+__all__ = ["approve_server", "create_server", "get_server", "get_server_drift", "list_servers"]
 
 NAME = re.compile(r"[a-z0-9](?:[a-z0-9_-]{0,61}[a-z0-9])?")
 """Server names; ``__`` is also forbidden and the last character is alphanumeric, so
@@ -158,7 +158,10 @@ async def approve_server(request: Request) -> Response:
     server's capabilities, approve, compile.
 
     Re-approving an approved server re-discovers and re-pins its tools and prompts. When the
-    upstream cannot be listed nothing changes (502 ``upstream_unavailable``).
+    upstream cannot be listed nothing changes (502 ``upstream_unavailable``). The answer is
+    the server record plus ``projection_version`` and ``diff``: the newly pinned tools
+    against the ones they replace (:func:`~gateway.controlplane.discovery.tool_diff`;
+    every tool is ``added`` on a first approval).
 
     A ``stdio`` server runs its command on every data plane, so its approval needs the
     body ``{"trust_stdio": true}``: the reviewer confirms the command is trusted and
@@ -169,11 +172,7 @@ async def approve_server(request: Request) -> Response:
     tenant, env = d.config.tenant, d.config.environment
     options = await _approval_options(request)
     name = _validate_name(request.path_params["name"])
-    async with d.pool.acquire() as conn:
-        current = await db_servers.get_server(conn, tenant, env, name)
-        launch = None
-        if current["transport"] == "stdio":
-            launch = StdioLaunch.from_record(await db_servers.get_launch(conn, tenant, env, name))
+    current, launch = await _current_and_launch(request, name)
     trusted = options.get("trust_stdio") is True
     if launch is not None and not trusted:
         raise RequestRejected(
@@ -182,13 +181,7 @@ async def approve_server(request: Request) -> Response:
         )
     if launch is None and "trust_stdio" in options:
         raise RequestRejected("trust_stdio applies to stdio servers only")
-    found = await discover_server(
-        current["url"],
-        timeout=d.config.control_plane.discovery_timeout,
-        transport=current["transport"],
-        name=name,
-        launch=launch,
-    )
+    found = await _discover(request, current, launch)
     record, stored = await mutate_and_compile(
         d.pool,
         d.config,
@@ -205,7 +198,47 @@ async def approve_server(request: Request) -> Response:
         ),
     )
     record["projection_version"] = stored.version
+    record["diff"] = tool_diff(current["tools"] if current["status"] == "approved" else [], found.tools)
     return JSONResponse(record)
+
+
+async def get_server_drift(request: Request) -> Response:
+    """``GET /v1/servers/{name}/drift``: a dry run of re-approval. Discovers the upstream's
+    tools now (a ``stdio`` server's command runs briefly, as at approval) and answers
+    ``{"name", "diff": {"added", "removed", "changed": [{"name", "fields"}]}}`` against the
+    pinned tools (:func:`~gateway.controlplane.discovery.tool_diff`); nothing is pinned or
+    compiled. 502/504 when the upstream cannot be listed, as for approval; 400 for a
+    ``stdio`` server not yet approved with ``trust_stdio`` (its command is never run before).
+    """
+    name = _validate_name(request.path_params["name"])
+    current, launch = await _current_and_launch(request, name)
+    if launch is not None and not current["trusted"]:
+        raise RequestRejected("a stdio server's command runs only once it is approved with trust_stdio")
+    found = await _discover(request, current, launch)
+    pinned = current["tools"] if current["status"] == "approved" else []
+    return JSONResponse({"name": current["name"], "diff": tool_diff(pinned, found.tools)})
+
+
+async def _current_and_launch(request: Request, name: str) -> tuple[dict[str, Any], StdioLaunch | None]:
+    """The server record (404 when unknown) and, for ``stdio``, its launch."""
+    d = deps(request)
+    tenant, env = d.config.tenant, d.config.environment
+    async with d.pool.acquire() as conn:
+        current = await db_servers.get_server(conn, tenant, env, name)
+        launch = None
+        if current["transport"] == "stdio":
+            launch = StdioLaunch.from_record(await db_servers.get_launch(conn, tenant, env, name))
+    return current, launch
+
+
+async def _discover(request: Request, current: dict[str, Any], launch: StdioLaunch | None) -> Discovery:
+    return await discover_server(
+        current["url"],
+        timeout=deps(request).config.control_plane.discovery_timeout,
+        transport=current["transport"],
+        name=current["name"],
+        launch=launch,
+    )
 
 
 async def _approval_options(request: Request) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from starlette.routing import Route
 from gateway.config import Config
 from gateway.dataplane.audit import AuditShipper
 from gateway.dataplane.auth import JwtVerifier
+from gateway.dataplane.drift import DriftWatch
 from gateway.dataplane.endpoint import healthz, mcp_endpoint, protected_resource_metadata, readyz
 from gateway.dataplane.features import FeatureGovernor
 from gateway.dataplane.hostcheck import HostOriginGuard
@@ -73,6 +74,12 @@ async def dataplane_resources(config: Config) -> AsyncIterator[dict[str, object]
     ):
         upstreams = UpstreamPool(hot, timeout=config.data_plane.upstream_timeout)
         sync = ProjectionSync(config, cp_http, upstreams)
+        drift = DriftWatch(
+            lambda: sync.current,
+            upstreams,
+            interval=config.data_plane.drift_interval,
+            timeout=config.data_plane.upstream_timeout,
+        )
         audit = AuditShipper(config, cp_http)
         opa_health = OpaHealth(config.opa.url)
         sidecar = OpaSidecar(config, on_start=sync.opa_started) if config.opa.manage else None
@@ -83,6 +90,7 @@ async def dataplane_resources(config: Config) -> AsyncIterator[dict[str, object]
         if sidecar is not None:
             tg.start_soon(sidecar.run)
         tg.start_soon(sync.run)
+        tg.start_soon(drift.run)  # re-lists each server's tools every drift_interval (off the hot path)
         tg.start_soon(audit.run)
         try:
             yield {
@@ -90,7 +98,7 @@ async def dataplane_resources(config: Config) -> AsyncIterator[dict[str, object]
                 "dp_verifier": JwtVerifier(config.jwt, cp_http),
                 "dp_sync": sync,
                 "dp_audit": audit,
-                "dp_governor": FeatureGovernor(config, engine, upstreams, audit),
+                "dp_governor": FeatureGovernor(config, engine, upstreams, audit, drift=drift),
                 "dp_sessions": SessionStore(
                     idle_timeout=config.data_plane.session_idle_timeout, max_sessions=config.data_plane.max_sessions
                 ),

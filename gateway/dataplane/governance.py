@@ -6,8 +6,11 @@ Order for ``tools/call`` (each step fails closed and nothing after it runs):
    limits (``arguments_too_deep``/``arguments_too_large``), a key other than
    :data:`CALL_PARAMS` (``unexpected_param``), a name that is not a string or
    arguments that are not an object (``bad_request``);
-1. resolve the tool in the active projection (unknown -> JSON-RPC ``-32602``);
-2. validate arguments against the approved ``inputSchema`` (invalid -> a tool
+1. resolve the tool in the active projection (unknown -> JSON-RPC ``-32602``); a
+   drifted tool (its upstream definition changed since approval) -> ``-32602``
+   ``tool_drifted``;
+2. validate arguments against the approved ``inputSchema``, closed to argument keys
+   it does not declare (:func:`~gateway.dataplane.projection.closed_schema`) (invalid -> a tool
    result with ``isError: true`` naming the failing field, MCP 2025-11-25
    SEP-1303; OPA is not asked, the upstream never sees it);
 3. ask OPA (deny, undefined, malformed or unreachable -> JSON-RPC error
@@ -41,6 +44,7 @@ from referencing.exceptions import Unresolvable
 
 from gateway.config import Config
 from gateway.dataplane.audit import AuditShipper
+from gateway.dataplane.drift import DriftWatch
 from gateway.dataplane.namespacing import namespace_content
 from gateway.dataplane.projection import ActiveProjection, ToolEntry
 from gateway.errors import (
@@ -68,13 +72,15 @@ from gateway.policy.decision import Decision, ListDecision
 from gateway.policy.input import Candidate, Subject, build_discovery_input, build_input
 from gateway.policy.opa import PolicyEngine
 
-__all__ = ["CALL_PARAMS", "STALE_WAIT", "UPSTREAM_FAILED", "CallContext", "Governor", "is_stale"]
+__all__ = ["CALL_PARAMS", "STALE_WAIT", "TOOL_DRIFTED", "UPSTREAM_FAILED", "CallContext", "Governor", "is_stale"]
 
 log = logging.getLogger("gateway.pep")
 
 UPSTREAM_FAILED = -32004
 """Implementation-defined JSON-RPC code: the upstream failed (``data.category``)."""
 
+TOOL_DRIFTED = "tool_drifted"
+"""``data.category`` of the ``-32602`` refusing a call to a drifted tool (:mod:`gateway.dataplane.drift`)."""
 
 CALL_PARAMS = frozenset({"name", "arguments", "_meta"})
 """The ``tools/call`` ``params`` keys a client may send. ``_meta`` is consumed (never
@@ -151,13 +157,26 @@ class Governor:
         engine: The PDP (OPA sidecar).
         upstreams: Pooled upstream sessions.
         audit: The audit shipper.
+        drift: The drift verdicts (:mod:`gateway.dataplane.drift`); None: no tool is ever drifted.
     """
 
-    def __init__(self, config: Config, engine: PolicyEngine, upstreams: UpstreamPool, audit: AuditShipper) -> None:
+    def __init__(
+        self,
+        config: Config,
+        engine: PolicyEngine,
+        upstreams: UpstreamPool,
+        audit: AuditShipper,
+        *,
+        drift: DriftWatch | None = None,
+    ) -> None:
         self._config = config
         self._engine = engine
         self._upstreams = upstreams
         self._audit = audit
+        self._drift = drift
+
+    def _drifted(self, entry: ToolEntry) -> bool:
+        return self._drift is not None and self._drift.is_drifted(entry)
 
     def _event(
         self,
@@ -231,6 +250,8 @@ class Governor:
             items = sorted(srv.tools.items()) if srv else []
         out = []
         for key, entry in items:
+            if self._drifted(entry):  # hidden until re-approved
+                continue
             transport = projection.servers[entry.server].transport
             out.append((Candidate(key, entry.server, transport, entry.name, entry.annotations), entry))
         return out
@@ -405,6 +426,9 @@ class Governor:
             return self._reject(projection, ctx, trace, msg_id, "unknown_tool", f"Unknown tool: {name}")
         server = projection.servers[entry.server]
         trace.server, trace.tool = entry.server, entry.name
+        if self._drifted(entry):
+            message = f"Tool {name!r} changed upstream since it was approved; refused until it is re-approved"
+            return self._reject(projection, ctx, trace, msg_id, TOOL_DRIFTED, message)
 
         try:
             error = best_match(entry.validator.iter_errors(arguments))

@@ -11,7 +11,6 @@ definition hash and reused across projections.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from referencing import Registry, Resource
 from referencing.exceptions import NoSuchResource
 
 from gateway.config import Config
+from gateway.mcp.pinning import definition_sha256
 from gateway.mcp.stdio import StdioLaunch
 from gateway.mcp.upstream import UpstreamAddress, UpstreamPool
 
@@ -146,16 +146,41 @@ def _external_refs(schema: Any) -> list[str]:
     return found
 
 
+_OPEN_KEYWORDS = frozenset(
+    {"additionalProperties", "patternProperties", "unevaluatedProperties", "propertyNames"}
+    | {"allOf", "anyOf", "oneOf", "not", "if", "then", "else", "$ref", "$dynamicRef", "dependentSchemas"}
+)
+"""Top-level keywords that make an ``inputSchema`` decide on extra keys itself (see :func:`closed_schema`)."""
+
+
+def closed_schema(schema: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The schema the gateway validates arguments with: the argument rule.
+
+    A pinned ``inputSchema`` that is a plain object schema (none of :data:`_OPEN_KEYWORDS`
+    at its top level) is validated as if it said ``"additionalProperties": false``: an
+    argument key not named in ``properties`` is refused. JSON Schema's default
+    (``additionalProperties`` absent = any extra key allowed) would let an upstream that
+    changed a tool after approval receive arguments the reviewer never saw. A schema that
+    says ``additionalProperties`` (``true`` or a schema), or decides extra keys through
+    ``patternProperties``, ``unevaluatedProperties``, ``propertyNames``, composition
+    (``allOf``/``anyOf``/``oneOf``/``not``/``if``) or ``$ref``, is applied exactly as pinned.
+    Nested object schemas are applied as pinned. The listed ``inputSchema`` is never rewritten.
+    """
+    if _OPEN_KEYWORDS & schema.keys():
+        return schema
+    return {**schema, "additionalProperties": False}
+
+
 def _validator(schema: Any) -> Any:
-    if schema is None:
-        schema = {"type": "object"}
-    elif not isinstance(schema, Mapping):  # e.g. `false` must not become a permissive schema
+    if schema is None:  # nothing pinned (a record from before inputSchema was required): any object
+        return jsonschema.Draft202012Validator({"type": "object"}, registry=_NO_REMOTE_REFS)
+    if not isinstance(schema, Mapping):  # e.g. `false` must not become a permissive schema
         raise SchemaError("inputSchema must be a JSON object")
     if refs := _external_refs(schema):
         raise SchemaError(f"inputSchema references external schemas {refs[:3]}; they are never fetched")
     cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
     cls.check_schema(schema)
-    return cls(schema, format_checker=cls.FORMAT_CHECKER, registry=_NO_REMOTE_REFS)
+    return cls(closed_schema(schema), format_checker=cls.FORMAT_CHECKER, registry=_NO_REMOTE_REFS)
 
 
 def compile_projection(table: Mapping[str, Any], cache: dict[str, Any] | None = None) -> ActiveProjection:
@@ -179,6 +204,9 @@ def compile_projection(table: Mapping[str, Any], cache: dict[str, Any] | None = 
     aggregated: dict[str, ToolEntry] = {}
     aggregated_prompts: dict[str, PromptEntry] = {}
     for srv in table.get("servers", []):
+        if srv["name"] in servers:  # a malformed table: the first record of a name wins
+            log.error("server %s is listed twice; the second record is not served", srv["name"])
+            continue
         launch: StdioLaunch | None = None
         url = srv.get("url")
         if srv["transport"] == "stdio":
@@ -192,7 +220,7 @@ def compile_projection(table: Mapping[str, Any], cache: dict[str, Any] | None = 
             url = launch.address()
         tools: dict[str, ToolEntry] = {}
         for wire in srv.get("tools", []):
-            digest = wire.get("sha256") or hashlib.sha256(orjson.dumps(wire, option=orjson.OPT_SORT_KEYS)).hexdigest()
+            digest = wire.get("sha256") or definition_sha256(wire)  # the pin the drift check compares
             wire = {k: v for k, v in wire.items() if k != "sha256"}
             try:
                 validator = cache.get(digest) or _validator(wire.get("inputSchema"))
@@ -206,8 +234,12 @@ def compile_projection(table: Mapping[str, Any], cache: dict[str, Any] | None = 
                 continue
             cache[digest] = validator
             entry = ToolEntry(srv["name"], wire["name"], wire, wire.get("annotations") or {}, validator, digest)
+            key = f"{srv['name']}{SEPARATOR}{entry.name}"
+            if key in aggregated:  # server names hold no "__" and end alphanumeric, so only a malformed table
+                log.error("aggregated tool name %s is taken by server %s; not served", key, aggregated[key].server)
+                continue
             tools[entry.name] = entry
-            aggregated[f"{srv['name']}{SEPARATOR}{entry.name}"] = entry
+            aggregated[key] = entry
         prompts = _prompts(srv)
         for prompt in prompts.values():
             aggregated_prompts[f"{srv['name']}{SEPARATOR}{prompt.name}"] = prompt
@@ -228,7 +260,7 @@ def _prompts(srv: Mapping[str, Any]) -> dict[str, PromptEntry]:
     """The server's pinned prompts by name; a prompt whose ``arguments`` are malformed is left out (logged)."""
     out: dict[str, PromptEntry] = {}
     for wire in srv.get("prompts") or []:
-        digest = wire.get("sha256") or hashlib.sha256(orjson.dumps(wire, option=orjson.OPT_SORT_KEYS)).hexdigest()
+        digest = wire.get("sha256") or definition_sha256(wire)
         wire = {k: v for k, v in wire.items() if k != "sha256"}
         declared = wire.get("arguments") or []
         if not isinstance(declared, list) or not all(
