@@ -24,13 +24,12 @@ from gateway.dataplane.namespacing import namespace_uri, split_uri
 from gateway.dataplane.projection import SEPARATOR, ActiveProjection, ServerEntry
 from gateway.errors import (
     GatewayError,
-    PolicyDenied,
     RequestRejected,
     UnexpectedParam,
     UpstreamError,
     UpstreamProtocolError,
 )
-from gateway.mcp.messages import POLICY_DENIED, error_response, result_response
+from gateway.mcp.messages import error_response, result_response
 from gateway.policy.input import Candidate, build_discovery_input, build_input
 
 __all__ = ["MAX_NAME", "FeatureSteps", "servers_offering"]
@@ -95,32 +94,6 @@ class FeatureSteps(Governor):
             names = ", ".join(sorted(accepted))
             message = f"Unsupported {trace.action} params key {key!r} (accepted: {names})"
             return self._reject(projection, ctx, trace, msg_id, UnexpectedParam.category, message)
-        return None
-
-    async def _decide(
-        self,
-        projection: ActiveProjection,
-        ctx: CallContext,
-        trace: _Trace,
-        msg_id: str | int | None,
-        doc: dict[str, Any],
-    ) -> dict[str, Any] | None:
-        """Ask OPA; on anything but allow, audit ``denied`` and return the ``-32003`` response."""
-        try:
-            decision = await self._current(projection, lambda: self._engine.decide(doc))
-            if not decision.allow:
-                raise PolicyDenied("denied by policy", reasons=list(decision.reasons))
-        except GatewayError as exc:
-            reasons = [exc.category]
-            if isinstance(exc, PolicyDenied):
-                trace.decision_id = decision.decision_id
-                reasons, trace.revision = exc.reasons, decision.revision
-            self._emit(projection, ctx, trace, status="denied", error_category=exc.category, reasons=reasons)
-            message = "Denied by policy" if isinstance(exc, PolicyDenied) else "Policy decision unavailable"
-            data = {"category": exc.category, "reasons": reasons, "decision_id": trace.decision_id}
-            return error_response(msg_id, POLICY_DENIED, message, data)
-        trace.decision_id = decision.decision_id or str(uuid.uuid4())
-        trace.allowed, trace.reasons, trace.revision = True, list(decision.reasons), decision.revision
         return None
 
     def _input(

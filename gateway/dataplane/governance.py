@@ -380,6 +380,32 @@ class Governor:
         )
         trace.audited = True
 
+    async def _decide(
+        self,
+        projection: ActiveProjection,
+        ctx: CallContext,
+        trace: _Trace,
+        msg_id: str | int | None,
+        doc: dict[str, Any],
+    ) -> dict[str, Any] | None:
+        """Ask OPA; on anything but allow, audit ``denied`` and return the ``-32003`` response."""
+        try:
+            decision = await self._current(projection, lambda: self._engine.decide(doc))
+            if not decision.allow:
+                raise PolicyDenied("denied by policy", reasons=list(decision.reasons))
+        except GatewayError as exc:
+            reasons = [exc.category]
+            if isinstance(exc, PolicyDenied):
+                trace.decision_id = decision.decision_id
+                reasons, trace.revision = exc.reasons, decision.revision
+            self._emit(projection, ctx, trace, status="denied", error_category=exc.category, reasons=reasons)
+            message = "Denied by policy" if isinstance(exc, PolicyDenied) else "Policy decision unavailable"
+            data = {"category": exc.category, "reasons": reasons, "decision_id": trace.decision_id}
+            return error_response(msg_id, POLICY_DENIED, message, data)
+        trace.decision_id = decision.decision_id or str(uuid.uuid4())
+        trace.allowed, trace.reasons, trace.revision = True, list(decision.reasons), decision.revision
+        return None
+
     def _reject(
         self,
         projection: ActiveProjection,
@@ -458,22 +484,9 @@ class Governor:
             protocol_version=ctx.protocol_version,
             projection_version=projection.version,
         )
-        try:
-            decision = await self._current(projection, lambda: self._engine.decide(doc))
-            if not decision.allow:
-                raise PolicyDenied("denied by policy", reasons=list(decision.reasons))
-        except GatewayError as exc:
-            reasons = [exc.category]
-            if isinstance(exc, PolicyDenied):
-                trace.decision_id = decision.decision_id
-                reasons, trace.revision = exc.reasons, decision.revision
-            self._emit(projection, ctx, trace, status="denied", error_category=exc.category, reasons=reasons)
-            message = "Denied by policy" if isinstance(exc, PolicyDenied) else "Policy decision unavailable"
-            data = {"category": exc.category, "reasons": reasons, "decision_id": trace.decision_id}
-            return error_response(msg_id, POLICY_DENIED, message, data)
-
-        trace.decision_id = decision.decision_id or str(uuid.uuid4())
-        trace.allowed, trace.reasons, trace.revision = True, list(decision.reasons), decision.revision
+        denied = await self._decide(projection, ctx, trace, msg_id, doc)
+        if denied is not None:
+            return denied
         upstream = self._upstreams.get(server.name, server.transport, server.url)
         try:
             reply = await upstream.request("tools/call", {"name": entry.name, "arguments": arguments})
