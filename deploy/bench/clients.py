@@ -22,6 +22,7 @@ import httpcore
 import orjson
 
 from gateway.config import PROJECT_ROOT
+from gateway.devtools.stack import free_port
 from gateway.httpclient import create_http_client
 
 INPUT = {
@@ -31,12 +32,6 @@ INPUT = {
         "tool": {"name": "echo", "annotations": {"readOnlyHint": True}},
     }
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _wait(port: int) -> None:
@@ -97,7 +92,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     opa = os.environ.get("OPA_BIN") or str(PROJECT_ROOT / ".tools" / "bin" / "opa")
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [opa, "run", "--server", "--addr", f"127.0.0.1:{port}", "--disable-telemetry", str(PROJECT_ROOT / "policies")],
         stdout=subprocess.DEVNULL,

@@ -46,11 +46,44 @@ __all__ = [
 ]
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+_LISTEN_PORTS = range(20000, 32000)
+"""Where :func:`free_port` looks: below Linux's default ephemeral range (32768-60999)."""
+_handed_out: set[int] = set()
+
+
+def _ephemeral_range() -> range:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return range(int(low), int(high) + 1)
+    except (OSError, ValueError):  # pragma: no cover - not Linux
+        return range(32768, 61000)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on ``host`` that was free a moment ago, outside the ephemeral range.
+
+    A port the kernel picks for ``bind(0)`` comes from the ephemeral range, which every
+    outgoing connection (PostgreSQL pools, long polls) also draws its local port from: a
+    server started on it a moment later can find it taken and never bind (OPA restarting
+    forever on a busy machine). Ports are therefore drawn from 20000-31999, skipping any
+    inside the configured ephemeral range and any already handed out by this process.
+
+    Raises:
+        OSError: when no port in the range can be bound.
+    """
+    ephemeral = _ephemeral_range()
+    rng = secrets.SystemRandom()
+    candidates = [p for p in _LISTEN_PORTS if p not in ephemeral and p not in _handed_out]
+    rng.shuffle(candidates)
+    for port in candidates[:200]:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise OSError(f"no free TCP port on {host} in {_LISTEN_PORTS.start}-{_LISTEN_PORTS.stop - 1}")
 
 
 def with_database(url: str, dbname: str) -> str:
