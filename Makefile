@@ -24,7 +24,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # .run/database_url). Recipes needing it prefix their command with $(WITH_DB).
 WITH_DB = DATABASE_URL="$$(cat $(RUN)/database_url)"
 
-.PHONY: help venv tools opa postgres test test-unit rego-check lint fmt demo bench fuzz soak clean
+.PHONY: help venv tools opa postgres test test-unit rego-check lint fmt demo bench fuzz soak conformance clean
 
 help: ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -80,6 +80,12 @@ bench: venv opa postgres ## run the benchmark
 # `postgres` only ensures the server binaries are installed: the soak runs a cluster of its own.
 soak: venv opa postgres ## deploy/reliability/soak.py: traffic + faults for SOAK_SECONDS (600), audit accounting -> docs/reliability.md
 	$(VENV)/bin/python deploy/reliability/soak.py --seconds $(SOAK_SECONDS)
+
+# Node 22 + @modelcontextprotocol/conformance are pinned by deploy/conformance/package-lock.json
+# and installed (npm ci, once) into .tools/conformance; the runner starts its own stack.
+conformance: venv opa postgres ## MCP conformance suite, direct vs through the gateway -> docs/conformance.md
+	bash deploy/conformance/ensure-tools.sh
+	$(WITH_DB) $(VENV)/bin/python deploy/conformance/run.py
 
 clean: ## remove run artefacts (.run/)
 	rm -rf $(RUN)

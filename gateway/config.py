@@ -130,6 +130,12 @@ class DataPlaneConfig:
     ``dp-<hostname>-<data port>``."""
     max_body: int = 4 * MIB
     upstream_timeout: float = 30 * SECONDS
+    """Seconds an upstream exchange may stay idle: no answer and no message about it
+    (progress, a log message, a request of the client) for that long is ``upstream_timeout``."""
+    upstream_max_duration: float = 600 * SECONDS
+    """Seconds an upstream exchange may take at most, however much progress it reports."""
+    upstream_sessions: int = 1000
+    """Most per-caller upstream sessions a data plane keeps open (least recently used closed first)."""
     drift_interval: float = 60 * SECONDS
     """Seconds between re-lists of each approved server's tools to detect drift from the
     pinned definitions (:mod:`gateway.dataplane.drift`); ``0`` turns the check off."""
@@ -376,6 +382,8 @@ ENV_KEYS: dict[str, str] = {
     "GATEWAY_PUBLIC_URL": "data_plane.public_url",
     "GATEWAY_DATAPLANE_ID": "data_plane.id",
     "GATEWAY_UPSTREAM_TIMEOUT": "data_plane.upstream_timeout",
+    "GATEWAY_UPSTREAM_MAX_DURATION": "data_plane.upstream_max_duration",
+    "GATEWAY_UPSTREAM_SESSIONS": "data_plane.upstream_sessions",
     "GATEWAY_DRIFT_INTERVAL": "data_plane.drift_interval",
     "GATEWAY_HTTP_CLIENT": "data_plane.http_client",
     "GATEWAY_ALLOWED_HOSTS": "data_plane.allowed_hosts",

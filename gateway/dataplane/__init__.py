@@ -72,7 +72,14 @@ async def dataplane_resources(config: Config) -> AsyncIterator[dict[str, object]
         httpx.AsyncClient(limits=limits) as cp_http,
         anyio.create_task_group() as tg,
     ):
-        upstreams = UpstreamPool(hot, timeout=config.data_plane.upstream_timeout)
+        dp = config.data_plane
+        upstreams = UpstreamPool(
+            hot,
+            timeout=dp.upstream_timeout,
+            max_duration=dp.upstream_max_duration,
+            max_caller_sessions=dp.upstream_sessions,
+            caller_idle=dp.session_idle_timeout,
+        )
         sync = ProjectionSync(config, cp_http, upstreams)
         drift = DriftWatch(
             lambda: sync.current,

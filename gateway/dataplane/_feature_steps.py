@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from gateway.dataplane.governance import (
+    MRTR_PARAMS,
     UPSTREAM_FAILED,
     CallContext,
     Governor,
@@ -29,7 +30,7 @@ from gateway.errors import (
     UpstreamError,
     UpstreamProtocolError,
 )
-from gateway.mcp.messages import error_response, result_response
+from gateway.mcp.messages import MODERN_VERSIONS, error_response, result_response
 from gateway.policy.input import Candidate, build_discovery_input, build_input
 
 __all__ = ["MAX_NAME", "FeatureSteps", "servers_offering"]
@@ -37,8 +38,8 @@ __all__ = ["MAX_NAME", "FeatureSteps", "servers_offering"]
 log = logging.getLogger("gateway.pep")
 
 _PARAMS = {
-    "resources/read": frozenset({"uri", "_meta"}),
-    "prompts/get": frozenset({"name", "arguments", "_meta"}),
+    "resources/read": frozenset({"uri", "_meta", *MRTR_PARAMS}),
+    "prompts/get": frozenset({"name", "arguments", "_meta", *MRTR_PARAMS}),
     "completion/complete": frozenset({"ref", "argument", "context", "_meta"}),
     "logging/setLevel": frozenset({"level", "_meta"}),
 }
@@ -88,6 +89,8 @@ class FeatureSteps(Governor):
         if rejection is not None:
             return self._reject(projection, ctx, trace, msg_id, rejection.category, "Invalid params")
         accepted = _PARAMS[trace.action]
+        if ctx.protocol_version not in MODERN_VERSIONS:  # MRTR retries are a 2026-07-28 client's
+            accepted = accepted - set(MRTR_PARAMS)
         unexpected = [key for key in params if key not in accepted]
         if unexpected:
             key = min(unexpected)[:64]
@@ -112,14 +115,23 @@ class FeatureSteps(Governor):
             **kw,
         )
 
-    async def _exchange(self, server: ServerEntry, method: str, params: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-        """One upstream request: ``(result object or JSON-RPC error object, is_error)``.
+    async def _exchange(
+        self,
+        projection: ActiveProjection,
+        ctx: CallContext,
+        server: ServerEntry,
+        method: str,
+        params: dict[str, Any],
+    ) -> tuple[dict[str, Any], bool]:
+        """One upstream request on the caller's session: ``(result object or JSON-RPC error object, is_error)``.
+
+        What the upstream sends meanwhile is relayed to the caller (:meth:`Governor.relay`).
 
         Raises:
             UpstreamError: Transport failure, or an answer that is neither.
         """
-        upstream = self._upstreams.get(server.name, server.transport, server.url)
-        reply = await upstream.request(method, params)
+        upstream = self._upstreams.get(server.name, server.transport, server.url, ctx.caller)
+        reply = await self.relay(upstream, method, params, self.channel(projection, ctx, server.name), ctx)
         result, error_obj = reply.get("result"), reply.get("error")
         if isinstance(result, dict):
             return result, False
@@ -139,7 +151,7 @@ class FeatureSteps(Governor):
     ) -> dict[str, Any]:
         """Forward an allowed request, audit its outcome, return the response message to relay."""
         try:
-            payload, is_error = await self._exchange(server, method, params)
+            payload, is_error = await self._exchange(projection, ctx, server, method, params)
             try:
                 result_hash = _relay_sha256(payload)
             except TypeError as exc:  # orjson.JSONEncodeError: nested deeper than it can encode

@@ -65,6 +65,13 @@ class DriftWatch:
         self._interval = interval
         self._timeout = timeout
         self._drifted: dict[_Key, str] = {}  # -> "changed" | "removed"
+        self._poked = anyio.Event()
+
+    def request_check(self, server: str) -> None:
+        """Check now rather than at the next interval: ``server`` announced
+        ``notifications/tools/list_changed`` (MCP 2025-11-25 ``server/tools``)."""
+        log.info("upstream %s announced a changed tool list: drift check now", server)
+        self._poked.set()
 
     def is_drifted(self, entry: ToolEntry) -> bool:
         """True when the upstream's live definition of ``entry`` differs from its pin (or is gone)."""
@@ -78,11 +85,14 @@ class DriftWatch:
         )
 
     async def run(self) -> None:
-        """Check every ``interval`` seconds until cancelled (returns at once when disabled)."""
+        """Check every ``interval`` seconds, and at once on :meth:`request_check`, until
+        cancelled (returns at once when disabled)."""
         if self._interval <= 0:
             return
         while True:
-            await anyio.sleep(self._interval)
+            with anyio.move_on_after(self._interval):
+                await self._poked.wait()
+            self._poked = anyio.Event()
             projection = self._current()
             if projection is not None:
                 await self.check(projection)

@@ -35,6 +35,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import anyio
 import orjson
 from mcp.shared.inbound import (
     ERROR_CODE_HTTP_STATUS,
@@ -54,9 +55,10 @@ from gateway.dataplane.feature_routing import (
     advertised_capabilities,
     serve_feature,
 )
-from gateway.dataplane.features import cache_ttl_ms
+from gateway.dataplane.features import FeatureGovernor, cache_ttl_ms
 from gateway.dataplane.governance import CallContext
-from gateway.dataplane.sessions import SessionLimitReached
+from gateway.dataplane.relay import Outbox, RelayResponse
+from gateway.dataplane.sessions import Session, SessionLimitReached
 from gateway.errors import AuthenticationFailed, GatewayError, ProjectionUnavailable, RequestRejected
 from gateway.mcp.messages import (
     HANDSHAKE_VERSIONS,
@@ -80,6 +82,9 @@ _JSON = "application/json"
 _GOVERNED = frozenset({"tools/call", *CAPABILITY_OF})
 """Methods whose params-limit rejection the governor audits (the others answer it directly)."""
 _LISTS = frozenset({"resources/list", "resources/templates/list", "prompts/list"})
+_STREAMABLE = frozenset({"tools/call", "resources/read", "prompts/get", "completion/complete"})
+"""Requests during which an upstream may send progress, log messages or requests of its own:
+answered by :class:`~gateway.dataplane.relay.RelayResponse`."""
 
 
 def _json(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -281,26 +286,53 @@ async def _modern(request: Request, msg: Any, subject: Subject, server: str | No
             "_meta": meta,
         }
         return _json(result_response(msg.id, result))
-    ctx = CallContext(subject, None, route.protocol_version, server)
+    declared = msg.params.get("_meta", {}).get("io.modelcontextprotocol/clientCapabilities")
+    capabilities = declared if isinstance(declared, dict) else {}
+    if msg.method in _STREAMABLE:
+        # Progress and log messages may ride this request's stream; requests never do (MRTR).
+        outbox = Outbox(None)
+        ctx = CallContext(subject, None, route.protocol_version, server, outbox, capabilities, can_ask=False)
+        return await _streamable_modern(request, msg, ctx, outbox, meta)
+    ctx = CallContext(subject, None, route.protocol_version, server, client_capabilities=capabilities)
     if msg.method == "tools/list":
         tools = await request.state.dp_governor.list_tools(_current(request), ctx)
         result = {"tools": tools, "resultType": "complete", "ttlMs": 0, "cacheScope": "private", "_meta": meta}
         return _json(result_response(msg.id, result))
-    if msg.method == "tools/call":
-        mismatch = _param_header_mismatch(request, server, msg.params)
-        if mismatch is not None:
-            return _json(error_response(msg.id, mismatch.code, mismatch.message), ERROR_CODE_HTTP_STATUS[mismatch.code])
-        governor = request.state.dp_governor
-        reply = await governor.call_tool(_current(request), ctx, msg.id, msg.params, rejection=msg.rejection)
-        result = reply.get("result")
-        if isinstance(result, dict):
-            result.setdefault("resultType", "complete")
-        return _json(reply, _modern_status(reply))
     if msg.method in CAPABILITY_OF:
         feature = await serve_feature(request.state.dp_governor, _current(request), msg, ctx, handshake=False)
         if feature is not None:
             return _modern_feature(msg.method, feature, meta)
     return _json(error_response(msg.id, METHOD_NOT_FOUND, f"Method not found: {msg.method}"), 404)
+
+
+async def _streamable_modern(
+    request: Request, msg: Any, ctx: CallContext, outbox: Outbox, meta: dict[str, Any]
+) -> Response:
+    """A 2026-07-28 request whose upstream may send progress or log messages before its response."""
+    server = ctx.server
+    if msg.method == "tools/call":
+        mismatch = _param_header_mismatch(request, server, msg.params)
+        if mismatch is not None:
+            return _json(error_response(msg.id, mismatch.code, mismatch.message), ERROR_CODE_HTTP_STATUS[mismatch.code])
+    elif CAPABILITY_OF[msg.method] not in advertised_capabilities(
+        request.state.dp_sync.current, server, handshake=False
+    ):
+        return _json(error_response(msg.id, METHOD_NOT_FOUND, f"Method not found: {msg.method}"), 404)
+    governor: FeatureGovernor = request.state.dp_governor
+    projection = _current(request)
+
+    async def work() -> dict[str, Any]:
+        if msg.method == "tools/call":
+            reply = await governor.call_tool(projection, ctx, msg.id, msg.params, rejection=msg.rejection)
+            result = reply.get("result")
+            if isinstance(result, dict):
+                result.setdefault("resultType", "complete")
+            return reply
+        feature = await serve_feature(governor, projection, msg, ctx, handshake=False)
+        assert feature is not None  # every _STREAMABLE method but tools/call is a feature
+        return _modern_feature_reply(msg.method, feature, meta)
+
+    return RelayResponse(outbox, work, status=_modern_status, request_id=msg.id)
 
 
 def _param_header_mismatch(
@@ -327,6 +359,12 @@ def _param_header_mismatch(
 
 
 def _modern_feature(method: str, reply: dict[str, Any], meta: dict[str, Any]) -> Response:
+    """:func:`_modern_feature_reply` as a response with :func:`_modern_status`."""
+    reply = _modern_feature_reply(method, reply, meta)
+    return _json(reply, _modern_status(reply))
+
+
+def _modern_feature_reply(method: str, reply: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
     """A 2026-07-28 answer: ``resultType`` on results, and the caching hints.
 
     ``cacheScope`` is always ``"private"`` (what a caller may see is decided per caller,
@@ -335,7 +373,6 @@ def _modern_feature(method: str, reply: dict[str, Any], meta: dict[str, Any]) ->
     smallest ``ttlMs`` of the upstreams asked (0 unless every one gave one and none
     failed); ``resources/read`` keeps the upstream's (0 when it gave none); ``prompts/list``
     (the pinned set) is 0. Source: MCP 2026-07-28 ``server/utilities/caching``.
-    The HTTP status is :func:`_modern_status`'s.
     """
     result = reply.get("result")
     if isinstance(result, dict):
@@ -345,7 +382,7 @@ def _modern_feature(method: str, reply: dict[str, Any], meta: dict[str, Any]) ->
             result["cacheScope"] = "private"
         if method in _LISTS:
             result["_meta"] = meta
-    return _json(reply, _modern_status(reply))
+    return reply
 
 
 def _modern_status(reply: dict[str, Any]) -> int:
@@ -378,8 +415,9 @@ async def _legacy(
             return _rejected_params(msg, 200)
         requested = msg.params.get("protocolVersion")
         version = requested if requested in HANDSHAKE_VERSIONS else HANDSHAKE_VERSIONS[0]
+        declared = msg.params.get("capabilities")
         try:
-            session = sessions.create(owner, version)
+            session = sessions.create(owner, version, declared if isinstance(declared, dict) else {})
         except SessionLimitReached:
             log.warning("session store full: initialize refused")
             return _json(error_response(msg.id, INTERNAL_ERROR, "Too many sessions; retry later"), 503)
@@ -398,13 +436,32 @@ async def _legacy(
     session = sessions.get(session_id, owner)
     if session is None:
         return _json(error_response(msg.id, INVALID_REQUEST, "Session not found"), 404)
-    if msg.kind != "request":
+    if msg.kind == "response":  # the client's answer to a request relayed to it
+        if not session.deliver(msg.raw):
+            log.info("a client response matched no relayed request (late or unknown id); ignored")
         return Response(status_code=202)
-    ctx = CallContext(subject, session.id, session.protocol_version, server)
+    if msg.kind != "request":
+        if msg.method == "notifications/cancelled":
+            _cancel(session, msg.params)
+        return Response(status_code=202)
     if msg.rejection is not None and msg.method not in _GOVERNED:
         return _rejected_params(msg, 200)
     if msg.method == "ping":
         return _json(result_response(msg.id, {}))
+    if msg.method in _STREAMABLE and "text/event-stream" in request.headers.get("accept", ""):
+        outbox = Outbox(session)
+        ctx = CallContext(
+            subject,
+            session.id,
+            session.protocol_version,
+            server,
+            outbox,
+            session.capabilities,
+            can_ask=True,
+            log_level=session.log_level,
+        )
+        return _streamable_legacy(request, msg, ctx, outbox, session)
+    ctx = CallContext(subject, session.id, session.protocol_version, server, client_capabilities=session.capabilities)
     if msg.method == "tools/list":
         tools = await request.state.dp_governor.list_tools(_current(request), ctx)
         return _json(result_response(msg.id, {"tools": tools}))
@@ -414,5 +471,45 @@ async def _legacy(
     if msg.method in CAPABILITY_OF or msg.method in UNSUPPORTED_METHODS:
         feature = await serve_feature(request.state.dp_governor, _current(request), msg, ctx, handshake=True)
         if feature is not None:
+            if msg.method == "logging/setLevel" and "result" in feature:
+                session.log_level = str(msg.params.get("level"))
             return _json(feature)
     return _json(error_response(msg.id, METHOD_NOT_FOUND, f"Method not found: {msg.method}"))
+
+
+def _request_key(request_id: Any) -> str:
+    return orjson.dumps(request_id).decode()
+
+
+def _cancel(session: Session, params: dict[str, Any]) -> None:
+    """``notifications/cancelled``: cancel the session's request ``requestId`` if it still runs.
+
+    The upstream is then told (:mod:`gateway.mcp.upstream`), and the request's audit event
+    says ``cancelled``. Source: MCP 2025-11-25 ``basic/utilities/cancellation``.
+    """
+    scope = session.running.get(_request_key(params.get("requestId")))
+    if scope is not None:
+        log.info("client cancelled a request in progress")
+        scope.cancel()
+
+
+def _streamable_legacy(request: Request, msg: Any, ctx: CallContext, outbox: Outbox, session: Session) -> Response:
+    """A handshake-era request answered as JSON, or as an SSE stream once something is relayed."""
+    governor: FeatureGovernor = request.state.dp_governor
+    projection = _current(request)
+    key = _request_key(msg.id)
+
+    async def work() -> dict[str, Any]:
+        if msg.method == "tools/call":
+            return await governor.call_tool(projection, ctx, msg.id, msg.params, rejection=msg.rejection)
+        feature = await serve_feature(governor, projection, msg, ctx, handshake=True)
+        assert feature is not None  # every _STREAMABLE method but tools/call is a feature
+        return feature
+
+    def started(scope: anyio.CancelScope) -> None:
+        session.running[key] = scope
+
+    def ended() -> None:
+        session.running.pop(key, None)
+
+    return RelayResponse(outbox, work, status=lambda _: 200, request_id=msg.id, on_start=started, on_end=ended)

@@ -83,7 +83,7 @@ async def serve_feature(
     """
     method = str(msg.method)
     if handshake and method in UNSUPPORTED_METHODS:
-        message = f"{method} is not supported by this gateway: it does not relay server-to-client notifications yet"
+        message = f"{method} is not supported by this gateway yet"
         return error_response(msg.id, METHOD_NOT_FOUND, message)
     capability = CAPABILITY_OF.get(method)
     if capability is None or (method == "logging/setLevel" and not handshake):

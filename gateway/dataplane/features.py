@@ -45,7 +45,7 @@ from typing import Any
 import anyio
 
 from gateway.dataplane._feature_steps import MAX_NAME, FeatureSteps, servers_offering
-from gateway.dataplane.governance import UPSTREAM_FAILED, CallContext, _sha256, _Trace
+from gateway.dataplane.governance import UPSTREAM_FAILED, CallContext, _sha256, _Trace, relayed_params
 from gateway.dataplane.namespacing import namespace_contents, namespace_messages
 from gateway.dataplane.projection import ActiveProjection, ServerEntry
 from gateway.errors import RequestRejected, UpstreamError, UpstreamProtocolError
@@ -95,7 +95,9 @@ class FeatureGovernor(FeatureSteps):
 
         async def fetch(server: ServerEntry) -> None:
             try:
-                fetched[server.name], ttls[server.name] = await self._list_live(server, action, member, field)
+                fetched[server.name], ttls[server.name] = await self._list_live(
+                    projection, ctx, server, action, member, field
+                )
             except UpstreamError as exc:
                 log.warning("upstream %s failed to list %s: %s", server.name, member, exc)
                 failures[server.name] = exc.category
@@ -134,7 +136,7 @@ class FeatureGovernor(FeatureSteps):
         return result_response(msg_id, result)
 
     async def _list_live(
-        self, server: ServerEntry, method: str, member: str, field: str
+        self, projection: ActiveProjection, ctx: CallContext, server: ServerEntry, method: str, member: str, field: str
     ) -> tuple[list[dict[str, Any]], int | None]:
         """Every item of one upstream's ``resources/list`` or ``resources/templates/list``.
 
@@ -150,7 +152,7 @@ class FeatureGovernor(FeatureSteps):
         seen: set[str] = set()
         ttls: list[int | None] = []
         for _ in range(MAX_LIST_PAGES):
-            page, is_error = await self._exchange(server, method, {"cursor": cursor} if cursor else {})
+            page, is_error = await self._exchange(projection, ctx, server, method, {"cursor": cursor} if cursor else {})
             if is_error or not isinstance(page.get(member), list):
                 raise UpstreamProtocolError(f"upstream {server.name} answered {method} without a {member} list")
             ttls.append(cache_ttl_ms(page.get("ttlMs")))
@@ -210,7 +212,15 @@ class FeatureGovernor(FeatureSteps):
             denied = await self._decide(projection, ctx, trace, msg_id, doc)
             if denied is not None:
                 return denied
-            reply = await self._forward(projection, ctx, trace, msg_id, server, "resources/read", {"uri": original})
+            reply = await self._forward(
+                projection,
+                ctx,
+                trace,
+                msg_id,
+                server,
+                "resources/read",
+                {"uri": original, **relayed_params(params, ctx)},
+            )
             result = reply.get("result")
             if ctx.server is None and isinstance(result, dict) and "contents" in result:
                 result["contents"] = namespace_contents(result["contents"], server.name)
@@ -288,7 +298,7 @@ class FeatureGovernor(FeatureSteps):
             denied = await self._decide(projection, ctx, trace, msg_id, doc)
             if denied is not None:
                 return denied
-            forwarded = {"name": entry.name, "arguments": arguments}
+            forwarded = {"name": entry.name, "arguments": arguments, **relayed_params(params, ctx)}
             reply = await self._forward(projection, ctx, trace, msg_id, server, "prompts/get", forwarded)
             result = reply.get("result")
             if ctx.server is None and isinstance(result, dict) and "messages" in result:
@@ -431,7 +441,9 @@ class FeatureGovernor(FeatureSteps):
 
             async def send(server: ServerEntry) -> None:
                 try:
-                    payload, is_error = await self._exchange(server, "logging/setLevel", {"level": level})
+                    payload, is_error = await self._exchange(
+                        projection, ctx, server, "logging/setLevel", {"level": level}
+                    )
                 except UpstreamError as exc:
                     log.warning("upstream %s failed on logging/setLevel: %s", server.name, exc)
                     failures[server.name] = exc.category

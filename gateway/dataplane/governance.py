@@ -47,6 +47,7 @@ from gateway.dataplane.audit import AuditShipper
 from gateway.dataplane.drift import DriftWatch
 from gateway.dataplane.namespacing import namespace_content
 from gateway.dataplane.projection import ActiveProjection, ToolEntry
+from gateway.dataplane.relay import GovernedChannel, settle_input_required
 from gateway.errors import (
     ArgumentsTooDeep,
     ArgumentsTooLarge,
@@ -58,21 +59,33 @@ from gateway.errors import (
     UpstreamError,
     UpstreamProtocolError,
 )
+from gateway.mcp.channel import ClientChannel
 from gateway.mcp.messages import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
     MAX_PARAMS_DEPTH,
     MAX_PARAMS_VALUES,
+    MODERN_VERSIONS,
     POLICY_DENIED,
     error_response,
     result_response,
 )
-from gateway.mcp.upstream import UpstreamPool
+from gateway.mcp.upstream import Upstream, UpstreamCaller, UpstreamPool, caller_capabilities
 from gateway.policy.decision import Decision, ListDecision
 from gateway.policy.input import Candidate, Subject, build_discovery_input, build_input
 from gateway.policy.opa import PolicyEngine
 
-__all__ = ["CALL_PARAMS", "STALE_WAIT", "TOOL_DRIFTED", "UPSTREAM_FAILED", "CallContext", "Governor", "is_stale"]
+__all__ = [
+    "CALL_PARAMS",
+    "STALE_WAIT",
+    "TOOL_DRIFTED",
+    "UPSTREAM_FAILED",
+    "CallContext",
+    "Governor",
+    "client_request_arguments",
+    "is_stale",
+    "relayed_params",
+]
 
 log = logging.getLogger("gateway.pep")
 
@@ -82,12 +95,40 @@ UPSTREAM_FAILED = -32004
 TOOL_DRIFTED = "tool_drifted"
 """``data.category`` of the ``-32602`` refusing a call to a drifted tool (:mod:`gateway.dataplane.drift`)."""
 
-CALL_PARAMS = frozenset({"name", "arguments", "_meta"})
-"""The ``tools/call`` ``params`` keys a client may send. ``_meta`` is consumed (never
-forwarded); ``name`` and ``arguments`` are forwarded. Anything else — the
-experimental ``task`` (2025-11-25; the gateway does not advertise ``tasks``), MRTR's
-``inputResponses``/``requestState`` (2026-07-28) or an unknown key — is refused with
+MRTR_PARAMS = ("inputResponses", "requestState")
+"""Params a 2026-07-28 client retries an ``input_required`` request with."""
+
+CALL_PARAMS = frozenset({"name", "arguments", "_meta", *MRTR_PARAMS})
+"""The ``tools/call`` ``params`` keys a client may send. ``name`` and ``arguments`` are
+forwarded; of ``_meta`` only ``progressToken`` is (:func:`relayed_params`); MRTR's
+``inputResponses``/``requestState`` only from a 2026-07-28 client, answering input
+requests that policy allowed. Anything else — the experimental ``task`` (2025-11-25;
+the gateway does not advertise ``tasks``) or an unknown key — is refused with
 ``-32602``: policy never sees it, so it must not reach the upstream either."""
+
+
+RELAYED_META = ("progressToken", "io.modelcontextprotocol/logLevel")
+"""``_meta`` keys forwarded when the client has a response stream: the progress token
+(MCP 2025-11-25 ``basic/utilities/progress``) and the 2026-07-28 per-request log level
+(``server/utilities/logging``); the rest of ``_meta`` stays with the gateway."""
+
+
+def relayed_params(params: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
+    """The params forwarded besides the request's own: the :data:`RELAYED_META` of ``_meta``
+    when the client can receive what they ask for, and a 2026-07-28 client's ``inputResponses`` and
+    ``requestState`` (MCP 2026-07-28 ``basic/patterns/mrtr``; opaque to the gateway)."""
+    out: dict[str, Any] = {}
+    meta = params.get("_meta")
+    if ctx.client is not None and isinstance(meta, dict):
+        kept = {key: meta[key] for key in RELAYED_META if key in meta}
+        if kept:
+            out["_meta"] = kept
+    if ctx.client is not None and ctx.log_level is not None:
+        out.setdefault("_meta", {}).setdefault("io.modelcontextprotocol/logLevel", ctx.log_level)
+    if ctx.protocol_version in MODERN_VERSIONS:
+        out.update((key, params[key]) for key in MRTR_PARAMS if key in params)
+    return out
+
 
 _REJECTION_MESSAGES = {
     ArgumentsTooDeep.category: f"Arguments nest deeper than {MAX_PARAMS_DEPTH} levels",
@@ -132,6 +173,26 @@ def _relay_sha256(value: Any) -> str:
     return hashlib.sha256(memoryview(blob)[5:-1]).hexdigest()
 
 
+_POLICY_ARGUMENTS = {
+    "sampling/createMessage": ("maxTokens", "includeContext"),
+    "elicitation/create": ("mode",),
+    "roots/list": (),
+}
+
+
+def client_request_arguments(method: str, params: dict[str, Any]) -> dict[str, Any]:
+    """What policy sees (``input.arguments``) of an upstream's request of the client.
+
+    ``sampling/createMessage``: ``maxTokens`` and ``includeContext``; ``elicitation/create``:
+    ``mode`` (``"form"`` when absent, MCP 2025-11-25 ``client/elicitation``); ``roots/list``:
+    nothing. Never the messages, the elicitation text or its schema.
+    """
+    kept = {key: params[key] for key in _POLICY_ARGUMENTS.get(method, ()) if key in params}
+    if method == "elicitation/create":
+        kept.setdefault("mode", "form")
+    return kept
+
+
 @dataclass(frozen=True, slots=True)
 class CallContext:
     """Who is asking, on which session and endpoint.
@@ -141,12 +202,31 @@ class CallContext:
         session_id: Legacy ``Mcp-Session-Id`` (None for stateless 2026-07-28 requests).
         protocol_version: The client's negotiated revision.
         server: ``None`` on the aggregated ``/mcp`` endpoint, else the server of ``/mcp/{server}``.
+        client: Where the upstream's messages about this request go (progress, log
+            messages, and its requests of the client): the client's response stream;
+            None when nothing can be relayed.
+        client_capabilities: What the client declared (``initialize`` ``capabilities``, or
+            the 2026-07-28 ``clientCapabilities``): a relayed request needs its capability.
+        can_ask: True when the client can be sent a request mid-call (handshake era);
+            a 2026-07-28 client is asked through ``input_required`` results instead.
+        log_level: The level a handshake-era client set with ``logging/setLevel``: sent to
+            the upstream as the request's ``io.modelcontextprotocol/logLevel``, which a
+            2026-07-28 upstream needs before it sends log messages (and others ignore).
     """
 
     subject: Subject
     session_id: str | None
     protocol_version: str
     server: str | None
+    client: ClientChannel | None = None
+    client_capabilities: dict[str, Any] = field(default_factory=dict)
+    can_ask: bool = False
+    log_level: str | None = None
+
+    @property
+    def caller(self) -> UpstreamCaller:
+        """The key of this caller's own upstream sessions (:class:`~gateway.mcp.upstream.UpstreamPool`)."""
+        return UpstreamCaller(self.subject.issuer, self.subject.sub, caller_capabilities(self.client_capabilities))
 
 
 class Governor:
@@ -406,6 +486,113 @@ class Governor:
         trace.allowed, trace.reasons, trace.revision = True, list(decision.reasons), decision.revision
         return None
 
+    async def govern_client_request(
+        self,
+        projection: ActiveProjection,
+        ctx: CallContext,
+        server: str,
+        tool: ToolEntry | None,
+        method: str,
+        params: dict[str, Any],
+        ask: Callable[[], Awaitable[dict[str, Any]]],
+    ) -> dict[str, Any]:
+        """Decide, relay and audit one request an upstream makes of the caller's client.
+
+        Args:
+            server: The asking upstream.
+            tool: The tool whose ``tools/call`` the request belongs to (``input.tool``), if any.
+            method: ``sampling/createMessage``, ``elicitation/create`` or ``roots/list``.
+            params: The upstream's params; policy sees only :func:`client_request_arguments`
+                of them, the audit event only their hash.
+            ask: Sends the request to the client; returns ``{"result"}`` or ``{"error"}``.
+
+        Returns:
+            What to answer the upstream: the client's ``{"result": ...}`` or ``{"error": ...}``,
+            or ``-32003`` (``data.category``, ``reasons``, ``decision_id``) when policy refused.
+            Exactly one audit event (``action`` = ``method``): ``denied``, ``ok``,
+            ``tool_error`` (the client answered an error) or ``error``.
+        """
+        trace = _Trace(started=time.perf_counter(), server=server, action=method)
+        trace.tool = tool.name if tool is not None else None
+        trace.arguments_sha256 = _sha256(params)
+        entry = projection.servers.get(server)
+        try:
+            doc = build_input(
+                tenant=self._config.tenant,
+                environment=self._config.environment,
+                action=method,
+                subject=ctx.subject,
+                server=server,
+                transport=entry.transport if entry is not None else None,
+                tool=trace.tool,
+                annotations=tool.annotations if tool is not None else None,
+                arguments=client_request_arguments(method, params),
+                session_id=ctx.session_id,
+                protocol_version=ctx.protocol_version,
+                projection_version=projection.version,
+            )
+            denied = await self._decide(projection, ctx, trace, None, doc)
+            if denied is not None:
+                return {"error": denied["error"]}
+            reply = await ask()
+            error = reply.get("error")
+            status = "tool_error" if isinstance(error, dict) else "ok"
+            category = (
+                error.get("data", {}).get("category")
+                if isinstance(error, dict) and isinstance(error.get("data"), dict)
+                else None
+            )
+            self._emit(
+                projection,
+                ctx,
+                trace,
+                status="error" if category else status,
+                error_category=category,
+                result_sha256=_sha256(reply),
+            )
+            return reply
+        except BaseException as exc:
+            if not trace.audited:
+                category = "internal_error" if isinstance(exc, Exception) else "cancelled"
+                self._emit(projection, ctx, trace, status="error", error_category=category, reasons=[category])
+            raise
+
+    def channel(
+        self, projection: ActiveProjection, ctx: CallContext, server: str, tool: ToolEntry | None = None
+    ) -> GovernedChannel:
+        """The governed way from ``server`` to this request's client (:mod:`gateway.dataplane.relay`)."""
+        drift = self._drift
+        return GovernedChannel(
+            self, projection, ctx, server, tool, on_list_changed=drift.request_check if drift is not None else None
+        )
+
+    async def relay(
+        self,
+        upstream: Upstream,
+        method: str,
+        params: dict[str, Any],
+        channel: GovernedChannel,
+        ctx: CallContext,
+    ) -> dict[str, Any]:
+        """Send one request upstream with its channel; settle ``input_required`` for a client that cannot.
+
+        A 2026-07-28 client gets an ``input_required`` result as is, after policy allowed
+        each of its input requests (:meth:`GovernedChannel.check_input_requests`); any other
+        client gets the complete result (:func:`~gateway.dataplane.relay.settle_input_required`).
+        """
+        reply = await upstream.request(method, params, channel)
+        result = reply.get("result")
+        if not isinstance(result, dict) or result.get("resultType") != "input_required":
+            return reply
+        if ctx.protocol_version in MODERN_VERSIONS:
+            refusal = await channel.check_input_requests(result)
+            return reply if refusal is None else {"jsonrpc": "2.0", "id": reply.get("id"), "error": refusal}
+
+        async def resend(extra: dict[str, Any]) -> dict[str, Any]:
+            return await upstream.request(method, {**params, **extra}, channel)
+
+        return await settle_input_required(reply, channel, resend)
+
     def _reject(
         self,
         projection: ActiveProjection,
@@ -435,10 +622,12 @@ class Governor:
         if rejection is not None:
             message = _REJECTION_MESSAGES.get(rejection.category, "Invalid params")
             return self._reject(projection, ctx, trace, msg_id, rejection.category, message)
-        unexpected = [key for key in params if key not in CALL_PARAMS]
+        modern = ctx.protocol_version in MODERN_VERSIONS
+        unexpected = [key for key in params if key not in CALL_PARAMS or (key in MRTR_PARAMS and not modern)]
         if unexpected:
             key = min(unexpected)[:64]
-            message = f"Unsupported tools/call params key {key!r} (accepted: name, arguments, _meta)"
+            accepted = "name, arguments, _meta" + (", inputResponses, requestState" if modern else "")
+            message = f"Unsupported tools/call params key {key!r} (accepted: {accepted})"
             return self._reject(projection, ctx, trace, msg_id, UnexpectedParam.category, message)
         arguments = params.get("arguments", {})
         if arguments is None:
@@ -487,9 +676,11 @@ class Governor:
         denied = await self._decide(projection, ctx, trace, msg_id, doc)
         if denied is not None:
             return denied
-        upstream = self._upstreams.get(server.name, server.transport, server.url)
+        upstream = self._upstreams.get(server.name, server.transport, server.url, ctx.caller)
+        channel = self.channel(projection, ctx, server.name, entry)
+        forwarded = {"name": entry.name, "arguments": arguments, **relayed_params(params, ctx)}
         try:
-            reply = await upstream.request("tools/call", {"name": entry.name, "arguments": arguments})
+            reply = await self.relay(upstream, "tools/call", forwarded, channel, ctx)
             result, error_obj = reply.get("result"), reply.get("error")
             if isinstance(result, dict):
                 payload: Any = result

@@ -11,26 +11,68 @@ evicting other subjects' sessions).
 
 from __future__ import annotations
 
+import itertools
 import secrets
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
-__all__ = ["Session", "SessionLimitReached", "SessionStore"]
+import anyio
+
+__all__ = ["Answer", "Session", "SessionLimitReached", "SessionStore"]
 
 
 class SessionLimitReached(Exception):
     """Every slot holds a live session of someone else: refuse (HTTP 503)."""
 
 
+@dataclass(eq=False, slots=True)
+class Answer:
+    """A request relayed to the client, waiting for the client's response."""
+
+    event: anyio.Event = field(default_factory=anyio.Event)
+    message: dict[str, Any] | None = None
+
+
 @dataclass(slots=True)
 class Session:
-    """One client session."""
+    """One client session.
+
+    Attributes:
+        capabilities: The client's ``initialize`` ``capabilities`` (an object).
+        log_level: The level the client last set with an allowed ``logging/setLevel``.
+        answers: Requests relayed to the client (by the id the gateway gave them,
+            ``gw-<n>``) waiting for its response; see :meth:`expect` and :meth:`deliver`.
+        running: Cancel scopes of the client's requests in progress, by their JSON-RPC id
+            (as canonical JSON), for ``notifications/cancelled``.
+    """
 
     id: str
     owner: tuple[str, str]
     protocol_version: str
     last_used: float
+    capabilities: dict[str, Any] = field(default_factory=dict)
+    log_level: str | None = None
+    answers: dict[str, Answer] = field(default_factory=dict)
+    running: dict[str, anyio.CancelScope] = field(default_factory=dict)
+    _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+
+    def expect(self) -> tuple[str, Answer]:
+        """A fresh id for a request to the client, and where its response will land."""
+        request_id = f"gw-{next(self._ids)}"
+        answer = self.answers[request_id] = Answer()
+        return request_id, answer
+
+    def deliver(self, message: dict[str, Any]) -> bool:
+        """Hand the client's response to the request waiting for it; False when none is."""
+        msg_id = message.get("id")
+        answer = self.answers.pop(msg_id, None) if isinstance(msg_id, str) else None
+        if answer is None:
+            return False
+        answer.message = message
+        answer.event.set()
+        return True
 
 
 class SessionStore:
@@ -48,8 +90,10 @@ class SessionStore:
         self._max_per_owner = max_per_owner
         self._sessions: OrderedDict[str, Session] = OrderedDict()
 
-    def create(self, owner: tuple[str, str], protocol_version: str) -> Session:
-        """Open a session for ``owner`` (issuer, sub).
+    def create(
+        self, owner: tuple[str, str], protocol_version: str, capabilities: dict[str, Any] | None = None
+    ) -> Session:
+        """Open a session for ``owner`` (issuer, sub) whose client declared ``capabilities``.
 
         Raises:
             SessionLimitReached: The store is full of other subjects' live sessions.
@@ -62,7 +106,7 @@ class SessionStore:
             self._expire(now)
         if len(self._sessions) >= self._max:
             raise SessionLimitReached(f"{len(self._sessions)} live sessions")
-        session = Session(secrets.token_urlsafe(32), owner, protocol_version, now)
+        session = Session(secrets.token_urlsafe(32), owner, protocol_version, now, dict(capabilities or {}))
         self._sessions[session.id] = session
         return session
 

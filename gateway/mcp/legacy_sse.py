@@ -21,9 +21,10 @@ repeated) and the next request opens a new stream. A POST answered 404 (the
 session is unknown to the server, e.g. after its restart) was not processed, so
 it is retried once on a fresh session. Stream lines are parsed by
 :func:`gateway.httpclient.iter_sse` with its :data:`~gateway.httpclient.MAX_RESPONSE_BYTES`
-line cap (a longer line breaks the stream). Server-to-client requests are
-answered: ``ping`` with ``{}``, anything else with ``-32601``; notifications are
-dropped (not relayed in this version).
+line cap (a longer line breaks the stream). Server-to-client notifications and
+requests are relayed to the client of the request they belong to, as
+:class:`~gateway.mcp.channel.InFlight` attributes them (``ping`` is answered ``{}``);
+a cancelled request is announced with ``notifications/cancelled``.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from gateway.errors import UpstreamError, UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
 from gateway.httpclient import HttpClient, HttpTimeout, HttpTransportError
 from gateway.mcp._common import CLIENT_INFO, loads_message, safe_url
+from gateway.mcp.channel import ClientChannel, InFlight, cancelled_notification, is_notification, is_server_request
 from gateway.mcp.messages import HANDSHAKE_VERSIONS
 
 __all__ = ["LEGACY_SSE_VERSION", "LegacySseUpstream"]
@@ -77,6 +79,7 @@ class _Stream:
     scope: anyio.CancelScope | None = None
     done: anyio.Event = field(default_factory=anyio.Event)
     pending: dict[int, _Slot] = field(default_factory=dict)
+    inflight: InFlight = field(default_factory=lambda: InFlight(30.0))
 
     def close(self) -> None:
         self.closed = True
@@ -99,12 +102,24 @@ class LegacySseUpstream:
         http: The shared client; the stream is one long request without a deadline
             (``timeout=None``) until the ``endpoint`` event, which must come within ``timeout``.
         spawner: Runs the stream reader (the pool's task group); a reader never raises into it.
-        timeout: Seconds for connecting (up to the ``endpoint`` event), for the
-            handshake, and for one request/response exchange.
+        timeout: Seconds for connecting (up to the ``endpoint`` event) and for the
+            handshake; seconds one request/response exchange may stay idle (a message
+            relayed for it restarts the clock, see :class:`~gateway.mcp.channel.InFlight`).
+        client_capabilities: Declared in ``initialize`` (the capabilities of the client
+            this session serves; ``{}`` for the gateway's own).
     """
 
-    def __init__(self, url: str, http: HttpClient, *, spawner: TaskGroup, timeout: float) -> None:
+    def __init__(
+        self,
+        url: str,
+        http: HttpClient,
+        *,
+        spawner: TaskGroup,
+        timeout: float,
+        client_capabilities: dict[str, Any] | None = None,
+    ) -> None:
         self.url = url
+        self._capabilities = client_capabilities or {}
         self._safe_url = safe_url(url)
         self._http = http
         self._spawner = spawner
@@ -120,8 +135,13 @@ class LegacySseUpstream:
         stream = self._stream
         return stream.protocol_version if stream is not None and stream.alive else None
 
-    async def request(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+    async def request(
+        self, method: str, params: dict[str, Any], channel: ClientChannel | None = None
+    ) -> dict[str, Any]:
         """Send one request on the pooled session; open (or re-open) the session first if needed.
+
+        Messages the upstream sends meanwhile are relayed to ``channel`` as
+        :class:`~gateway.mcp.channel.InFlight` attributes them.
 
         Returns:
             The upstream's JSON-RPC response message (``result`` or ``error``).
@@ -137,7 +157,7 @@ class LegacySseUpstream:
             for attempt in range(2):
                 stream = await self._connect()
                 try:
-                    return await self._exchange(stream, method, params)
+                    return await self._exchange(stream, method, params, channel)
                 except _SessionGone:
                     self._drop(stream)
                     if attempt:
@@ -164,10 +184,14 @@ class LegacySseUpstream:
                 raise UpstreamUnavailable(f"upstream {self._safe_url} was removed from the projection")
             if self._stream is not None and self._stream.alive:
                 return self._stream
-            stream = _Stream()
+            stream = _Stream(inflight=InFlight(self._timeout))
             try:
                 await self._spawner.start(self._read_stream, stream)
-                init = {"protocolVersion": LEGACY_SSE_VERSION, "capabilities": {}, "clientInfo": CLIENT_INFO}
+                init = {
+                    "protocolVersion": LEGACY_SSE_VERSION,
+                    "capabilities": self._capabilities,
+                    "clientInfo": CLIENT_INFO,
+                }
                 msg = await self._exchange(stream, "initialize", init)
                 result = msg.get("result")
                 if not isinstance(result, dict):
@@ -236,7 +260,7 @@ class LegacySseUpstream:
                             started = True
                             task_status.started()
                         elif event.event == "message" and started and event.data:
-                            self._dispatch(stream, event.data)
+                            await self._dispatch(stream, event.data)
             if not started:
                 if scope.cancelled_caught and not stream.closed:
                     raise UpstreamTimeout(f"upstream {self._safe_url} sent no endpoint within {self._timeout}s")
@@ -263,31 +287,29 @@ class LegacySseUpstream:
             stream.fail_pending(f"upstream {self._safe_url}: the SSE stream was lost")
             stream.done.set()
 
-    def _dispatch(self, stream: _Stream, data: str) -> None:
+    async def _dispatch(self, stream: _Stream, data: str) -> None:
         try:
             msg = loads_message(data, self._safe_url)
         except UpstreamProtocolError:
             log.warning("upstream %s sent an SSE message that is not a JSON object; ignored", self._safe_url)
             return
-        method, msg_id = msg.get("method"), msg.get("id")
-        if isinstance(method, str):
-            if msg_id is not None:  # a server-to-client request: answer it, off the reader
-                self._spawner.start_soon(self._answer, stream, msg_id, method)
-            return  # notifications are not relayed in this version
+        if is_server_request(msg):  # answered off the reader: asking a client takes a while
+            self._spawner.start_soon(self._answer, stream, msg)
+            return
+        if is_notification(msg):
+            await stream.inflight.notification(msg)
+            return
+        msg_id = msg.get("id")
         slot = stream.pending.get(msg_id) if isinstance(msg_id, int) and not isinstance(msg_id, bool) else None
         if slot is not None and ("result" in msg or "error" in msg) and slot.message is None:
             slot.message = msg
             slot.event.set()
 
-    async def _answer(self, stream: _Stream, msg_id: Any, method: str) -> None:
-        if method == "ping":
-            reply: dict[str, Any] = {"jsonrpc": "2.0", "id": msg_id, "result": {}}
-        else:
-            reply = {"jsonrpc": "2.0", "id": msg_id, "error": {"code": -32601, "message": "Method not found"}}
+    async def _answer(self, stream: _Stream, msg: dict[str, Any]) -> None:
         try:
-            await self._post(stream, reply)
+            await self._post(stream, await stream.inflight.answer(msg))
         except Exception:  # noqa: BLE001 - best effort; never into the pool's task group
-            log.debug("upstream %s: could not answer %s", self._safe_url, method)
+            log.debug("upstream %s: could not answer %s", self._safe_url, msg["method"])
 
     # ------------------------------------------------------------ messages
     async def _post(self, stream: _Stream, message: dict[str, Any]) -> None:
@@ -308,20 +330,36 @@ class LegacySseUpstream:
         if not 200 <= status < 300:
             raise UpstreamProtocolError(f"upstream {self._safe_url} refused a message with HTTP {status}")
 
-    async def _exchange(self, stream: _Stream, method: str, params: dict[str, Any]) -> dict[str, Any]:
+    async def _exchange(
+        self, stream: _Stream, method: str, params: dict[str, Any], channel: ClientChannel | None = None
+    ) -> dict[str, Any]:
         if not stream.alive:
             raise UpstreamUnavailable(f"upstream {self._safe_url}: the SSE stream was lost")
         req_id = next(self._ids)
         slot = stream.pending[req_id] = _Slot()
+        clock = anyio.CancelScope(deadline=anyio.current_time() + self._timeout)
+        key, params = stream.inflight.enter(params, channel, clock)
         try:
-            with anyio.fail_after(self._timeout):
+            with clock:
                 await self._post(stream, {"jsonrpc": "2.0", "id": req_id, "method": method, "params": params})
                 await slot.event.wait()
-        except TimeoutError:
-            raise UpstreamTimeout(f"upstream {self._safe_url} timed out after {self._timeout}s") from None
+        except anyio.get_cancelled_exc_class():
+            if method != "initialize":  # the client cancelled: tell the upstream (best effort)
+                with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                    await self._post_quietly(stream, cancelled_notification(req_id))
+            raise
         finally:
             stream.pending.pop(req_id, None)
+            stream.inflight.leave(key)
+        if clock.cancelled_caught:
+            raise UpstreamTimeout(f"upstream {self._safe_url} was idle for {self._timeout}s")
         if slot.error is not None:
             raise slot.error
         assert slot.message is not None
         return slot.message
+
+    async def _post_quietly(self, stream: _Stream, message: dict[str, Any]) -> None:
+        try:
+            await self._post(stream, message)
+        except (UpstreamError, _SessionGone):
+            log.debug("upstream %s: a notification was not delivered", self._safe_url)

@@ -35,8 +35,9 @@ What the gateway adds (:class:`StdioUpstream`):
 
 Each process speaks the handshake era: ``initialize`` (requesting 2025-11-25,
 any handshake revision accepted) then ``notifications/initialized``. Requests
-are multiplexed by JSON-RPC ``id``. Server-to-client requests are answered
-(``ping`` with ``{}``, anything else ``-32601``); notifications are dropped.
+are multiplexed by JSON-RPC ``id``. Server-to-client notifications and requests
+are relayed to the client of the request they belong to, as
+:class:`~gateway.mcp.channel.InFlight` attributes them (``ping`` is answered ``{}``).
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ from gateway.mcp._process import (
     spawn,
     terminate,
 )
+from gateway.mcp.channel import ClientChannel, InFlight, cancelled_notification, is_notification, is_server_request
 from gateway.mcp.messages import HANDSHAKE_VERSIONS
 
 __all__ = ["BASE_ENV_KEYS", "StdioLaunch", "StdioLimits", "StdioUpstream", "launch_environment", "stdio_transport"]
@@ -91,8 +93,9 @@ class _Slot:
 class _Running:
     """One live process: its stdin writer and the requests waiting for its answers."""
 
-    def __init__(self, name: str, child: Child, tg: TaskGroup) -> None:
+    def __init__(self, name: str, child: Child, tg: TaskGroup, idle: float = 30.0) -> None:
         self.name = name
+        self.inflight = InFlight(idle)
         self.child = child
         self.tg = tg
         self.pending: dict[int, _Slot] = {}
@@ -125,8 +128,14 @@ class _Running:
             self.end(UpstreamUnavailable, f"stdio upstream {self.name} closed its stdin; restarting it")
             raise _NotDelivered from exc
 
-    async def call(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
-        """Send a request and wait for its response.
+    async def call(
+        self,
+        method: str,
+        params: dict[str, Any],
+        channel: ClientChannel | None = None,
+        clock: anyio.CancelScope | None = None,
+    ) -> dict[str, Any]:
+        """Send a request and wait for its response; messages for it go to ``channel``.
 
         Raises:
             _NotDelivered: The process had ended, or its stdin broke, before the request was written.
@@ -137,32 +146,40 @@ class _Running:
             raise _NotDelivered
         req_id = next(self._ids)
         slot = self.pending[req_id] = _Slot()
+        key, params = self.inflight.enter(params, channel, clock)
         try:
             await self.send({"jsonrpc": "2.0", "id": req_id, "method": method, "params": params})
-            await slot.event.wait()
+            try:
+                await slot.event.wait()
+            except anyio.get_cancelled_exc_class():
+                if method != "initialize" and not self.ended.is_set():  # tell the process (best effort)
+                    with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                        with contextlib.suppress(_NotDelivered):
+                            await self.send(cancelled_notification(req_id))
+                raise
         finally:
             self.pending.pop(req_id, None)
+            self.inflight.leave(key)
         if slot.error is not None:
             raise slot.error
         assert slot.message is not None
         return slot.message
 
-    def dispatch(self, msg: dict[str, Any]) -> None:
-        method, msg_id = msg.get("method"), msg.get("id")
-        if isinstance(method, str):
-            if msg_id is not None:  # a server-to-client request: answer it, off the reader
-                self.tg.start_soon(self._answer, msg_id, method)
-            return  # notifications are not relayed in this version
+    async def dispatch(self, msg: dict[str, Any]) -> None:
+        if is_server_request(msg):  # answered off the reader: asking a client takes a while
+            self.tg.start_soon(self._answer, msg)
+            return
+        if is_notification(msg):
+            await self.inflight.notification(msg)
+            return
+        msg_id = msg.get("id")
         slot = self.pending.get(msg_id) if isinstance(msg_id, int) and not isinstance(msg_id, bool) else None
         if slot is not None and ("result" in msg or "error" in msg) and slot.message is None:
             slot.message = msg
             slot.event.set()
 
-    async def _answer(self, msg_id: Any, method: str) -> None:
-        if method == "ping":
-            reply: dict[str, Any] = {"jsonrpc": "2.0", "id": msg_id, "result": {}}
-        else:
-            reply = {"jsonrpc": "2.0", "id": msg_id, "error": {"code": -32601, "message": "Method not found"}}
+    async def _answer(self, msg: dict[str, Any]) -> None:
+        reply = await self.inflight.answer(msg)
         try:
             await self.send(reply)
         except _NotDelivered:
@@ -212,8 +229,15 @@ class StdioUpstream:
         running = self._running
         return running.protocol_version if running is not None else None
 
-    async def request(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+    async def request(
+        self, method: str, params: dict[str, Any], channel: ClientChannel | None = None
+    ) -> dict[str, Any]:
         """Send one request to the process, starting it on first use.
+
+        Messages the process sends meanwhile go to ``channel`` as
+        :class:`~gateway.mcp.channel.InFlight` attributes them; a relayed message restarts
+        the request's ``timeout`` clock, and a cancelled request is announced with
+        ``notifications/cancelled``.
 
         Returns:
             The process's JSON-RPC response message (``result`` or ``error``).
@@ -229,18 +253,17 @@ class StdioUpstream:
         if not self._started:
             self._started = True
             self._spawner.start_soon(self._supervise)
-        try:
-            with anyio.fail_after(self._timeout):
-                while True:
-                    running = await self._ready()
-                    try:
-                        return await running.call(method, params)
-                    except _NotDelivered:
-                        # The process died before it could read the request: wait for the
-                        # supervisor to notice, then send it to the next process.
-                        await running.ended.wait()
-        except TimeoutError:
-            raise UpstreamTimeout(f"stdio upstream {self.name} did not answer within {self._timeout}s") from None
+        clock = anyio.CancelScope(deadline=anyio.current_time() + self._timeout)
+        with clock:
+            while True:
+                running = await self._ready()
+                try:
+                    return await running.call(method, params, channel, clock)
+                except _NotDelivered:
+                    # The process died before it could read the request: wait for the
+                    # supervisor to notice, then send it to the next process.
+                    await running.ended.wait()
+        raise UpstreamTimeout(f"stdio upstream {self.name} did not answer within {self._timeout}s")
 
     async def aclose(self) -> None:
         """Stop the process (stdin closed, SIGTERM, SIGKILL) and refuse later requests."""
@@ -316,7 +339,7 @@ class StdioUpstream:
         failure: UpstreamError | None = None  # raised outside the task group, which would wrap it
         try:
             async with anyio.create_task_group() as tg:
-                running = _Running(self.name, child, tg)
+                running = _Running(self.name, child, tg, self._timeout)
                 stderr_done = anyio.Event()
                 tg.start_soon(drain_stderr, self.name, child, self._limits, stderr_done)
                 tg.start_soon(self._read_stdout, running)
@@ -344,7 +367,10 @@ class StdioUpstream:
             log.info("stdio upstream %s: pid %d ended with %s", self.name, child.pid, code)
 
     async def _handshake(self, running: _Running) -> None:
-        init = {"protocolVersion": HANDSHAKE_VERSIONS[0], "capabilities": {}, "clientInfo": CLIENT_INFO}
+        # One process serves every caller: it is told every capability the gateway relays;
+        # a request a caller's client did not declare is refused for that caller.
+        capabilities: dict[str, Any] = {name: {} for name in ("sampling", "elicitation", "roots")}
+        init = {"protocolVersion": HANDSHAKE_VERSIONS[0], "capabilities": capabilities, "clientInfo": CLIENT_INFO}
         try:
             with anyio.fail_after(self._timeout):
                 msg = await running.call("initialize", init)
@@ -389,7 +415,7 @@ class StdioUpstream:
                             len(line),
                         )
                     continue
-                running.dispatch(msg)
+                await running.dispatch(msg)
             running.end(UpstreamUnavailable, f"stdio upstream {self.name} closed its stdout (exited)")
         except LineTooLong:
             running.end(

@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -45,11 +47,27 @@ from mcp.types import HEADER_MISMATCH
 from gateway.errors import UpstreamError, UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
 from gateway.httpclient import HttpClient, HttpTimeout, HttpTransportError
 from gateway.mcp._common import CLIENT_INFO, loads_message, safe_url
+from gateway.mcp.channel import (
+    ClientChannel,
+    answer_server_request,
+    cancelled_notification,
+    is_notification,
+    is_server_request,
+)
 from gateway.mcp.legacy_sse import LegacySseUpstream
 from gateway.mcp.messages import HANDSHAKE_VERSIONS, MODERN_VERSIONS
 from gateway.mcp.stdio import StdioLaunch, StdioUpstream
 
-__all__ = ["CLIENT_INFO", "StreamableHttpUpstream", "Upstream", "UpstreamAddress", "UpstreamPool"]
+__all__ = [
+    "CLIENT_INFO",
+    "RELAYED_CAPABILITIES",
+    "StreamableHttpUpstream",
+    "Upstream",
+    "UpstreamAddress",
+    "UpstreamCaller",
+    "UpstreamPool",
+    "caller_capabilities",
+]
 
 log = logging.getLogger("gateway.upstream")
 _ACCEPT = "application/json, text/event-stream"
@@ -61,8 +79,14 @@ _MAX_TOOL_PAGES = 20
 class Upstream(Protocol):
     """One upstream MCP server as the proxy sees it."""
 
-    async def request(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
-        """Send one JSON-RPC request; return the response message (``result`` or ``error``)."""
+    async def request(
+        self, method: str, params: dict[str, Any], channel: ClientChannel | None = None
+    ) -> dict[str, Any]:
+        """Send one JSON-RPC request; return the response message (``result`` or ``error``).
+
+        Messages the upstream sends about the request before its response (progress, log
+        messages, sampling/elicitation/roots requests) go to ``channel``.
+        """
         ...
 
     async def aclose(self) -> None:
@@ -83,14 +107,28 @@ class StreamableHttpUpstream:
     Args:
         url: The upstream MCP endpoint, e.g. ``http://127.0.0.1:3001/mcp``.
         http: The shared client (connection pool); this class never closes it.
-        timeout: Seconds for one request/response exchange.
+        timeout: Seconds one exchange may stay idle (see :meth:`_exchange`).
+        max_duration: Seconds one exchange may take at most, however lively (default: ``timeout``).
+        client_capabilities: What the gateway declares to the upstream (``initialize``
+            ``capabilities``, or the 2026-07-28 ``clientCapabilities`` envelope): the
+            capabilities of the client this session serves, ``{}`` for the gateway's own.
     """
 
-    def __init__(self, url: str, http: HttpClient, *, timeout: float) -> None:
+    def __init__(
+        self,
+        url: str,
+        http: HttpClient,
+        *,
+        timeout: float,
+        max_duration: float | None = None,
+        client_capabilities: dict[str, Any] | None = None,
+    ) -> None:
         self.url = url
         self._safe_url = safe_url(url)
         self._http = http
         self._timeout = timeout
+        self._max_duration = max(timeout, max_duration or timeout)
+        self._capabilities = client_capabilities or {}
         self._ids = itertools.count(1)
         self._session: _Session | None = None
         self._lock = anyio.Lock()
@@ -118,7 +156,11 @@ class StreamableHttpUpstream:
             except UpstreamProtocolError:
                 pass  # not modern evidence: fall back to the handshake
             legacy = _Session("legacy", HANDSHAKE_VERSIONS[0])
-            init_params = {"protocolVersion": legacy.protocol_version, "capabilities": {}, "clientInfo": CLIENT_INFO}
+            init_params = {
+                "protocolVersion": legacy.protocol_version,
+                "capabilities": self._capabilities,
+                "clientInfo": CLIENT_INFO,
+            }
             msg = await self._exchange(legacy, "initialize", init_params)
             if not isinstance(msg.get("result"), dict):
                 raise UpstreamProtocolError(f"upstream {self._safe_url} refused initialize")
@@ -150,7 +192,7 @@ class StreamableHttpUpstream:
             return params
         meta = dict(params.get("_meta") or {})
         meta["io.modelcontextprotocol/protocolVersion"] = session.protocol_version
-        meta["io.modelcontextprotocol/clientCapabilities"] = {}
+        meta["io.modelcontextprotocol/clientCapabilities"] = self._capabilities
         meta["io.modelcontextprotocol/clientInfo"] = CLIENT_INFO
         return {**params, "_meta": meta}
 
@@ -201,51 +243,135 @@ class StreamableHttpUpstream:
         return maps
 
     async def _exchange(
-        self, session: _Session, method: str, params: dict[str, Any], extra: Mapping[str, str] | None = None
+        self,
+        session: _Session,
+        method: str,
+        params: dict[str, Any],
+        extra: Mapping[str, str] | None = None,
+        channel: ClientChannel | None = None,
     ) -> dict[str, Any]:
+        """POST one request and read its response (JSON, or the SSE stream up to the response).
+
+        Timing: the exchange may be idle (no byte of the answer, no message on its stream)
+        for at most ``timeout`` seconds; every message on the stream, and every relayed
+        server request while the client answers it, restarts that clock; the whole
+        exchange never takes longer than ``max_duration`` seconds.
+        """
         req_id = next(self._ids)
         body = orjson.dumps(
             {"jsonrpc": "2.0", "id": req_id, "method": method, "params": self._envelope(session, params)}
         )
         headers = {**self._headers(session, method, params), **(extra or {})}
+        idle = anyio.CancelScope(deadline=anyio.current_time() + self._timeout)
         try:
-            async with self._http.request("POST", self.url, body=body, headers=headers, timeout=self._timeout) as resp:
-                if method == "initialize":
-                    session.session_id = resp.headers.get("mcp-session-id")
-                # 404 is the spec's "session expired"; many 2025-era servers (TS SDK 1.x
-                # examples) answer an unknown session id with 400 instead. Neither
-                # processed the request, so one re-initialize-and-retry is safe.
-                if resp.status in (400, 404) and session.session_id and method != "initialize":
-                    raise _SessionExpired
-                ctype = resp.headers.get("content-type", "")
-                if ctype.startswith("text/event-stream"):
-                    async for event in resp.aiter_sse():
-                        if not event.data:
-                            continue
-                        msg = loads_message(event.data.encode(), self._safe_url)
-                        if msg.get("id") == req_id and ("result" in msg or "error" in msg):
-                            return msg
-                    raise UpstreamProtocolError(f"upstream {self._safe_url}: SSE stream ended without a response")
-                raw = await resp.read()
-                if resp.status >= 500:
-                    raise UpstreamUnavailable(f"upstream {self._safe_url} answered HTTP {resp.status}")
-                if not ctype.startswith("application/json"):
-                    raise UpstreamProtocolError(f"upstream {self._safe_url} answered HTTP {resp.status} {ctype!r}")
-                msg = loads_message(raw, self._safe_url)
-                if "result" not in msg and "error" not in msg:
-                    raise UpstreamProtocolError(f"upstream {self._safe_url}: not a JSON-RPC response")
-                return msg
+            with idle:
+                async with self._http.request(
+                    "POST", self.url, body=body, headers=headers, timeout=self._max_duration
+                ) as resp:
+                    if method == "initialize":
+                        session.session_id = resp.headers.get("mcp-session-id")
+                    # 404 is the spec's "session expired"; many 2025-era servers (TS SDK 1.x
+                    # examples) answer an unknown session id with 400 instead. Neither
+                    # processed the request, so one re-initialize-and-retry is safe.
+                    if resp.status in (400, 404) and session.session_id and method != "initialize":
+                        raise _SessionExpired
+                    ctype = resp.headers.get("content-type", "")
+                    if ctype.startswith("text/event-stream"):
+                        return await self._read_stream(session, resp, req_id, idle, channel)
+                    raw = await resp.read()
+                    if resp.status >= 500:
+                        raise UpstreamUnavailable(f"upstream {self._safe_url} answered HTTP {resp.status}")
+                    if not ctype.startswith("application/json"):
+                        raise UpstreamProtocolError(f"upstream {self._safe_url} answered HTTP {resp.status} {ctype!r}")
+                    msg = loads_message(raw, self._safe_url)
+                    if "result" not in msg and "error" not in msg:
+                        raise UpstreamProtocolError(f"upstream {self._safe_url}: not a JSON-RPC response")
+                    return msg
         except HttpTimeout as exc:
-            raise UpstreamTimeout(f"upstream {self._safe_url} timed out after {self._timeout}s") from exc
+            limit = self._max_duration
+            raise UpstreamTimeout(f"upstream {self._safe_url} did not finish within {limit}s") from exc
         except HttpTransportError as exc:
             raise UpstreamUnavailable(f"upstream {self._safe_url}: {exc}") from exc
+        except anyio.get_cancelled_exc_class():
+            if session.era == "legacy" and method != "initialize":
+                # Cancelled (the client went away or sent notifications/cancelled): tell the
+                # upstream, which may stop working on it (MCP 2025-11-25 utilities/cancellation).
+                await self._cancel_upstream(session, req_id)
+            raise
+        finally:
+            if idle.cancelled_caught:
+                raise UpstreamTimeout(f"upstream {self._safe_url} was idle for {self._timeout}s")
+        raise AssertionError("unreachable")  # pragma: no cover
 
-    async def request(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+    async def _read_stream(
+        self, session: _Session, resp: Any, req_id: int, idle: anyio.CancelScope, channel: ClientChannel | None
+    ) -> dict[str, Any]:
+        """Read the response's SSE stream until the response to ``req_id``, relaying the rest.
+
+        Notifications go to ``channel`` (dropped without one); server requests are answered
+        (asked of the client through ``channel``) in the background, each answer POSTed
+        back on the session. While one is being answered the idle clock stops.
+        """
+        asking = 0
+
+        def restart_clock() -> None:
+            idle.deadline = math.inf if asking else anyio.current_time() + self._timeout
+
+        async def answer(msg: dict[str, Any]) -> None:
+            nonlocal asking
+            asking += 1
+            restart_clock()
+            try:
+                reply = await answer_server_request(channel, msg)
+            finally:
+                asking -= 1
+                restart_clock()
+            await self._post_reply(session, reply)
+
+        async with anyio.create_task_group() as tg:
+            async for event in resp.aiter_sse():
+                restart_clock()
+                if not event.data:
+                    continue
+                msg = loads_message(event.data.encode(), self._safe_url)
+                if msg.get("id") == req_id and ("result" in msg or "error" in msg):
+                    tg.cancel_scope.cancel()
+                    return msg
+                if is_server_request(msg):
+                    tg.start_soon(answer, msg)
+                elif is_notification(msg) and channel is not None:
+                    await channel.notify(msg)
+            raise UpstreamProtocolError(f"upstream {self._safe_url}: SSE stream ended without a response")
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _post_reply(self, session: _Session, reply: dict[str, Any]) -> None:
+        """POST a JSON-RPC response (to a server request) or a notification; best effort."""
+        method = str(reply.get("method", ""))
+        try:
+            async with self._http.request(
+                "POST", self.url, body=orjson.dumps(reply), headers=self._headers(session, method, {}), timeout=5.0
+            ) as resp:
+                await resp.read()
+                if resp.status >= 400:
+                    log.warning("upstream %s refused a relayed message: HTTP %d", self._safe_url, resp.status)
+        except HttpTransportError as exc:
+            log.warning("upstream %s: relayed message not delivered (%s)", self._safe_url, type(exc).__name__)
+
+    async def _cancel_upstream(self, session: _Session, req_id: int) -> None:
+        notice = cancelled_notification(req_id)
+        with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+            await self._post_reply(session, notice)
+
+    async def request(
+        self, method: str, params: dict[str, Any], channel: ClientChannel | None = None
+    ) -> dict[str, Any]:
         """Send one request on the pooled session.
 
         Args:
             method: JSON-RPC method, e.g. ``tools/call``.
             params: Raw params (forwarded unchanged, plus the modern envelope).
+            channel: Where the request's related notifications and server requests go
+                (:mod:`gateway.mcp.channel`); without one they are dropped or refused.
 
         Returns:
             The upstream's JSON-RPC response message (``result`` or ``error``).
@@ -261,7 +387,7 @@ class StreamableHttpUpstream:
                 if method == "tools/list":
                     self._param_maps = None  # the tools may have changed: learn them again when needed
                 extra = self._param_headers(session, method, params)
-                reply = await self._exchange(session, method, params, extra)
+                reply = await self._exchange(session, method, params, extra, channel)
                 error = reply.get("error")
                 if method == "tools/call" and isinstance(error, dict) and error.get("code") == HEADER_MISMATCH:
                     # The upstream wants Mcp-Param-* headers we did not know of (or its tools changed):
@@ -270,14 +396,14 @@ class StreamableHttpUpstream:
                     self._param_maps = await self._learn_param_maps(session)
                     retry = self._param_headers(session, method, params)
                     if retry != extra:
-                        reply = await self._exchange(session, method, params, retry)
+                        reply = await self._exchange(session, method, params, retry, channel)
                 return reply
             except _SessionExpired:
                 async with self._lock:
                     if self._session is session:
                         self._session = None
                 session = await self._connect()
-                return await self._exchange(session, method, params)
+                return await self._exchange(session, method, params, channel=channel)
         except UpstreamError:
             raise
         except _SessionExpired as exc:
@@ -320,32 +446,101 @@ class _Refused:
     def __init__(self, reason: str) -> None:
         self._reason = reason
 
-    async def request(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+    async def request(
+        self, method: str, params: dict[str, Any], channel: ClientChannel | None = None
+    ) -> dict[str, Any]:
         raise UpstreamUnavailable(self._reason)
 
     async def aclose(self) -> None:
         pass
 
 
+@dataclass(frozen=True, slots=True)
+class UpstreamCaller:
+    """Whose upstream session a request uses: the subject and the capabilities its client declared.
+
+    ``capabilities`` is the client's declared ``sampling``/``elicitation``/``roots``
+    capabilities as canonical JSON (see :func:`caller_capabilities`), so two clients of
+    one subject that declare different capabilities get different upstream sessions.
+    """
+
+    issuer: str
+    subject: str
+    capabilities: str = "{}"
+
+
+RELAYED_CAPABILITIES = ("sampling", "elicitation", "roots")
+"""Client capabilities the gateway declares to an upstream on the client's behalf: the
+ones whose server-to-client requests it relays (each a policy-decided action)."""
+
+
+def caller_capabilities(declared: Any) -> str:
+    """The canonical JSON of the relayed members of a client's declared capabilities.
+
+    Args:
+        declared: The client's ``initialize`` ``capabilities`` (or 2026-07-28
+            ``io.modelcontextprotocol/clientCapabilities``); anything not an object is ``{}``.
+    """
+    if not isinstance(declared, dict):
+        return "{}"
+    kept = {k: v for k, v in declared.items() if k in RELAYED_CAPABILITIES and isinstance(v, dict)}
+    return orjson.dumps(kept, option=orjson.OPT_SORT_KEYS).decode()
+
+
 class UpstreamPool:
-    """Upstream sessions by (server name, transport, URL), kept across projection changes.
+    """Upstream sessions by (server name, transport, URL) and caller, kept across projection changes.
+
+    **Sessions per caller.** A request made for a caller (:class:`UpstreamCaller`) to a
+    ``streamable_http`` or ``legacy_sse`` server gets that caller's own upstream session,
+    opened with the capabilities its client declared: the upstream never sees one user's
+    session state (log level, subscriptions, what it asked the client) in another user's
+    session. These sessions are kept in least-recently-used order, at most
+    ``max_caller_sessions`` of them (the oldest is closed beyond that) and each closed after
+    ``caller_idle`` seconds unused. Requests without a caller (drift checks) use one shared
+    session per server. A ``stdio`` server is one process, hence one session, shared by
+    every caller; its server-to-client messages are attributed by
+    :class:`~gateway.mcp.channel.InFlight`.
 
     A server whose transport and URL are unchanged in a new projection keeps
-    its session (and, for ``stdio``, its process); :meth:`retain` closes the
+    its sessions (and, for ``stdio``, its process); :meth:`retain` closes the
     others. A request still running on an older projection gets (or re-creates)
     the session for the URL it resolved, never the newer one's; a ``stdio``
     process is only ever started for a launch of the newest projection.
 
     ``legacy_sse`` stream readers and ``stdio`` supervisors run in the task group
     of :meth:`run`, which must be running before such an upstream is used.
+
+    Args:
+        http: The shared hot-path client.
+        timeout: Idle seconds of one upstream exchange (reset by progress).
+        max_duration: Most seconds one upstream exchange may take (default ``timeout``).
+        max_caller_sessions: Most per-caller sessions kept open.
+        caller_idle: Seconds after which an unused per-caller session is closed.
     """
 
-    def __init__(self, http: HttpClient, *, timeout: float) -> None:
+    def __init__(
+        self,
+        http: HttpClient,
+        *,
+        timeout: float,
+        max_duration: float | None = None,
+        max_caller_sessions: int = 1000,
+        caller_idle: float = 1800.0,
+    ) -> None:
         self._http = http
         self._timeout = timeout
+        self._max_duration = max_duration
+        self._max_callers = max_caller_sessions
+        self._caller_idle = caller_idle
         self._sessions: dict[tuple[str, str, str], Upstream] = {}
+        self._callers: OrderedDict[tuple[str, str, str, UpstreamCaller], tuple[Upstream, float]] = OrderedDict()
         self._launches: dict[tuple[str, str, str], StdioLaunch] = {}
         self._tg: TaskGroup | None = None
+
+    @property
+    def caller_sessions(self) -> int:
+        """Per-caller upstream sessions open now."""
+        return len(self._callers)
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Host the background tasks of ``legacy_sse`` and ``stdio`` upstreams until cancelled.
@@ -356,17 +551,21 @@ class UpstreamPool:
             self._tg = tg
             task_status.started()
             try:
-                await anyio.sleep_forever()
+                while True:
+                    await anyio.sleep(min(60.0, self._caller_idle / 2))
+                    self._expire(anyio.current_time())
             finally:
                 self._tg = None
 
-    def get(self, name: str, transport: str, url: str) -> Upstream:
-        """The pooled upstream for this server (created on first use).
+    def get(self, name: str, transport: str, url: str, caller: UpstreamCaller | None = None) -> Upstream:
+        """The pooled upstream for this server (and caller), created on first use.
 
         Raises:
             RuntimeError: A ``legacy_sse`` or ``stdio`` upstream while :meth:`run` is not running.
         """
         key = (name, transport, url)
+        if caller is not None and transport != "stdio":
+            return self._for_caller(key, caller)
         upstream = self._sessions.get(key)
         if upstream is not None:
             return upstream
@@ -375,12 +574,46 @@ class UpstreamPool:
             if launch is None:
                 return _Refused(f"stdio upstream {name} is not in the active projection")
             upstream = StdioUpstream(name, launch, spawner=self._spawner(), timeout=self._timeout)
-        elif transport == "legacy_sse":
-            upstream = LegacySseUpstream(url, self._http, spawner=self._spawner(), timeout=self._timeout)
         else:
-            upstream = StreamableHttpUpstream(url, self._http, timeout=self._timeout)
+            upstream = self._new(transport, url, {})
         self._sessions[key] = upstream
         return upstream
+
+    def _new(self, transport: str, url: str, capabilities: dict[str, Any]) -> Upstream:
+        if transport == "legacy_sse":
+            return LegacySseUpstream(
+                url, self._http, spawner=self._spawner(), timeout=self._timeout, client_capabilities=capabilities
+            )
+        return StreamableHttpUpstream(
+            url, self._http, timeout=self._timeout, max_duration=self._max_duration, client_capabilities=capabilities
+        )
+
+    def _for_caller(self, key: tuple[str, str, str], caller: UpstreamCaller) -> Upstream:
+        now = anyio.current_time()
+        full = (*key, caller)
+        entry = self._callers.get(full)
+        if entry is not None:
+            self._callers[full] = (entry[0], now)
+            self._callers.move_to_end(full)
+            return entry[0]
+        upstream = self._new(key[1], key[2], orjson.loads(caller.capabilities))
+        self._callers[full] = (upstream, now)
+        while len(self._callers) > self._max_callers:
+            _, (oldest, _) = self._callers.popitem(last=False)
+            self._close_later(oldest)
+        return upstream
+
+    def _expire(self, now: float) -> None:
+        while self._callers:
+            full, (upstream, used) = next(iter(self._callers.items()))
+            if now - used <= self._caller_idle:
+                return
+            del self._callers[full]
+            self._close_later(upstream)
+
+    def _close_later(self, upstream: Upstream) -> None:
+        if self._tg is not None:
+            self._tg.start_soon(upstream.aclose)
 
     def _spawner(self) -> TaskGroup:
         if self._tg is None:
@@ -396,6 +629,8 @@ class UpstreamPool:
         self._launches = {(name, a.transport, a.url): a.launch for name, a in servers.items() if a.launch is not None}
         for key in [k for k in self._sessions if k not in keep]:
             await self._sessions.pop(key).aclose()
+        for full in [k for k in self._callers if k[:3] not in keep]:
+            await self._callers.pop(full)[0].aclose()
 
     async def aclose(self) -> None:
         """Close every session (and stop every stdio process)."""

@@ -3,7 +3,9 @@
 # description: |
 #   The policy a platform team uploads as a policy version. It composes the
 #   concern packages into the one decision the gateway enforces, for every
-#   governed MCP method: tools, resources, prompts, completion and logging. The
+#   governed MCP method: tools, resources, prompts, completion and logging, and
+#   for the requests upstreams make of the caller's client (sampling, elicitation,
+#   roots). The
 #   same rules serve discovery and use: a tool, resource or prompt is listed
 #   exactly when it may be called, read or got.
 # scope: subpackages
@@ -12,6 +14,7 @@
 package gateway
 
 import data.gateway.actions
+import data.gateway.client_requests
 import data.gateway.logging
 import data.gateway.prompts
 import data.gateway.resources
@@ -55,6 +58,8 @@ _grants := prompts.grants if actions.concern == "prompts"
 
 _grants := logging.grants if actions.concern == "logging"
 
+_grants := client_requests.grants if actions.concern == "client_requests"
+
 _deny := tools.deny if actions.concern == "tools"
 
 _deny := resources.deny if actions.concern == "resources"
@@ -62,3 +67,5 @@ _deny := resources.deny if actions.concern == "resources"
 _deny := prompts.deny if actions.concern == "prompts"
 
 _deny := logging.deny if actions.concern == "logging"
+
+_deny := client_requests.deny if actions.concern == "client_requests"

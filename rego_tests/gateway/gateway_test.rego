@@ -96,7 +96,7 @@ test_deny_unsupported_action_reported_alone if {
 		"allow": false,
 		"reasons": ["unsupported_action"],
 		"obligations": {},
-	} with input as _with_action(fixtures.tool_call_viewer_write, "sampling/createMessage")
+	} with input as _with_action(fixtures.tool_call_viewer_write, "tasks/get")
 }
 
 test_allow_tools_list_matches_tools_call if {
@@ -201,6 +201,31 @@ test_deny_logging_set_level_unrecognised_role if {
 		"reasons": ["no_recognised_role"],
 		"obligations": {},
 	} with input as _with_roles(fixtures.logging_set_level_operator, ["guest"])
+}
+
+test_allow_sampling_operator if {
+	gateway.decision == {
+		"allow": true,
+		"reasons": ["granted_by_role_operator"],
+		"obligations": {},
+	} with input as fixtures.sampling_operator
+}
+
+test_deny_sampling_viewer if {
+	gateway.decision == {
+		"allow": false,
+		"reasons": ["sampling_not_allowed_for_role"],
+		"obligations": {},
+	} with input as _with_roles(fixtures.sampling_operator, ["viewer"])
+}
+
+test_allow_elicitation_viewer if {
+	elicit := json.patch(fixtures.sampling_operator, [
+		{"op": "replace", "path": "/action", "value": "elicitation/create"},
+		{"op": "replace", "path": "/arguments", "value": {"mode": "form"}},
+	])
+	gateway.decision.allow with input as _with_roles(elicit, ["viewer"])
+	not gateway.decision.allow with input as _with_roles(elicit, ["guest"])
 }
 
 test_allow_resources_list_matches_resources_read if {

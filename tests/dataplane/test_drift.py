@@ -47,10 +47,10 @@ class Pool:
         self.requests: list[tuple[str, dict[str, Any]]] = []
         self.fail = False
 
-    def get(self, name: str, transport: str, url: str) -> Pool:
+    def get(self, name: str, transport: str, url: str, caller: Any = None) -> Pool:
         return self
 
-    async def request(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+    async def request(self, method: str, params: dict[str, Any], channel: Any = None) -> dict[str, Any]:
         self.requests.append((method, params))
         if self.fail:
             raise UpstreamUnavailable("down")
@@ -184,7 +184,7 @@ async def test_same_named_tools_of_two_servers_never_shadow_each_other(tmp_path:
     routed: list[str] = []
 
     class Routing(Pool):
-        def get(self, name: str, transport: str, url: str) -> Pool:
+        def get(self, name: str, transport: str, url: str, caller: Any = None) -> Pool:
             routed.append(url)
             return self
 
@@ -223,7 +223,7 @@ async def test_a_listing_that_is_not_a_tool_list_or_too_slow_keeps_the_last_verd
     assert _drifted(watch) == [("rp__lookup", "changed")]
 
     class Slow(Pool):
-        async def request(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        async def request(self, method: str, params: dict[str, Any], channel: Any = None) -> dict[str, Any]:
             await anyio.sleep(5)
             return {}
 

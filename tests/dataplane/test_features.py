@@ -92,11 +92,11 @@ class Upstreams:
         self.answers = answers or {}
         self.calls: list[tuple[str, str, dict[str, Any]]] = []
 
-    def get(self, name: str, transport: str, url: str) -> Any:
+    def get(self, name: str, transport: str, url: str, caller: Any = None) -> Any:
         upstreams = self
 
         class One:
-            async def request(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+            async def request(self, method: str, params: dict[str, Any], channel: Any = None) -> dict[str, Any]:
                 upstreams.calls.append((name, method, params))
                 answer = upstreams.answers.get((name, method), {"result": {}})
                 if isinstance(answer, list):

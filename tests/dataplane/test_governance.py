@@ -11,6 +11,7 @@ import pytest
 from gateway.dataplane import governance
 from gateway.dataplane.governance import CallContext, Governor, is_stale
 from gateway.dataplane.projection import ActiveProjection, compile_projection
+from gateway.dataplane.relay import Outbox
 from gateway.errors import ArgumentsTooDeep
 from gateway.policy.decision import Decision, ListDecision
 from gateway.policy.input import Subject
@@ -60,10 +61,10 @@ class Upstreams:
         self.reply = reply or {"jsonrpc": "2.0", "id": 1, "result": {"content": [], "isError": False}}
         self.fail = fail
 
-    def get(self, name: str, transport: str, url: str) -> Upstreams:
+    def get(self, name: str, transport: str, url: str, caller: Any = None) -> Upstreams:
         return self
 
-    async def request(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+    async def request(self, method: str, params: dict[str, Any], channel: Any = None) -> dict[str, Any]:
         self.calls.append(params)
         if self.fail is not None:
             raise self.fail
@@ -167,12 +168,26 @@ async def test_params_the_parser_marked_too_deep_are_refused_and_audited_as_reje
     assert engine.asked == 0 and upstreams.calls == []
 
 
-@pytest.mark.parametrize("key", ["task", "inputResponses", "requestState", "extra"])
-async def test_a_params_key_policy_would_not_see_is_refused_naming_it(tmp_path: Any, key: str) -> None:
+HANDSHAKE_CTX = CallContext(Subject("alice", "https://idp.test", ("viewer",)), "s1", "2025-11-25", None)
+
+
+@pytest.mark.parametrize(
+    ("key", "ctx"),
+    [
+        ("task", CTX),
+        ("extra", CTX),
+        # MRTR retries come from 2026-07-28 clients only
+        ("inputResponses", HANDSHAKE_CTX),
+        ("requestState", HANDSHAKE_CTX),
+    ],
+)
+async def test_a_params_key_policy_would_not_see_is_refused_naming_it(
+    tmp_path: Any, key: str, ctx: CallContext
+) -> None:
     engine = Engine("p5-pv2")
     gov, upstreams, audit = _governor(tmp_path, engine)
     params = {"name": "demo__echo", "arguments": {"text": "hi"}, key: {"ttl": 1}}
-    reply = await gov.call_tool(_projection(), CTX, 1, params)
+    reply = await gov.call_tool(_projection(), ctx, 1, params)
     assert reply["error"]["code"] == -32602 and repr(key) in reply["error"]["message"]
     assert audit.events[-1]["status"] == "rejected" and audit.events[-1]["error_category"] == "unexpected_param"
     assert engine.asked == 0 and upstreams.calls == []
@@ -180,9 +195,32 @@ async def test_a_params_key_policy_would_not_see_is_refused_naming_it(tmp_path: 
 
 async def test_only_the_name_and_the_arguments_policy_saw_are_forwarded(tmp_path: Any) -> None:
     gov, upstreams, _ = _governor(tmp_path, Engine("p5-pv2"))
-    params = {"name": "demo__echo", "arguments": {"text": "hi"}, "_meta": {"progressToken": 1}}
+    params = {"name": "demo__echo", "arguments": {"text": "hi"}, "_meta": {"progressToken": 1, "x": 2}}
     assert "result" in await gov.call_tool(_projection(), CTX, 1, params)
+    # No client stream to relay progress to: the token is not forwarded either.
     assert upstreams.calls == [{"name": "echo", "arguments": {"text": "hi"}}]
+
+
+async def test_a_modern_clients_mrtr_retry_and_progress_token_are_forwarded(tmp_path: Any) -> None:
+    gov, upstreams, _ = _governor(tmp_path, Engine("p5-pv2"))
+    ctx = CallContext(CTX.subject, None, "2026-07-28", None, client=Outbox(None))
+    params = {
+        "name": "demo__echo",
+        "arguments": {"text": "hi"},
+        "_meta": {"progressToken": "t1", "other": 1},
+        "inputResponses": {"k": {"action": "accept"}},
+        "requestState": "opaque",
+    }
+    assert "result" in await gov.call_tool(_projection(), ctx, 1, params)
+    assert upstreams.calls == [
+        {
+            "name": "echo",
+            "arguments": {"text": "hi"},
+            "_meta": {"progressToken": "t1"},
+            "inputResponses": {"k": {"action": "accept"}},
+            "requestState": "opaque",
+        }
+    ]
 
 
 async def test_a_non_string_name_is_refused_and_audited(tmp_path: Any) -> None:

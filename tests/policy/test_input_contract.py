@@ -197,6 +197,21 @@ DEMO = {"server": "demo", "transport": "streamable_http"}
             {"server": None, "transport": None, "arguments": {"level": "debug"}},
             id="logging-set-level",
         ),
+        pytest.param(
+            "sampling_operator",
+            "bob",
+            "operator",
+            "sampling/createMessage",
+            "sess-2",
+            "2025-11-25",
+            {
+                **DEMO,
+                "tool": "summarize",
+                "annotations": READ_ONLY,
+                "arguments": {"maxTokens": 200, "includeContext": "none"},
+            },
+            id="sampling-relayed",
+        ),
     ],
 )
 async def test_build_input_reproduces_the_golden_feature_documents(

@@ -21,6 +21,9 @@ test_allow_every_governed_method_has_its_concern if {
 		"prompts/list": "prompts",
 		"prompts/get": "prompts",
 		"logging/setLevel": "logging",
+		"sampling/createMessage": "client_requests",
+		"elicitation/create": "client_requests",
+		"roots/list": "client_requests",
 	}
 	every action, concern in expected {
 		actions.concern == concern with input as {"action": action}
@@ -34,6 +37,7 @@ test_allow_supported_names_every_governed_method if {
 		"resources/list", "resources/templates/list", "resources/read",
 		"prompts/list", "prompts/get",
 		"completion/complete", "logging/setLevel",
+		"sampling/createMessage", "elicitation/create", "roots/list",
 	}
 }
 
@@ -63,7 +67,7 @@ test_deny_completion_naming_both_a_prompt_and_a_resource if {
 
 test_deny_other_action if {
 	actions.deny == {"unsupported_action"} with input as {"action": "resources/subscribe"}
-	actions.deny == {"unsupported_action"} with input as {"action": "sampling/createMessage"}
+	actions.deny == {"unsupported_action"} with input as {"action": "tasks/get"}
 }
 
 test_deny_missing_action if {
