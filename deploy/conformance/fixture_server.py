@@ -24,8 +24,8 @@ The contract (names and texts are the suite's; where the suite checks a value it
   ``notifications/message`` at ``info``), ``test_tool_with_progress`` (progress 0/50/100 of 100
   for the caller's ``progressToken``; returns the token), ``test_error_handling`` (a tool error,
   ``isError: true``), ``test_sampling(prompt)`` and ``test_elicitation(message)`` (a
-  ``sampling/createMessage`` / ``elicitation/create`` request back to the client on the call's
-  stream), ``test_elicitation_sep1034_defaults`` (every primitive with a ``default``),
+  ``sampling/createMessage`` / ``elicitation/create`` asked with the SDK's resolvers: a request
+  on the call's stream in the handshake era, an ``input_required`` result in 2026-07-28), ``test_elicitation_sep1034_defaults`` (every primitive with a ``default``),
   ``test_elicitation_sep1330_enums`` (the five enum shapes), ``test_reconnection`` (closes the
   call's SSE stream mid-call; SEP-1699 polling), ``json_schema_2020_12_tool`` (a JSON Schema
   2020-12 ``inputSchema`` with ``$schema``, ``$defs``, ``$anchor``, ``allOf``/``anyOf``,
@@ -62,7 +62,16 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 from mcp.server import ServerRequestContext
-from mcp.server.mcpserver import Context, MCPServer, RequestStateSecurity
+from mcp.server.mcpserver import (
+    AcceptedElicitation,
+    Context,
+    Elicit,
+    ElicitationResult,
+    MCPServer,
+    RequestStateSecurity,
+    Resolve,
+    Sample,
+)
 from mcp.server.mcpserver.prompts.base import Message, Prompt, UserMessage
 from mcp.server.streamable_http import EventCallback, EventMessage, EventStore
 from mcp.shared.exceptions import MCPError
@@ -240,6 +249,27 @@ class _Enums(BaseModel):
     )
 
 
+def _sample_prompt(prompt: str) -> Sample:
+    return Sample([SamplingMessage(role="user", content=TextContent(type="text", text=prompt))], max_tokens=100)
+
+
+def _ask_reply(message: str) -> Elicit[_Reply]:
+    return Elicit(message, _Reply)
+
+
+def _ask_defaults() -> Elicit[_Defaults]:
+    return Elicit("Please review the defaults", _Defaults)
+
+
+def _ask_enums() -> Elicit[_Enums]:
+    return Elicit("Please pick from the enums", _Enums)
+
+
+def _outcome(answer: Any) -> str:
+    content = answer.data.model_dump_json() if isinstance(answer, AcceptedElicitation) else "{}"
+    return f"action={answer.action}, content={content}"
+
+
 # ---------------------------------------------------------------- the server
 def build_server(request_state_key: bytes | None = None) -> MCPServer:
     """The fixture server (tools, resources, prompts, completion, logging, subscriptions).
@@ -319,37 +349,28 @@ def build_server(request_state_key: bytes | None = None) -> MCPServer:
         meta = ctx.request_context.meta or {}
         return str(meta.get("progress_token", 0))
 
-    async def test_sampling(prompt: str, ctx: Context) -> str:
+    # Sampling and elicitation go through the SDK's resolvers, so the fixture asks the way the
+    # session's era wants: a request on the call's stream (handshake era), or an
+    # input_required result answered by the client's retry (2026-07-28).
+    async def test_sampling(prompt: str, sampled: Annotated[CreateMessageResult, Resolve(_sample_prompt)]) -> str:
         """Tests server-initiated sampling (LLM completion request)."""
-        try:
-            result = await ctx.session.create_message(
-                messages=[SamplingMessage(role="user", content=TextContent(type="text", text=prompt))],
-                max_tokens=100,
-                related_request_id=ctx.request_id,
-            )
-        except Exception as exc:  # the suite reads the text either way
-            return f"Sampling not supported or error: {exc}"
-        return f"LLM response: {_sampled(result)}"
+        return f"LLM response: {_sampled(sampled)}"
 
-    async def elicit(ctx: Context, message: str, schema: type[BaseModel]) -> str:
-        try:
-            result = await ctx.elicit(message=message, schema=schema)
-        except Exception as exc:
-            return f"Elicitation not supported or error: {exc}"
-        content = result.data.model_dump_json() if result.action == "accept" else "{}"
-        return f"action={result.action}, content={content}"
-
-    async def test_elicitation(message: str, ctx: Context) -> str:
+    async def test_elicitation(message: str, answer: Annotated[ElicitationResult[_Reply], Resolve(_ask_reply)]) -> str:
         """Tests server-initiated elicitation (user input request)."""
-        return "User response: " + await elicit(ctx, message, _Reply)
+        return "User response: " + _outcome(answer)
 
-    async def test_elicitation_sep1034_defaults(ctx: Context) -> str:
+    async def test_elicitation_sep1034_defaults(
+        answer: Annotated[ElicitationResult[_Defaults], Resolve(_ask_defaults)],
+    ) -> str:
         """Tests elicitation with default values for all primitive types (SEP-1034)."""
-        return "Elicitation completed: " + await elicit(ctx, "Please review the defaults", _Defaults)
+        return "Elicitation completed: " + _outcome(answer)
 
-    async def test_elicitation_sep1330_enums(ctx: Context) -> str:
+    async def test_elicitation_sep1330_enums(
+        answer: Annotated[ElicitationResult[_Enums], Resolve(_ask_enums)],
+    ) -> str:
         """Tests elicitation with the enum schema variants of SEP-1330."""
-        return "Elicitation completed: " + await elicit(ctx, "Please pick from the enums", _Enums)
+        return "Elicitation completed: " + _outcome(answer)
 
     async def test_reconnection(ctx: Context) -> str:
         """Tests SSE polling: closes the call's stream mid-call, answers after the reconnect (SEP-1699)."""

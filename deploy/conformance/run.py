@@ -90,22 +90,12 @@ DOC = PROJECT_ROOT / "docs" / "conformance.md"
 # Remove an entry as soon as the gateway passes it (the run lists such stale entries, and
 # `--strict-exceptions` fails on them). A gap that is not listed here fails `make conformance`.
 # ---------------------------------------------------------------------------------------------
-_SAMPLING = "the gateway does not relay the upstream's sampling/createMessage request to the client yet"
-_ELICITATION = "the gateway does not relay the upstream's elicitation/create request to the client yet"
-_SSE = "the gateway answers application/json only (SSE is optional), so no SSE stream/priming event/resume"
+_SSE = (
+    "the gateway streams a response only once something is relayed, without event ids or a priming"
+    " event, and does not resume a stream (SEP-1699 polling, GET + Last-Event-ID) yet"
+)
 _LISTEN = "server/discover advertises no listChanged/subscribe, so subscriptions/listen is not served"
 EXCEPTIONS: dict[str, str] = {
-    # -- 2025-11-25: server-to-client requests during a tools/call (being worked on in gateway/)
-    "2025-11-25 tools-call-sampling:tools-call-sampling": _SAMPLING,
-    "2025-11-25 tools-call-elicitation:tools-call-elicitation": _ELICITATION,
-    **{
-        f"2025-11-25 elicitation-sep1034-defaults:elicitation-sep1034-{kind}-default": _ELICITATION
-        for kind in ("string", "integer", "number", "enum", "boolean")
-    },
-    **{
-        f"2025-11-25 elicitation-sep1330-enums:elicitation-sep1330-{kind}": _ELICITATION
-        for kind in ("untitled-single", "titled-single", "legacy-enumnames", "untitled-multi", "titled-multi")
-    },
     # -- 2025-11-25: SSE responses (SEP-1699 polling/resumption)
     "2025-11-25 server-sse-polling:server-sse-priming-event": _SSE,
     "2025-11-25 server-sse-polling:server-sse-retry-field": _SSE,
