@@ -94,24 +94,12 @@ _SSE = (
     "the gateway streams a response only once something is relayed, without event ids or a priming"
     " event, and does not resume a stream (SEP-1699 polling, GET + Last-Event-ID) yet"
 )
-_LISTEN = "server/discover advertises no listChanged/subscribe, so subscriptions/listen is not served"
 EXCEPTIONS: dict[str, str] = {
     # -- 2025-11-25: SSE responses (SEP-1699 polling/resumption)
     "2025-11-25 server-sse-polling:server-sse-priming-event": _SSE,
     "2025-11-25 server-sse-polling:server-sse-retry-field": _SSE,
     "2025-11-25 server-sse-polling:server-sse-disconnect-resume": _SSE,
     "2025-11-25 server-sse-multiple-streams:server-sse-streams-functional": _SSE,
-    # -- 2025-11-25: resource subscriptions
-    "2025-11-25 resources-subscribe:resources-subscribe": "resources/subscribe is refused (-32601, not supported yet)",
-    "2025-11-25 resources-unsubscribe:resources-unsubscribe": (
-        "the scenario subscribes first, and resources/subscribe is refused (not supported yet)"
-    ),
-    # -- 2026-07-28: subscriptions/listen (SEP-2575); SKIPPED through the gateway
-    "2026-07-28 server-stateless:sep-2575-server-sends-subscription-ack": _LISTEN,
-    "2026-07-28 server-stateless:sep-2575-server-tags-subscription-id": _LISTEN,
-    "2026-07-28 server-stateless:sep-2575-server-honors-notification-filter": _LISTEN,
-    "2026-07-28 server-stateless:sep-2575-server-sends-prompts-list-changed-on-subscription": _LISTEN,
-    "2026-07-28 server-stateless:sep-2575-server-sends-tools-list-changed-on-subscription": _LISTEN,
 }
 
 _RESULT_DIR = re.compile(r"^server-(?P<scenario>.+)-\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}-\d{3}Z$")

@@ -18,6 +18,7 @@ from gateway.dataplane.drift import DriftWatch
 from gateway.dataplane.endpoint import healthz, mcp_endpoint, protected_resource_metadata, readyz
 from gateway.dataplane.features import FeatureGovernor
 from gateway.dataplane.hostcheck import HostOriginGuard
+from gateway.dataplane.listening import Hub, ServerWatch
 from gateway.dataplane.projection import ProjectionSync
 from gateway.dataplane.sessions import SessionStore
 from gateway.httpclient import create_http_client
@@ -27,6 +28,12 @@ from gateway.policy.opa import OpaPolicyEngine
 from gateway.policy.sidecar import OpaSidecar
 
 __all__ = ["create_dataplane_app", "dataplane_resources"]
+
+
+async def _expire_sessions(sessions: SessionStore) -> None:
+    while True:
+        await anyio.sleep(60)
+        sessions.expire()
 
 
 def create_dataplane_app(config: Config) -> Starlette:
@@ -94,10 +101,17 @@ async def dataplane_resources(config: Config) -> AsyncIterator[dict[str, object]
             hot, config.opa.url, timeout=config.opa.timeout, ready=sidecar.bundle_active if sidecar else None
         )
         await tg.start(upstreams.run)  # hosts legacy-SSE stream readers and stdio supervisors
+        hub = Hub(upstreams, tg)
+        watch = ServerWatch(lambda: sync.current, upstreams, hub, on_tools_changed=drift.request_check)
+        sessions = SessionStore(
+            idle_timeout=dp.session_idle_timeout, max_sessions=dp.max_sessions, on_close=hub.close_session
+        )
         if sidecar is not None:
             tg.start_soon(sidecar.run)
         tg.start_soon(sync.run)
         tg.start_soon(drift.run)  # re-lists each server's tools every drift_interval (off the hot path)
+        tg.start_soon(watch.run)  # each server's list changes, to listening clients and the drift check
+        tg.start_soon(_expire_sessions, sessions)
         tg.start_soon(audit.run)
         try:
             yield {
@@ -106,9 +120,8 @@ async def dataplane_resources(config: Config) -> AsyncIterator[dict[str, object]
                 "dp_sync": sync,
                 "dp_audit": audit,
                 "dp_governor": FeatureGovernor(config, engine, upstreams, audit, drift=drift),
-                "dp_sessions": SessionStore(
-                    idle_timeout=config.data_plane.session_idle_timeout, max_sessions=config.data_plane.max_sessions
-                ),
+                "dp_sessions": sessions,
+                "dp_hub": hub,
                 "dp_sidecar": sidecar,
                 "dp_opa_health": opa_health,
             }

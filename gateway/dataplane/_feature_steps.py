@@ -42,6 +42,8 @@ _PARAMS = {
     "prompts/get": frozenset({"name", "arguments", "_meta", *MRTR_PARAMS}),
     "completion/complete": frozenset({"ref", "argument", "context", "_meta"}),
     "logging/setLevel": frozenset({"level", "_meta"}),
+    "resources/subscribe": frozenset({"uri", "_meta"}),
+    "resources/unsubscribe": frozenset({"uri", "_meta"}),
 }
 MAX_NAME = 512
 """Characters of a client-chosen name or URI kept in the audit event."""

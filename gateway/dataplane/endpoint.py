@@ -51,12 +51,16 @@ from starlette.responses import Response
 from gateway.dataplane.auth import JwtVerifier, bearer_token
 from gateway.dataplane.feature_routing import (
     CAPABILITY_OF,
+    SUBSCRIPTION_METHODS,
     UNSUPPORTED_METHODS,
     advertised_capabilities,
+    offers_subscribe,
     serve_feature,
 )
 from gateway.dataplane.features import FeatureGovernor, cache_ttl_ms
 from gateway.dataplane.governance import CallContext
+from gateway.dataplane.listening import Listener, Subscription
+from gateway.dataplane.projection import ServerEntry
 from gateway.dataplane.relay import Outbox, RelayResponse
 from gateway.dataplane.sessions import Session, SessionLimitReached
 from gateway.errors import AuthenticationFailed, GatewayError, ProjectionUnavailable, RequestRejected
@@ -176,7 +180,7 @@ async def _serve(request: Request) -> Response:
         if projection is None or server not in projection.servers:
             return _json({"error": "unknown_server"}, 404)
     if request.method == "GET":
-        return Response(status_code=405, headers={"allow": "POST, DELETE"})
+        return _get_stream(request, subject, server)
     if request.method == "DELETE":
         session_id = request.headers.get("mcp-session-id")
         if session_id and request.state.dp_sessions.delete(session_id, (subject.issuer, subject.sub)):
@@ -288,6 +292,9 @@ async def _modern(request: Request, msg: Any, subject: Subject, server: str | No
         return _json(result_response(msg.id, result))
     declared = msg.params.get("_meta", {}).get("io.modelcontextprotocol/clientCapabilities")
     capabilities = declared if isinstance(declared, dict) else {}
+    if msg.method == "subscriptions/listen":
+        ctx = CallContext(subject, None, route.protocol_version, server, client_capabilities=capabilities)
+        return await _listen(request, msg, ctx)
     if msg.method in _STREAMABLE:
         # Progress and log messages may ride this request's stream; requests never do (MRTR).
         outbox = Outbox(None)
@@ -468,6 +475,8 @@ async def _legacy(
     if msg.method == "tools/call":
         governor = request.state.dp_governor
         return _json(await governor.call_tool(_current(request), ctx, msg.id, msg.params, rejection=msg.rejection))
+    if msg.method in SUBSCRIPTION_METHODS:
+        return await _subscription(request, msg, ctx, session)
     if msg.method in CAPABILITY_OF or msg.method in UNSUPPORTED_METHODS:
         feature = await serve_feature(request.state.dp_governor, _current(request), msg, ctx, handshake=True)
         if feature is not None:
@@ -513,3 +522,123 @@ def _streamable_legacy(request: Request, msg: Any, ctx: CallContext, outbox: Out
         session.running.pop(key, None)
 
     return RelayResponse(outbox, work, status=lambda _: 200, request_id=msg.id, on_start=started, on_end=ended)
+
+
+async def _forever() -> dict[str, Any]:
+    """The work of a listening stream: none; it ends when the client leaves."""
+    await anyio.sleep_forever()
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+MAX_SUBSCRIPTIONS = 100
+"""Most resource subscriptions of one handshake-era session, or one ``subscriptions/listen``."""
+
+
+def _get_stream(request: Request, subject: Subject, server: str | None) -> Response:
+    """``GET``: a handshake-era session's stream of notifications outside any call.
+
+    Needs ``Mcp-Session-Id`` (else 405: a 2026-07-28 client has no such stream) and
+    ``Accept: text/event-stream`` (else 406); one at a time per session (409). Carries the
+    session's list changes and resource updates (:mod:`gateway.dataplane.listening`).
+    Source: MCP 2025-11-25 ``basic/transports`` "Listening for Messages from the Server".
+    """
+    session_id = request.headers.get("mcp-session-id")
+    if not session_id:
+        return Response(status_code=405, headers={"allow": "POST, DELETE"})
+    if "text/event-stream" not in request.headers.get("accept", ""):
+        return _json(error_response(None, INVALID_REQUEST, "GET needs Accept: text/event-stream"), 406)
+    session = request.state.dp_sessions.get(session_id, (subject.issuer, subject.sub))
+    if session is None:
+        return _json(error_response(None, INVALID_REQUEST, "Session not found"), 404)
+    if session.stream_open:
+        return _json(error_response(None, INVALID_REQUEST, "This session already has a GET stream"), 409)
+    listener = request.state.dp_hub.session_listener(session, server)
+    session.stream_open = True
+
+    def ended() -> None:
+        session.stream_open = False
+
+    return RelayResponse(listener.outbox, _forever, status=lambda _: 200, request_id=None, on_end=ended, stream=True)
+
+
+async def _subscription(request: Request, msg: Any, ctx: CallContext, session: Session) -> Response:
+    """``resources/subscribe``/``resources/unsubscribe`` of a handshake-era session."""
+    projection = _current(request)
+    if not offers_subscribe(projection, ctx.server):
+        return _json(error_response(msg.id, METHOD_NOT_FOUND, f"Method not found: {msg.method}"))
+    if msg.method == "resources/subscribe" and len(session.subscriptions) >= MAX_SUBSCRIPTIONS:
+        message = f"A session holds at most {MAX_SUBSCRIPTIONS} subscriptions"
+        return _json(error_response(msg.id, INVALID_PARAMS, message, {"category": "too_many_subscriptions"}))
+    hub = request.state.dp_hub
+    listener = hub.session_listener(session, ctx.server)
+
+    def apply(entry: ServerEntry, original: str) -> None:
+        key = (entry.name, original)
+        if msg.method == "resources/subscribe":
+            if key not in session.subscriptions:
+                session.subscriptions[key] = hub.subscribe(listener, ctx.caller, projection, entry.name, original)
+        elif (subscription := session.subscriptions.pop(key, None)) is not None:
+            hub.unsubscribe(subscription)
+
+    governor: FeatureGovernor = request.state.dp_governor
+    reply = await governor.subscription(
+        projection, ctx, msg.id, msg.params, method=msg.method, apply=apply, rejection=msg.rejection
+    )
+    if msg.method == "resources/subscribe" and "result" in reply:
+        await hub.settled(list(session.subscriptions.values()))
+    return _json(reply)
+
+
+_LIST_FLAGS = {"toolsListChanged": "tools", "promptsListChanged": "prompts", "resourcesListChanged": "resources"}
+
+
+async def _listen(request: Request, msg: Any, ctx: CallContext) -> Response:
+    """``subscriptions/listen`` (2026-07-28): a stream of the notifications the filter asks for.
+
+    The filter's list flags are honored where the endpoint offers that list; each URI of
+    ``resourceSubscriptions`` (at most :data:`MAX_SUBSCRIPTIONS`) is decided and audited as
+    ``resources/subscribe`` and honored when allowed. The first message is
+    ``notifications/subscriptions/acknowledged`` with the honored filter; every message
+    carries ``_meta["io.modelcontextprotocol/subscriptionId"]`` = the request id. The
+    stream lasts until the client closes it. Source: MCP 2026-07-28
+    ``basic/patterns/subscriptions``.
+    """
+    wanted = msg.params.get("notifications")
+    uris = wanted.get("resourceSubscriptions", []) if isinstance(wanted, dict) else None
+    if not isinstance(wanted, dict) or not isinstance(uris, list) or not all(isinstance(u, str) for u in uris):
+        message = "subscriptions/listen needs notifications: a SubscriptionFilter"
+        return _json(error_response(msg.id, INVALID_PARAMS, message), 400)
+    if len(uris) > MAX_SUBSCRIPTIONS:
+        message = f"At most {MAX_SUBSCRIPTIONS} resourceSubscriptions"
+        return _json(error_response(msg.id, INVALID_PARAMS, message, {"category": "too_many_subscriptions"}), 400)
+    projection = _current(request)
+    offered = advertised_capabilities(projection, ctx.server, handshake=False)
+    honored: dict[str, Any] = {
+        flag: True for flag, cap in _LIST_FLAGS.items() if wanted.get(flag) is True and cap in offered
+    }
+    outbox = Outbox(None)
+    listener = Listener(ctx.server, dict(honored), outbox, subscription_id=msg.id)
+    hub = request.state.dp_hub
+    subscriptions: list[Subscription] = []
+    allowed: list[str] = []
+    governor: FeatureGovernor = request.state.dp_governor
+    for uri in uris if offers_subscribe(projection, ctx.server) else []:
+
+        def apply(entry: ServerEntry, original: str, uri: str = uri) -> None:
+            subscriptions.append(hub.subscribe(listener, ctx.caller, projection, entry.name, original))
+            allowed.append(uri)
+
+        await governor.subscription(projection, ctx, None, {"uri": uri}, method="resources/subscribe", apply=apply)
+    if allowed:
+        honored["resourceSubscriptions"] = allowed
+        await hub.settled(subscriptions)
+    ack = {"jsonrpc": "2.0", "method": "notifications/subscriptions/acknowledged", "params": {"notifications": honored}}
+    await listener.deliver(ack)
+    hub.add(listener)
+
+    def ended() -> None:
+        hub.remove(listener)
+        for subscription in subscriptions:
+            hub.unsubscribe(subscription)
+
+    return RelayResponse(outbox, _forever, status=_modern_status, request_id=msg.id, on_end=ended, stream=True)

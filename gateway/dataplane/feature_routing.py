@@ -13,7 +13,14 @@ from gateway.dataplane.governance import CallContext
 from gateway.dataplane.projection import ActiveProjection
 from gateway.mcp.messages import INVALID_PARAMS, METHOD_NOT_FOUND, JsonRpcMessage, error_response, result_response
 
-__all__ = ["CAPABILITY_OF", "UNSUPPORTED_METHODS", "advertised_capabilities", "serve_feature"]
+__all__ = [
+    "CAPABILITY_OF",
+    "SUBSCRIPTION_METHODS",
+    "UNSUPPORTED_METHODS",
+    "advertised_capabilities",
+    "offers_subscribe",
+    "serve_feature",
+]
 
 CAPABILITY_OF = {
     "resources/list": "resources",
@@ -27,9 +34,24 @@ CAPABILITY_OF = {
 """The server capability each governed method needs; an endpoint that does not
 advertise it answers the method ``-32601`` (not governed, not audited)."""
 
-UNSUPPORTED_METHODS = frozenset({"resources/subscribe", "resources/unsubscribe"})
-"""Handshake-era methods the gateway answers ``-32601`` (never silently accepts): they need
-``notifications/resources/updated`` relayed to the subscriber, which the gateway does not do yet."""
+UNSUPPORTED_METHODS: frozenset[str] = frozenset()
+"""Handshake-era methods the gateway answers ``-32601`` (never silently accepts): none now."""
+
+SUBSCRIPTION_METHODS = frozenset({"resources/subscribe", "resources/unsubscribe"})
+"""Handshake-era methods served by the endpoint with the session's listener
+(:mod:`gateway.dataplane.listening`), governed by :meth:`FeatureGovernor.subscription`."""
+
+
+def offers_subscribe(projection: ActiveProjection | None, server: str | None) -> bool:
+    """True when a server of the endpoint declared ``resources.subscribe`` at approval."""
+    if projection is None:
+        return False
+    servers = projection.servers.values() if server is None else [projection.servers[server]]
+    return any(
+        s.offers("resources") and s.capabilities["resources"].get("subscribe") is True
+        for s in servers
+        if server is None or s.name == server
+    )
 
 
 def advertised_capabilities(
@@ -37,14 +59,15 @@ def advertised_capabilities(
 ) -> dict[str, Any]:
     """The ``capabilities`` the endpoint advertises (``initialize`` result, ``server/discover``).
 
-    ``tools`` always; ``resources`` (no ``subscribe``), ``prompts``, ``completions``
-    and, in the handshake era only, ``logging``, each when at least one approved server
-    of the endpoint (every server on ``/mcp``, the one server on ``/mcp/{server}``)
-    declared it at approval. ``listChanged`` is false: list changes are not relayed.
-    ``logging`` is not offered to 2026-07-28 clients: ``logging/setLevel`` is not a
-    method of that revision and log notifications are not relayed.
+    ``tools`` always; ``resources``, ``prompts``, ``completions`` and, in the handshake
+    era only, ``logging``, each when at least one approved server of the endpoint (every
+    server on ``/mcp``, the one server on ``/mcp/{server}``) declared it at approval.
+    ``listChanged`` is true (list changes are relayed to listening clients,
+    :mod:`gateway.dataplane.listening`); ``resources.subscribe`` is true when a server of
+    the endpoint declared it. ``logging`` is not offered to 2026-07-28 clients:
+    ``logging/setLevel`` is not a method of that revision (their requests carry a log level).
     """
-    caps: dict[str, Any] = {"tools": {"listChanged": False}}
+    caps: dict[str, Any] = {"tools": {"listChanged": True}}
     if projection is None:
         return caps
     if server is None:
@@ -52,9 +75,9 @@ def advertised_capabilities(
     else:
         servers = [projection.servers[server]] if server in projection.servers else []
     if any(s.offers("resources") for s in servers):
-        caps["resources"] = {"subscribe": False, "listChanged": False}
+        caps["resources"] = {"subscribe": offers_subscribe(projection, server), "listChanged": True}
     if any(s.offers("prompts") for s in servers):
-        caps["prompts"] = {"listChanged": False}
+        caps["prompts"] = {"listChanged": True}
     if any(s.offers("completions") for s in servers):
         caps["completions"] = {}
     if handshake and any(s.offers("logging") for s in servers):

@@ -39,7 +39,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import anyio
@@ -227,6 +227,52 @@ class FeatureGovernor(FeatureSteps):
             return reply
 
         return await self._governed(projection, ctx, "resources/read", run)
+
+    async def subscription(
+        self,
+        projection: ActiveProjection,
+        ctx: CallContext,
+        msg_id: str | int | None,
+        params: dict[str, Any],
+        *,
+        method: str,
+        apply: Callable[[ServerEntry, str], None],
+        rejection: RequestRejected | None = None,
+    ) -> dict[str, Any]:
+        """``resources/subscribe`` or ``resources/unsubscribe``: checked and decided like
+        ``resources/read`` (same ``resource`` input, ``action`` = ``method``), then ``apply``
+        (server, original URI) starts or stops the subscription; answers ``{}``.
+
+        Returns:
+            The response message; ``-32602`` ``unknown_resource`` for a URI of no approved
+            server that declared ``resources.subscribe``, ``-32003`` when policy refused.
+        """
+
+        async def run(trace: _Trace) -> dict[str, Any]:
+            uri = params.get("uri")
+            if isinstance(uri, str):
+                trace.tool = uri[:MAX_NAME]
+            refused = self._checked(projection, ctx, trace, msg_id, params, rejection)
+            if refused is not None:
+                return refused
+            if not isinstance(uri, str):
+                return self._reject(projection, ctx, trace, msg_id, "bad_request", f"{method} needs a string uri")
+            resolved = self._resolve_uri(projection, ctx, uri)
+            resources = resolved[0].capabilities.get("resources") if resolved else None
+            if resolved is None or not isinstance(resources, dict) or resources.get("subscribe") is not True:
+                message = f"Unknown resource: {uri[:MAX_NAME]}"
+                return self._reject(projection, ctx, trace, msg_id, "unknown_resource", message)
+            server, original = resolved
+            trace.server, trace.tool = server.name, original[:MAX_NAME]
+            doc = self._input(projection, ctx, method, server, resource_uri=original)
+            denied = await self._decide(projection, ctx, trace, msg_id, doc)
+            if denied is not None:
+                return denied
+            apply(server, original)
+            self._emit(projection, ctx, trace, status="ok", result_sha256=_sha256({}))
+            return result_response(msg_id, {})
+
+        return await self._governed(projection, ctx, method, run)
 
     # ------------------------------------------------------------------ prompts
     async def list_prompts(self, projection: ActiveProjection, ctx: CallContext) -> list[dict[str, Any]]:

@@ -186,6 +186,8 @@ class RelayResponse(Response):
         request_id: The client's JSON-RPC id (for the ``-32603`` answers).
         on_start: Called with the cancel scope of ``work`` before it runs, so a
             ``notifications/cancelled`` can reach it; ``on_end`` when it has ended.
+        stream: Answer with an SSE stream at once (a listening stream: ``GET`` or
+            ``subscriptions/listen``), which lasts until ``work`` returns or the client leaves.
     """
 
     def __init__(
@@ -198,8 +200,10 @@ class RelayResponse(Response):
         headers: Mapping[str, str] | None = None,
         on_start: Callable[[anyio.CancelScope], None] | None = None,
         on_end: Callable[[], None] | None = None,
+        stream: bool = False,
     ) -> None:
         super().__init__(status_code=200, headers=headers)
+        self._stream = stream
         self._outbox = outbox
         self._work = work
         self._status = status
@@ -235,8 +239,11 @@ class RelayResponse(Response):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._run)
-            final, first = await self._outbox.receive.receive()
-            if final:
+            first: dict[str, Any] | None = None
+            final = False
+            if not self._stream:
+                final, first = await self._outbox.receive.receive()
+            if final and first is not None:
                 body = orjson.dumps(first)
                 start = self._start(self._status(first), b"application/json")
                 start["headers"].append((b"content-length", str(len(body)).encode()))
@@ -254,7 +261,10 @@ class RelayResponse(Response):
             start = self._start(200, None)
             start["headers"].extend(_SSE_HEADERS)
             await send(start)
-            await send({"type": "http.response.body", "body": _event(first), "more_body": True})
+            if first is not None:
+                await send({"type": "http.response.body", "body": _event(first), "more_body": True})
+            else:
+                await send({"type": "http.response.body", "body": b"", "more_body": True})
             while not final:
                 final, message = await self._outbox.receive.receive()
                 await send({"type": "http.response.body", "body": _event(message), "more_body": True})
@@ -306,7 +316,7 @@ class GovernedChannel:
             and isinstance(params, dict)
             and isinstance(params.get("uri"), str)
         ):
-            message = {**message, "params": {**params, "uri": namespace_uri(params["uri"], self._server)}}
+            message = {**message, "params": {**params, "uri": namespace_uri(self._server, params["uri"])}}
         await client.notify(message)
 
     async def request(self, method: str, params: dict[str, Any]) -> dict[str, Any]:

@@ -15,10 +15,14 @@ import itertools
 import secrets
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
+
+if TYPE_CHECKING:
+    from gateway.dataplane.listening import Listener, Subscription
 
 __all__ = ["Answer", "Session", "SessionLimitReached", "SessionStore"]
 
@@ -46,6 +50,10 @@ class Session:
             ``gw-<n>``) waiting for its response; see :meth:`expect` and :meth:`deliver`.
         running: Cancel scopes of the client's requests in progress, by their JSON-RPC id
             (as canonical JSON), for ``notifications/cancelled``.
+        listener: Where this session's notifications outside any call are queued
+            (:mod:`gateway.dataplane.listening`), created on first need; ``stream_open``
+            while a ``GET`` stream drains it.
+        subscriptions: The session's resource subscriptions, by (server, upstream URI).
     """
 
     id: str
@@ -56,6 +64,9 @@ class Session:
     log_level: str | None = None
     answers: dict[str, Answer] = field(default_factory=dict)
     running: dict[str, anyio.CancelScope] = field(default_factory=dict)
+    listener: Listener | None = None
+    stream_open: bool = False
+    subscriptions: dict[tuple[str, str], Subscription] = field(default_factory=dict)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     def expect(self) -> tuple[str, Answer]:
@@ -82,9 +93,19 @@ class SessionStore:
         idle_timeout: Seconds of inactivity after which a session is gone.
         max_sessions: Most live sessions overall.
         max_per_owner: Most live sessions of one subject; its oldest is evicted beyond this.
+        on_close: Called with each session that ends (deleted, expired or evicted), to
+            release what it holds (its listener and subscriptions).
     """
 
-    def __init__(self, *, idle_timeout: float, max_sessions: int, max_per_owner: int = 64) -> None:
+    def __init__(
+        self,
+        *,
+        idle_timeout: float,
+        max_sessions: int,
+        max_per_owner: int = 64,
+        on_close: Callable[[Session], None] | None = None,
+    ) -> None:
+        self._on_close = on_close
         self._idle = idle_timeout
         self._max = max_sessions
         self._max_per_owner = max_per_owner
@@ -101,7 +122,7 @@ class SessionStore:
         now = time.monotonic()
         own = [sid for sid, sess in self._sessions.items() if sess.owner == owner]
         for sid in own[: max(0, len(own) - self._max_per_owner + 1)]:
-            del self._sessions[sid]
+            self._close(self._sessions.pop(sid))
         if len(self._sessions) >= self._max:
             self._expire(now)
         if len(self._sessions) >= self._max:
@@ -110,13 +131,18 @@ class SessionStore:
         self._sessions[session.id] = session
         return session
 
+    def expire(self) -> None:
+        """End every session idle longer than the timeout (run periodically, so an abandoned
+        session's listener and subscriptions do not outlive it)."""
+        self._expire(time.monotonic())
+
     def _expire(self, now: float) -> None:
         # Oldest-used first (get() moves a used session to the end), so stop at the first live one.
         while self._sessions:
             sid, sess = next(iter(self._sessions.items()))
             if now - sess.last_used <= self._idle:
                 return
-            del self._sessions[sid]
+            self._close(self._sessions.pop(sid))
 
     def get(self, session_id: str, owner: tuple[str, str]) -> Session | None:
         """The live session with this id owned by ``owner``, else None."""
@@ -125,7 +151,7 @@ class SessionStore:
         if session is None:
             return None
         if now - session.last_used > self._idle:
-            del self._sessions[session_id]
+            self._close(self._sessions.pop(session_id))
             return None
         # compare bytes: compare_digest raises TypeError on non-ASCII str (e.g. sub "josé")
         if not secrets.compare_digest("\x00".join(session.owner).encode(), "\x00".join(owner).encode()):
@@ -138,5 +164,9 @@ class SessionStore:
         """End a session (``DELETE``); False when unknown or not the owner's."""
         if self.get(session_id, owner) is None:
             return False
-        del self._sessions[session_id]
+        self._close(self._sessions.pop(session_id))
         return True
+
+    def _close(self, session: Session) -> None:
+        if self._on_close is not None:
+            self._on_close(session)

@@ -30,18 +30,23 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import anyio
 
 __all__ = [
     "NO_RELATED_REQUEST",
+    "LIST_CHANGED",
     "ClientChannel",
     "InFlight",
+    "Listeners",
     "answer_server_request",
     "cancelled_notification",
     "is_notification",
     "is_server_request",
+    "listen_on",
+    "wanted",
 ]
 
 log = logging.getLogger("gateway.upstream")
@@ -118,6 +123,8 @@ class InFlight:
 
     def __init__(self, idle: float) -> None:
         self._idle = idle
+        self.listeners = Listeners()
+        """Notifications outside any call (:class:`Listeners`): resource updates and list changes."""
         self._keys = itertools.count(1)
         self._channels: dict[int, tuple[ClientChannel, anyio.CancelScope | None]] = {}
         self._tokens: dict[str, tuple[int, Any]] = {}
@@ -157,7 +164,13 @@ class InFlight:
         return next(iter(self._channels)) if len(self._channels) == 1 else None
 
     async def notification(self, msg: dict[str, Any]) -> None:
-        """Relay an upstream notification to the client it belongs to (or drop it)."""
+        """Relay an upstream notification to the client it belongs to (or drop it).
+
+        Resource updates and list changes go to the :attr:`listeners` that asked for them
+        first; only one nobody listens for may go to the call in flight.
+        """
+        if await self.listeners.deliver(msg):
+            return
         params = msg.get("params")
         if msg["method"] == "notifications/progress":
             token = params.get("progressToken") if isinstance(params, dict) else None
@@ -189,3 +202,103 @@ class InFlight:
             if key in self._asking:
                 self._asking[key] -= 1
                 self._restart(key)
+
+
+LIST_CHANGED = {
+    "notifications/tools/list_changed": "toolsListChanged",
+    "notifications/prompts/list_changed": "promptsListChanged",
+    "notifications/resources/list_changed": "resourcesListChanged",
+}
+"""List-change notifications and the ``SubscriptionFilter`` flag that opts in to each
+(MCP 2026-07-28 ``basic/patterns/subscriptions``)."""
+
+
+def wanted(notifications: dict[str, Any], msg: dict[str, Any]) -> bool:
+    """True when a listener with this ``SubscriptionFilter`` asked for ``msg``.
+
+    ``notifications/resources/updated`` needs its ``uri`` in ``resourceSubscriptions``; a
+    list change its flag (:data:`LIST_CHANGED`); nothing else is delivered outside a call.
+    """
+    method = msg.get("method")
+    if method == "notifications/resources/updated":
+        params = msg.get("params")
+        uris = notifications.get("resourceSubscriptions")
+        return isinstance(params, dict) and isinstance(uris, list) and params.get("uri") in uris
+    flag = LIST_CHANGED.get(str(method))
+    return flag is not None and notifications.get(flag) is True
+
+
+class Listeners:
+    """Who hears an upstream session's notifications that belong to no call.
+
+    Each listener has a ``SubscriptionFilter`` (``toolsListChanged``,
+    ``promptsListChanged``, ``resourcesListChanged``, ``resourceSubscriptions``) and a
+    sink; :meth:`deliver` hands a notification to every listener that asked for it.
+    """
+
+    def __init__(self) -> None:
+        self._keys = itertools.count(1)
+        self._sinks: dict[int, tuple[dict[str, Any], ClientChannel]] = {}
+
+    def __len__(self) -> int:
+        return len(self._sinks)
+
+    def add(self, notifications: dict[str, Any], sink: ClientChannel) -> int:
+        """Register a listener; returns its key for :meth:`remove`."""
+        key = next(self._keys)
+        self._sinks[key] = (notifications, sink)
+        return key
+
+    def remove(self, key: int) -> None:
+        self._sinks.pop(key, None)
+
+    def uris(self) -> set[str]:
+        """Every resource URI some listener subscribed to."""
+        out: set[str] = set()
+        for notifications, _ in self._sinks.values():
+            uris = notifications.get("resourceSubscriptions")
+            if isinstance(uris, list):
+                out.update(u for u in uris if isinstance(u, str))
+        return out
+
+    async def deliver(self, msg: dict[str, Any]) -> bool:
+        """Hand ``msg`` to every listener that asked for it; False when none did."""
+        sinks = [sink for notifications, sink in list(self._sinks.values()) if wanted(notifications, msg)]
+        for sink in sinks:
+            await sink.notify(msg)
+        return bool(sinks)
+
+
+async def listen_on(
+    listeners: Listeners,
+    notifications: dict[str, Any],
+    sink: ClientChannel,
+    request: Callable[[str, dict[str, Any]], Awaitable[Any]],
+    ended: Callable[[], Awaitable[Any]],
+    ready: Callable[[], None] | None = None,
+) -> None:
+    """Listen on one handshake-era session until it ends (or the caller is cancelled).
+
+    Joins ``listeners``, ``resources/subscribe``s (with ``request``) each URI of
+    ``resourceSubscriptions`` no other listener subscribed to yet, waits for ``ended()``,
+    calls ``ready()``, waits for ``ended()``, then leaves and ``resources/unsubscribe``s
+    the URIs nobody wants any more (best effort, at most 2 s).
+    """
+    before = listeners.uris()
+    key = listeners.add(notifications, sink)
+    try:
+        for uri in sorted(listeners.uris() - before):
+            await request("resources/subscribe", {"uri": uri})
+        if ready is not None:
+            ready()
+        await ended()
+    finally:
+        listeners.remove(key)
+        mine = notifications.get("resourceSubscriptions")
+        gone = {u for u in mine if isinstance(u, str)} - listeners.uris() if isinstance(mine, list) else set()
+        with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+            for uri in sorted(gone):
+                try:
+                    await request("resources/unsubscribe", {"uri": uri})
+                except Exception:  # noqa: BLE001 - best effort: the session may be gone
+                    log.debug("resources/unsubscribe of a subscription failed")

@@ -32,6 +32,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -43,7 +44,14 @@ from anyio.abc import TaskGroup, TaskStatus
 from gateway.errors import UpstreamError, UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
 from gateway.httpclient import HttpClient, HttpTimeout, HttpTransportError
 from gateway.mcp._common import CLIENT_INFO, loads_message, safe_url
-from gateway.mcp.channel import ClientChannel, InFlight, cancelled_notification, is_notification, is_server_request
+from gateway.mcp.channel import (
+    ClientChannel,
+    InFlight,
+    cancelled_notification,
+    is_notification,
+    is_server_request,
+    listen_on,
+)
 from gateway.mcp.messages import HANDSHAKE_VERSIONS
 
 __all__ = ["LEGACY_SSE_VERSION", "LegacySseUpstream"]
@@ -167,6 +175,23 @@ class LegacySseUpstream:
             raise
         except Exception as exc:  # adapter boundary: nothing foreign escapes as a 500
             raise UpstreamProtocolError(f"upstream {self._safe_url}: {type(exc).__name__}") from exc
+
+    async def listen(
+        self, notifications: dict[str, Any], sink: ClientChannel, ready: Callable[[], None] | None = None
+    ) -> None:
+        """Deliver notifications outside any call to ``sink`` until cancelled
+        (:func:`~gateway.mcp.channel.listen_on` on each stream in turn)."""
+        while True:
+            try:
+                stream = await self._connect()
+
+                async def request(method: str, params: dict[str, Any], stream: _Stream = stream) -> Any:
+                    return await self._exchange(stream, method, params)
+
+                await listen_on(stream.inflight.listeners, notifications, sink, request, stream.done.wait, ready)
+            except (UpstreamError, _SessionGone) as exc:
+                log.info("upstream %s: listening failed (%s); retrying", self._safe_url, type(exc).__name__)
+            await anyio.sleep(1.0)
 
     async def aclose(self) -> None:
         """Close the stream (ends the upstream session); later requests are refused."""

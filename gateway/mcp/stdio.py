@@ -45,7 +45,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,7 +71,14 @@ from gateway.mcp._process import (
     spawn,
     terminate,
 )
-from gateway.mcp.channel import ClientChannel, InFlight, cancelled_notification, is_notification, is_server_request
+from gateway.mcp.channel import (
+    ClientChannel,
+    InFlight,
+    cancelled_notification,
+    is_notification,
+    is_server_request,
+    listen_on,
+)
 from gateway.mcp.messages import HANDSHAKE_VERSIONS
 
 __all__ = ["BASE_ENV_KEYS", "StdioLaunch", "StdioLimits", "StdioUpstream", "launch_environment", "stdio_transport"]
@@ -264,6 +271,26 @@ class StdioUpstream:
                     # supervisor to notice, then send it to the next process.
                     await running.ended.wait()
         raise UpstreamTimeout(f"stdio upstream {self.name} did not answer within {self._timeout}s")
+
+    async def listen(
+        self, notifications: dict[str, Any], sink: ClientChannel, ready: Callable[[], None] | None = None
+    ) -> None:
+        """Deliver notifications outside any call to ``sink`` until cancelled
+        (:func:`~gateway.mcp.channel.listen_on` on each process in turn)."""
+        while not self._closed:
+            try:
+                if not self._started:
+                    self._started = True
+                    self._spawner.start_soon(self._supervise)
+                with anyio.fail_after(self._timeout):
+                    running = await self._ready()
+                await listen_on(
+                    running.inflight.listeners, notifications, sink, running.call, running.ended.wait, ready
+                )
+            except (UpstreamError, TimeoutError, _NotDelivered) as exc:
+                log.info("stdio upstream %s: listening failed (%s); retrying", self.name, type(exc).__name__)
+            await anyio.sleep(1.0)
+        await anyio.sleep_forever()
 
     async def aclose(self) -> None:
         """Stop the process (stdin closed, SIGTERM, SIGKILL) and refuse later requests."""

@@ -34,7 +34,7 @@ import itertools
 import logging
 import math
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -49,10 +49,12 @@ from gateway.httpclient import HttpClient, HttpTimeout, HttpTransportError
 from gateway.mcp._common import CLIENT_INFO, loads_message, safe_url
 from gateway.mcp.channel import (
     ClientChannel,
+    Listeners,
     answer_server_request,
     cancelled_notification,
     is_notification,
     is_server_request,
+    listen_on,
 )
 from gateway.mcp.legacy_sse import LegacySseUpstream
 from gateway.mcp.messages import HANDSHAKE_VERSIONS, MODERN_VERSIONS
@@ -89,6 +91,14 @@ class Upstream(Protocol):
         """
         ...
 
+    async def listen(
+        self, notifications: dict[str, Any], sink: ClientChannel, ready: Callable[[], None] | None = None
+    ) -> None:
+        """Until cancelled, deliver to ``sink`` the notifications outside any call that
+        ``notifications`` (a 2026-07-28 ``SubscriptionFilter``) asks for; see :mod:`gateway.mcp.channel`.
+        ``ready()`` is called once the upstream has taken the subscription (each time it is re-made)."""
+        ...
+
     async def aclose(self) -> None:
         """Release the upstream session."""
         ...
@@ -112,6 +122,8 @@ class StreamableHttpUpstream:
         client_capabilities: What the gateway declares to the upstream (``initialize``
             ``capabilities``, or the 2026-07-28 ``clientCapabilities`` envelope): the
             capabilities of the client this session serves, ``{}`` for the gateway's own.
+        spawner: Runs the handshake-era ``GET`` stream reader while someone listens
+            (:meth:`listen`); without one, nothing outside a call is heard in that era.
     """
 
     def __init__(
@@ -122,6 +134,7 @@ class StreamableHttpUpstream:
         timeout: float,
         max_duration: float | None = None,
         client_capabilities: dict[str, Any] | None = None,
+        spawner: TaskGroup | None = None,
     ) -> None:
         self.url = url
         self._safe_url = safe_url(url)
@@ -129,6 +142,9 @@ class StreamableHttpUpstream:
         self._timeout = timeout
         self._max_duration = max(timeout, max_duration or timeout)
         self._capabilities = client_capabilities or {}
+        self._spawner = spawner
+        self._listeners = Listeners()
+        self._get_reader: anyio.CancelScope | None = None
         self._ids = itertools.count(1)
         self._session: _Session | None = None
         self._lock = anyio.Lock()
@@ -411,6 +427,103 @@ class StreamableHttpUpstream:
         except Exception as exc:  # adapter boundary: nothing foreign escapes as a 500
             raise UpstreamProtocolError(f"upstream {self._safe_url}: {type(exc).__name__}") from exc
 
+    async def listen(
+        self, notifications: dict[str, Any], sink: ClientChannel, ready: Callable[[], None] | None = None
+    ) -> None:
+        """Deliver the upstream's notifications outside any call to ``sink`` until cancelled.
+
+        2026-07-28: one ``subscriptions/listen`` POST per listener, its SSE stream read to
+        the end (the ``notifications/subscriptions/acknowledged`` is not passed on), then
+        re-opened after a second. Handshake era: the listener joins this session's
+        listeners; each URI of ``resourceSubscriptions`` not yet subscribed is
+        ``resources/subscribe``d (``resources/unsubscribe``d when its last listener leaves),
+        and one ``GET`` stream per session carries the notifications (MCP 2025-11-25
+        ``basic/transports`` "Listening for Messages from the Server"). Failures are logged
+        and retried; nothing is raised but cancellation.
+        """
+        while True:
+            try:
+                session = self._session or await self._connect()
+                if session.era == "modern":
+                    await self._listen_modern(session, notifications, sink, ready)
+                else:
+                    await self._listen_legacy(session, notifications, sink, ready)
+            except UpstreamError as exc:
+                log.info("upstream %s: listening failed (%s); retrying", self._safe_url, exc.category)
+            await anyio.sleep(1.0)
+
+    async def _listen_modern(
+        self,
+        session: _Session,
+        notifications: dict[str, Any],
+        sink: ClientChannel,
+        ready: Callable[[], None] | None,
+    ) -> None:
+        req_id = next(self._ids)
+        params = self._envelope(session, {"notifications": notifications})
+        body = orjson.dumps({"jsonrpc": "2.0", "id": req_id, "method": "subscriptions/listen", "params": params})
+        try:
+            async with self._http.request(
+                "POST", self.url, body=body, headers=self._headers(session, "subscriptions/listen", {}), timeout=None
+            ) as resp:
+                if not resp.headers.get("content-type", "").startswith("text/event-stream"):
+                    await resp.read()
+                    log.info("upstream %s offers no subscriptions/listen (HTTP %d)", self._safe_url, resp.status)
+                    await anyio.sleep(60)  # asked again later: an approval may change it
+                    return
+                async for event in resp.aiter_sse():
+                    msg = loads_message(event.data.encode(), self._safe_url) if event.data else {}
+                    if not is_notification(msg):
+                        continue
+                    if msg["method"] != "notifications/subscriptions/acknowledged":
+                        await sink.notify(msg)
+                    elif ready is not None:
+                        ready()
+        except HttpTransportError as exc:
+            raise UpstreamUnavailable(f"upstream {self._safe_url}: {exc}") from exc
+
+    async def _listen_legacy(
+        self,
+        session: _Session,
+        notifications: dict[str, Any],
+        sink: ClientChannel,
+        ready: Callable[[], None] | None,
+    ) -> None:
+        if self._get_reader is None and self._spawner is not None:
+            self._get_reader = anyio.CancelScope()
+            self._spawner.start_soon(self._read_get_stream, session, self._get_reader)
+        try:
+            await listen_on(self._listeners, notifications, sink, self.request, anyio.sleep_forever, ready)
+        finally:
+            if not len(self._listeners) and self._get_reader is not None:
+                self._get_reader.cancel()
+                self._get_reader = None
+
+    async def _read_get_stream(self, session: _Session, scope: anyio.CancelScope) -> None:
+        """The session's ``GET`` stream, while anyone listens: notifications to the listeners."""
+        with scope:
+            while True:
+                try:
+                    headers = {**self._headers(session, "", {}), "accept": "text/event-stream"}
+                    async with self._http.request("GET", self.url, body=None, headers=headers, timeout=None) as resp:
+                        if resp.status == 405 or not resp.headers.get("content-type", "").startswith(
+                            "text/event-stream"
+                        ):
+                            await resp.read()
+                            log.info("upstream %s offers no GET stream (HTTP %d)", self._safe_url, resp.status)
+                            return
+                        async for event in resp.aiter_sse():
+                            msg = loads_message(event.data.encode(), self._safe_url) if event.data else {}
+                            if is_notification(msg):
+                                await self._listeners.deliver(msg)
+                            elif is_server_request(msg):
+                                await self._post_reply(session, await answer_server_request(None, msg))
+                except (HttpTransportError, UpstreamError) as exc:
+                    log.info("upstream %s: GET stream lost (%s)", self._safe_url, type(exc).__name__)
+                except Exception:  # a background reader never raises into the pool's task group
+                    log.exception("upstream %s: GET stream reader failed", self._safe_url)
+                await anyio.sleep(1.0)
+
     async def aclose(self) -> None:
         """End a legacy session with ``DELETE`` (best effort)."""
         session, self._session = self._session, None
@@ -450,6 +563,11 @@ class _Refused:
         self, method: str, params: dict[str, Any], channel: ClientChannel | None = None
     ) -> dict[str, Any]:
         raise UpstreamUnavailable(self._reason)
+
+    async def listen(
+        self, notifications: dict[str, Any], sink: ClientChannel, ready: Callable[[], None] | None = None
+    ) -> None:
+        await anyio.sleep_forever()
 
     async def aclose(self) -> None:
         pass
@@ -585,7 +703,12 @@ class UpstreamPool:
                 url, self._http, spawner=self._spawner(), timeout=self._timeout, client_capabilities=capabilities
             )
         return StreamableHttpUpstream(
-            url, self._http, timeout=self._timeout, max_duration=self._max_duration, client_capabilities=capabilities
+            url,
+            self._http,
+            timeout=self._timeout,
+            max_duration=self._max_duration,
+            client_capabilities=capabilities,
+            spawner=self._tg,
         )
 
     def _for_caller(self, key: tuple[str, str, str], caller: UpstreamCaller) -> Upstream:

@@ -88,7 +88,7 @@ test_deny_unsupported_action_even_for_admin if {
 		"allow": false,
 		"reasons": ["unsupported_action"],
 		"obligations": {},
-	} with input as _with_action(_with_roles(fixtures.tool_call_viewer_read_only, ["admin"]), "resources/subscribe")
+	} with input as _with_action(_with_roles(fixtures.tool_call_viewer_read_only, ["admin"]), "tasks/list")
 }
 
 test_deny_unsupported_action_reported_alone if {
@@ -252,3 +252,14 @@ _with_annotations(doc, annotations) := json.patch(
 _with_action(doc, action) := object.union(doc, {"action": action})
 
 _with_uri(doc, uri) := json.patch(doc, [{"op": "replace", "path": "/resource/uri", "value": uri}])
+
+test_allow_resources_subscribe_matches_resources_read if {
+	every uri in ["demo://docs/readme", "demo://internal/payroll"] {
+		read := gateway.decision with input as _with_uri(fixtures.resource_read_viewer, uri)
+		every action in ["resources/subscribe", "resources/unsubscribe"] {
+			subscribed := gateway.decision with input as _with_action(_with_uri(fixtures.resource_read_viewer, uri), action)
+			read == subscribed
+		}
+	}
+	not gateway.decision.allow with input as _with_action(_with_uri(fixtures.resource_read_viewer, "demo://internal/payroll"), "resources/subscribe")
+}

@@ -11,6 +11,7 @@ question decided by the sample policy (sampling: admins and operators only) and 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -26,6 +27,7 @@ import mcp_types as types
 import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
 
 from gateway.devtools.stack import LocalStack, free_port
 from tests.support.ports import port_open
@@ -252,3 +254,103 @@ async def test_a_cancelled_call_is_cancelled_upstream_and_audited(
     assert state()["finished"] == before["finished"]
     event = _events(stack, f"subject={sub}&action=tools/call")[0]
     assert (event["tool"], event["status"], event["error_category"]) == ("wait", "error", "cancelled")
+
+
+META = {
+    "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+    "io.modelcontextprotocol/clientCapabilities": {},
+    "io.modelcontextprotocol/clientInfo": {"name": "listener", "version": "1"},
+}
+
+
+async def _sse_messages(resp: httpx.Response) -> Any:
+    async for line in resp.aiter_lines():
+        if line.startswith("data: "):
+            yield json.loads(line[6:])
+
+
+async def test_a_2026_client_listens_for_its_resource_updates_and_list_changes(
+    stack: LocalStack, relays: dict[str, int]
+) -> None:
+    token = stack.idp.mint("lou", ["viewer"], stack.audience)
+    watched, secret = "mcp-gw://relay/relay://watched", "mcp-gw://relay/relay://internal/secret"
+    body = {
+        "jsonrpc": "2.0",
+        "id": "listen-1",
+        "method": "subscriptions/listen",
+        "params": {
+            "_meta": META,
+            "notifications": {"toolsListChanged": True, "resourceSubscriptions": [watched, secret]},
+        },
+    }
+    headers = {
+        "authorization": f"Bearer {token}",
+        "accept": "application/json, text/event-stream",
+        "mcp-protocol-version": "2026-07-28",
+        "mcp-method": "subscriptions/listen",
+    }
+    async with (
+        httpx.AsyncClient(timeout=30) as http,
+        http.stream("POST", f"{stack.data_url}/mcp", json=body, headers=headers) as resp,
+        _client(stack, token, "2026-07-28") as c,
+    ):
+        assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/event-stream")
+        messages = _sse_messages(resp)
+        with anyio.fail_after(15):
+            ack = await anext(messages)
+        # The viewer may not subscribe to an internal resource (sample policy): not honored.
+        assert ack["method"] == "notifications/subscriptions/acknowledged"
+        assert ack["params"]["notifications"] == {"toolsListChanged": True, "resourceSubscriptions": [watched]}
+        assert ack["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"] == "listen-1"
+        await c.call_tool("relay__touch", {"uri": "relay://internal/secret"})
+        await c.call_tool("relay__touch", {"uri": "relay://watched"})
+        with anyio.fail_after(10):
+            updated = await anext(messages)
+        assert updated["method"] == "notifications/resources/updated" and updated["params"]["uri"] == watched
+        assert updated["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"] == "listen-1"
+
+        async def announce() -> None:  # until the gateway's watch of relay's list changes is up
+            while True:
+                await c.call_tool("relay__change_tools", {})
+                await anyio.sleep(0.5)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(announce)
+            with anyio.fail_after(15):
+                changed = await anext(messages)
+            tg.cancel_scope.cancel()
+        assert changed["method"] == "notifications/tools/list_changed"
+        assert changed["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"] == "listen-1"
+    refused = _events(stack, "subject=lou&action=resources/subscribe&allowed=false")[0]
+    assert refused["tool"] == "relay://internal/secret" and refused["reasons"] == [
+        "internal_resource_requires_operator"
+    ]
+
+
+async def test_a_handshake_client_subscribes_and_hears_updates_on_its_get_stream(
+    stack: LocalStack, relays: dict[str, int]
+) -> None:
+    token = stack.idp.mint("sue", ["viewer"], stack.audience)
+    updates: list[str] = []
+    got = anyio.Event()
+
+    async def on_message(message: Any) -> None:
+        if isinstance(message, types.ResourceUpdatedNotification):
+            updates.append(str(message.params.uri))
+            got.set()
+
+    watched = "mcp-gw://relaysse/relay://watched"
+    async with _client(stack, token, message_handler=on_message) as c:
+        assert c.server_capabilities.resources.subscribe is True  # type: ignore[union-attr]
+        await c.subscribe_resource(watched)
+        with pytest.raises(MCPError) as denied:
+            await c.subscribe_resource("mcp-gw://relaysse/relay://internal/secret")
+        await c.call_tool("relaysse__touch", {"uri": "relay://watched"})
+        with anyio.fail_after(10):
+            await got.wait()
+        await c.unsubscribe_resource(watched)
+    assert updates == [watched]
+    assert denied.value.error.code == -32003
+    allowed = _events(stack, "subject=sue&action=resources/subscribe&allowed=true")[0]
+    assert (allowed["server"], allowed["tool"]) == ("relaysse", "relay://watched")
+    assert _events(stack, "subject=sue&action=resources/unsubscribe")[0]["status"] == "ok"

@@ -10,6 +10,10 @@ Tools (all ``readOnlyHint``):
   returns ``"<action> <ok>"``;
 * ``roots()``: asks the client ``roots/list`` and returns the root URIs, comma-separated;
 * ``session()``: answers ``"ok"`` (opens the caller's upstream session);
+* ``touch(uri)``: announces ``notifications/resources/updated`` of ``uri`` to its
+  subscribers (2026-07-28 listeners, and handshake-era sessions that sent
+  ``resources/subscribe``; resources ``relay://watched`` and ``relay://internal/secret``);
+* ``change_tools()``: announces ``notifications/tools/list_changed`` to 2026-07-28 listeners;
 * ``wait(seconds)``: sleeps; a cancelled one is counted (``GET /_state`` ->
   ``{"started": n, "cancelled": n, "finished": n}``).
 
@@ -27,6 +31,7 @@ from typing import Annotated, Any
 
 import anyio
 import mcp_types as types
+from mcp.server.context import ServerRequestContext
 from mcp.server.mcpserver import (
     AcceptedElicitation,
     Context,
@@ -104,6 +109,44 @@ def build_server() -> MCPServer:
             raise
         state["finished"] += 1
         return "waited"
+
+    # -- resources a client may subscribe to, and list changes
+    subscribed: dict[str, list[Any]] = {}  # uri -> handshake-era sessions that subscribed
+
+    @mcp.resource("relay://watched", mime_type="text/plain")
+    def watched() -> str:
+        return "watched"
+
+    @mcp.resource("relay://internal/secret", mime_type="text/plain")
+    def secret() -> str:
+        return "secret"
+
+    async def on_subscribe(
+        ctx: ServerRequestContext[Any, Any], params: types.SubscribeRequestParams
+    ) -> types.EmptyResult:
+        subscribed.setdefault(str(params.uri), []).append(ctx.session)
+        return types.EmptyResult()
+
+    async def on_unsubscribe(
+        ctx: ServerRequestContext[Any, Any], params: types.UnsubscribeRequestParams
+    ) -> types.EmptyResult:
+        subscribed.pop(str(params.uri), None)
+        return types.EmptyResult()
+
+    mcp._lowlevel_server.add_request_handler("resources/subscribe", types.SubscribeRequestParams, on_subscribe)
+    mcp._lowlevel_server.add_request_handler("resources/unsubscribe", types.UnsubscribeRequestParams, on_unsubscribe)
+
+    @mcp.tool(annotations=READ_ONLY, description="Announce that a resource changed.")
+    async def touch(uri: str, ctx: Context) -> str:
+        await ctx.notify_resource_updated(uri)  # 2026-07-28 listeners
+        for session in subscribed.get(uri, []):  # handshake-era subscribers
+            await session.send_resource_updated(uri)
+        return "touched"
+
+    @mcp.tool(annotations=READ_ONLY, description="Announce that the tool list changed.")
+    async def change_tools(ctx: Context) -> str:
+        await ctx.notify_tools_changed()
+        return "changed"
 
     @mcp.custom_route("/_state", methods=["GET"])
     async def get_state(request: Request) -> JSONResponse:

@@ -13,6 +13,8 @@ concerns := {
 	"resources/list": "resources",
 	"resources/templates/list": "resources",
 	"resources/read": "resources",
+	"resources/subscribe": "resources",
+	"resources/unsubscribe": "resources",
 	"prompts/list": "prompts",
 	"prompts/get": "prompts",
 	"logging/setLevel": "logging",

@@ -18,6 +18,8 @@ test_allow_every_governed_method_has_its_concern if {
 		"resources/list": "resources",
 		"resources/templates/list": "resources",
 		"resources/read": "resources",
+		"resources/subscribe": "resources",
+		"resources/unsubscribe": "resources",
 		"prompts/list": "prompts",
 		"prompts/get": "prompts",
 		"logging/setLevel": "logging",
@@ -35,6 +37,7 @@ test_allow_supported_names_every_governed_method if {
 	actions.supported == {
 		"tools/list", "tools/call",
 		"resources/list", "resources/templates/list", "resources/read",
+		"resources/subscribe", "resources/unsubscribe",
 		"prompts/list", "prompts/get",
 		"completion/complete", "logging/setLevel",
 		"sampling/createMessage", "elicitation/create", "roots/list",
@@ -66,7 +69,7 @@ test_deny_completion_naming_both_a_prompt_and_a_resource if {
 }
 
 test_deny_other_action if {
-	actions.deny == {"unsupported_action"} with input as {"action": "resources/subscribe"}
+	actions.deny == {"unsupported_action"} with input as {"action": "tasks/list"}
 	actions.deny == {"unsupported_action"} with input as {"action": "tasks/get"}
 }
 
