@@ -21,6 +21,7 @@ from gateway.dataplane.hostcheck import HostOriginGuard
 from gateway.dataplane.listening import Hub, ServerWatch
 from gateway.dataplane.projection import ProjectionSync
 from gateway.dataplane.sessions import SessionStore
+from gateway.dataplane.sse_transport import sse_connect, sse_message
 from gateway.httpclient import create_http_client
 from gateway.mcp.upstream import UpstreamPool
 from gateway.policy.health import OpaHealth
@@ -39,7 +40,8 @@ async def _expire_sessions(sessions: SessionStore) -> None:
 def create_dataplane_app(config: Config) -> Starlette:
     """The data-plane ASGI app (no lifespan: the root app's lifespan feeds its state).
 
-    Routes: ``POST|GET|DELETE /mcp``, ``/mcp/{server}``, RFC 9728
+    Routes: ``POST|GET|DELETE /mcp``, ``/mcp/{server}``, the 2024-11-05 HTTP+SSE pair
+    ``GET /sse[/{server}]`` + ``POST /messages[/{server}]`` (:mod:`gateway.dataplane.sse_transport`), RFC 9728
     ``/.well-known/oauth-protected-resource[/mcp[/{server}]]``, ``/healthz``
     (liveness) and ``/readyz`` (projection active and OPA bundle activated).
     Every route is behind :class:`~gateway.dataplane.hostcheck.HostOriginGuard`
@@ -57,6 +59,10 @@ def create_dataplane_app(config: Config) -> Starlette:
             Route(prm, protected_resource_metadata, methods=["GET"]),
             Route(f"{prm}/mcp", protected_resource_metadata, methods=["GET"]),
             Route(prm + "/mcp/{server}", protected_resource_metadata, methods=["GET"]),
+            Route("/sse", sse_connect, methods=["GET"]),
+            Route("/sse/{server}", sse_connect, methods=["GET"]),
+            Route("/messages", sse_message, methods=["POST"]),
+            Route("/messages/{server}", sse_message, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
         ],

@@ -77,7 +77,18 @@ from gateway.mcp.messages import (
 )
 from gateway.policy.input import Subject
 
-__all__ = ["SERVER_INFO", "healthz", "mcp_endpoint", "protected_resource_metadata", "readyz"]
+__all__ = [
+    "SERVER_INFO",
+    "authenticate",
+    "cancel_request",
+    "request_key",
+    "healthz",
+    "mcp_endpoint",
+    "protected_resource_metadata",
+    "readyz",
+    "session_reply",
+    "unauthorized",
+]
 
 log = logging.getLogger("gateway.mcp")
 
@@ -99,7 +110,9 @@ def _resource_path(server: str | None) -> str:
     return "/mcp" if server is None else f"/mcp/{server}"
 
 
-def _unauthorized(request: Request, server: str | None, exc: AuthenticationFailed) -> Response:
+def unauthorized(request: Request, server: str | None, exc: AuthenticationFailed) -> Response:
+    """401 ``{"error": <category>}`` with ``WWW-Authenticate: Bearer ... resource_metadata``
+    (RFC 6750 §3, RFC 9728 §5.1) pointing at the endpoint's protected resource metadata."""
     base = request.state.dp_config.data_plane.public_url
     metadata = f"{base}/.well-known/oauth-protected-resource{_resource_path(server)}"
     # RFC 6750 §3.1: no error code when the request had no credentials at all.
@@ -172,9 +185,9 @@ async def mcp_endpoint(request: Request) -> Response:
 async def _serve(request: Request) -> Response:
     server = request.path_params.get("server")
     try:
-        subject = await _authenticate(request, server)
+        subject = await authenticate(request, server)
     except AuthenticationFailed as exc:
-        return _unauthorized(request, server, exc)
+        return unauthorized(request, server, exc)
     if server is not None:
         projection = request.state.dp_sync.current
         if projection is None or server not in projection.servers:
@@ -245,7 +258,12 @@ async def _read_body(request: Request, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
-async def _authenticate(request: Request, server: str | None) -> Subject:
+async def authenticate(request: Request, server: str | None) -> Subject:
+    """The verified caller of ``request`` (bearer JWT; audience the gateway's or the endpoint's URL).
+
+    Raises:
+        AuthenticationFailed: No, or an invalid, bearer token.
+    """
     token = bearer_token(request.headers.get("authorization"))
     extra = [f"{request.state.dp_config.data_plane.public_url}{_resource_path(server)}"]
     verifier: JwtVerifier = request.state.dp_verifier
@@ -449,12 +467,10 @@ async def _legacy(
         return Response(status_code=202)
     if msg.kind != "request":
         if msg.method == "notifications/cancelled":
-            _cancel(session, msg.params)
+            cancel_request(session, msg.params)
         return Response(status_code=202)
     if msg.rejection is not None and msg.method not in _GOVERNED:
         return _rejected_params(msg, 200)
-    if msg.method == "ping":
-        return _json(result_response(msg.id, {}))
     if msg.method in _STREAMABLE and "text/event-stream" in request.headers.get("accept", ""):
         outbox = Outbox(session)
         ctx = CallContext(
@@ -469,34 +485,48 @@ async def _legacy(
         )
         return _streamable_legacy(request, msg, ctx, outbox, session)
     ctx = CallContext(subject, session.id, session.protocol_version, server, client_capabilities=session.capabilities)
+    return _json(await session_reply(request, msg, ctx, session))
+
+
+async def session_reply(request: Request, msg: Any, ctx: CallContext, session: Session) -> dict[str, Any]:
+    """The JSON-RPC response to one request of a handshake-era session (after ``initialize``).
+
+    Shared by the streamable-HTTP endpoint and the 2024-11-05 HTTP+SSE transport
+    (:mod:`gateway.dataplane.sse_transport`): ``ping``, the governed methods, the
+    subscriptions, and ``-32601`` for anything else.
+    """
+    if msg.rejection is not None and msg.method not in _GOVERNED:
+        return error_response(msg.id, INVALID_PARAMS, "Invalid params", {"category": msg.rejection.category})
+    if msg.method == "ping":
+        return result_response(msg.id, {})
+    governor: FeatureGovernor = request.state.dp_governor
     if msg.method == "tools/list":
-        tools = await request.state.dp_governor.list_tools(_current(request), ctx)
-        return _json(result_response(msg.id, {"tools": tools}))
+        return result_response(msg.id, {"tools": await governor.list_tools(_current(request), ctx)})
     if msg.method == "tools/call":
-        governor = request.state.dp_governor
-        return _json(await governor.call_tool(_current(request), ctx, msg.id, msg.params, rejection=msg.rejection))
+        return await governor.call_tool(_current(request), ctx, msg.id, msg.params, rejection=msg.rejection)
     if msg.method in SUBSCRIPTION_METHODS:
         return await _subscription(request, msg, ctx, session)
     if msg.method in CAPABILITY_OF or msg.method in UNSUPPORTED_METHODS:
-        feature = await serve_feature(request.state.dp_governor, _current(request), msg, ctx, handshake=True)
+        feature = await serve_feature(governor, _current(request), msg, ctx, handshake=True)
         if feature is not None:
             if msg.method == "logging/setLevel" and "result" in feature:
                 session.log_level = str(msg.params.get("level"))
-            return _json(feature)
-    return _json(error_response(msg.id, METHOD_NOT_FOUND, f"Method not found: {msg.method}"))
+            return feature
+    return error_response(msg.id, METHOD_NOT_FOUND, f"Method not found: {msg.method}")
 
 
-def _request_key(request_id: Any) -> str:
+def request_key(request_id: Any) -> str:
+    """A client request id as a dict key (canonical JSON: ``1`` and ``"1"`` differ)."""
     return orjson.dumps(request_id).decode()
 
 
-def _cancel(session: Session, params: dict[str, Any]) -> None:
+def cancel_request(session: Session, params: dict[str, Any]) -> None:
     """``notifications/cancelled``: cancel the session's request ``requestId`` if it still runs.
 
     The upstream is then told (:mod:`gateway.mcp.upstream`), and the request's audit event
     says ``cancelled``. Source: MCP 2025-11-25 ``basic/utilities/cancellation``.
     """
-    scope = session.running.get(_request_key(params.get("requestId")))
+    scope = session.running.get(request_key(params.get("requestId")))
     if scope is not None:
         log.info("client cancelled a request in progress")
         scope.cancel()
@@ -506,7 +536,7 @@ def _streamable_legacy(request: Request, msg: Any, ctx: CallContext, outbox: Out
     """A handshake-era request answered as JSON, or as an SSE stream once something is relayed."""
     governor: FeatureGovernor = request.state.dp_governor
     projection = _current(request)
-    key = _request_key(msg.id)
+    key = request_key(msg.id)
 
     async def work() -> dict[str, Any]:
         if msg.method == "tools/call":
@@ -561,14 +591,14 @@ def _get_stream(request: Request, subject: Subject, server: str | None) -> Respo
     return RelayResponse(listener.outbox, _forever, status=lambda _: 200, request_id=None, on_end=ended, stream=True)
 
 
-async def _subscription(request: Request, msg: Any, ctx: CallContext, session: Session) -> Response:
+async def _subscription(request: Request, msg: Any, ctx: CallContext, session: Session) -> dict[str, Any]:
     """``resources/subscribe``/``resources/unsubscribe`` of a handshake-era session."""
     projection = _current(request)
     if not offers_subscribe(projection, ctx.server):
-        return _json(error_response(msg.id, METHOD_NOT_FOUND, f"Method not found: {msg.method}"))
+        return error_response(msg.id, METHOD_NOT_FOUND, f"Method not found: {msg.method}")
     if msg.method == "resources/subscribe" and len(session.subscriptions) >= MAX_SUBSCRIPTIONS:
         message = f"A session holds at most {MAX_SUBSCRIPTIONS} subscriptions"
-        return _json(error_response(msg.id, INVALID_PARAMS, message, {"category": "too_many_subscriptions"}))
+        return error_response(msg.id, INVALID_PARAMS, message, {"category": "too_many_subscriptions"})
     hub = request.state.dp_hub
     listener = hub.session_listener(session, ctx.server)
 
@@ -586,7 +616,7 @@ async def _subscription(request: Request, msg: Any, ctx: CallContext, session: S
     )
     if msg.method == "resources/subscribe" and "result" in reply:
         await hub.settled(list(session.subscriptions.values()))
-    return _json(reply)
+    return reply
 
 
 _LIST_FLAGS = {"toolsListChanged": "tools", "promptsListChanged": "prompts", "resourcesListChanged": "resources"}

@@ -32,7 +32,7 @@ A listener that does not read its stream loses notifications beyond 256 queued o
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -123,6 +123,10 @@ class Hub:
         self._spawner = spawner
         self._listeners: set[Listener] = set()
 
+    def spawn(self, fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run ``fn`` in the data plane's task group (it must not raise)."""
+        self._spawner.start_soon(fn)
+
     @property
     def listeners(self) -> int:
         """Client streams listening now."""
@@ -185,7 +189,7 @@ class Hub:
     def session_listener(self, session: Session, endpoint: str | None) -> Listener:
         """The session's listener (every list change of ``endpoint``), created on first need."""
         if session.listener is None:
-            session.listener = Listener(endpoint, dict(ALL_LISTS), Outbox(None))
+            session.listener = Listener(endpoint, dict(ALL_LISTS), Outbox(session))
             self.add(session.listener)
         return session.listener
 

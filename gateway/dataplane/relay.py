@@ -155,6 +155,13 @@ class Outbox:
         result = msg.get("result")
         return {"result": result if isinstance(result, dict) else {}}
 
+    def put(self, message: dict[str, Any]) -> None:
+        """Queue a message that must not be dropped (a response on a long-lived stream)."""
+        try:
+            self._send.send_nowait((False, message))
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            pass
+
     def finish(self, response: dict[str, Any]) -> None:
         """Queue the response itself: the last message of the stream."""
         try:
@@ -176,6 +183,9 @@ def _event(message: dict[str, Any]) -> bytes:
 
 class RelayResponse(Response):
     """The answer to one governed request: JSON, or an SSE stream once something is relayed.
+
+    A request the client cancelled (``notifications/cancelled``) gets no JSON-RPC response:
+    its answer is an event stream that ends without one.
 
     Args:
         outbox: The request's :class:`Outbox`.
@@ -226,9 +236,9 @@ class RelayResponse(Response):
             finally:
                 if self._on_end is not None:
                     self._on_end()
-        if scope.cancelled_caught:  # notifications/cancelled: no result will come
-            reply = error_response(self._request_id, INTERNAL_ERROR, "Request cancelled", {"category": "cancelled"})
-        self._outbox.finish(reply)
+        # notifications/cancelled: no response is sent for the request (MCP 2025-11-25
+        # utilities/cancellation); {} ends the answer without one.
+        self._outbox.finish({} if scope.cancelled_caught else reply)
 
     def _start(self, status: int, content_type: bytes | None) -> dict[str, Any]:
         raw = [(k, v) for k, v in self.raw_headers if k not in (b"content-length", b"content-type")]
@@ -243,7 +253,7 @@ class RelayResponse(Response):
             final = False
             if not self._stream:
                 final, first = await self._outbox.receive.receive()
-            if final and first is not None:
+            if final and first:
                 body = orjson.dumps(first)
                 start = self._start(self._status(first), b"application/json")
                 start["headers"].append((b"content-length", str(len(body)).encode()))
@@ -261,13 +271,12 @@ class RelayResponse(Response):
             start = self._start(200, None)
             start["headers"].extend(_SSE_HEADERS)
             await send(start)
-            if first is not None:
-                await send({"type": "http.response.body", "body": _event(first), "more_body": True})
-            else:
-                await send({"type": "http.response.body", "body": b"", "more_body": True})
+            body = _event(first) if first else b""
+            await send({"type": "http.response.body", "body": body, "more_body": True})
             while not final:
                 final, message = await self._outbox.receive.receive()
-                await send({"type": "http.response.body", "body": _event(message), "more_body": True})
+                if message:
+                    await send({"type": "http.response.body", "body": _event(message), "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             tg.cancel_scope.cancel()
 

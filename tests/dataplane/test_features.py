@@ -465,17 +465,23 @@ async def test_an_unknown_level_is_invalid_and_never_decided(tmp_path: Path) -> 
 def test_capabilities_are_the_union_on_mcp_and_the_server_s_own_on_mcp_server() -> None:
     projection = _projection(demo_caps={"prompts": {}}, other_caps={"resources": {"subscribe": True}, "logging": {}})
     assert advertised_capabilities(projection, None, handshake=True) == {
-        "tools": {"listChanged": False},
-        "resources": {"subscribe": False, "listChanged": False},
-        "prompts": {"listChanged": False},
+        "tools": {"listChanged": True},
+        "resources": {"subscribe": True, "listChanged": True},
+        "prompts": {"listChanged": True},
         "logging": {},
     }
     assert advertised_capabilities(projection, "demo", handshake=True) == {
-        "tools": {"listChanged": False},
-        "prompts": {"listChanged": False},
+        "tools": {"listChanged": True},
+        "prompts": {"listChanged": True},
     }
     assert "logging" not in advertised_capabilities(projection, None, handshake=False)
-    assert advertised_capabilities(None, None, handshake=True) == {"tools": {"listChanged": False}}
+    assert advertised_capabilities(None, None, handshake=True) == {"tools": {"listChanged": True}}
+    # subscribe only where a server of the endpoint declared it
+    plain = _projection(demo_caps={"resources": {}}, other_caps={"resources": {"subscribe": False}})
+    assert advertised_capabilities(plain, None, handshake=True)["resources"] == {
+        "subscribe": False,
+        "listChanged": True,
+    }
 
 
 async def test_a_method_the_endpoint_does_not_advertise_is_32601_and_not_governed(tmp_path: Path) -> None:
@@ -491,13 +497,28 @@ async def test_a_method_the_endpoint_does_not_advertise_is_32601_and_not_governe
     assert audit.events == [] and engine.inputs == [] and upstreams.calls == []
 
 
-async def test_subscribe_is_a_clear_32601_never_a_silent_success(tmp_path: Path) -> None:
-    gov, _, upstreams, audit = _governor(tmp_path)
-    msg = parse_message(b'{"jsonrpc":"2.0","id":2,"method":"resources/subscribe","params":{"uri":"demo://x"}}')
-    reply = await serve_feature(gov, _projection(), msg, PER_SERVER, handshake=True)
-    assert reply is not None and reply["error"]["code"] == -32601
-    assert "not supported by this gateway" in reply["error"]["message"]
-    assert upstreams.calls == [] and audit.events == []
+async def test_subscribe_is_governed_like_a_read_and_refused_where_not_offered(tmp_path: Path) -> None:
+    gov, engine, upstreams, audit = _governor(tmp_path)
+    applied: list[tuple[str, str]] = []
+    projection = _projection(demo_caps={"resources": {"subscribe": True}}, other_caps={"resources": {}})
+
+    def apply(server: Any, uri: str) -> None:
+        applied.append((server.name, uri))
+
+    ctx = CallContext(ALICE, "s1", "2025-11-25", None)
+    ok = await gov.subscription(
+        projection, ctx, 1, {"uri": "mcp-gw://demo/demo://x"}, method="resources/subscribe", apply=apply
+    )
+    refused = await gov.subscription(
+        projection, ctx, 2, {"uri": "mcp-gw://other/o://y"}, method="resources/subscribe", apply=apply
+    )
+    assert ok == {"jsonrpc": "2.0", "id": 1, "result": {}} and applied == [("demo", "demo://x")]
+    assert refused["error"]["code"] == -32602 and refused["error"]["data"]["category"] == "unknown_resource"
+    assert engine.inputs[0]["action"] == "resources/subscribe" and engine.inputs[0]["resource"] == {
+        "uri": "demo://x",
+        "server": "demo",
+    }
+    assert [e["status"] for e in audit.events] == ["ok", "rejected"] and upstreams.calls == []
 
 
 # ------------------------------------------------------------------ through the endpoint (both eras)

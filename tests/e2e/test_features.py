@@ -58,7 +58,9 @@ async def test_capabilities_come_from_the_approved_servers(stack: LocalStack, mo
         async with client(stack, token, path=path, mode=mode) as c:
             assert c.protocol_version == version
             caps = c.server_capabilities
-            assert caps.resources is not None and caps.resources.subscribe is False
+            # demo (an MCPServer) serves subscriptions/listen, i.e. resource subscriptions
+            assert caps.resources is not None and caps.resources.subscribe is True
+            assert caps.tools is not None and caps.tools.list_changed is True
             assert caps.prompts is not None and caps.completions is not None
             # logging/setLevel exists only in the handshake era
             assert (caps.logging is not None) is (mode == "legacy")
@@ -199,7 +201,8 @@ async def test_logging_set_level_is_governed_and_not_a_2026_method(stack: LocalS
         assert (await c.set_logging_level("debug")).model_dump(exclude_none=True) == {}
     assert denied.value.error.data["reasons"] == ["no_recognised_role"]
     assert audit_item(stack, denied.value.error.data["decision_id"])["action"] == "logging/setLevel"
-    assert subscribe.value.error.code == -32601 and "not supported by this gateway" in subscribe.value.error.message
+    # a subscription is governed like a read: no recognised role, no subscription
+    assert subscribe.value.error.code == -32003 and subscribe.value.error.data["reasons"] == ["no_recognised_role"]
     [allowed] = _audited(stack, "log-operator", "logging/setLevel", 1)
     assert (allowed["allowed"], allowed["server"], allowed["status"]) == (True, None, "ok")
     meta = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}

@@ -26,6 +26,7 @@ import httpx2
 import mcp_types as types
 import pytest
 from mcp import Client
+from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
@@ -354,3 +355,49 @@ async def test_a_handshake_client_subscribes_and_hears_updates_on_its_get_stream
     allowed = _events(stack, "subject=sue&action=resources/subscribe&allowed=true")[0]
     assert (allowed["server"], allowed["tool"]) == ("relaysse", "relay://watched")
     assert _events(stack, "subject=sue&action=resources/unsubscribe")[0]["status"] == "ok"
+
+
+async def test_a_2024_11_05_client_uses_the_http_sse_transport(stack: LocalStack, relays: dict[str, int]) -> None:
+    """The legacy ``/sse`` + ``/messages`` pair: discovery, a governed call with progress, a
+    sampling request relayed on the event stream, a refusal, all through the SDK's ``sse_client``."""
+    token = stack.idp.mint("sam", ["operator"], stack.audience)
+    progress: list[float] = []
+    seen: list[str] = []
+
+    async def on_progress(value: float, total: float | None, message: str | None) -> None:
+        progress.append(value)
+
+    transport = sse_client(f"{stack.data_url}/sse", headers={"authorization": f"Bearer {token}"})
+    async with Client(transport, mode="legacy", sampling_callback=_sampler(seen)) as c:
+        assert c.protocol_version == "2025-11-25"
+        names = {t.name for t in (await c.list_tools()).tools}
+        counted = await c.call_tool("relaysse__count", {"steps": 2}, progress_callback=on_progress)
+        summary = await c.call_tool("relay__summarize", {"text": "over sse"})
+        with pytest.raises(MCPError) as denied:
+            await c.call_tool("demo__delete_record", {"record_id": "r1"})
+    assert {"relay__count", "demo__echo"} <= names
+    assert _text(counted) == "counted 2" and progress == [1, 2]
+    assert _text(summary) == "a short summary" and seen == ["Summarize: over sse"]
+    assert denied.value.error.code == -32003
+
+
+async def test_the_http_sse_transport_refuses_strangers(stack: LocalStack, relays: dict[str, int]) -> None:
+    async with httpx.AsyncClient(timeout=10) as http:
+        assert (await http.get(f"{stack.data_url}/sse")).status_code == 401
+        token = stack.idp.mint("tess", ["viewer"], stack.audience)
+        other = stack.idp.mint("mallory", ["viewer"], stack.audience)
+        async with http.stream("GET", f"{stack.data_url}/sse", headers={"authorization": f"Bearer {token}"}) as resp:
+            assert resp.status_code == 200
+            lines = resp.aiter_lines()
+            assert await anext(lines) == "event: endpoint"
+            endpoint = (await anext(lines)).removeprefix("data: ")
+            assert endpoint.startswith("/messages?session_id=")
+            ping = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+            # Another subject cannot post into the session: 404 like an unknown one.
+            stolen = await http.post(
+                f"{stack.data_url}{endpoint}", json=ping, headers={"authorization": f"Bearer {other}"}
+            )
+            unknown = await http.post(
+                f"{stack.data_url}/messages?session_id=nope", json=ping, headers={"authorization": f"Bearer {token}"}
+            )
+            assert stolen.status_code == 404 and unknown.status_code == 404

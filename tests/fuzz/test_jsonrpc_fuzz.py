@@ -22,7 +22,8 @@ text), duplicate keys (written into the raw text), batches and bytes that are no
 Invariants, for every example:
 
 * no HTTP 5xx; every answer is a well-formed JSON-RPC 2.0 response (id echoed on 200) or
-  a documented status (202 empty, 401, 404, 405, 413; 421 without ``Host``; 400 plain text
+  a documented status (202 empty, 401, 404, 405, 406, 409, 413; 421 without ``Host``; a
+  ``GET`` with the caller's own session: 200 ``text/event-stream``; 400 plain text
   only from the HTTP parser for broken framing); no ``-32603`` (an unexpected exception
   inside the gateway);
 * a request the gateway must govern (a ``tools/call`` that passes authentication, the
@@ -626,7 +627,10 @@ def check_answer(status: int, content_type: str, content: bytes, req: Request, w
         assert content == b"", f"{where}: {status} with a body"
         return
     if status == 405:
-        return  # GET /mcp (Allow: POST, DELETE) and methods the route does not take
+        return  # GET /mcp without a session (Allow: POST, DELETE) and methods the route does not take
+    if status == 200 and content_type.startswith("text/event-stream"):
+        assert req.http_method == "GET" and req.token == "own", f"{where}: an event stream for {req.http_method}"
+        return  # GET with the own session: its stream of notifications outside any call
     assert content_type.startswith("application/json"), f"{where}: HTTP {status} {content_type}: {content[:200]!r}"
     payload = orjson.loads(content)
     if status == 401:
@@ -635,7 +639,7 @@ def check_answer(status: int, content_type: str, content: bytes, req: Request, w
     if status == 404 and payload == {"error": "unknown_server"}:
         assert req.path not in ("/mcp", "/mcp/demo"), f"{where}: {req.path} called unknown"
         return
-    assert status in (200, 400, 404, 413), f"{where}: undocumented HTTP {status}: {content[:200]!r}"
+    assert status in (200, 400, 404, 406, 409, 413), f"{where}: undocumented HTTP {status}: {content[:200]!r}"
     answer = check_jsonrpc(payload, where)
     if status == 200:
         msg = decoded_message(req.body)
@@ -835,7 +839,14 @@ def send(target: Target, req: Request, token: str, session: str | None) -> httpx
         if req.session in chosen:
             headers.append(("mcp-session-id", chosen[req.session]))
     url = f"{target.stack.data_url}{req.path}"
-    return target.http.request(req.http_method, url, content=req.body, headers=httpx.Headers(headers))
+    if req.http_method != "GET":
+        return target.http.request(req.http_method, url, content=req.body, headers=httpx.Headers(headers))
+    # A GET may open the session's event stream, which lasts: read its head only.
+    with target.http.stream("GET", url, content=req.body, headers=httpx.Headers(headers)) as resp:
+        if resp.headers.get("content-type", "").startswith("text/event-stream"):
+            return httpx.Response(resp.status_code, headers=resp.headers, content=b"")
+        resp.read()
+        return resp
 
 
 def run_example(target: Target, ledger: Ledger, requests: list[Request], user_roles: list[str], legacy: bool) -> None:
