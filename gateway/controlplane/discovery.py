@@ -10,6 +10,7 @@ from typing import Any
 import anyio
 from mcp import Client, MCPError
 from mcp.client.sse import sse_client
+from mcp.types import ErrorData
 from pydantic import BaseModel
 
 from gateway.db.servers import PinnedPrompt, PinnedTool
@@ -119,16 +120,23 @@ async def discover_server(
         UpstreamUnavailable: The upstream could not be reached or failed otherwise.
     """
     where = redact_url(url) if url else f"stdio:{name}"
+    # Declared like a client that can do everything the gateway relays, so that tools an
+    # upstream offers only to such clients (sampling, elicitation, roots) are listed and pinned.
+    declares: dict[str, Any] = {
+        "sampling_callback": _refuse,
+        "elicitation_callback": _refuse,
+        "list_roots_callback": _refuse_roots,
+    }
     if transport == "stdio":
         if launch is None:
             raise ValueError("a stdio server needs a launch")
-        client = Client(stdio_transport(name, launch), mode="legacy")
+        client = Client(stdio_transport(name, launch), mode="legacy", **declares)
         hint = "check its command, args, cwd and env (the gateway log has its stderr)"
     elif transport == "legacy_sse":
-        client = Client(sse_client(str(url)), mode="legacy")
+        client = Client(sse_client(str(url)), mode="legacy", **declares)
         hint = "check its SSE URL and that it is running"
     else:
-        client = Client(str(url))
+        client = Client(str(url), **declares)
         hint = "check its URL and that it is running"
     try:
         with anyio.fail_after(timeout):
@@ -143,6 +151,15 @@ async def discover_server(
     except Exception as exc:  # connection refused, HTTP errors, TLS, bad payloads (often in an ExceptionGroup)
         log.warning("upstream %s unreachable during discovery: %s", where, redact(repr(_root_cause(exc))))
         raise UpstreamUnavailable(f"could not list the upstream's tools; {hint}") from None
+
+
+async def _refuse(context: Any, params: Any) -> ErrorData:
+    """Discovery answers no question an upstream asks while it is listed."""
+    return ErrorData(code=-32601, message="Discovery answers no requests")
+
+
+async def _refuse_roots(context: Any) -> ErrorData:
+    return ErrorData(code=-32601, message="Discovery answers no requests")
 
 
 def _root_cause(exc: BaseException) -> BaseException:

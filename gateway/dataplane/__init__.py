@@ -17,6 +17,7 @@ from gateway.dataplane.auth import JwtVerifier
 from gateway.dataplane.drift import DriftWatch
 from gateway.dataplane.endpoint import healthz, mcp_endpoint, protected_resource_metadata, readyz
 from gateway.dataplane.features import FeatureGovernor
+from gateway.dataplane.held import HeldCalls
 from gateway.dataplane.hostcheck import HostOriginGuard
 from gateway.dataplane.listening import Hub, ServerWatch
 from gateway.dataplane.projection import ProjectionSync
@@ -128,6 +129,7 @@ async def dataplane_resources(config: Config) -> AsyncIterator[dict[str, object]
                 "dp_governor": FeatureGovernor(config, engine, upstreams, audit, drift=drift),
                 "dp_sessions": sessions,
                 "dp_hub": hub,
+                "dp_held": HeldCalls(),
                 "dp_sidecar": sidecar,
                 "dp_opa_health": opa_health,
             }

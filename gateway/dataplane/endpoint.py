@@ -32,6 +32,7 @@ authenticated first (401 + ``WWW-Authenticate`` with ``resource_metadata``).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -59,6 +60,7 @@ from gateway.dataplane.feature_routing import (
 )
 from gateway.dataplane.features import FeatureGovernor, cache_ttl_ms
 from gateway.dataplane.governance import CallContext
+from gateway.dataplane.held import HANDLE_PREFIX, HeldCalls
 from gateway.dataplane.listening import Listener, Subscription
 from gateway.dataplane.projection import ServerEntry
 from gateway.dataplane.relay import Outbox, RelayResponse
@@ -314,10 +316,10 @@ async def _modern(request: Request, msg: Any, subject: Subject, server: str | No
         ctx = CallContext(subject, None, route.protocol_version, server, client_capabilities=capabilities)
         return await _listen(request, msg, ctx)
     if msg.method in _STREAMABLE:
-        # Progress and log messages may ride this request's stream; requests never do (MRTR).
-        outbox = Outbox(None)
-        ctx = CallContext(subject, None, route.protocol_version, server, outbox, capabilities, can_ask=False)
-        return await _streamable_modern(request, msg, ctx, outbox, meta)
+        # Progress and log messages may ride this request's stream; requests never do (MRTR:
+        # a question of a handshake-era upstream is held, gateway.dataplane.held).
+        ctx = CallContext(subject, None, route.protocol_version, server, client_capabilities=capabilities)
+        return await _streamable_modern(request, msg, ctx, meta)
     ctx = CallContext(subject, None, route.protocol_version, server, client_capabilities=capabilities)
     if msg.method == "tools/list":
         tools = await request.state.dp_governor.list_tools(_current(request), ctx)
@@ -330,10 +332,25 @@ async def _modern(request: Request, msg: Any, subject: Subject, server: str | No
     return _json(error_response(msg.id, METHOD_NOT_FOUND, f"Method not found: {msg.method}"), 404)
 
 
-async def _streamable_modern(
-    request: Request, msg: Any, ctx: CallContext, outbox: Outbox, meta: dict[str, Any]
-) -> Response:
-    """A 2026-07-28 request whose upstream may send progress or log messages before its response."""
+async def _streamable_modern(request: Request, msg: Any, ctx: CallContext, meta: dict[str, Any]) -> Response:
+    """A 2026-07-28 request whose upstream may send progress or log messages before its
+    response, and may ask the client something (held: :mod:`gateway.dataplane.held`).
+
+    A retry whose ``requestState`` is a gateway handle continues its held call (400
+    ``-32602`` ``unknown_request_state`` when there is none of this caller's, or it expired).
+    """
+    outbox = Outbox(None)
+    held_calls: HeldCalls = request.state.dp_held
+    owner = (ctx.subject.issuer, ctx.subject.sub)
+    state = msg.params.get("requestState")
+    if isinstance(state, str) and state.startswith(HANDLE_PREFIX):
+        resumed = held_calls.get(state, owner)
+        if resumed is None:
+            data = {"category": "unknown_request_state"}
+            return _json(error_response(msg.id, INVALID_PARAMS, "Unknown or expired requestState", data), 400)
+        resumed.answer(msg.params.get("inputResponses"))
+        resumed.attach(outbox)
+        return RelayResponse(outbox, lambda: resumed.next(msg.id), status=_modern_status, request_id=msg.id)
     server = ctx.server
     if msg.method == "tools/call":
         mismatch = _param_header_mismatch(request, server, msg.params)
@@ -357,7 +374,11 @@ async def _streamable_modern(
         assert feature is not None  # every _STREAMABLE method but tools/call is a feature
         return _modern_feature_reply(msg.method, feature, meta)
 
-    return RelayResponse(outbox, work, status=_modern_status, request_id=msg.id)
+    held = held_calls.new(owner)
+    ctx = dataclasses.replace(ctx, client=held, can_ask=True)
+    held.attach(outbox)
+    held.start(work, request.state.dp_hub.spawn)
+    return RelayResponse(outbox, lambda: held.next(msg.id), status=_modern_status, request_id=msg.id)
 
 
 def _param_header_mismatch(

@@ -302,8 +302,9 @@ class LocalStack:
             proc.wait()
 
     def close(self) -> None:
-        """Stop every process this stack started."""
-        for name in list(self.procs):
+        """Stop every process this stack started, the last started first (the gateway before
+        the upstreams it holds connections to, so none waits for those to drain)."""
+        for name in reversed(list(self.procs)):
             self.stop(name)
 
     def __enter__(self) -> LocalStack:

@@ -36,6 +36,7 @@ from typing import Any, Protocol
 import anyio
 
 __all__ = [
+    "GATEWAY_CAPABILITIES",
     "NO_RELATED_REQUEST",
     "LIST_CHANGED",
     "ClientChannel",
@@ -50,6 +51,11 @@ __all__ = [
 ]
 
 log = logging.getLogger("gateway.upstream")
+
+GATEWAY_CAPABILITIES: dict[str, Any] = {name: {} for name in ("sampling", "elicitation", "roots")}
+"""What the gateway's own sessions declare (approval's discovery, the shared sessions, stdio
+processes): every capability whose requests it relays, so tools an upstream offers only to
+clients with them are listed, pinned and drift-checked the same way everywhere."""
 
 NO_RELATED_REQUEST = "no_related_request"
 """``data.category`` of the ``-32603`` answering a server request no client can be asked for."""

@@ -72,6 +72,7 @@ from gateway.mcp._process import (
     terminate,
 )
 from gateway.mcp.channel import (
+    GATEWAY_CAPABILITIES,
     ClientChannel,
     InFlight,
     cancelled_notification,
@@ -396,8 +397,11 @@ class StdioUpstream:
     async def _handshake(self, running: _Running) -> None:
         # One process serves every caller: it is told every capability the gateway relays;
         # a request a caller's client did not declare is refused for that caller.
-        capabilities: dict[str, Any] = {name: {} for name in ("sampling", "elicitation", "roots")}
-        init = {"protocolVersion": HANDSHAKE_VERSIONS[0], "capabilities": capabilities, "clientInfo": CLIENT_INFO}
+        init = {
+            "protocolVersion": HANDSHAKE_VERSIONS[0],
+            "capabilities": dict(GATEWAY_CAPABILITIES),
+            "clientInfo": CLIENT_INFO,
+        }
         try:
             with anyio.fail_after(self._timeout):
                 msg = await running.call("initialize", init)

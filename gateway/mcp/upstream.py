@@ -48,6 +48,7 @@ from gateway.errors import UpstreamError, UpstreamProtocolError, UpstreamTimeout
 from gateway.httpclient import HttpClient, HttpTimeout, HttpTransportError
 from gateway.mcp._common import CLIENT_INFO, loads_message, safe_url
 from gateway.mcp.channel import (
+    GATEWAY_CAPABILITIES,
     ClientChannel,
     Listeners,
     answer_server_request,
@@ -588,6 +589,7 @@ class UpstreamCaller:
 
 
 RELAYED_CAPABILITIES = ("sampling", "elicitation", "roots")
+
 """Client capabilities the gateway declares to an upstream on the client's behalf: the
 ones whose server-to-client requests it relays (each a policy-decided action)."""
 
@@ -614,8 +616,9 @@ class UpstreamPool:
     session state (log level, subscriptions, what it asked the client) in another user's
     session. These sessions are kept in least-recently-used order, at most
     ``max_caller_sessions`` of them (the oldest is closed beyond that) and each closed after
-    ``caller_idle`` seconds unused. Requests without a caller (drift checks) use one shared
-    session per server. A ``stdio`` server is one process, hence one session, shared by
+    ``caller_idle`` seconds unused. Requests without a caller (drift checks, the list-change
+    watch) use one shared session per server, which declares
+    :data:`~gateway.mcp.channel.GATEWAY_CAPABILITIES` as approval's discovery does. A ``stdio`` server is one process, hence one session, shared by
     every caller; its server-to-client messages are attributed by
     :class:`~gateway.mcp.channel.InFlight`.
 
@@ -693,7 +696,7 @@ class UpstreamPool:
                 return _Refused(f"stdio upstream {name} is not in the active projection")
             upstream = StdioUpstream(name, launch, spawner=self._spawner(), timeout=self._timeout)
         else:
-            upstream = self._new(transport, url, {})
+            upstream = self._new(transport, url, dict(GATEWAY_CAPABILITIES))
         self._sessions[key] = upstream
         return upstream
 

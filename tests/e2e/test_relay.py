@@ -45,12 +45,10 @@ pytestmark = [
 RELAY = Path(__file__).resolve().parents[1] / "support" / "relay_upstream.py"
 SERVERS = ["relay", "relaysse", "relaystdio"]
 MODES = ["legacy", "2026-07-28"]
-ASKING = [
-    *[(server, "legacy") for server in SERVERS],
-    # A 2026-07-28 client is asked through input_required results: relayed from a
-    # 2026-07-28 upstream. (A handshake-era upstream asking it mid-call is refused.)
-    ("relay", "2026-07-28"),
-]
+ASKING = [(server, mode) for server in SERVERS for mode in MODES]
+"""Every upstream transport asks clients of both eras: a handshake-era client gets requests on
+the call's stream (a 2026-07-28 upstream's input_required is settled for it), a 2026-07-28
+client gets input_required (a handshake-era upstream's request is held for its retry)."""
 
 
 @pytest.fixture(scope="module")

@@ -46,7 +46,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import httpx2
+import mcp_types as types
 import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
 from gateway.devtools.stack import LocalStack, free_port, sample_policy_modules
@@ -320,6 +324,50 @@ class TestServerEverythingUpstream:
         assert set(weather.structured_content or {}) == {"temperature", "conditions", "humidity"}
         gateway_log = (stack.run_dir / "gateway.log").read_text()
         assert f"upstream {everything.url}: legacy session, protocol 2025-11-25" in gateway_log
+
+    @pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning")  # sampling: 2025-era
+    async def test_progress_sampling_and_elicitation_of_server_everything_reach_the_client(
+        self, stack: LocalStack, everything: Everything
+    ) -> None:
+        """server-everything's own tools, through the gateway to a handshake-era SDK client:
+        progress of a long operation, a sampling request (policy: operators may lend their
+        model) and an elicitation, each relayed on the call's stream and answered back."""
+        token = stack.idp.mint("olive", ["operator"], stack.audience)
+        progress: list[float] = []
+        prompts: list[str] = []
+        questions: list[str] = []
+
+        async def on_progress(value: float, total: float | None, message: str | None) -> None:
+            progress.append(value)
+
+        async def sample(context: Any, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
+            text = params.messages[0].content
+            prompts.append(text.text if isinstance(text, types.TextContent) else "?")
+            return types.CreateMessageResult(
+                role="assistant", content=types.TextContent(type="text", text="sampled answer"), model="test-model"
+            )
+
+        async def elicit(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+            questions.append(params.message)
+            return types.ElicitResult(action="decline")
+
+        http = httpx2.AsyncClient(headers={"authorization": f"Bearer {token}"}, timeout=httpx2.Timeout(30, read=60))
+        transport = streamable_http_client(f"{stack.data_url}/mcp", http_client=http)
+        async with Client(transport, mode="legacy", sampling_callback=sample, elicitation_callback=elicit) as c:
+            names = {t.name for t in (await c.list_tools()).tools}
+            done = await c.call_tool(
+                "everything__trigger-long-running-operation",
+                {"duration": 0.3, "steps": 3},
+                progress_callback=on_progress,
+            )
+            sampled = await c.call_tool("everything__trigger-sampling-request", {"prompt": "hi", "maxTokens": 10})
+            elicited = await c.call_tool("everything__trigger-elicitation-request", {})
+        # pinned at approval because discovery declared sampling and elicitation
+        assert {"everything__trigger-sampling-request", "everything__trigger-elicitation-request"} <= names
+        assert not done.is_error and progress == [1, 2, 3]
+        assert not sampled.is_error and "sampled answer" in sampled.content[0].text  # type: ignore[union-attr]
+        assert prompts == ["Resource trigger-sampling-request context: hi"]
+        assert not elicited.is_error and questions == ["Please provide inputs for the following fields:"]
 
     @pytest.mark.parametrize("mode", ["auto", "legacy"])
     async def test_viewer_is_denied_a_tool_that_is_not_read_only(

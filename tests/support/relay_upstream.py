@@ -10,6 +10,7 @@ Tools (all ``readOnlyHint``):
   returns ``"<action> <ok>"``;
 * ``roots()``: asks the client ``roots/list`` and returns the root URIs, comma-separated;
 * ``session()``: answers ``"ok"`` (opens the caller's upstream session);
+* ``revision()``: the protocol revision of the upstream session the call arrived on;
 * ``touch(uri)``: announces ``notifications/resources/updated`` of ``uri`` to its
   subscribers (2026-07-28 listeners, and handshake-era sessions that sent
   ``resources/subscribe``; resources ``relay://watched`` and ``relay://internal/secret``);
@@ -21,7 +22,7 @@ The questions are asked with the SDK's resolvers: in a handshake-era session as 
 related to the call (on streamable HTTP they ride the call's response stream), in a
 2026-07-28 one as an ``input_required`` result the client answers in its retry.
 
-    python tests/support/relay_upstream.py --port N [--transport streamable-http|sse|stdio]
+    python tests/support/relay_upstream.py --port N [--transport streamable-http|sse|stdio] [--pin-version V]
 """
 
 from __future__ import annotations
@@ -99,6 +100,10 @@ def build_server() -> MCPServer:
     async def session() -> str:
         return "ok"
 
+    @mcp.tool(annotations=READ_ONLY, description="The protocol revision of the session this call arrived on.")
+    async def revision(ctx: Context) -> str:
+        return str(ctx.request_context.protocol_version)
+
     @mcp.tool(annotations=READ_ONLY, description="Wait, then answer.")
     async def wait(seconds: float) -> str:
         state["started"] += 1
@@ -159,7 +164,19 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--transport", default="streamable-http", choices=["streamable-http", "sse", "stdio"])
+    parser.add_argument(
+        "--pin-version",
+        choices=["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"],
+        help="answer every initialize with this revision (sse and stdio: handshake era only)",
+    )
     args = parser.parse_args(argv)
+    if args.pin_version:
+        # The SDK server negotiates the requested revision when it knows it, else its latest:
+        # knowing only this one, it answers it to whatever the gateway asks.
+        import mcp.server.runner as runner
+
+        runner.HANDSHAKE_PROTOCOL_VERSIONS = (args.pin_version,)  # type: ignore[misc]
+        runner.LATEST_HANDSHAKE_VERSION = args.pin_version  # type: ignore[misc]
     mcp = build_server()
     kwargs: dict[str, Any] = {} if args.transport == "stdio" else {"host": "127.0.0.1", "port": args.port}
     mcp.run(args.transport, **kwargs)
