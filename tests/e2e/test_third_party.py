@@ -580,3 +580,34 @@ def test_inspector_policy_denied_call_exits_1_with_the_denial(
         items = stack.admin("GET", "/v1/audit/decisions?subject=insp-denied&action=tools/call&allowed=false")["items"]
         time.sleep(0.1)
     assert [(i["tool"], i["reasons"]) for i in items] == [("echo", ["argument_forbidden"])]
+
+
+def test_inspector_reads_resources_and_gets_prompts_through_the_gateway(
+    stack: LocalStack, inspector: Callable[..., InspectorRun]
+) -> None:
+    """The Inspector CLI (TypeScript SDK 2.x) on the feature methods: lists filtered by
+    policy and namespaced on ``/mcp``, a read and a get through the same decisions."""
+    token = stack.idp.mint("insp-viewer", ["viewer"], stack.audience)
+    listed = inspector("--method", "resources/list", token=token)
+    assert listed.returncode == 0, listed.stderr
+    uris = [r["uri"] for r in listed.json_out()["result"]["resources"]]
+    assert uris == ["mcp-gw://demo/demo://docs/readme", "mcp-gw://demo/demo://docs/policies"]  # payroll is internal
+    read = inspector("--method", "resources/read", "--uri", uris[0], token=token)
+    assert read.returncode == 0, read.stderr
+    assert read.json_out()["result"]["contents"][0]["uri"] == uris[0]
+    prompts = inspector("--method", "prompts/list", token=token)
+    assert prompts.returncode == 0, prompts.stderr
+    assert "demo__incident_report" in {p["name"] for p in prompts.json_out()["result"]["prompts"]}
+    got = inspector(
+        "--method",
+        "prompts/get",
+        "--prompt-name",
+        "demo__incident_report",
+        "--prompt-args",
+        "service=billing",
+        token=token,
+    )
+    assert got.returncode == 0, got.stderr
+    assert "billing" in json.dumps(got.json_out()["result"]["messages"])
+    internal = inspector("--method", "resources/read", "--uri", "mcp-gw://demo/demo://internal/payroll", token=token)
+    assert internal.returncode == 1 and internal.json_err()["error"]["message"] == "Denied by policy"

@@ -7,12 +7,19 @@ import contextlib
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
+import anyio
 import orjson
 import pytest
 
 from gateway.errors import UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
 from gateway.httpclient import HttpTimeout, HttpTransportError, SseEvent, iter_sse
-from gateway.mcp.upstream import StreamableHttpUpstream, UpstreamAddress, UpstreamPool
+from gateway.mcp.upstream import (
+    StreamableHttpUpstream,
+    UpstreamAddress,
+    UpstreamCaller,
+    UpstreamPool,
+    caller_capabilities,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -198,3 +205,32 @@ async def test_the_pool_reuses_sessions_and_closes_the_ones_a_projection_dropped
     await pool.retain({"demo": UpstreamAddress("streamable_http", "http://moved/mcp")})
     assert http.requests[-1][0] == "DELETE"
     assert pool.get("demo", "streamable_http", "http://moved/mcp") is not first
+
+
+async def test_each_caller_gets_its_own_session_with_its_capabilities_least_recently_used_closed_first() -> None:
+    server = Legacy()
+    http = Http(server)
+    async with anyio.create_task_group() as tg:
+        pool = UpstreamPool(http, timeout=5, max_caller_sessions=2, caller_idle=3600)
+        await tg.start(pool.run)
+        alice = UpstreamCaller("idp", "alice", caller_capabilities({"sampling": {}, "experimental": {"x": {}}}))
+        bob = UpstreamCaller("idp", "bob")
+        carol = UpstreamCaller("idp", "carol")
+        shared = pool.get("demo", "streamable_http", "http://u/mcp")
+        mine = pool.get("demo", "streamable_http", "http://u/mcp", alice)
+        assert mine is not shared and pool.get("demo", "streamable_http", "http://u/mcp", alice) is mine
+        assert pool.get("demo", "streamable_http", "http://u/mcp", bob) is not mine
+        await mine.request("tools/call", {"name": "t", "arguments": {}})
+        await shared.request("tools/call", {"name": "t", "arguments": {}})
+        inits = [
+            req["params"]["capabilities"] for _, _, req in http.requests if req and req.get("method") == "initialize"
+        ]
+        # the caller's relayed capabilities only; the gateway's own session declares them all
+        assert inits == [{"sampling": {}}, {"sampling": {}, "elicitation": {}, "roots": {}}]
+        pool.get("demo", "streamable_http", "http://u/mcp", carol)  # a third caller: alice's is the oldest used
+        assert pool.caller_sessions == 2
+        with anyio.fail_after(2):  # the eviction closes alice's session in the background
+            while http.requests[-1][0] != "DELETE":
+                await anyio.sleep(0.01)
+        assert pool.get("demo", "streamable_http", "http://u/mcp", alice) is not mine
+        tg.cancel_scope.cancel()
