@@ -43,27 +43,39 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class SseEvent:
-    """One dispatched event: ``event`` defaults to ``message``."""
+    """One dispatched event: ``event`` defaults to ``message``.
+
+    ``id`` is the stream's last event id when the event was dispatched (it persists from
+    earlier events, as the standard's ``lastEventId``); ``retry`` the reconnection time in
+    milliseconds this event set, if any. An event block with an ``id`` or ``retry`` but no
+    ``data`` (a priming event, MCP 2025-11-25 SEP-1699) is dispatched with ``data == ""``.
+    """
 
     event: str
     data: str
+    id: str | None = None
+    retry: int | None = None
 
 
 async def iter_sse(lines: AsyncIterator[bytes]) -> AsyncIterator[SseEvent]:
     """Turn body lines (terminators stripped) into events.
 
-    Comment lines (``:``) are skipped, ``data`` lines are joined with ``\\n``,
+    Comment lines (``:``) are skipped, ``data`` lines are joined with ``\n``,
     a blank line dispatches; a trailing event without a blank line is dropped,
-    as the standard requires.
+    as the standard requires. ``id`` (without NUL) and ``retry`` (digits) are kept
+    (see :class:`SseEvent`). Source: WHATWG HTML "Server-sent events", 9.2.6.
     """
     event = ""
     data: list[str] = []
+    last_id: str | None = None
+    retry: int | None = None
+    fields = False
     async for raw in lines:
         line = raw.decode("utf-8", errors="replace")
         if not line:
-            if data:
-                yield SseEvent(event or "message", "\n".join(data))
-            event, data = "", []
+            if data or fields:
+                yield SseEvent(event or "message", "\n".join(data), last_id, retry)
+            event, data, retry, fields = "", [], None, False
             continue
         if line.startswith(":"):
             continue
@@ -74,6 +86,10 @@ async def iter_sse(lines: AsyncIterator[bytes]) -> AsyncIterator[SseEvent]:
             data.append(value)
         elif name == "event":
             event = value
+        elif name == "id" and "\x00" not in value:
+            last_id, fields = value, True
+        elif name == "retry" and value.isdigit():
+            retry, fields = int(value), True
 
 
 class HttpTransportError(Exception):

@@ -139,6 +139,16 @@ async def test_iter_sse_joins_data_lines_skips_comments_and_drops_an_unterminate
     assert await _events(lines) == [SseEvent("message", "a\nb"), SseEvent("ping", "x")]
 
 
+async def test_iter_sse_keeps_the_last_event_id_and_dispatches_a_priming_event() -> None:
+    # SEP-1699: a priming event (an id, empty data) and a retry time come first; the id persists.
+    lines = _lines(b"id: s1-0", b"retry: 250", b"data:", b"", b"data: a", b"", b"id: s1-2", b"data: b", b"")
+    assert await _events(lines) == [
+        SseEvent("message", "", "s1-0", 250),
+        SseEvent("message", "a", "s1-0"),
+        SseEvent("message", "b", "s1-2"),
+    ]
+
+
 async def test_iter_sse_ignores_blank_lines_without_data() -> None:
     assert await _events(_lines(b"", b"event: only", b"", b"data: d", b"")) == [SseEvent("message", "d")]
 
@@ -147,7 +157,7 @@ async def test_events_split_across_chunks_with_crlf_and_lf_are_parsed(client: Ht
     async with client.request("GET", f"{server}/sse", body=None, headers={}, timeout=5) as resp:
         assert resp.status == 200 and resp.headers["content-type"].startswith("text/event-stream")
         events = [event async for event in resp.aiter_sse()]
-    assert events == [SseEvent("message", "hello"), SseEvent("message", "a\nb"), SseEvent("custom", '{"x": 1}')]
+    assert events == [SseEvent("message", "hello"), SseEvent("message", "a\nb"), SseEvent("custom", '{"x": 1}', "7")]
 
 
 async def test_an_sse_line_over_the_cap_is_a_transport_error(client: HttpClient, server: str) -> None:

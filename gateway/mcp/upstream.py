@@ -30,6 +30,7 @@ registry record's explicit ``transport`` (never inferred from a URL):
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import math
@@ -75,6 +76,8 @@ __all__ = [
 log = logging.getLogger("gateway.upstream")
 _ACCEPT = "application/json, text/event-stream"
 _NAME_PARAM = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
+MAX_RESUMES = 10
+"""Most times one handshake-era response stream is resumed (``GET`` + ``Last-Event-ID``)."""
 _MAX_TOOL_PAGES = 20
 """Most pages of the upstream's ``tools/list`` read to learn its ``x-mcp-header`` parameters."""
 
@@ -327,7 +330,10 @@ class StreamableHttpUpstream:
 
         Notifications go to ``channel`` (dropped without one); server requests are answered
         (asked of the client through ``channel``) in the background, each answer POSTed
-        back on the session. While one is being answered the idle clock stops.
+        back on the session. While one is being answered the idle clock stops. A handshake-era
+        stream that ends before the response, after an event id, is resumed with ``GET`` and
+        ``Last-Event-ID`` after the ``retry`` time the server set, up to :data:`MAX_RESUMES`
+        times (MCP 2025-11-25 ``basic/transports`` "Resumability and Redelivery", SEP-1699).
         """
         asking = 0
 
@@ -345,20 +351,37 @@ class StreamableHttpUpstream:
                 restart_clock()
             await self._post_reply(session, reply)
 
-        async with anyio.create_task_group() as tg:
-            async for event in resp.aiter_sse():
-                restart_clock()
-                if not event.data:
-                    continue
-                msg = loads_message(event.data.encode(), self._safe_url)
-                if msg.get("id") == req_id and ("result" in msg or "error" in msg):
-                    tg.cancel_scope.cancel()
-                    return msg
-                if is_server_request(msg):
-                    tg.start_soon(answer, msg)
-                elif is_notification(msg) and channel is not None:
-                    await channel.notify(msg)
-            raise UpstreamProtocolError(f"upstream {self._safe_url}: SSE stream ended without a response")
+        last_id: str | None = None
+        retry_ms = 0
+        async with anyio.create_task_group() as tg, contextlib.AsyncExitStack() as resumed:
+            for attempt in range(MAX_RESUMES + 1):
+                async for event in resp.aiter_sse():
+                    restart_clock()
+                    last_id = event.id if event.id is not None else last_id
+                    retry_ms = event.retry if event.retry is not None else retry_ms
+                    if not event.data:
+                        continue
+                    msg = loads_message(event.data.encode(), self._safe_url)
+                    if msg.get("id") == req_id and ("result" in msg or "error" in msg):
+                        tg.cancel_scope.cancel()
+                        return msg
+                    if is_server_request(msg):
+                        tg.start_soon(answer, msg)
+                    elif is_notification(msg) and channel is not None:
+                        await channel.notify(msg)
+                if session.era != "legacy" or last_id is None or attempt == MAX_RESUMES:
+                    raise UpstreamProtocolError(f"upstream {self._safe_url}: SSE stream ended without a response")
+                # SEP-1699: the server closed the stream before the response (polling); resume
+                # it with GET + Last-Event-ID after the retry time it asked for.
+                await anyio.sleep(retry_ms / 1000)
+                headers = {**self._headers(session, "", {}), "accept": "text/event-stream", "last-event-id": last_id}
+                resp = await resumed.enter_async_context(
+                    self._http.request("GET", self.url, body=None, headers=headers, timeout=self._max_duration)
+                )
+                if resp.status != 200 or not resp.headers.get("content-type", "").startswith("text/event-stream"):
+                    raise UpstreamProtocolError(
+                        f"upstream {self._safe_url} refused to resume a stream: HTTP {resp.status}"
+                    )
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _post_reply(self, session: _Session, reply: dict[str, Any]) -> None:

@@ -234,3 +234,42 @@ async def test_each_caller_gets_its_own_session_with_its_capabilities_least_rece
                 await anyio.sleep(0.01)
         assert pool.get("demo", "streamable_http", "http://u/mcp", alice) is not mine
         tg.cancel_scope.cancel()
+
+
+class Polling(Legacy):
+    """A 2025-11-25 server that closes a call's stream after a priming event and a progress
+    notification (SEP-1699 polling) and sends the response when the stream is resumed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pending: Any = None
+        self.resumed_from: list[str | None] = []
+
+    def __call__(self, method: str, headers: Mapping[str, str], req: dict[str, Any] | None) -> Reply:
+        if method == "GET":
+            self.resumed_from.append(headers.get("last-event-id"))
+            response = orjson.dumps({"jsonrpc": "2.0", "id": self.pending, "result": {"content": []}})
+            return 200, {"content-type": "text/event-stream"}, b"id: e2\ndata: " + response + b"\n\n"
+        if req is not None and req.get("method") == "tools/call" and headers.get("mcp-session-id") == self.session:
+            self.pending = req["id"]
+            progress = orjson.dumps({"jsonrpc": "2.0", "method": "notifications/progress", "params": {"progress": 1}})
+            body = b"id: e0\nretry: 10\ndata:\n\nid: e1\ndata: " + progress + b"\n\n"
+            return 200, {"content-type": "text/event-stream"}, body
+        return super().__call__(method, headers, req)
+
+
+async def test_a_handshake_stream_closed_before_its_response_is_resumed_with_last_event_id() -> None:
+    server = Polling()
+    upstream = StreamableHttpUpstream("http://u/mcp", Http(server), timeout=5)
+    notes: list[dict[str, Any]] = []
+
+    class Channel:
+        async def notify(self, message: dict[str, Any]) -> None:
+            notes.append(message)
+
+        async def request(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+            raise AssertionError("not asked")
+
+    reply = await upstream.request("tools/call", {"name": "t", "arguments": {}}, Channel())
+    assert reply["result"] == {"content": []} and server.resumed_from == ["e1"]
+    assert [n["method"] for n in notes] == ["notifications/progress"]
