@@ -91,8 +91,10 @@ DOC = PROJECT_ROOT / "docs" / "conformance.md"
 # `--strict-exceptions` fails on them). A gap that is not listed here fails `make conformance`.
 # ---------------------------------------------------------------------------------------------
 _SSE = (
-    "the gateway streams a response only once something is relayed, without event ids or a priming"
-    " event, and does not resume a stream (SEP-1699 polling, GET + Last-Event-ID) yet"
+    "the gateway answers a call as application/json when the upstream relayed nothing before the"
+    " response (SSE is optional); its event streams carry no event ids, so they are not resumable"
+    " (SEP-1699 downstream); the fixture's own stream close happens on the gateway's 2026-07-28"
+    " upstream session, where it does not exist. Upstream SEP-1699 resumption is implemented"
 )
 EXCEPTIONS: dict[str, str] = {
     # -- 2025-11-25: SSE responses (SEP-1699 polling/resumption)
