@@ -42,6 +42,7 @@ _PARAMS = {
     "prompts/get": frozenset({"name", "arguments", "_meta", *MRTR_PARAMS}),
     "completion/complete": frozenset({"ref", "argument", "context", "_meta"}),
     "logging/setLevel": frozenset({"level", "_meta"}),
+    "ping": frozenset({"_meta"}),
     "resources/subscribe": frozenset({"uri", "_meta"}),
     "resources/unsubscribe": frozenset({"uri", "_meta"}),
 }

@@ -25,7 +25,8 @@ Governed methods: ``tools/list``, ``tools/call`` (:mod:`gateway.dataplane.govern
 ``resources/list``, ``resources/templates/list``, ``resources/read``,
 ``prompts/list``, ``prompts/get``, ``completion/complete`` and, handshake era only,
 ``logging/setLevel`` (:mod:`gateway.dataplane.features`), each only where the
-endpoint advertises its capability; ``ping`` is answered locally (handshake era).
+endpoint advertises its capability; ``ping`` (handshake era) is decided and audited, then
+answered by the gateway.
 Responses are single ``application/json`` bodies. Every request is
 authenticated first (401 + ``WWW-Authenticate`` with ``resource_metadata``).
 """
@@ -96,7 +97,7 @@ log = logging.getLogger("gateway.mcp")
 
 SERVER_INFO = {"name": "mcp-opa-gateway", "version": "0.1.0"}
 _JSON = "application/json"
-_GOVERNED = frozenset({"tools/call", *CAPABILITY_OF})
+_GOVERNED = frozenset({"tools/call", "ping", *CAPABILITY_OF})
 """Methods whose params-limit rejection the governor audits (the others answer it directly)."""
 _LISTS = frozenset({"resources/list", "resources/templates/list", "prompts/list"})
 _STREAMABLE = frozenset({"tools/call", "resources/read", "prompts/get", "completion/complete"})
@@ -518,9 +519,9 @@ async def session_reply(request: Request, msg: Any, ctx: CallContext, session: S
     """
     if msg.rejection is not None and msg.method not in _GOVERNED:
         return error_response(msg.id, INVALID_PARAMS, "Invalid params", {"category": msg.rejection.category})
-    if msg.method == "ping":
-        return result_response(msg.id, {})
     governor: FeatureGovernor = request.state.dp_governor
+    if msg.method == "ping":
+        return await governor.ping(_current(request), ctx, msg.id, msg.params, rejection=msg.rejection)
     if msg.method == "tools/list":
         return result_response(msg.id, {"tools": await governor.list_tools(_current(request), ctx)})
     if msg.method == "tools/call":

@@ -445,6 +445,36 @@ class FeatureGovernor(FeatureSteps):
 
         return await self._governed(projection, ctx, "completion/complete", run)
 
+    # ------------------------------------------------------------------ ping
+    async def ping(
+        self,
+        projection: ActiveProjection,
+        ctx: CallContext,
+        msg_id: str | int | None,
+        params: dict[str, Any],
+        *,
+        rejection: RequestRejected | None = None,
+    ) -> dict[str, Any]:
+        """``ping`` (handshake era): one decision (``action: "ping"``, the endpoint's
+        ``server`` on ``/mcp/{server}``, none on ``/mcp``), one audit event, answered ``{}``
+        by the gateway, the peer the client pings (MCP 2025-11-25 ``basic/utilities/ping``);
+        no upstream is asked. ``-32003`` when policy refuses.
+        """
+
+        async def run(trace: _Trace) -> dict[str, Any]:
+            refused = self._checked(projection, ctx, trace, msg_id, params, rejection)
+            if refused is not None:
+                return refused
+            endpoint_server = projection.servers.get(ctx.server) if ctx.server else None
+            doc = self._input(projection, ctx, "ping", endpoint_server)
+            denied = await self._decide(projection, ctx, trace, msg_id, doc)
+            if denied is not None:
+                return denied
+            self._emit(projection, ctx, trace, status="ok", result_sha256=_sha256({}))
+            return result_response(msg_id, {})
+
+        return await self._governed(projection, ctx, "ping", run)
+
     # ------------------------------------------------------------------ logging
     async def set_logging_level(
         self,

@@ -3,7 +3,7 @@
 # description: |
 #   The policy a platform team uploads as a policy version. It composes the
 #   concern packages into the one decision the gateway enforces, for every
-#   governed MCP method: tools, resources, prompts, completion and logging, and
+#   governed MCP method: tools, resources, prompts, completion, logging and ping, and
 #   for the requests upstreams make of the caller's client (sampling, elicitation,
 #   roots). The
 #   same rules serve discovery and use: a tool, resource or prompt is listed
@@ -18,6 +18,7 @@ import data.gateway.client_requests
 import data.gateway.logging
 import data.gateway.prompts
 import data.gateway.resources
+import data.gateway.session
 import data.gateway.tools
 
 # METADATA
@@ -60,6 +61,8 @@ _grants := logging.grants if actions.concern == "logging"
 
 _grants := client_requests.grants if actions.concern == "client_requests"
 
+_grants := session.grants if actions.concern == "session"
+
 _deny := tools.deny if actions.concern == "tools"
 
 _deny := resources.deny if actions.concern == "resources"
@@ -69,3 +72,5 @@ _deny := prompts.deny if actions.concern == "prompts"
 _deny := logging.deny if actions.concern == "logging"
 
 _deny := client_requests.deny if actions.concern == "client_requests"
+
+_deny := session.deny if actions.concern == "session"

@@ -263,3 +263,12 @@ test_allow_resources_subscribe_matches_resources_read if {
 	}
 	not gateway.decision.allow with input as _with_action(_with_uri(fixtures.resource_read_viewer, "demo://internal/payroll"), "resources/subscribe")
 }
+
+test_allow_ping_for_a_recognised_role if {
+	ping := json.patch(fixtures.logging_set_level_operator, [
+		{"op": "replace", "path": "/action", "value": "ping"},
+		{"op": "replace", "path": "/arguments", "value": {}},
+	])
+	gateway.decision == {"allow": true, "reasons": ["granted_to_recognised_role"], "obligations": {}} with input as ping
+	gateway.decision == {"allow": false, "reasons": ["no_recognised_role"], "obligations": {}} with input as _with_roles(ping, ["guest"])
+}

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import orjson
 import pytest
@@ -18,7 +19,8 @@ from starlette.types import Message, Receive, Scope, Send
 from gateway.config import Config
 from gateway.dataplane import create_dataplane_app
 from gateway.dataplane.auth import JwtVerifier
-from gateway.dataplane.governance import Governor
+from gateway.dataplane.features import FeatureGovernor
+from gateway.dataplane.held import HeldCalls
 from gateway.dataplane.sessions import SessionStore
 from gateway.devtools.idp import DevIdentityProvider
 from gateway.mcp.messages import MAX_PARAMS_VALUES
@@ -38,6 +40,16 @@ ENVELOPE = {
 @pytest.fixture(scope="module")
 def idp(tmp_path_factory: pytest.TempPathFactory) -> DevIdentityProvider:
     return DevIdentityProvider.create(tmp_path_factory.mktemp("idp"), ISSUER)
+
+
+class _Spawner:
+    """The part of :class:`gateway.dataplane.listening.Hub` the request path uses."""
+
+    def __init__(self, tg: Any) -> None:
+        self._tg = tg
+
+    def spawn(self, fn: Any) -> None:
+        self._tg.start_soon(fn)
 
 
 class Gateway:
@@ -62,15 +74,19 @@ class Gateway:
             "dp_config": self.config,
             "dp_verifier": JwtVerifier(self.config.jwt, cp_http),
             "dp_sync": types.SimpleNamespace(current=_projection()),
-            "dp_governor": Governor(self.config, Engine("p5-pv2"), self.upstreams, self.audit),  # type: ignore[arg-type]
+            "dp_governor": FeatureGovernor(self.config, Engine("p5-pv2"), self.upstreams, self.audit),  # type: ignore[arg-type]
             "dp_sessions": self.sessions,
+            "dp_held": HeldCalls(),
             "dp_sidecar": None,
         }
         self.app = create_dataplane_app(self.config)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        scope["state"] = dict(self.state)  # what the root app's lifespan provides
-        await self.app(scope, receive, send)
+        # What the root app's lifespan provides; detached work (held calls) runs in a task
+        # group of this request, which the tests' calls never outlive.
+        async with anyio.create_task_group() as tg:
+            scope["state"] = {**self.state, "dp_hub": _Spawner(tg)}
+            await self.app(scope, receive, send)
 
     def token(self, sub: str = "alice", roles: tuple[str, ...] = ("admin",)) -> str:
         return self.idp.mint(sub, list(roles), f"{BASE}/mcp")
@@ -209,10 +225,13 @@ async def test_delete_of_another_subject_s_session_is_404_and_keeps_it(
     assert gateway.sessions.get(session, (ISSUER, "bob")) is not None
 
 
-async def test_ping_answers_an_empty_result(gateway: Gateway, http: httpx.AsyncClient) -> None:
+async def test_ping_is_decided_audited_and_answered_by_the_gateway(gateway: Gateway, http: httpx.AsyncClient) -> None:
     session = await _initialize(http, gateway)
     resp = await _legacy(http, gateway, session, "ping")
     assert resp.status_code == 200 and resp.json() == {"jsonrpc": "2.0", "id": 1, "result": {}}
+    event = gateway.audit.events[-1]
+    assert (event["action"], event["allowed"], event["status"], event["server"]) == ("ping", True, "ok", None)
+    assert gateway.upstreams.calls == []  # the gateway is the peer the client pings
 
 
 async def test_an_unknown_method_is_32601_in_the_handshake_era(gateway: Gateway, http: httpx.AsyncClient) -> None:
@@ -322,8 +341,8 @@ async def test_arguments_with_too_many_values_get_32602_and_an_audited_rejection
 async def test_too_deep_params_of_an_ungoverned_method_get_32602(gateway: Gateway, http: httpx.AsyncClient) -> None:
     session = await _initialize(http, gateway)
     deep = b'{"a":' * 99 + b"{}" + b"}" * 99
-    body = b'{"jsonrpc":"2.0","id":4,"method":"ping","params":{"x":' + deep + b"}}"
-    resp = await _legacy(http, gateway, session, "ping", content=body)
+    body = b'{"jsonrpc":"2.0","id":4,"method":"tools/list","params":{"x":' + deep + b"}}"
+    resp = await _legacy(http, gateway, session, "tools/list", content=body)
     assert resp.status_code == 200 and resp.json()["id"] == 4 and resp.json()["error"]["code"] == -32602
 
 

@@ -18,6 +18,7 @@ concerns := {
 	"prompts/list": "prompts",
 	"prompts/get": "prompts",
 	"logging/setLevel": "logging",
+	"ping": "session",
 	"sampling/createMessage": "client_requests",
 	"elicitation/create": "client_requests",
 	"roots/list": "client_requests",
@@ -29,7 +30,7 @@ supported := object.keys(concerns) | {"completion/complete"}
 
 # METADATA
 # description: |
-#   The concern of this request: tools, resources, prompts, logging or client_requests
+#   The concern of this request: tools, resources, prompts, logging, session (ping) or client_requests
 #   (an upstream's request of the caller's client). A completion
 #   is judged like a read of the resource template or a get of the prompt it completes.
 concern := concerns[input.action]

@@ -23,6 +23,7 @@ test_allow_every_governed_method_has_its_concern if {
 		"prompts/list": "prompts",
 		"prompts/get": "prompts",
 		"logging/setLevel": "logging",
+		"ping": "session",
 		"sampling/createMessage": "client_requests",
 		"elicitation/create": "client_requests",
 		"roots/list": "client_requests",
@@ -39,7 +40,7 @@ test_allow_supported_names_every_governed_method if {
 		"resources/list", "resources/templates/list", "resources/read",
 		"resources/subscribe", "resources/unsubscribe",
 		"prompts/list", "prompts/get",
-		"completion/complete", "logging/setLevel",
+		"completion/complete", "logging/setLevel", "ping",
 		"sampling/createMessage", "elicitation/create", "roots/list",
 	}
 }
