@@ -26,7 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx2
+import mcp_types as types
 import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
 from gateway.devtools.stack import LocalStack, free_port
@@ -164,6 +168,57 @@ async def test_server_everything_over_the_transport_is_listed_by_policy_called_a
         assert f"upstream {upstreams.sse_url}: legacy SSE session, protocol 2024-11-05" in gateway_log
     else:
         assert "stdio upstream evstdio stderr: Starting default (STDIO) server..." in gateway_log
+
+
+@pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning")  # sampling, logging: 2025-era
+@pytest.mark.parametrize("server", ["sse", "evstdio"])
+async def test_server_everything_over_the_transport_relays_progress_sampling_and_elicitation(
+    stack: LocalStack, upstreams: Upstreams, server: str
+) -> None:
+    """server-everything in its ``sse`` and ``stdio`` modes: its progress, its sampling and
+    elicitation requests reach the SDK client through the gateway and are answered back;
+    its resources and prompts are read and got through the same governed methods."""
+    token = stack.idp.mint(f"olga-{server}", ["operator"], stack.audience)
+    progress: list[float] = []
+    prompts: list[str] = []
+    questions: list[str] = []
+
+    async def on_progress(value: float, total: float | None, message: str | None) -> None:
+        progress.append(value)
+
+    async def sample(context: Any, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
+        text = params.messages[0].content
+        prompts.append(text.text if isinstance(text, types.TextContent) else "?")
+        return types.CreateMessageResult(
+            role="assistant", content=types.TextContent(type="text", text="sampled answer"), model="test-model"
+        )
+
+    async def elicit(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+        questions.append(params.message)
+        return types.ElicitResult(action="cancel")
+
+    http = httpx2.AsyncClient(headers={"authorization": f"Bearer {token}"}, timeout=httpx2.Timeout(30, read=60))
+    transport = streamable_http_client(f"{stack.data_url}/mcp", http_client=http)
+    async with Client(transport, mode="legacy", sampling_callback=sample, elicitation_callback=elicit) as c:
+        done = await c.call_tool(
+            f"{server}__trigger-long-running-operation", {"duration": 0.3, "steps": 3}, progress_callback=on_progress
+        )
+        sampled = await c.call_tool(f"{server}__trigger-sampling-request", {"prompt": "hi", "maxTokens": 10})
+        elicited = await c.call_tool(f"{server}__trigger-elicitation-request", {})
+        resources = [r.uri for r in (await c.list_resources()).resources if r.uri.startswith(f"mcp-gw://{server}/")]
+        read = await c.read_resource(resources[0])
+        listed = [p.name for p in (await c.list_prompts()).prompts if p.name.startswith(f"{server}__")]
+        got = await c.get_prompt(f"{server}__simple-prompt", {})
+    assert not done.is_error and progress == [1, 2, 3]
+    assert not sampled.is_error and "sampled answer" in sampled.content[0].text  # type: ignore[union-attr]
+    assert prompts == ["Resource trigger-sampling-request context: hi"]
+    assert not elicited.is_error and questions == ["Please provide inputs for the following fields:"]
+    assert read.contents[0].uri == resources[0]
+    assert f"{server}__simple-prompt" in listed and got.messages
+    event = _audited(stack, f"olga-{server}", server, "trigger-sampling-request", True)
+    assert event["action"] == "tools/call"
+    relayed = stack.admin("GET", f"/v1/audit/decisions?subject=olga-{server}&action=sampling/createMessage")["items"]
+    assert [(e["server"], e["tool"], e["allowed"]) for e in relayed] == [(server, "trigger-sampling-request", True)]
 
 
 def test_approving_a_stdio_server_without_trust_stdio_is_refused(stack: LocalStack, upstreams: Upstreams) -> None:
