@@ -82,6 +82,9 @@ async def dataplane_resources(config: Config) -> AsyncIterator[dict[str, object]
     """
     limits = httpx.Limits(max_connections=20, max_keepalive_connections=10, keepalive_expiry=60)
     hot = create_http_client(config.data_plane.http_client)
+    # Long-lived upstream streams (listens, GET streams, legacy SSE) on their own connections,
+    # so no number of them can starve calls and OPA of the hot pool's.
+    streams = create_http_client(config.data_plane.http_client, max_connections=2000)
     async with (
         httpx.AsyncClient(limits=limits) as cp_http,
         anyio.create_task_group() as tg,
@@ -93,6 +96,7 @@ async def dataplane_resources(config: Config) -> AsyncIterator[dict[str, object]
             max_duration=dp.upstream_max_duration,
             max_caller_sessions=dp.upstream_sessions,
             caller_idle=dp.session_idle_timeout,
+            streams=streams,
         )
         sync = ProjectionSync(config, cp_http, upstreams)
         drift = DriftWatch(
@@ -142,3 +146,4 @@ async def dataplane_resources(config: Config) -> AsyncIterator[dict[str, object]
             with anyio.CancelScope(shield=True), anyio.move_on_after(5):
                 await upstreams.aclose()
                 await hot.aclose()
+                await streams.aclose()

@@ -618,10 +618,12 @@ async def _subscription(request: Request, msg: Any, ctx: CallContext, session: S
     projection = _current(request)
     if not offers_subscribe(projection, ctx.server):
         return error_response(msg.id, METHOD_NOT_FOUND, f"Method not found: {msg.method}")
-    if msg.method == "resources/subscribe" and len(session.subscriptions) >= MAX_SUBSCRIPTIONS:
-        message = f"A session holds at most {MAX_SUBSCRIPTIONS} subscriptions"
-        return error_response(msg.id, INVALID_PARAMS, message, {"category": "too_many_subscriptions"})
     hub = request.state.dp_hub
+    if msg.method == "resources/subscribe" and (
+        len(session.subscriptions) >= MAX_SUBSCRIPTIONS or not hub.can_subscribe(ctx.caller)
+    ):
+        message = f"Too many subscriptions (at most {MAX_SUBSCRIPTIONS} per session, and per subject and data plane)"
+        return error_response(msg.id, INVALID_PARAMS, message, {"category": "too_many_subscriptions"})
     listener = hub.session_listener(session, ctx.server)
 
     def apply(entry: ServerEntry, original: str) -> None:
@@ -675,6 +677,8 @@ async def _listen(request: Request, msg: Any, ctx: CallContext) -> Response:
     allowed: list[str] = []
     governor: FeatureGovernor = request.state.dp_governor
     for uri in uris if offers_subscribe(projection, ctx.server) else []:
+        if not hub.can_subscribe(ctx.caller):
+            break  # not honored: the acknowledgement says which were
 
         def apply(entry: ServerEntry, original: str, uri: str = uri) -> None:
             subscriptions.append(hub.subscribe(listener, ctx.caller, projection, entry.name, original))

@@ -593,6 +593,26 @@ class Governor:
 
         return await settle_input_required(reply, channel, resend)
 
+    def refuse_client_request(
+        self,
+        projection: ActiveProjection,
+        ctx: CallContext,
+        server: str,
+        tool: ToolEntry | None,
+        method: str,
+        params: dict[str, Any],
+        error: dict[str, Any],
+    ) -> dict[str, Any]:
+        """Audit an upstream's request of the client refused before policy (``rejected``, with
+        ``error.data.category``) and return ``{"error": error}`` for the upstream."""
+        trace = _Trace(started=time.perf_counter(), server=server, action=method)
+        trace.tool = tool.name if tool is not None else None
+        trace.arguments_sha256 = _sha256(params)
+        data = error.get("data")
+        category = str(data.get("category")) if isinstance(data, dict) else "refused"
+        self._emit(projection, ctx, trace, status="rejected", error_category=category, reasons=[category])
+        return {"error": error}
+
     def _reject(
         self,
         projection: ActiveProjection,

@@ -36,7 +36,7 @@ from gateway.dataplane.relay import ANSWER_TIMEOUT, Outbox
 from gateway.dataplane.sessions import Answer
 from gateway.mcp.messages import INTERNAL_ERROR, error_response, result_response
 
-__all__ = ["HANDLE_PREFIX", "KEEP_RESULT", "MAX_HELD", "HeldCall", "HeldCalls"]
+__all__ = ["HANDLE_PREFIX", "KEEP_RESULT", "MAX_HELD", "MAX_HELD_PER_OWNER", "HeldCall", "HeldCalls"]
 
 log = logging.getLogger("gateway.mcp")
 
@@ -45,6 +45,9 @@ HANDLE_PREFIX = "gw1."
 
 KEEP_RESULT = 60.0
 """Seconds a finished held call's result waits for the client's retry."""
+
+MAX_HELD_PER_OWNER = 16
+"""Most calls of one caller held at once (so one caller cannot fill :data:`MAX_HELD`)."""
 
 MAX_HELD = 1000
 """Most calls held waiting for a client's answers at once; beyond it the upstream is answered
@@ -168,8 +171,10 @@ class HeldCalls:
     def hold(self, call: HeldCall) -> bool:
         """Register ``call`` (it asked something); False when :data:`MAX_HELD` are held."""
         self._expire()
-        if call.handle not in self._held and len(self._held) >= MAX_HELD:
-            return False
+        if call.handle not in self._held:
+            own = sum(1 for c in self._held.values() if c.owner == call.owner)
+            if len(self._held) >= MAX_HELD or own >= MAX_HELD_PER_OWNER:
+                return False
         self._held[call.handle] = call
         return True
 

@@ -46,9 +46,25 @@ from gateway.dataplane.sessions import Session
 from gateway.mcp.channel import LIST_CHANGED, wanted
 from gateway.mcp.upstream import UpstreamCaller, UpstreamPool
 
-__all__ = ["ALL_LISTS", "SETTLE_TIMEOUT", "Hub", "Listener", "ServerWatch", "Subscription"]
+__all__ = [
+    "ALL_LISTS",
+    "MAX_PER_SUBJECT",
+    "MAX_TOTAL",
+    "SETTLE_TIMEOUT",
+    "Hub",
+    "Listener",
+    "ServerWatch",
+    "Subscription",
+]
 
 log = logging.getLogger("gateway.mcp")
+
+MAX_PER_SUBJECT = 256
+"""Most resource subscriptions one subject holds in a data plane (over all its sessions)."""
+
+MAX_TOTAL = 1500
+"""Most resource subscriptions in a data plane (each holds an upstream stream; the stream
+client allows 2 000 connections)."""
 
 SETTLE_TIMEOUT = 10.0
 """Most seconds a subscribe (or a listen's acknowledgement) waits for the upstream to take it."""
@@ -75,9 +91,13 @@ class Listener:
     subscription_id: Any = None
 
     async def deliver(self, msg: dict[str, Any]) -> None:
+        raw_params = msg.get("params")
+        if raw_params is not None and not isinstance(raw_params, dict):
+            return  # not a notification an MCP client can take
         if self.subscription_id is not None:
-            params = dict(msg.get("params") or {})
-            meta = dict(params.get("_meta") or {})
+            params = dict(raw_params or {})
+            raw_meta = params.get("_meta")
+            meta = dict(raw_meta) if isinstance(raw_meta, dict) else {}
             meta["io.modelcontextprotocol/subscriptionId"] = self.subscription_id
             msg = {**msg, "params": {**params, "_meta": meta}}
         await self.outbox.notify(msg)
@@ -89,6 +109,7 @@ class Subscription:
 
     server: str
     uri: str
+    owner: tuple[str, str] = ("", "")
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     ready: anyio.Event = field(default_factory=anyio.Event)
     """Set once the upstream has taken the subscription."""
@@ -122,6 +143,13 @@ class Hub:
         self._upstreams = upstreams
         self._spawner = spawner
         self._listeners: set[Listener] = set()
+        self._per_subject: dict[tuple[str, str], int] = {}
+
+    def can_subscribe(self, caller: UpstreamCaller) -> bool:
+        """Room for one more subscription of this subject (:data:`MAX_PER_SUBJECT`) and in
+        the data plane (:data:`MAX_TOTAL`): each one holds an upstream stream."""
+        total = sum(self._per_subject.values())
+        return total < MAX_TOTAL and self._per_subject.get((caller.issuer, caller.subject), 0) < MAX_PER_SUBJECT
 
     def spawn(self, fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """Run ``fn`` in the data plane's task group (it must not raise)."""
@@ -155,11 +183,17 @@ class Hub:
         """
         entry = projection.servers[server]
         upstream = self._upstreams.get(entry.name, entry.transport, entry.url, caller)
-        subscription = Subscription(server, uri)
+        subscription = Subscription(server, uri, (caller.issuer, caller.subject))
+        self._per_subject[subscription.owner] = self._per_subject.get(subscription.owner, 0) + 1
 
         async def run() -> None:
             with subscription.scope:
-                await upstream.listen({"resourceSubscriptions": [uri]}, _Sink(listener, server), subscription.ready.set)
+                try:
+                    await upstream.listen(
+                        {"resourceSubscriptions": [uri]}, _Sink(listener, server), subscription.ready.set
+                    )
+                except Exception:  # a subscription never takes the data plane's task group down
+                    log.exception("resource subscription on upstream %s failed", server)
 
         self._spawner.start_soon(run)
         return subscription
@@ -173,12 +207,20 @@ class Hub:
             for subscription in subscriptions:
                 await subscription.ready.wait()
 
-    @staticmethod
-    def unsubscribe(subscription: Subscription) -> None:
+    def unsubscribe(self, subscription: Subscription) -> None:
+        if not subscription.scope.cancel_called:
+            count = self._per_subject.get(subscription.owner, 0) - 1
+            if count > 0:
+                self._per_subject[subscription.owner] = count
+            else:
+                self._per_subject.pop(subscription.owner, None)
         subscription.scope.cancel()
 
     def close_session(self, session: Session) -> None:
-        """A handshake-era session ended: drop its listener and subscriptions."""
+        """A handshake-era session ended: cancel its requests in progress, drop its listener
+        and subscriptions."""
+        for scope in list(session.running.values()):
+            scope.cancel()
         for subscription in session.subscriptions.values():
             self.unsubscribe(subscription)
         session.subscriptions.clear()

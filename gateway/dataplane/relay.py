@@ -88,6 +88,9 @@ answering an elicitation). Then the upstream is answered ``-32603`` ``client_tim
 MAX_INPUT_ROUNDS = 8
 """Most ``input_required`` rounds :func:`settle_input_required` goes through for one request."""
 
+MAX_QUEUED = 4096
+"""Most messages queued on a long-lived stream (:meth:`Outbox.put`)."""
+
 _BUFFER = 256
 """Relayed messages buffered for a slow client; beyond it notifications are dropped (counted)."""
 
@@ -113,6 +116,8 @@ class Outbox:
         self._send, self.receive = anyio.create_memory_object_stream[tuple[bool, dict[str, Any]]](math.inf)
         self.dropped = 0
         """Notifications dropped because the client did not keep up."""
+        self.overflowed = False
+        """A message that must not be dropped did not fit (:meth:`put`)."""
 
     async def notify(self, message: dict[str, Any]) -> None:
         """Queue a notification for the response stream (dropped when the client lags)."""
@@ -156,7 +161,16 @@ class Outbox:
         return {"result": result if isinstance(result, dict) else {}}
 
     def put(self, message: dict[str, Any]) -> None:
-        """Queue a message that must not be dropped (a response on a long-lived stream)."""
+        """Queue a message that must not be dropped (a response on a long-lived stream).
+
+        Beyond :data:`MAX_QUEUED` queued messages the client is not reading its stream:
+        the message is dropped and :attr:`overflowed` set, which ends the stream.
+        """
+        if self._send.statistics().current_buffer_used >= MAX_QUEUED:
+            if not self.overflowed:
+                log.warning("client is not reading its event stream: ending it")
+            self.overflowed = True
+            return
         try:
             self._send.send_nowait((False, message))
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
@@ -248,6 +262,15 @@ class RelayResponse(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         async with anyio.create_task_group() as tg:
+
+            async def watch_disconnect() -> None:
+                # From the start: a client that leaves before anything was relayed cancels too.
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+                log.info("client closed its connection: the request is cancelled")
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(watch_disconnect)
             tg.start_soon(self._run)
             first: dict[str, Any] | None = None
             final = False
@@ -259,15 +282,9 @@ class RelayResponse(Response):
                 start["headers"].append((b"content-length", str(len(body)).encode()))
                 await send(start)
                 await send({"type": "http.response.body", "body": body})
+                tg.cancel_scope.cancel()
                 return
 
-            async def watch_disconnect() -> None:
-                while (await receive())["type"] != "http.disconnect":
-                    pass
-                log.info("client closed its response stream: the request is cancelled")
-                tg.cancel_scope.cancel()
-
-            tg.start_soon(watch_disconnect)
             start = self._start(200, None)
             start["headers"].extend(_SSE_HEADERS)
             await send(start)
@@ -338,14 +355,20 @@ class GovernedChannel:
             policy refused (see :meth:`~gateway.dataplane.governance.Governor.govern_client_request`).
         """
         capability = RELAYED_REQUESTS.get(method)
+        refusal: dict[str, Any] | None = None
         if capability is None:
-            return _client_error(f"Method not found: {method}", "not_relayed", METHOD_NOT_FOUND)
-        if capability not in self._ctx.client_capabilities:
+            refusal = _client_error(f"Method not found: {method}", "not_relayed", METHOD_NOT_FOUND)
+        elif capability not in self._ctx.client_capabilities:
             message = f"The client did not declare the {capability} capability"
-            return _client_error(message, "capability_not_declared", METHOD_NOT_FOUND)
+            refusal = _client_error(message, "capability_not_declared", METHOD_NOT_FOUND)
+        elif self._ctx.client is None or not self._ctx.can_ask:
+            refusal = _client_error("This client cannot be sent requests during a call", "no_back_channel")
+        if refusal is not None:  # refused before policy: audited all the same
+            return self._governor.refuse_client_request(
+                self._projection, self._ctx, self._server, self._tool, method, params, refusal["error"]
+            )
         client = self._ctx.client
-        if client is None or not self._ctx.can_ask:
-            return _client_error("This client cannot be sent requests during a call", "no_back_channel")
+        assert client is not None
 
         async def ask() -> dict[str, Any]:
             return await client.request(method, params)

@@ -142,6 +142,10 @@ class SessionStore:
             sid, sess = next(iter(self._sessions.items()))
             if now - sess.last_used <= self._idle:
                 return
+            if sess.stream_open:  # an open event stream is use: the session stays
+                sess.last_used = now
+                self._sessions.move_to_end(sid)
+                continue
             self._close(self._sessions.pop(sid))
 
     def get(self, session_id: str, owner: tuple[str, str]) -> Session | None:
@@ -150,7 +154,7 @@ class SessionStore:
         now = time.monotonic()
         if session is None:
             return None
-        if now - session.last_used > self._idle:
+        if now - session.last_used > self._idle and not session.stream_open:
             self._close(self._sessions.pop(session_id))
             return None
         # compare bytes: compare_digest raises TypeError on non-ASCII str (e.g. sub "josé")

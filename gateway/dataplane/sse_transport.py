@@ -50,9 +50,13 @@ from gateway.mcp.messages import (
     result_response,
 )
 
-__all__ = ["LEGACY_SSE_VERSION", "sse_connect", "sse_message"]
+__all__ = ["LEGACY_SSE_VERSION", "MAX_RUNNING", "sse_connect", "sse_message"]
 
 log = logging.getLogger("gateway.mcp")
+
+MAX_RUNNING = 32
+"""Most requests of one HTTP+SSE session in progress at once; more are answered ``-32603``
+``too_many_requests`` on the stream."""
 
 LEGACY_SSE_VERSION = "2024-11-05"
 """The revision a client of this transport gets unless it asks for another handshake-era one."""
@@ -83,10 +87,11 @@ class _EventStream(Response):
                     tg.cancel_scope.cancel()
 
                 tg.start_soon(watch_disconnect)
-                while True:
+                while not self._outbox.overflowed:
                     _, message = await self._outbox.receive.receive()
                     body = b"event: message\ndata: " + orjson.dumps(message) + b"\n\n"
                     await send({"type": "http.response.body", "body": body, "more_body": True})
+                tg.cancel_scope.cancel()
         finally:
             self._on_close()
 
@@ -161,6 +166,9 @@ async def sse_message(request: Request) -> Response:
         capabilities = advertised_capabilities(request.state.dp_sync.current, server, handshake=True)
         result = {"protocolVersion": session.protocol_version, "capabilities": capabilities, "serverInfo": SERVER_INFO}
         outbox.put(result_response(msg.id, result))
+    elif len(session.running) >= MAX_RUNNING:
+        data = {"category": "too_many_requests"}
+        outbox.put(error_response(msg.id, INTERNAL_ERROR, f"More than {MAX_RUNNING} requests in progress", data))
     else:
         request.state.dp_hub.spawn(lambda: _answer(request, msg, subject, server, session, outbox))
     return Response(b"Accepted", 202, media_type="text/plain")
@@ -183,6 +191,8 @@ async def _answer(
     key = request_key(msg.id)
     with anyio.CancelScope() as scope:
         session.running[key] = scope
+        if session.listener is None:  # the session ended before the request started
+            scope.cancel()
         try:
             reply = await session_reply(request, msg, ctx, session)
         except Exception as exc:  # boundary: a background task never raises into the data plane
@@ -190,6 +200,5 @@ async def _answer(
             reply = error_response(msg.id, INTERNAL_ERROR, "Gateway error", {"category": "internal_error"})
         finally:
             session.running.pop(key, None)
-    if scope.cancelled_caught:
-        reply = error_response(msg.id, INTERNAL_ERROR, "Request cancelled", {"category": "cancelled"})
-    outbox.put(reply)
+    if not scope.cancelled_caught:  # a cancelled request gets no response (MCP utilities/cancellation)
+        outbox.put(reply)

@@ -226,6 +226,8 @@ def wanted(notifications: dict[str, Any], msg: dict[str, Any]) -> bool:
     list change its flag (:data:`LIST_CHANGED`); nothing else is delivered outside a call.
     """
     method = msg.get("method")
+    if msg.get("params") is not None and not isinstance(msg.get("params"), dict):
+        return False
     if method == "notifications/resources/updated":
         params = msg.get("params")
         uris = notifications.get("resourceSubscriptions")

@@ -115,6 +115,7 @@ class LegacySseUpstream:
             relayed for it restarts the clock, see :class:`~gateway.mcp.channel.InFlight`).
         client_capabilities: Declared in ``initialize`` (the capabilities of the client
             this session serves; ``{}`` for the gateway's own).
+        streams: The client for the long-lived ``GET`` stream (default: ``http``).
     """
 
     def __init__(
@@ -125,8 +126,10 @@ class LegacySseUpstream:
         spawner: TaskGroup,
         timeout: float,
         client_capabilities: dict[str, Any] | None = None,
+        streams: HttpClient | None = None,
     ) -> None:
         self.url = url
+        self._streams = streams or http
         self._capabilities = client_capabilities or {}
         self._safe_url = safe_url(url)
         self._http = http
@@ -136,6 +139,12 @@ class LegacySseUpstream:
         self._stream: _Stream | None = None
         self._lock = anyio.Lock()
         self._closed = False
+        self._active = 0
+
+    @property
+    def busy(self) -> bool:
+        """A request or a listener is using the session (the pool does not close it then)."""
+        return self._active > 0
 
     @property
     def protocol_version(self) -> str | None:
@@ -161,6 +170,13 @@ class LegacySseUpstream:
             UpstreamProtocolError: Not MCP over HTTP+SSE: a cross-origin ``endpoint``,
                 no event stream, a refused ``initialize``, a POST refused with 4xx.
         """
+        self._active += 1
+        try:
+            return await self._request(method, params, channel)
+        finally:
+            self._active -= 1
+
+    async def _request(self, method: str, params: dict[str, Any], channel: ClientChannel | None) -> dict[str, Any]:
         try:
             for attempt in range(2):
                 stream = await self._connect()
@@ -181,6 +197,15 @@ class LegacySseUpstream:
     ) -> None:
         """Deliver notifications outside any call to ``sink`` until cancelled
         (:func:`~gateway.mcp.channel.listen_on` on each stream in turn)."""
+        self._active += 1
+        try:
+            await self._listen(notifications, sink, ready)
+        finally:
+            self._active -= 1
+
+    async def _listen(
+        self, notifications: dict[str, Any], sink: ClientChannel, ready: Callable[[], None] | None
+    ) -> None:
         while True:
             try:
                 stream = await self._connect()
@@ -189,7 +214,7 @@ class LegacySseUpstream:
                     return await self._exchange(stream, method, params)
 
                 await listen_on(stream.inflight.listeners, notifications, sink, request, stream.done.wait, ready)
-            except (UpstreamError, _SessionGone) as exc:
+            except Exception as exc:  # noqa: BLE001 - a listener never raises into a task group
                 log.info("upstream %s: listening failed (%s); retrying", self._safe_url, type(exc).__name__)
             await anyio.sleep(1.0)
 
@@ -268,7 +293,7 @@ class LegacySseUpstream:
                 if stream.closed:
                     scope.cancel()
                 scope.deadline = anyio.current_time() + self._timeout
-                async with self._http.request(
+                async with self._streams.request(
                     "GET", self.url, body=None, headers=_STREAM_HEADERS, timeout=None
                 ) as resp:
                     ctype = resp.headers.get("content-type", "")

@@ -213,9 +213,12 @@ class StdioUpstream:
         spawner: TaskGroup,
         timeout: float,
         limits: StdioLimits | None = None,
+        client_capabilities: dict[str, Any] | None = None,
     ) -> None:
         self.name = name
         self._launch = launch
+        self._capabilities = dict(GATEWAY_CAPABILITIES if client_capabilities is None else client_capabilities)
+        self._active = 0
         self._spawner = spawner
         self._timeout = timeout
         self._limits = limits or StdioLimits()
@@ -230,6 +233,11 @@ class StdioUpstream:
         """PID of the current (or last) process."""
         self.starts = 0
         """Processes started so far."""
+
+    @property
+    def busy(self) -> bool:
+        """A request or a listener is using the process (the pool does not stop it then)."""
+        return self._active > 0
 
     @property
     def protocol_version(self) -> str | None:
@@ -261,6 +269,13 @@ class StdioUpstream:
         if not self._started:
             self._started = True
             self._spawner.start_soon(self._supervise)
+        self._active += 1
+        try:
+            return await self._request(method, params, channel)
+        finally:
+            self._active -= 1
+
+    async def _request(self, method: str, params: dict[str, Any], channel: ClientChannel | None) -> dict[str, Any]:
         clock = anyio.CancelScope(deadline=anyio.current_time() + self._timeout)
         with clock:
             while True:
@@ -278,6 +293,15 @@ class StdioUpstream:
     ) -> None:
         """Deliver notifications outside any call to ``sink`` until cancelled
         (:func:`~gateway.mcp.channel.listen_on` on each process in turn)."""
+        self._active += 1
+        try:
+            await self._listen(notifications, sink, ready)
+        finally:
+            self._active -= 1
+
+    async def _listen(
+        self, notifications: dict[str, Any], sink: ClientChannel, ready: Callable[[], None] | None
+    ) -> None:
         while not self._closed:
             try:
                 if not self._started:
@@ -288,7 +312,7 @@ class StdioUpstream:
                 await listen_on(
                     running.inflight.listeners, notifications, sink, running.call, running.ended.wait, ready
                 )
-            except (UpstreamError, TimeoutError, _NotDelivered) as exc:
+            except Exception as exc:  # noqa: BLE001 - a listener never raises into a task group
                 log.info("stdio upstream %s: listening failed (%s); retrying", self.name, type(exc).__name__)
             await anyio.sleep(1.0)
         await anyio.sleep_forever()
@@ -395,11 +419,9 @@ class StdioUpstream:
             log.info("stdio upstream %s: pid %d ended with %s", self.name, child.pid, code)
 
     async def _handshake(self, running: _Running) -> None:
-        # One process serves every caller: it is told every capability the gateway relays;
-        # a request a caller's client did not declare is refused for that caller.
         init = {
             "protocolVersion": HANDSHAKE_VERSIONS[0],
-            "capabilities": dict(GATEWAY_CAPABILITIES),
+            "capabilities": self._capabilities,
             "clientInfo": CLIENT_INFO,
         }
         try:

@@ -36,7 +36,7 @@ import logging
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import anyio
@@ -57,6 +57,7 @@ from gateway.mcp.channel import (
     is_notification,
     is_server_request,
     listen_on,
+    wanted,
 )
 from gateway.mcp.legacy_sse import LegacySseUpstream
 from gateway.mcp.messages import HANDSHAKE_VERSIONS, MODERN_VERSIONS
@@ -78,6 +79,8 @@ _ACCEPT = "application/json, text/event-stream"
 _NAME_PARAM = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
 MAX_RESUMES = 10
 """Most times one handshake-era response stream is resumed (``GET`` + ``Last-Event-ID``)."""
+MAX_SESSIONS_PER_SUBJECT = 16
+"""Most upstream sessions one subject holds in a pool (one per server and capability set)."""
 _MAX_TOOL_PAGES = 20
 """Most pages of the upstream's ``tools/list`` read to learn its ``x-mcp-header`` parameters."""
 
@@ -113,6 +116,8 @@ class _Session:
     era: str  # "modern" | "legacy"
     protocol_version: str
     session_id: str | None = None
+    gone: anyio.Event = field(default_factory=anyio.Event)
+    """Set when the session is replaced or ended: its listeners subscribe again on the next."""
 
 
 class StreamableHttpUpstream:
@@ -128,6 +133,8 @@ class StreamableHttpUpstream:
             capabilities of the client this session serves, ``{}`` for the gateway's own.
         spawner: Runs the handshake-era ``GET`` stream reader while someone listens
             (:meth:`listen`); without one, nothing outside a call is heard in that era.
+        streams: The client for long-lived streams (listens, ``GET`` streams), so they never
+            take connections from calls and OPA (default: ``http``).
     """
 
     def __init__(
@@ -139,16 +146,19 @@ class StreamableHttpUpstream:
         max_duration: float | None = None,
         client_capabilities: dict[str, Any] | None = None,
         spawner: TaskGroup | None = None,
+        streams: HttpClient | None = None,
     ) -> None:
         self.url = url
         self._safe_url = safe_url(url)
         self._http = http
+        self._streams = streams or http
         self._timeout = timeout
         self._max_duration = max(timeout, max_duration or timeout)
         self._capabilities = client_capabilities or {}
         self._spawner = spawner
         self._listeners = Listeners()
         self._get_reader: anyio.CancelScope | None = None
+        self._active = 0
         self._ids = itertools.count(1)
         self._session: _Session | None = None
         self._lock = anyio.Lock()
@@ -159,6 +169,11 @@ class StreamableHttpUpstream:
     def protocol_version(self) -> str | None:
         """The negotiated upstream revision, once connected."""
         return self._session.protocol_version if self._session else None
+
+    @property
+    def busy(self) -> bool:
+        """A request or a listener is using the session (the pool does not close it then)."""
+        return self._active > 0
 
     async def _connect(self) -> _Session:
         async with self._lock:
@@ -421,6 +436,13 @@ class StreamableHttpUpstream:
             UpstreamTimeout: No answer within the timeout.
             UpstreamProtocolError: Not MCP / JSON-RPC.
         """
+        self._active += 1
+        try:
+            return await self._request(method, params, channel)
+        finally:
+            self._active -= 1
+
+    async def _request(self, method: str, params: dict[str, Any], channel: ClientChannel | None) -> dict[str, Any]:
         try:
             session = self._session or await self._connect()
             try:
@@ -442,6 +464,7 @@ class StreamableHttpUpstream:
                 async with self._lock:
                     if self._session is session:
                         self._session = None
+                session.gone.set()
                 session = await self._connect()
                 return await self._exchange(session, method, params, channel=channel)
         except UpstreamError:
@@ -465,6 +488,15 @@ class StreamableHttpUpstream:
         ``basic/transports`` "Listening for Messages from the Server"). Failures are logged
         and retried; nothing is raised but cancellation.
         """
+        self._active += 1
+        try:
+            await self._listen(notifications, sink, ready)
+        finally:
+            self._active -= 1
+
+    async def _listen(
+        self, notifications: dict[str, Any], sink: ClientChannel, ready: Callable[[], None] | None
+    ) -> None:
         while True:
             try:
                 session = self._session or await self._connect()
@@ -474,6 +506,8 @@ class StreamableHttpUpstream:
                     await self._listen_legacy(session, notifications, sink, ready)
             except UpstreamError as exc:
                 log.info("upstream %s: listening failed (%s); retrying", self._safe_url, exc.category)
+            except Exception as exc:  # a listener runs in a task group: nothing foreign escapes
+                log.warning("upstream %s: listening failed (%s); retrying", self._safe_url, type(exc).__name__)
             await anyio.sleep(1.0)
 
     async def _listen_modern(
@@ -487,7 +521,7 @@ class StreamableHttpUpstream:
         params = self._envelope(session, {"notifications": notifications})
         body = orjson.dumps({"jsonrpc": "2.0", "id": req_id, "method": "subscriptions/listen", "params": params})
         try:
-            async with self._http.request(
+            async with self._streams.request(
                 "POST", self.url, body=body, headers=self._headers(session, "subscriptions/listen", {}), timeout=None
             ) as resp:
                 if not resp.headers.get("content-type", "").startswith("text/event-stream"):
@@ -499,10 +533,11 @@ class StreamableHttpUpstream:
                     msg = loads_message(event.data.encode(), self._safe_url) if event.data else {}
                     if not is_notification(msg):
                         continue
-                    if msg["method"] != "notifications/subscriptions/acknowledged":
+                    if msg["method"] == "notifications/subscriptions/acknowledged":
+                        if ready is not None:
+                            ready()
+                    elif wanted(notifications, msg):  # only what was asked for, whatever the upstream sends
                         await sink.notify(msg)
-                    elif ready is not None:
-                        ready()
         except HttpTransportError as exc:
             raise UpstreamUnavailable(f"upstream {self._safe_url}: {exc}") from exc
 
@@ -517,9 +552,11 @@ class StreamableHttpUpstream:
             self._get_reader = anyio.CancelScope()
             self._spawner.start_soon(self._read_get_stream, session, self._get_reader)
         try:
-            await listen_on(self._listeners, notifications, sink, self.request, anyio.sleep_forever, ready)
+            # Until the session is replaced (the upstream forgot it): then listen() subscribes
+            # again on the new one, with a new GET stream.
+            await listen_on(self._listeners, notifications, sink, self.request, session.gone.wait, ready)
         finally:
-            if not len(self._listeners) and self._get_reader is not None:
+            if (not len(self._listeners) or session.gone.is_set()) and self._get_reader is not None:
                 self._get_reader.cancel()
                 self._get_reader = None
 
@@ -529,13 +566,21 @@ class StreamableHttpUpstream:
             while True:
                 try:
                     headers = {**self._headers(session, "", {}), "accept": "text/event-stream"}
-                    async with self._http.request("GET", self.url, body=None, headers=headers, timeout=None) as resp:
+                    async with self._streams.request("GET", self.url, body=None, headers=headers, timeout=None) as resp:
+                        if resp.status in (400, 404):  # the upstream forgot the session
+                            await resp.read()
+                            if self._session is session:
+                                self._session = None
+                            session.gone.set()
+                            return
                         if resp.status == 405 or not resp.headers.get("content-type", "").startswith(
                             "text/event-stream"
                         ):
                             await resp.read()
                             log.info("upstream %s offers no GET stream (HTTP %d)", self._safe_url, resp.status)
-                            return
+                            if resp.status < 500:
+                                return
+                            raise UpstreamUnavailable(f"upstream {self._safe_url} answered HTTP {resp.status}")
                         async for event in resp.aiter_sse():
                             msg = loads_message(event.data.encode(), self._safe_url) if event.data else {}
                             if is_notification(msg):
@@ -551,6 +596,8 @@ class StreamableHttpUpstream:
     async def aclose(self) -> None:
         """End a legacy session with ``DELETE`` (best effort)."""
         session, self._session = self._session, None
+        if session is not None:
+            session.gone.set()
         if session and session.era == "legacy" and session.session_id:
             headers = {"mcp-session-id": session.session_id, "mcp-protocol-version": session.protocol_version}
             try:
@@ -617,33 +664,46 @@ RELAYED_CAPABILITIES = ("sampling", "elicitation", "roots")
 ones whose server-to-client requests it relays (each a policy-decided action)."""
 
 
+_SUB_CAPABILITIES = {"sampling": ("context", "tools"), "elicitation": ("form", "url"), "roots": ("listChanged",)}
+
+
 def caller_capabilities(declared: Any) -> str:
-    """The canonical JSON of the relayed members of a client's declared capabilities.
+    """The canonical JSON of what a client declared of the relayed capabilities.
+
+    Only presence counts: each of ``sampling`` (``context``, ``tools``), ``elicitation``
+    (``form``, ``url``) and ``roots`` (``listChanged``) and its known sub-capabilities, as
+    ``{}`` (``true`` for ``listChanged``); anything else a client puts there is dropped, so
+    the keys of :class:`UpstreamCaller` are few per subject whatever clients send.
 
     Args:
         declared: The client's ``initialize`` ``capabilities`` (or 2026-07-28
             ``io.modelcontextprotocol/clientCapabilities``); anything not an object is ``{}``.
     """
-    if not isinstance(declared, dict):
-        return "{}"
-    kept = {k: v for k, v in declared.items() if k in RELAYED_CAPABILITIES and isinstance(v, dict)}
+    kept: dict[str, Any] = {}
+    if isinstance(declared, dict):
+        for name, subs in _SUB_CAPABILITIES.items():
+            value = declared.get(name)
+            if isinstance(value, dict):
+                present = [k for k in subs if value.get(k) not in (None, False)]
+                kept[name] = {k: True if k == "listChanged" else {} for k in present}
     return orjson.dumps(kept, option=orjson.OPT_SORT_KEYS).decode()
 
 
 class UpstreamPool:
     """Upstream sessions by (server name, transport, URL) and caller, kept across projection changes.
 
-    **Sessions per caller.** A request made for a caller (:class:`UpstreamCaller`) to a
-    ``streamable_http`` or ``legacy_sse`` server gets that caller's own upstream session,
-    opened with the capabilities its client declared: the upstream never sees one user's
-    session state (log level, subscriptions, what it asked the client) in another user's
-    session. These sessions are kept in least-recently-used order, at most
-    ``max_caller_sessions`` of them (the oldest is closed beyond that) and each closed after
-    ``caller_idle`` seconds unused. Requests without a caller (drift checks, the list-change
-    watch) use one shared session per server, which declares
-    :data:`~gateway.mcp.channel.GATEWAY_CAPABILITIES` as approval's discovery does. A ``stdio`` server is one process, hence one session, shared by
-    every caller; its server-to-client messages are attributed by
-    :class:`~gateway.mcp.channel.InFlight`.
+    **Sessions per caller.** A request made for a caller (:class:`UpstreamCaller`) gets that
+    caller's own upstream session, opened with the capabilities its client declared: the
+    upstream never sees one user's session state (log level, subscriptions, what it asked
+    the client) in another user's session, and what it sends is attributed within one
+    caller's traffic only. For ``stdio`` that session is a process of the caller's own
+    (at most ``max_processes`` of them). These sessions are kept in least-recently-used
+    order: a subject holds at most :data:`MAX_SESSIONS_PER_SUBJECT` (its own oldest is closed
+    beyond that), the pool about ``max_caller_sessions``, and one unused for ``caller_idle``
+    seconds is closed; a session in use (a request or a listener on it) is never closed.
+    Requests without a caller (drift checks, the list-change watch) use one shared session
+    (process) per server, which declares :data:`~gateway.mcp.channel.GATEWAY_CAPABILITIES`
+    as approval's discovery does.
 
     A server whose transport and URL are unchanged in a new projection keeps
     its sessions (and, for ``stdio``, its process); :meth:`retain` closes the
@@ -660,6 +720,8 @@ class UpstreamPool:
         max_duration: Most seconds one upstream exchange may take (default ``timeout``).
         max_caller_sessions: Most per-caller sessions kept open.
         caller_idle: Seconds after which an unused per-caller session is closed.
+        max_processes: Most per-caller ``stdio`` processes (each caller's own process).
+        streams: The client for long-lived streams (default: ``http``).
     """
 
     def __init__(
@@ -670,7 +732,11 @@ class UpstreamPool:
         max_duration: float | None = None,
         max_caller_sessions: int = 1000,
         caller_idle: float = 1800.0,
+        max_processes: int = 64,
+        streams: HttpClient | None = None,
     ) -> None:
+        self._max_processes = max_processes
+        self._streams = streams or http
         self._http = http
         self._timeout = timeout
         self._max_duration = max_duration
@@ -708,7 +774,7 @@ class UpstreamPool:
             RuntimeError: A ``legacy_sse`` or ``stdio`` upstream while :meth:`run` is not running.
         """
         key = (name, transport, url)
-        if caller is not None and transport != "stdio":
+        if caller is not None:
             return self._for_caller(key, caller)
         upstream = self._sessions.get(key)
         if upstream is not None:
@@ -726,7 +792,12 @@ class UpstreamPool:
     def _new(self, transport: str, url: str, capabilities: dict[str, Any]) -> Upstream:
         if transport == "legacy_sse":
             return LegacySseUpstream(
-                url, self._http, spawner=self._spawner(), timeout=self._timeout, client_capabilities=capabilities
+                url,
+                self._http,
+                spawner=self._spawner(),
+                timeout=self._timeout,
+                client_capabilities=capabilities,
+                streams=self._streams,
             )
         return StreamableHttpUpstream(
             url,
@@ -735,6 +806,7 @@ class UpstreamPool:
             max_duration=self._max_duration,
             client_capabilities=capabilities,
             spawner=self._tg,
+            streams=self._streams,
         )
 
     def _for_caller(self, key: tuple[str, str, str], caller: UpstreamCaller) -> Upstream:
@@ -745,18 +817,45 @@ class UpstreamPool:
             self._callers[full] = (entry[0], now)
             self._callers.move_to_end(full)
             return entry[0]
-        upstream = self._new(key[1], key[2], orjson.loads(caller.capabilities))
+        # A subject over its share loses its own least recently used session first; the
+        # pool over its size, the least recently used one. Sessions in use are never closed.
+        own = [k for k in self._callers if k[3].issuer == caller.issuer and k[3].subject == caller.subject]
+        if len(own) >= MAX_SESSIONS_PER_SUBJECT:
+            self._evict(own)
+        if len(self._callers) >= self._max_callers:
+            self._evict(list(self._callers))
+        capabilities = orjson.loads(caller.capabilities)
+        if key[1] == "stdio":
+            launch = self._launches.get(key)
+            if launch is None:
+                return _Refused(f"stdio upstream {key[0]} is not in the active projection")
+            processes = [k for k in self._callers if k[1] == "stdio"]
+            if len(processes) >= self._max_processes:
+                self._evict(processes)
+            upstream: Upstream = StdioUpstream(
+                key[0], launch, spawner=self._spawner(), timeout=self._timeout, client_capabilities=capabilities
+            )
+        else:
+            upstream = self._new(key[1], key[2], capabilities)
         self._callers[full] = (upstream, now)
-        while len(self._callers) > self._max_callers:
-            _, (oldest, _) = self._callers.popitem(last=False)
-            self._close_later(oldest)
         return upstream
 
+    def _evict(self, candidates: list[tuple[str, str, str, UpstreamCaller]]) -> None:
+        for full in candidates:  # least recently used first
+            upstream = self._callers[full][0]
+            if not getattr(upstream, "busy", False):
+                del self._callers[full]
+                self._close_later(upstream)
+                return
+
     def _expire(self, now: float) -> None:
-        while self._callers:
-            full, (upstream, used) = next(iter(self._callers.items()))
+        for full, (upstream, used) in list(self._callers.items()):
             if now - used <= self._caller_idle:
                 return
+            if getattr(upstream, "busy", False):
+                self._callers[full] = (upstream, now)  # in use: counts as used now
+                self._callers.move_to_end(full)
+                continue
             del self._callers[full]
             self._close_later(upstream)
 
