@@ -20,6 +20,7 @@ from gateway.dataplane.governance import (
     _is_error_object,
     _relay_sha256,
     _Trace,
+    mrtr_params_valid,
 )
 from gateway.dataplane.namespacing import namespace_uri, split_uri
 from gateway.dataplane.projection import SEPARATOR, ActiveProjection, ServerEntry
@@ -100,6 +101,9 @@ class FeatureSteps(Governor):
             names = ", ".join(sorted(accepted))
             message = f"Unsupported {trace.action} params key {key!r} (accepted: {names})"
             return self._reject(projection, ctx, trace, msg_id, UnexpectedParam.category, message)
+        if not mrtr_params_valid(params):
+            message = "inputResponses must map keys to result objects and requestState must be a string"
+            return self._reject(projection, ctx, trace, msg_id, RequestRejected.category, message)
         return None
 
     def _input(

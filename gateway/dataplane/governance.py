@@ -84,6 +84,7 @@ __all__ = [
     "Governor",
     "client_request_arguments",
     "is_stale",
+    "mrtr_params_valid",
     "relayed_params",
 ]
 
@@ -111,6 +112,17 @@ RELAYED_META = ("progressToken", "io.modelcontextprotocol/logLevel")
 """``_meta`` keys forwarded when the client has a response stream: the progress token
 (MCP 2025-11-25 ``basic/utilities/progress``) and the 2026-07-28 per-request log level
 (``server/utilities/logging``); the rest of ``_meta`` stays with the gateway."""
+
+
+def mrtr_params_valid(params: dict[str, Any]) -> bool:
+    """``inputResponses`` (when present) maps keys to result objects and ``requestState`` is a
+    string: the shapes of MCP 2026-07-28 ``InputResponseRequestParams``."""
+    responses, state = params.get("inputResponses"), params.get("requestState")
+    if "inputResponses" in params and not (
+        isinstance(responses, dict) and all(isinstance(v, dict) for v in responses.values())
+    ):
+        return False
+    return "requestState" not in params or isinstance(state, str)
 
 
 def relayed_params(params: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
@@ -654,6 +666,9 @@ class Governor:
             arguments = {}
         if not isinstance(name, str) or not isinstance(arguments, dict):
             message = "tools/call needs a string name and object arguments"
+            return self._reject(projection, ctx, trace, msg_id, RequestRejected.category, message)
+        if not mrtr_params_valid(params):
+            message = "inputResponses must map keys to result objects and requestState must be a string"
             return self._reject(projection, ctx, trace, msg_id, RequestRejected.category, message)
         trace.arguments_sha256 = _sha256(arguments)
         entry = projection.resolve(ctx.server, name)

@@ -312,3 +312,13 @@ async def test_a_list_that_fails_unexpectedly_is_empty_and_audited(tmp_path: Any
 def test_the_relay_hash_is_the_canonical_hash_of_the_value() -> None:
     value = {"b": [1, {"d": 2, "c": 3}], "a": "x"}
     assert governance._relay_sha256(value) == governance._sha256(value)
+
+
+@pytest.mark.parametrize("extra", [{"inputResponses": {"k": 1}}, {"inputResponses": ["x"]}, {"requestState": {"s": 1}}])
+async def test_a_malformed_mrtr_retry_is_refused_before_policy(tmp_path: Any, extra: dict[str, Any]) -> None:
+    engine = Engine("p5-pv2")
+    gov, upstreams, audit = _governor(tmp_path, engine)
+    params = {"name": "demo__echo", "arguments": {"text": "hi"}, **extra}
+    reply = await gov.call_tool(_projection(), CTX, 1, params)  # CTX speaks 2026-07-28
+    assert reply["error"]["code"] == -32602 and reply["error"]["data"]["category"] == "bad_request"
+    assert engine.asked == 0 and upstreams.calls == [] and audit.events[-1]["status"] == "rejected"

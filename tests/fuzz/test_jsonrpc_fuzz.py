@@ -96,6 +96,8 @@ CAPS_KEY = "io.modelcontextprotocol/clientCapabilities"
 INFO_KEY = "io.modelcontextprotocol/clientInfo"
 ROUTING_HEADERS = ("mcp-protocol-version", "mcp-method", "mcp-name")
 CALL_PARAMS = frozenset({"name", "arguments", "_meta"})
+MRTR_PARAMS = frozenset({"inputResponses", "requestState"})
+"""Accepted from 2026-07-28 clients only (an ``input_required`` retry), in their shapes."""
 TOOLS = ("echo", "get_weather", "search_docs", "create_ticket", "delete_record")
 """The sample upstream's tools (``demo__<tool>`` on ``/mcp``, bare on ``/mcp/demo``)."""
 
@@ -568,6 +570,7 @@ def governed(req: Request, *, session_valid: bool) -> dict[str, Any] | None:
     meta = params.get("_meta")
     version = _header(req.headers, "mcp-protocol-version")
     modern = version in MODERN_VERSIONS or (version is None and isinstance(meta, dict) and PV_KEY in meta)
+    msg["_modern"] = modern  # the era the gateway serves it in (MRTR params: 2026-07-28 only)
     if not modern:
         ok = (version is None or version in HANDSHAKE_VERSIONS) and session_valid
         return msg if ok else None
@@ -588,10 +591,15 @@ def expected_refusal(msg: dict[str, Any], path: str) -> set[str] | None:
     too_deep, too_large = depth > MAX_PARAMS_DEPTH, values > MAX_PARAMS_VALUES
     if too_deep or too_large:
         return {c for c, hit in (("arguments_too_deep", too_deep), ("arguments_too_large", too_large)) if hit}
-    if set(params) - CALL_PARAMS:
+    if set(params) - CALL_PARAMS - (MRTR_PARAMS if _modern(msg) else frozenset()):
         return {"unexpected_param"}
     name, args = params.get("name"), params.get("arguments")
     if not isinstance(name, str) or not (args is None or isinstance(args, dict)):
+        return {"bad_request"}
+    responses, state = params.get("inputResponses", {}), params.get("requestState", "")
+    if not (isinstance(responses, dict) and all(isinstance(v, dict) for v in responses.values())):
+        return {"bad_request"}
+    if not isinstance(state, str):
         return {"bad_request"}
     known = {f"demo__{t}" for t in TOOLS} if path == "/mcp" else set(TOOLS)
     return None if name in known else {"unknown_tool"}
@@ -649,10 +657,24 @@ def check_answer(status: int, content_type: str, content: bytes, req: Request, w
         assert len(req.body) > MAX_BODY, f"{where}: 413 for {len(req.body)} bytes"
 
 
+def _modern(msg: dict[str, Any]) -> bool:
+    return msg.get("_modern") is True
+
+
 def check_governed_answer(status: int, content: bytes, msg: dict[str, Any], path: str, where: str) -> None:
-    """A governed call is answered 200 under its id, with the refusal its params call for."""
-    assert status == 200, f"{where}: governed call answered HTTP {status}: {content[:300]!r}"
+    """A governed call is answered 200 under its id, with the refusal its params call for.
+
+    A 2026-07-28 retry (``inputResponses``/``requestState``) the gateway forwarded may be
+    refused by the upstream: its JSON-RPC error is relayed with the HTTP status the spec maps
+    its code to (400 for ``-32602``), without a gateway ``data.category``.
+    """
     answer = orjson.loads(content)
+    retried = bool(MRTR_PARAMS & set(msg.get("params") or {}))
+    if retried and expected_refusal(msg, path) is None and status == 400:
+        error = answer.get("error") or {}
+        assert error.get("code") == -32602 and not isinstance(error.get("data"), dict), f"{where}: {answer!r:.300}"
+        return
+    assert status == 200, f"{where}: governed call answered HTTP {status}: {content[:300]!r}"
     refusal = expected_refusal(msg, path)
     if refusal is not None:
         error = answer.get("error") or {}
