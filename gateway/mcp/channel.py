@@ -95,6 +95,14 @@ def cancelled_notification(request_id: int | str, reason: str = "The client canc
     }
 
 
+async def _notify_safely(channel: ClientChannel, msg: dict[str, Any]) -> None:
+    """Relay ``msg``; a failing client side never breaks the upstream's reader."""
+    try:
+        await channel.notify(msg)
+    except Exception as exc:  # noqa: BLE001 - the reader (a process's stdout, a stream) must go on
+        log.warning("relaying %s failed: %s", msg.get("method"), type(exc).__name__)
+
+
 def _error(code: int, message: str, category: str | None = None) -> dict[str, Any]:
     error: dict[str, Any] = {"code": code, "message": message}
     if category is not None:
@@ -186,14 +194,14 @@ class InFlight:
                 return
             assert isinstance(params, dict)
             self._restart(owner[0])
-            await entry[0].notify({**msg, "params": {**params, "progressToken": owner[1]}})
+            await _notify_safely(entry[0], {**msg, "params": {**params, "progressToken": owner[1]}})
             return
         key = self._sole()
         if key is None:
             log.debug("upstream notification %s not attributable to one request: dropped", msg["method"])
             return
         self._restart(key)
-        await self._channels[key][0].notify(msg)
+        await _notify_safely(self._channels[key][0], msg)
 
     async def answer(self, msg: dict[str, Any]) -> dict[str, Any]:
         """The response to an upstream request (see :func:`answer_server_request`)."""
@@ -273,7 +281,7 @@ class Listeners:
         """Hand ``msg`` to every listener that asked for it; False when none did."""
         sinks = [sink for notifications, sink in list(self._sinks.values()) if wanted(notifications, msg)]
         for sink in sinks:
-            await sink.notify(msg)
+            await _notify_safely(sink, msg)
         return bool(sinks)
 
 

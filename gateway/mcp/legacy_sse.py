@@ -116,6 +116,7 @@ class LegacySseUpstream:
         client_capabilities: Declared in ``initialize`` (the capabilities of the client
             this session serves; ``{}`` for the gateway's own).
         streams: The client for the long-lived ``GET`` stream (default: ``http``).
+        max_duration: Most seconds one exchange may take, however lively (default: no limit).
     """
 
     def __init__(
@@ -127,8 +128,10 @@ class LegacySseUpstream:
         timeout: float,
         client_capabilities: dict[str, Any] | None = None,
         streams: HttpClient | None = None,
+        max_duration: float | None = None,
     ) -> None:
         self.url = url
+        self._max_duration = math.inf if max_duration is None else max(timeout, max_duration)
         self._streams = streams or http
         self._capabilities = client_capabilities or {}
         self._safe_url = safe_url(url)
@@ -172,7 +175,10 @@ class LegacySseUpstream:
         """
         self._active += 1
         try:
-            return await self._request(method, params, channel)
+            with anyio.fail_after(self._max_duration):
+                return await self._request(method, params, channel)
+        except TimeoutError:
+            raise UpstreamTimeout(f"upstream {self._safe_url} did not finish within {self._max_duration}s") from None
         finally:
             self._active -= 1
 

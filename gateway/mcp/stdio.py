@@ -45,6 +45,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import math
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -214,8 +215,10 @@ class StdioUpstream:
         timeout: float,
         limits: StdioLimits | None = None,
         client_capabilities: dict[str, Any] | None = None,
+        max_duration: float | None = None,
     ) -> None:
         self.name = name
+        self._max_duration = math.inf if max_duration is None else max(timeout, max_duration)
         self._launch = launch
         self._capabilities = dict(GATEWAY_CAPABILITIES if client_capabilities is None else client_capabilities)
         self._active = 0
@@ -271,7 +274,10 @@ class StdioUpstream:
             self._spawner.start_soon(self._supervise)
         self._active += 1
         try:
-            return await self._request(method, params, channel)
+            with anyio.fail_after(self._max_duration):
+                return await self._request(method, params, channel)
+        except TimeoutError:
+            raise UpstreamTimeout(f"stdio upstream {self.name} did not finish within {self._max_duration}s") from None
         finally:
             self._active -= 1
 

@@ -798,6 +798,7 @@ class UpstreamPool:
                 timeout=self._timeout,
                 client_capabilities=capabilities,
                 streams=self._streams,
+                max_duration=self._max_duration,
             )
         return StreamableHttpUpstream(
             url,
@@ -833,7 +834,12 @@ class UpstreamPool:
             if len(processes) >= self._max_processes:
                 self._evict(processes)
             upstream: Upstream = StdioUpstream(
-                key[0], launch, spawner=self._spawner(), timeout=self._timeout, client_capabilities=capabilities
+                key[0],
+                launch,
+                spawner=self._spawner(),
+                timeout=self._timeout,
+                client_capabilities=capabilities,
+                max_duration=self._max_duration,
             )
         else:
             upstream = self._new(key[1], key[2], capabilities)

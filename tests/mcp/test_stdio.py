@@ -26,7 +26,7 @@ import pytest
 from anyio.abc import TaskGroup
 from mcp import Client
 
-from gateway.errors import UpstreamProtocolError, UpstreamUnavailable
+from gateway.errors import UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
 from gateway.httpclient import HttpxClient
 from gateway.mcp.stdio import StdioLaunch, StdioLimits, StdioUpstream, launch_environment, stdio_transport
 from gateway.mcp.upstream import UpstreamAddress, UpstreamPool
@@ -295,3 +295,39 @@ def test_a_launch_never_shows_env_values() -> None:
     assert "s3cret-value" not in repr(secret) and "API_KEY" in repr(secret)
     assert "s3cret-value" not in secret.address()
     assert secret.address() != launch(env={"API_KEY": "other"}).address()
+
+
+RELAY = Path(__file__).resolve().parents[1] / "support" / "relay_upstream.py"
+
+
+async def test_progress_keeps_a_call_alive_past_the_idle_timeout_up_to_the_hard_limit(tg: TaskGroup) -> None:
+    """``timeout`` is an idle timeout restarted by each progress notification; ``max_duration``
+    ends the exchange however lively it is (``tests/support/relay_upstream.py`` over stdio)."""
+    relay = StdioLaunch.from_record(
+        {
+            "command": sys.executable,
+            "args": [str(RELAY), "--transport", "stdio"],
+            "env": {"PYTHONPATH": str(RELAY.parents[2])},
+        }
+    )
+    seen: list[Any] = []
+
+    class Channel:
+        async def notify(self, message: dict[str, Any]) -> None:
+            if message["method"] == "notifications/progress":
+                seen.append(message["params"]["progress"])
+
+        async def request(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+            raise AssertionError("not asked")
+
+    lively = StdioUpstream("relay", relay, spawner=tg, timeout=2.5, max_duration=30)
+    capped = StdioUpstream("relay", relay, spawner=tg, timeout=2.5, max_duration=3)
+    for upstream in (lively, capped):  # started (and the interpreter warm) before the clocks matter
+        assert "result" in await upstream.request("tools/list", {})
+    params = {"name": "count", "arguments": {"steps": 25, "pause": 0.15}, "_meta": {"progressToken": "p"}}
+    reply = await lively.request("tools/call", params, Channel())  # 3.75 s of work, never 2.5 s idle
+    assert reply["result"]["content"][0]["text"] == "counted 25" and seen == list(range(1, 26))
+    with anyio.fail_after(10), pytest.raises(UpstreamTimeout, match="did not finish within 3s"):
+        await capped.request("tools/call", params, Channel())
+    await lively.aclose()
+    await capped.aclose()
