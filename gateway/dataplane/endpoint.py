@@ -89,6 +89,7 @@ __all__ = [
     "mcp_endpoint",
     "protected_resource_metadata",
     "readyz",
+    "session_context",
     "session_reply",
     "unauthorized",
 ]
@@ -495,19 +496,24 @@ async def _legacy(
         return _rejected_params(msg, 200)
     if msg.method in _STREAMABLE and "text/event-stream" in request.headers.get("accept", ""):
         outbox = Outbox(session)
-        ctx = CallContext(
-            subject,
-            session.id,
-            session.protocol_version,
-            server,
-            outbox,
-            session.capabilities,
-            can_ask=True,
-            log_level=session.log_level,
-        )
-        return _streamable_legacy(request, msg, ctx, outbox, session)
+        return _streamable_legacy(request, msg, session_context(subject, session, server, outbox), outbox, session)
     ctx = CallContext(subject, session.id, session.protocol_version, server, client_capabilities=session.capabilities)
     return _json(await session_reply(request, msg, ctx, session))
+
+
+def session_context(subject: Subject, session: Session, server: str | None, outbox: Outbox) -> CallContext:
+    """The context of a handshake-era session's request whose client reads ``outbox``: it can
+    be asked (requests on its stream), with the session's capabilities and log level."""
+    return CallContext(
+        subject,
+        session.id,
+        session.protocol_version,
+        server,
+        outbox,
+        session.capabilities,
+        can_ask=True,
+        log_level=session.log_level,
+    )
 
 
 async def session_reply(request: Request, msg: Any, ctx: CallContext, session: Session) -> dict[str, Any]:

@@ -524,9 +524,7 @@ class Governor:
             Exactly one audit event (``action`` = ``method``): ``denied``, ``ok``,
             ``tool_error`` (the client answered an error) or ``error``.
         """
-        trace = _Trace(started=time.perf_counter(), server=server, action=method)
-        trace.tool = tool.name if tool is not None else None
-        trace.arguments_sha256 = _sha256(params)
+        trace = _client_request_trace(server, tool, method, params)
         entry = projection.servers.get(server)
         try:
             doc = build_input(
@@ -617,9 +615,7 @@ class Governor:
     ) -> dict[str, Any]:
         """Audit an upstream's request of the client refused before policy (``rejected``, with
         ``error.data.category``) and return ``{"error": error}`` for the upstream."""
-        trace = _Trace(started=time.perf_counter(), server=server, action=method)
-        trace.tool = tool.name if tool is not None else None
-        trace.arguments_sha256 = _sha256(params)
+        trace = _client_request_trace(server, tool, method, params)
         data = error.get("data")
         category = str(data.get("category")) if isinstance(data, dict) else "refused"
         self._emit(projection, ctx, trace, status="rejected", error_category=category, reasons=[category])
@@ -758,6 +754,14 @@ class _Trace:
     reasons: list[str] = field(default_factory=list)
     revision: str | None = None
     audited: bool = False
+
+
+def _client_request_trace(server: str, tool: ToolEntry | None, method: str, params: dict[str, Any]) -> _Trace:
+    """The trace of an upstream's request of the client (``action`` = its method)."""
+    trace = _Trace(started=time.perf_counter(), server=server, action=method)
+    trace.tool = tool.name if tool is not None else None
+    trace.arguments_sha256 = _sha256(params)
+    return trace
 
 
 def _is_error_object(value: Any) -> bool:

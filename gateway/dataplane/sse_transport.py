@@ -33,11 +33,11 @@ from gateway.dataplane.endpoint import (
     authenticate,
     cancel_request,
     request_key,
+    session_context,
     session_reply,
     unauthorized,
 )
 from gateway.dataplane.feature_routing import advertised_capabilities
-from gateway.dataplane.governance import CallContext
 from gateway.dataplane.relay import Outbox
 from gateway.dataplane.sessions import Session, SessionLimitReached
 from gateway.errors import AuthenticationFailed, RequestRejected
@@ -49,6 +49,7 @@ from gateway.mcp.messages import (
     parse_message,
     result_response,
 )
+from gateway.policy.input import Subject
 
 __all__ = ["LEGACY_SSE_VERSION", "MAX_RUNNING", "sse_connect", "sse_message"]
 
@@ -104,15 +105,21 @@ def _server(request: Request) -> tuple[str | None, Response | None]:
     return server, None
 
 
-async def sse_connect(request: Request) -> Response:
-    """``GET /sse[/{server}]``: open a session and its event stream (see the module docstring)."""
+async def _caller(request: Request) -> tuple[str | None, Subject | Response]:
+    """The endpoint's server and the verified caller, or the 401/404 to answer instead."""
     server, refused = _server(request)
     try:
         subject = await authenticate(request, server)
     except AuthenticationFailed as exc:
-        return unauthorized(request, server, exc)
-    if refused is not None:
-        return refused
+        return server, unauthorized(request, server, exc)
+    return server, subject if refused is None else refused
+
+
+async def sse_connect(request: Request) -> Response:
+    """``GET /sse[/{server}]``: open a session and its event stream (see the module docstring)."""
+    server, subject = await _caller(request)
+    if isinstance(subject, Response):
+        return subject
     owner = (subject.issuer, subject.sub)
     sessions = request.state.dp_sessions
     try:
@@ -128,13 +135,9 @@ async def sse_connect(request: Request) -> Response:
 
 async def sse_message(request: Request) -> Response:
     """``POST /messages[/{server}]?session_id=<id>``: one message of an HTTP+SSE session; 202."""
-    server, refused = _server(request)
-    try:
-        subject = await authenticate(request, server)
-    except AuthenticationFailed as exc:
-        return unauthorized(request, server, exc)
-    if refused is not None:
-        return refused
+    server, subject = await _caller(request)
+    if isinstance(subject, Response):
+        return subject
     session: Session | None = request.state.dp_sessions.get(
         request.query_params.get("session_id", ""), (subject.issuer, subject.sub)
     )
@@ -178,16 +181,7 @@ async def _answer(
     request: Request, msg: Any, subject: Any, server: str | None, session: Session, outbox: Outbox
 ) -> None:
     """Handle one request in the background; its response goes on the session's stream."""
-    ctx = CallContext(
-        subject,
-        session.id,
-        session.protocol_version,
-        server,
-        outbox,
-        session.capabilities,
-        can_ask=True,
-        log_level=session.log_level,
-    )
+    ctx = session_context(subject, session, server, outbox)
     key = request_key(msg.id)
     with anyio.CancelScope() as scope:
         session.running[key] = scope

@@ -27,10 +27,11 @@ so :class:`InFlight` attributes them:
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, Protocol
 
 import anyio
@@ -45,7 +46,9 @@ __all__ = [
     "answer_server_request",
     "cancelled_notification",
     "is_notification",
+    "UseCount",
     "is_server_request",
+    "keep_listening",
     "listen_on",
     "wanted",
 ]
@@ -283,6 +286,36 @@ class Listeners:
         for sink in sinks:
             await _notify_safely(sink, msg)
         return bool(sinks)
+
+
+class UseCount:
+    """How many requests and listeners use an upstream session now (the pool closes none in use)."""
+
+    def __init__(self) -> None:
+        self._n = 0
+
+    @property
+    def busy(self) -> bool:
+        return self._n > 0
+
+    @contextlib.contextmanager
+    def using(self) -> Iterator[None]:
+        self._n += 1
+        try:
+            yield
+        finally:
+            self._n -= 1
+
+
+async def keep_listening(where: str, attempt: Callable[[], Awaitable[None]], alive: Callable[[], bool]) -> None:
+    """Run ``attempt`` (one listen on one session) again and again while ``alive()``, a second
+    apart; a failure is logged, never raised (listeners run in task groups)."""
+    while alive():
+        try:
+            await attempt()
+        except Exception as exc:  # noqa: BLE001 - a listener never raises into a task group
+            log.info("%s: listening failed (%s); retrying", where, type(exc).__name__)
+        await anyio.sleep(1.0)
 
 
 async def listen_on(

@@ -47,9 +47,11 @@ from gateway.mcp._common import CLIENT_INFO, loads_message, safe_url
 from gateway.mcp.channel import (
     ClientChannel,
     InFlight,
+    UseCount,
     cancelled_notification,
     is_notification,
     is_server_request,
+    keep_listening,
     listen_on,
 )
 from gateway.mcp.messages import HANDSHAKE_VERSIONS
@@ -142,12 +144,12 @@ class LegacySseUpstream:
         self._stream: _Stream | None = None
         self._lock = anyio.Lock()
         self._closed = False
-        self._active = 0
+        self._use = UseCount()
 
     @property
     def busy(self) -> bool:
         """A request or a listener is using the session (the pool does not close it then)."""
-        return self._active > 0
+        return self._use.busy
 
     @property
     def protocol_version(self) -> str | None:
@@ -173,14 +175,11 @@ class LegacySseUpstream:
             UpstreamProtocolError: Not MCP over HTTP+SSE: a cross-origin ``endpoint``,
                 no event stream, a refused ``initialize``, a POST refused with 4xx.
         """
-        self._active += 1
         try:
-            with anyio.fail_after(self._max_duration):
+            with self._use.using(), anyio.fail_after(self._max_duration):
                 return await self._request(method, params, channel)
         except TimeoutError:
             raise UpstreamTimeout(f"upstream {self._safe_url} did not finish within {self._max_duration}s") from None
-        finally:
-            self._active -= 1
 
     async def _request(self, method: str, params: dict[str, Any], channel: ClientChannel | None) -> dict[str, Any]:
         try:
@@ -203,26 +202,17 @@ class LegacySseUpstream:
     ) -> None:
         """Deliver notifications outside any call to ``sink`` until cancelled
         (:func:`~gateway.mcp.channel.listen_on` on each stream in turn)."""
-        self._active += 1
-        try:
-            await self._listen(notifications, sink, ready)
-        finally:
-            self._active -= 1
 
-    async def _listen(
-        self, notifications: dict[str, Any], sink: ClientChannel, ready: Callable[[], None] | None
-    ) -> None:
-        while True:
-            try:
-                stream = await self._connect()
+        async def once() -> None:
+            stream = await self._connect()
 
-                async def request(method: str, params: dict[str, Any], stream: _Stream = stream) -> Any:
-                    return await self._exchange(stream, method, params)
+            async def request(method: str, params: dict[str, Any]) -> Any:
+                return await self._exchange(stream, method, params)
 
-                await listen_on(stream.inflight.listeners, notifications, sink, request, stream.done.wait, ready)
-            except Exception as exc:  # noqa: BLE001 - a listener never raises into a task group
-                log.info("upstream %s: listening failed (%s); retrying", self._safe_url, type(exc).__name__)
-            await anyio.sleep(1.0)
+            await listen_on(stream.inflight.listeners, notifications, sink, request, stream.done.wait, ready)
+
+        with self._use.using():
+            await keep_listening(f"upstream {self._safe_url}", once, lambda: True)
 
     async def aclose(self) -> None:
         """Close the stream (ends the upstream session); later requests are refused."""

@@ -76,9 +76,11 @@ from gateway.mcp.channel import (
     GATEWAY_CAPABILITIES,
     ClientChannel,
     InFlight,
+    UseCount,
     cancelled_notification,
     is_notification,
     is_server_request,
+    keep_listening,
     listen_on,
 )
 from gateway.mcp.messages import HANDSHAKE_VERSIONS
@@ -221,7 +223,7 @@ class StdioUpstream:
         self._max_duration = math.inf if max_duration is None else max(timeout, max_duration)
         self._launch = launch
         self._capabilities = dict(GATEWAY_CAPABILITIES if client_capabilities is None else client_capabilities)
-        self._active = 0
+        self._use = UseCount()
         self._spawner = spawner
         self._timeout = timeout
         self._limits = limits or StdioLimits()
@@ -240,7 +242,7 @@ class StdioUpstream:
     @property
     def busy(self) -> bool:
         """A request or a listener is using the process (the pool does not stop it then)."""
-        return self._active > 0
+        return self._use.busy
 
     @property
     def protocol_version(self) -> str | None:
@@ -272,14 +274,11 @@ class StdioUpstream:
         if not self._started:
             self._started = True
             self._spawner.start_soon(self._supervise)
-        self._active += 1
         try:
-            with anyio.fail_after(self._max_duration):
+            with self._use.using(), anyio.fail_after(self._max_duration):
                 return await self._request(method, params, channel)
         except TimeoutError:
             raise UpstreamTimeout(f"stdio upstream {self.name} did not finish within {self._max_duration}s") from None
-        finally:
-            self._active -= 1
 
     async def _request(self, method: str, params: dict[str, Any], channel: ClientChannel | None) -> dict[str, Any]:
         clock = anyio.CancelScope(deadline=anyio.current_time() + self._timeout)
@@ -299,28 +298,17 @@ class StdioUpstream:
     ) -> None:
         """Deliver notifications outside any call to ``sink`` until cancelled
         (:func:`~gateway.mcp.channel.listen_on` on each process in turn)."""
-        self._active += 1
-        try:
-            await self._listen(notifications, sink, ready)
-        finally:
-            self._active -= 1
 
-    async def _listen(
-        self, notifications: dict[str, Any], sink: ClientChannel, ready: Callable[[], None] | None
-    ) -> None:
-        while not self._closed:
-            try:
-                if not self._started:
-                    self._started = True
-                    self._spawner.start_soon(self._supervise)
-                with anyio.fail_after(self._timeout):
-                    running = await self._ready()
-                await listen_on(
-                    running.inflight.listeners, notifications, sink, running.call, running.ended.wait, ready
-                )
-            except Exception as exc:  # noqa: BLE001 - a listener never raises into a task group
-                log.info("stdio upstream %s: listening failed (%s); retrying", self.name, type(exc).__name__)
-            await anyio.sleep(1.0)
+        async def once() -> None:
+            if not self._started:
+                self._started = True
+                self._spawner.start_soon(self._supervise)
+            with anyio.fail_after(self._timeout):
+                running = await self._ready()
+            await listen_on(running.inflight.listeners, notifications, sink, running.call, running.ended.wait, ready)
+
+        with self._use.using():
+            await keep_listening(f"stdio upstream {self.name}", once, lambda: not self._closed)
         await anyio.sleep_forever()
 
     async def aclose(self) -> None:

@@ -52,10 +52,12 @@ from gateway.mcp.channel import (
     GATEWAY_CAPABILITIES,
     ClientChannel,
     Listeners,
+    UseCount,
     answer_server_request,
     cancelled_notification,
     is_notification,
     is_server_request,
+    keep_listening,
     listen_on,
     wanted,
 )
@@ -158,7 +160,7 @@ class StreamableHttpUpstream:
         self._spawner = spawner
         self._listeners = Listeners()
         self._get_reader: anyio.CancelScope | None = None
-        self._active = 0
+        self._use = UseCount()
         self._ids = itertools.count(1)
         self._session: _Session | None = None
         self._lock = anyio.Lock()
@@ -173,7 +175,7 @@ class StreamableHttpUpstream:
     @property
     def busy(self) -> bool:
         """A request or a listener is using the session (the pool does not close it then)."""
-        return self._active > 0
+        return self._use.busy
 
     async def _connect(self) -> _Session:
         async with self._lock:
@@ -436,11 +438,8 @@ class StreamableHttpUpstream:
             UpstreamTimeout: No answer within the timeout.
             UpstreamProtocolError: Not MCP / JSON-RPC.
         """
-        self._active += 1
-        try:
+        with self._use.using():
             return await self._request(method, params, channel)
-        finally:
-            self._active -= 1
 
     async def _request(self, method: str, params: dict[str, Any], channel: ClientChannel | None) -> dict[str, Any]:
         try:
@@ -488,27 +487,16 @@ class StreamableHttpUpstream:
         ``basic/transports`` "Listening for Messages from the Server"). Failures are logged
         and retried; nothing is raised but cancellation.
         """
-        self._active += 1
-        try:
-            await self._listen(notifications, sink, ready)
-        finally:
-            self._active -= 1
 
-    async def _listen(
-        self, notifications: dict[str, Any], sink: ClientChannel, ready: Callable[[], None] | None
-    ) -> None:
-        while True:
-            try:
-                session = self._session or await self._connect()
-                if session.era == "modern":
-                    await self._listen_modern(session, notifications, sink, ready)
-                else:
-                    await self._listen_legacy(session, notifications, sink, ready)
-            except UpstreamError as exc:
-                log.info("upstream %s: listening failed (%s); retrying", self._safe_url, exc.category)
-            except Exception as exc:  # a listener runs in a task group: nothing foreign escapes
-                log.warning("upstream %s: listening failed (%s); retrying", self._safe_url, type(exc).__name__)
-            await anyio.sleep(1.0)
+        async def once() -> None:
+            session = self._session or await self._connect()
+            if session.era == "modern":
+                await self._listen_modern(session, notifications, sink, ready)
+            else:
+                await self._listen_legacy(session, notifications, sink, ready)
+
+        with self._use.using():
+            await keep_listening(f"upstream {self._safe_url}", once, lambda: True)
 
     async def _listen_modern(
         self,

@@ -22,15 +22,14 @@ from typing import Any
 
 import anyio
 import httpx
-import httpx2
 import mcp_types as types
 import pytest
 from mcp import Client
 from mcp.client.sse import sse_client
-from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
 from gateway.devtools.stack import LocalStack, free_port
+from tests.e2e.helpers import client, stop_processes
 from tests.support.ports import port_open
 
 pytestmark = [
@@ -78,17 +77,11 @@ def relays(stack: LocalStack) -> Iterator[dict[str, int]]:
         stack.wait_projection_active()
         yield ports
     finally:
-        for proc in procs:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_processes(procs)
 
 
 def _client(stack: LocalStack, token: str, mode: str = "legacy", **callbacks: Any) -> Client:
-    http = httpx2.AsyncClient(headers={"authorization": f"Bearer {token}"}, timeout=httpx2.Timeout(30, read=60))
-    return Client(streamable_http_client(f"{stack.data_url}/mcp", http_client=http), mode=mode, **callbacks)
+    return client(stack, token, mode=mode, **callbacks)
 
 
 def _text(result: types.CallToolResult) -> str:

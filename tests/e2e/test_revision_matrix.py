@@ -26,6 +26,7 @@ import httpx
 import pytest
 
 from gateway.devtools.stack import LocalStack, free_port
+from tests.e2e.helpers import stop_processes
 from tests.support.ports import port_open
 
 pytestmark = [pytest.mark.integration, pytest.mark.db, pytest.mark.timeout(300)]
@@ -87,12 +88,7 @@ def upstreams(stack: LocalStack) -> Iterator[None]:
         stack.wait_projection_active()
         yield
     finally:
-        for proc in procs:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_processes(procs)
 
 
 def _events(text: str) -> list[dict[str, Any]]:

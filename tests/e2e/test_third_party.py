@@ -46,15 +46,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import httpx2
-import mcp_types as types
 import pytest
-from mcp import Client
-from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
 from gateway.devtools.stack import LocalStack, free_port, sample_policy_modules
-from tests.e2e.helpers import audit_item, client, recorded
+from tests.e2e.helpers import Answering, audit_item, client, recorded
 
 pytestmark = [pytest.mark.integration, pytest.mark.db, pytest.mark.anyio, pytest.mark.timeout(600)]
 
@@ -333,41 +329,22 @@ class TestServerEverythingUpstream:
         progress of a long operation, a sampling request (policy: operators may lend their
         model) and an elicitation, each relayed on the call's stream and answered back."""
         token = stack.idp.mint("olive", ["operator"], stack.audience)
-        progress: list[float] = []
-        prompts: list[str] = []
-        questions: list[str] = []
-
-        async def on_progress(value: float, total: float | None, message: str | None) -> None:
-            progress.append(value)
-
-        async def sample(context: Any, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
-            text = params.messages[0].content
-            prompts.append(text.text if isinstance(text, types.TextContent) else "?")
-            return types.CreateMessageResult(
-                role="assistant", content=types.TextContent(type="text", text="sampled answer"), model="test-model"
-            )
-
-        async def elicit(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
-            questions.append(params.message)
-            return types.ElicitResult(action="decline")
-
-        http = httpx2.AsyncClient(headers={"authorization": f"Bearer {token}"}, timeout=httpx2.Timeout(30, read=60))
-        transport = streamable_http_client(f"{stack.data_url}/mcp", http_client=http)
-        async with Client(transport, mode="legacy", sampling_callback=sample, elicitation_callback=elicit) as c:
+        seen = Answering()
+        async with client(stack, token, mode="legacy", **seen.callbacks()) as c:
             names = {t.name for t in (await c.list_tools()).tools}
             done = await c.call_tool(
                 "everything__trigger-long-running-operation",
                 {"duration": 0.3, "steps": 3},
-                progress_callback=on_progress,
+                progress_callback=seen.on_progress,
             )
             sampled = await c.call_tool("everything__trigger-sampling-request", {"prompt": "hi", "maxTokens": 10})
             elicited = await c.call_tool("everything__trigger-elicitation-request", {})
         # pinned at approval because discovery declared sampling and elicitation
         assert {"everything__trigger-sampling-request", "everything__trigger-elicitation-request"} <= names
-        assert not done.is_error and progress == [1, 2, 3]
+        assert not done.is_error and seen.progress == [1, 2, 3]
         assert not sampled.is_error and "sampled answer" in sampled.content[0].text  # type: ignore[union-attr]
-        assert prompts == ["Resource trigger-sampling-request context: hi"]
-        assert not elicited.is_error and questions == ["Please provide inputs for the following fields:"]
+        assert seen.prompts == ["Resource trigger-sampling-request context: hi"]
+        assert not elicited.is_error and seen.questions == ["Please provide inputs for the following fields:"]
 
     @pytest.mark.parametrize("mode", ["auto", "legacy"])
     async def test_viewer_is_denied_a_tool_that_is_not_read_only(

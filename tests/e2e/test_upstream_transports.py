@@ -26,15 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx2
-import mcp_types as types
 import pytest
-from mcp import Client
-from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
 from gateway.devtools.stack import LocalStack, free_port
-from tests.e2e.helpers import audit_item, client
+from tests.e2e.helpers import Answering, audit_item, client
 from tests.e2e.test_third_party import EVERYTHING, LOOPBACK_SHIM, _sayer, ensure_npm_tool
 from tests.support.ports import port_open
 
@@ -179,29 +175,12 @@ async def test_server_everything_over_the_transport_relays_progress_sampling_and
     elicitation requests reach the SDK client through the gateway and are answered back;
     its resources and prompts are read and got through the same governed methods."""
     token = stack.idp.mint(f"olga-{server}", ["operator"], stack.audience)
-    progress: list[float] = []
-    prompts: list[str] = []
-    questions: list[str] = []
-
-    async def on_progress(value: float, total: float | None, message: str | None) -> None:
-        progress.append(value)
-
-    async def sample(context: Any, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
-        text = params.messages[0].content
-        prompts.append(text.text if isinstance(text, types.TextContent) else "?")
-        return types.CreateMessageResult(
-            role="assistant", content=types.TextContent(type="text", text="sampled answer"), model="test-model"
-        )
-
-    async def elicit(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
-        questions.append(params.message)
-        return types.ElicitResult(action="cancel")
-
-    http = httpx2.AsyncClient(headers={"authorization": f"Bearer {token}"}, timeout=httpx2.Timeout(30, read=60))
-    transport = streamable_http_client(f"{stack.data_url}/mcp", http_client=http)
-    async with Client(transport, mode="legacy", sampling_callback=sample, elicitation_callback=elicit) as c:
+    seen = Answering(elicit_action="cancel")
+    async with client(stack, token, mode="legacy", **seen.callbacks()) as c:
         done = await c.call_tool(
-            f"{server}__trigger-long-running-operation", {"duration": 0.3, "steps": 3}, progress_callback=on_progress
+            f"{server}__trigger-long-running-operation",
+            {"duration": 0.3, "steps": 3},
+            progress_callback=seen.on_progress,
         )
         sampled = await c.call_tool(f"{server}__trigger-sampling-request", {"prompt": "hi", "maxTokens": 10})
         elicited = await c.call_tool(f"{server}__trigger-elicitation-request", {})
@@ -209,10 +188,10 @@ async def test_server_everything_over_the_transport_relays_progress_sampling_and
         read = await c.read_resource(resources[0])
         listed = [p.name for p in (await c.list_prompts()).prompts if p.name.startswith(f"{server}__")]
         got = await c.get_prompt(f"{server}__simple-prompt", {})
-    assert not done.is_error and progress == [1, 2, 3]
+    assert not done.is_error and seen.progress == [1, 2, 3]
     assert not sampled.is_error and "sampled answer" in sampled.content[0].text  # type: ignore[union-attr]
-    assert prompts == ["Resource trigger-sampling-request context: hi"]
-    assert not elicited.is_error and questions == ["Please provide inputs for the following fields:"]
+    assert seen.prompts == ["Resource trigger-sampling-request context: hi"]
+    assert not elicited.is_error and seen.questions == ["Please provide inputs for the following fields:"]
     assert read.contents[0].uri == resources[0]
     assert f"{server}__simple-prompt" in listed and got.messages
     event = _audited(stack, f"olga-{server}", server, "trigger-sampling-request", True)
