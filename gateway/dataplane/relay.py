@@ -397,11 +397,15 @@ class GovernedChannel:
             capability = RELAYED_REQUESTS.get(method) if isinstance(method, str) else None
             if capability is None or capability not in self._ctx.client_capabilities:
                 category = "not_relayed" if capability is None else "capability_not_declared"
-                return {
+                error = {
                     "code": METHOD_NOT_FOUND,
                     "message": f"Cannot ask the client {method!r}",
                     "data": {"category": category},
                 }
+                self._governor.refuse_client_request(  # audited like any refusal
+                    self._projection, self._ctx, self._server, self._tool, str(method)[:128], {}, error
+                )
+                return error
 
             async def passed() -> dict[str, Any]:
                 return {"result": {}}

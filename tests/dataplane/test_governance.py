@@ -322,3 +322,19 @@ async def test_a_malformed_mrtr_retry_is_refused_before_policy(tmp_path: Any, ex
     reply = await gov.call_tool(_projection(), CTX, 1, params)  # CTX speaks 2026-07-28
     assert reply["error"]["code"] == -32602 and reply["error"]["data"]["category"] == "bad_request"
     assert engine.asked == 0 and upstreams.calls == [] and audit.events[-1]["status"] == "rejected"
+
+
+async def test_an_input_request_the_client_cannot_take_is_refused_and_audited(tmp_path: Any) -> None:
+    engine = Engine("p5-pv2")
+    gov, _, audit = _governor(tmp_path, engine)
+    channel = gov.channel(_projection(), CTX, "demo")  # CTX declared no capabilities
+    result = {"resultType": "input_required", "inputRequests": {"k": {"method": "sampling/createMessage"}}}
+    refusal = await channel.check_input_requests(result)
+    assert refusal is not None and refusal["data"]["category"] == "capability_not_declared"
+    event = audit.events[-1]
+    assert (event["action"], event["status"], event["error_category"]) == (
+        "sampling/createMessage",
+        "rejected",
+        "capability_not_declared",
+    )
+    assert engine.asked == 0
