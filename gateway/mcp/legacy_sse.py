@@ -43,7 +43,7 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from gateway.errors import UpstreamError, UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
 from gateway.httpclient import HttpClient, HttpTimeout, HttpTransportError
-from gateway.mcp._common import CLIENT_INFO, loads_message, safe_url
+from gateway.mcp._common import CLIENT_INFO, Pending, loads_message, safe_url
 from gateway.mcp.channel import (
     ClientChannel,
     InFlight,
@@ -72,13 +72,6 @@ class _SessionGone(Exception):
 
 
 @dataclass(eq=False)
-class _Slot:
-    event: anyio.Event = field(default_factory=anyio.Event)
-    message: dict[str, Any] | None = None
-    error: UpstreamError | None = None
-
-
-@dataclass(eq=False)
 class _Stream:
     """One GET stream (= one upstream session) and the requests waiting on it."""
 
@@ -88,7 +81,7 @@ class _Stream:
     closed: bool = False
     scope: anyio.CancelScope | None = None
     done: anyio.Event = field(default_factory=anyio.Event)
-    pending: dict[int, _Slot] = field(default_factory=dict)
+    pending: Pending = field(default_factory=Pending)
     inflight: InFlight = field(default_factory=lambda: InFlight(30.0))
 
     def close(self) -> None:
@@ -98,10 +91,7 @@ class _Stream:
 
     def fail_pending(self, reason: str) -> None:
         self.alive = False
-        for slot in self.pending.values():
-            if slot.message is None and slot.error is None:
-                slot.error = UpstreamUnavailable(reason)
-                slot.event.set()
+        self.pending.fail(UpstreamUnavailable, reason)
 
 
 class LegacySseUpstream:
@@ -345,11 +335,7 @@ class LegacySseUpstream:
         if is_notification(msg):
             await stream.inflight.notification(msg)
             return
-        msg_id = msg.get("id")
-        slot = stream.pending.get(msg_id) if isinstance(msg_id, int) and not isinstance(msg_id, bool) else None
-        if slot is not None and ("result" in msg or "error" in msg) and slot.message is None:
-            slot.message = msg
-            slot.event.set()
+        stream.pending.deliver(msg)
 
     async def _answer(self, stream: _Stream, msg: dict[str, Any]) -> None:
         try:
@@ -382,7 +368,7 @@ class LegacySseUpstream:
         if not stream.alive:
             raise UpstreamUnavailable(f"upstream {self._safe_url}: the SSE stream was lost")
         req_id = next(self._ids)
-        slot = stream.pending[req_id] = _Slot()
+        slot = stream.pending.open(req_id)
         clock = anyio.CancelScope(deadline=anyio.current_time() + self._timeout)
         key, params = stream.inflight.enter(params, channel, clock)
         try:
@@ -395,14 +381,11 @@ class LegacySseUpstream:
                     await self._post_quietly(stream, cancelled_notification(req_id))
             raise
         finally:
-            stream.pending.pop(req_id, None)
+            stream.pending.close(req_id)
             stream.inflight.leave(key)
         if clock.cancelled_caught:
             raise UpstreamTimeout(f"upstream {self._safe_url} was idle for {self._timeout}s")
-        if slot.error is not None:
-            raise slot.error
-        assert slot.message is not None
-        return slot.message
+        return Pending.outcome(slot)
 
     async def _post_quietly(self, stream: _Stream, message: dict[str, Any]) -> None:
         try:

@@ -47,7 +47,6 @@ import itertools
 import logging
 import math
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -58,7 +57,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from mcp.shared.message import SessionMessage
 
 from gateway.errors import UpstreamError, UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
-from gateway.mcp._common import CLIENT_INFO
+from gateway.mcp._common import CLIENT_INFO, Pending
 from gateway.mcp._process import (
     BASE_ENV_KEYS,
     Child,
@@ -94,13 +93,6 @@ class _NotDelivered(Exception):
     """The process ended before the request was written: safe to send it to the next one."""
 
 
-@dataclass(eq=False)
-class _Slot:
-    event: anyio.Event = field(default_factory=anyio.Event)
-    message: dict[str, Any] | None = None
-    error: UpstreamError | None = None
-
-
 class _Running:
     """One live process: its stdin writer and the requests waiting for its answers."""
 
@@ -109,7 +101,7 @@ class _Running:
         self.inflight = InFlight(idle)
         self.child = child
         self.tg = tg
-        self.pending: dict[int, _Slot] = {}
+        self.pending = Pending()
         self.ended = anyio.Event()
         self.reason: tuple[type[UpstreamError], str] = (UpstreamUnavailable, f"stdio upstream {name} exited")
         self._ids = itertools.count(1)
@@ -121,10 +113,7 @@ class _Running:
             return
         self.reason = (kind, reason)
         self.ended.set()
-        for slot in self.pending.values():
-            if slot.message is None and slot.error is None:
-                slot.error = kind(reason)
-                slot.event.set()
+        self.pending.fail(kind, reason)
 
     async def send(self, message: dict[str, Any]) -> None:
         """Write one message.
@@ -156,7 +145,7 @@ class _Running:
         if self.ended.is_set():
             raise _NotDelivered
         req_id = next(self._ids)
-        slot = self.pending[req_id] = _Slot()
+        slot = self.pending.open(req_id)
         key, params = self.inflight.enter(params, channel, clock)
         try:
             await self.send({"jsonrpc": "2.0", "id": req_id, "method": method, "params": params})
@@ -169,12 +158,9 @@ class _Running:
                             await self.send(cancelled_notification(req_id))
                 raise
         finally:
-            self.pending.pop(req_id, None)
+            self.pending.close(req_id)
             self.inflight.leave(key)
-        if slot.error is not None:
-            raise slot.error
-        assert slot.message is not None
-        return slot.message
+        return Pending.outcome(slot)
 
     async def dispatch(self, msg: dict[str, Any]) -> None:
         if is_server_request(msg):  # answered off the reader: asking a client takes a while
@@ -183,11 +169,7 @@ class _Running:
         if is_notification(msg):
             await self.inflight.notification(msg)
             return
-        msg_id = msg.get("id")
-        slot = self.pending.get(msg_id) if isinstance(msg_id, int) and not isinstance(msg_id, bool) else None
-        if slot is not None and ("result" in msg or "error" in msg) and slot.message is None:
-            slot.message = msg
-            slot.event.set()
+        self.pending.deliver(msg)
 
     async def _answer(self, msg: dict[str, Any]) -> None:
         reply = await self.inflight.answer(msg)
