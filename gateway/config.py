@@ -141,6 +141,18 @@ class DataPlaneConfig:
     pinned definitions (:mod:`gateway.dataplane.drift`); ``0`` turns the check off."""
     session_idle_timeout: float = 30 * 60 * SECONDS
     max_sessions: int = 10_000
+    sse_poll_interval: float = 0.0
+    """Seconds a handshake-era request's SSE stream stays open before the gateway closes it
+    and lets the client poll (reconnect with ``GET`` + ``Last-Event-ID``, MCP 2025-11-25
+    SEP-1699); a request still running after it is answered as such a stream. ``0`` never
+    closes (streams last until the response). Set it below the idle timeout of any proxy or
+    load balancer in front of the data plane."""
+    sse_retry: float = 1.0
+    """Seconds a client waits before reconnecting to a stream (the SSE ``retry`` field of a
+    stream's priming event)."""
+    sse_resume_window: float = 60 * SECONDS
+    """Seconds a handshake-era request's SSE stream waits for its client to reconnect after a
+    disconnect; then the request is cancelled (the upstream is told) and its events dropped."""
     http_client: str = "aiohttp"
     """Hot-path HTTP client backend to OPA and upstreams: ``aiohttp`` or ``httpx``."""
     allowed_hosts: tuple[str, ...] = ()
@@ -306,6 +318,14 @@ class Config:
             raise ConfigError("GATEWAY_MAX_HEADER_BYTES must be between 1024 and 16 MiB")
         if not (0 < self.header_timeout < math.inf and 0 < self.body_timeout < math.inf):
             raise ConfigError("GATEWAY_HEADER_TIMEOUT and GATEWAY_BODY_TIMEOUT must be positive seconds")
+        dp = self.data_plane
+        if not (
+            0 <= dp.sse_poll_interval < math.inf and 0 <= dp.sse_retry <= 3600 and 0 < dp.sse_resume_window < math.inf
+        ):
+            raise ConfigError(
+                "GATEWAY_SSE_POLL_INTERVAL (0 = off) and GATEWAY_SSE_RETRY must be seconds >= 0 (retry at most 3600),"
+                " GATEWAY_SSE_RESUME_WINDOW positive seconds"
+            )
         run_dir = self.run_dir or str(PROJECT_ROOT / ".run")
         cp = self.control_plane
         if self.plane in ("both", "control"):
@@ -385,6 +405,9 @@ ENV_KEYS: dict[str, str] = {
     "GATEWAY_UPSTREAM_MAX_DURATION": "data_plane.upstream_max_duration",
     "GATEWAY_UPSTREAM_SESSIONS": "data_plane.upstream_sessions",
     "GATEWAY_DRIFT_INTERVAL": "data_plane.drift_interval",
+    "GATEWAY_SSE_POLL_INTERVAL": "data_plane.sse_poll_interval",
+    "GATEWAY_SSE_RETRY": "data_plane.sse_retry",
+    "GATEWAY_SSE_RESUME_WINDOW": "data_plane.sse_resume_window",
     "GATEWAY_HTTP_CLIENT": "data_plane.http_client",
     "GATEWAY_ALLOWED_HOSTS": "data_plane.allowed_hosts",
     "GATEWAY_ALLOWED_ORIGINS": "data_plane.allowed_origins",

@@ -406,3 +406,22 @@ def test_a_plane_override_is_applied_before_validation() -> None:
     with pytest.raises(ConfigError):
         Config.from_env(env)
     assert Config.from_env(env, overrides={"plane": "data"}).plane == "data"
+
+
+def test_sse_polling_settings_are_read_and_checked() -> None:
+    env = {
+        **BASE_ENV,
+        "GATEWAY_SSE_POLL_INTERVAL": "25",
+        "GATEWAY_SSE_RETRY": "0.5",
+        "GATEWAY_SSE_RESUME_WINDOW": "90",
+    }
+    dp = Config.from_env(env).data_plane
+    assert (dp.sse_poll_interval, dp.sse_retry, dp.sse_resume_window) == (25.0, 0.5, 90.0)
+    assert Config.from_env(BASE_ENV).data_plane.sse_poll_interval == 0  # off unless set
+    for key, value in [
+        ("GATEWAY_SSE_POLL_INTERVAL", "-1"),
+        ("GATEWAY_SSE_RETRY", "7200"),
+        ("GATEWAY_SSE_RESUME_WINDOW", "0"),
+        ("GATEWAY_SSE_RESUME_WINDOW", "inf"),
+    ]:
+        assert "GATEWAY_SSE" in str(_config_error(environ={**BASE_ENV, key: value}))

@@ -21,6 +21,7 @@ from gateway.dataplane.held import HeldCalls
 from gateway.dataplane.hostcheck import HostOriginGuard
 from gateway.dataplane.listening import Hub, ServerWatch
 from gateway.dataplane.projection import ProjectionSync
+from gateway.dataplane.resumable import Reaper
 from gateway.dataplane.sessions import SessionStore
 from gateway.dataplane.sse_transport import sse_connect, sse_message
 from gateway.httpclient import create_http_client
@@ -123,6 +124,8 @@ async def dataplane_resources(config: Config) -> AsyncIterator[dict[str, object]
         tg.start_soon(drift.run)  # re-lists each server's tools every drift_interval (off the hot path)
         tg.start_soon(watch.run)  # each server's list changes, to listening clients and the drift check
         tg.start_soon(_expire_sessions, sessions)
+        reaper = Reaper(dp.sse_resume_window)
+        tg.start_soon(reaper.run)  # forgets the resumable streams nobody reads (and cancels their requests)
         tg.start_soon(audit.run)
         try:
             yield {
@@ -133,6 +136,7 @@ async def dataplane_resources(config: Config) -> AsyncIterator[dict[str, object]
                 "dp_governor": FeatureGovernor(config, engine, upstreams, audit, drift=drift),
                 "dp_sessions": sessions,
                 "dp_hub": hub,
+                "dp_reaper": reaper,
                 "dp_held": HeldCalls(),
                 "dp_sidecar": sidecar,
                 "dp_opa_health": opa_health,

@@ -18,8 +18,9 @@
   the caller; ``Mcp-Session-Id`` is required afterwards (400 missing, 404
   unknown/expired/other caller's); an ``MCP-Protocol-Version`` header naming no
   handshake-era version is 400 with ``-32022`` ``{"supported": <handshake versions>,
-  "requested"}``; ``DELETE`` ends it; ``GET`` is 405 (no
-  standalone stream is offered). Source: MCP 2025-11-25 ``basic/transports``.
+  "requested"}``; ``DELETE`` ends it; ``GET`` opens the session's stream of
+  notifications, or with ``Last-Event-ID`` resumes a request's stream
+  (:mod:`gateway.dataplane.resumable`). Source: MCP 2025-11-25 ``basic/transports``.
 
 Governed methods: ``tools/list``, ``tools/call`` (:mod:`gateway.dataplane.governance`),
 ``resources/list``, ``resources/templates/list``, ``resources/read``,
@@ -27,7 +28,9 @@ Governed methods: ``tools/list``, ``tools/call`` (:mod:`gateway.dataplane.govern
 ``logging/setLevel`` (:mod:`gateway.dataplane.features`), each only where the
 endpoint advertises its capability; ``ping`` (handshake era) is decided and audited, then
 answered by the gateway.
-Responses are single ``application/json`` bodies. Every request is
+A request is answered with one ``application/json`` body unless something is relayed
+before its response (progress, log messages, requests of the client): then with an SSE
+stream (:mod:`gateway.dataplane.relay`; resumable in the handshake era). Every request is
 authenticated first (401 + ``WWW-Authenticate`` with ``resource_metadata``).
 """
 
@@ -65,6 +68,7 @@ from gateway.dataplane.held import HANDLE_PREFIX, HeldCalls
 from gateway.dataplane.listening import Listener, Subscription
 from gateway.dataplane.projection import ServerEntry
 from gateway.dataplane.relay import Outbox, RelayResponse
+from gateway.dataplane.resumable import CallStream, CallStreamResponse
 from gateway.dataplane.sessions import Session, SessionLimitReached
 from gateway.errors import AuthenticationFailed, GatewayError, ProjectionUnavailable, RequestRejected
 from gateway.mcp.messages import (
@@ -561,10 +565,12 @@ def cancel_request(session: Session, params: dict[str, Any]) -> None:
 
 
 def _streamable_legacy(request: Request, msg: Any, ctx: CallContext, outbox: Outbox, session: Session) -> Response:
-    """A handshake-era request answered as JSON, or as an SSE stream once something is relayed."""
+    """A handshake-era request answered as JSON, or as a resumable SSE stream once something
+    is relayed or the poll interval passed (:mod:`gateway.dataplane.resumable`)."""
     governor: FeatureGovernor = request.state.dp_governor
     projection = _current(request)
     key = request_key(msg.id)
+    dp = request.state.dp_config.data_plane
 
     async def work() -> dict[str, Any]:
         if msg.method == "tools/call":
@@ -577,9 +583,19 @@ def _streamable_legacy(request: Request, msg: Any, ctx: CallContext, outbox: Out
         session.running[key] = scope
 
     def ended() -> None:
-        session.running.pop(key, None)
+        if session.running.get(key) is stream.scope:
+            del session.running[key]
 
-    return RelayResponse(outbox, work, status=lambda _: 200, request_id=msg.id, on_start=started, on_end=ended)
+    stream = CallStream(
+        session,
+        outbox,
+        request.state.dp_hub.spawn,
+        request.state.dp_reaper,
+        poll=dp.sse_poll_interval,
+        retry=dp.sse_retry,
+    )
+    stream.start(work, msg.id, started, ended)
+    return CallStreamResponse(stream)
 
 
 async def _forever() -> dict[str, Any]:
@@ -597,8 +613,11 @@ def _get_stream(request: Request, subject: Subject, server: str | None) -> Respo
 
     Needs ``Mcp-Session-Id`` (else 405: a 2026-07-28 client has no such stream) and
     ``Accept: text/event-stream`` (else 406); one at a time per session (409). Carries the
-    session's list changes and resource updates (:mod:`gateway.dataplane.listening`).
-    Source: MCP 2025-11-25 ``basic/transports`` "Listening for Messages from the Server".
+    session's list changes and resource updates (:mod:`gateway.dataplane.listening`); this
+    stream has no event ids (notifications sent while it is down are not replayed). With
+    ``Last-Event-ID`` it resumes a request's stream instead (:func:`_resume`). Source: MCP
+    2025-11-25 ``basic/transports`` "Listening for Messages from the Server", "Resumability
+    and Redelivery".
     """
     session_id = request.headers.get("mcp-session-id")
     if not session_id:
@@ -608,6 +627,9 @@ def _get_stream(request: Request, subject: Subject, server: str | None) -> Respo
     session = request.state.dp_sessions.get(session_id, (subject.issuer, subject.sub))
     if session is None:
         return _json(error_response(None, INVALID_REQUEST, "Session not found"), 404)
+    last_event_id = request.headers.get("last-event-id")
+    if last_event_id is not None:
+        return _resume(session, last_event_id)
     if session.stream_open:
         return _json(error_response(None, INVALID_REQUEST, "This session already has a GET stream"), 409)
     listener = request.state.dp_hub.session_listener(session, server)
@@ -617,6 +639,22 @@ def _get_stream(request: Request, subject: Subject, server: str | None) -> Respo
         session.stream_open = False
 
     return RelayResponse(listener.outbox, _forever, status=lambda _: 200, request_id=None, on_end=ended, stream=True)
+
+
+def _resume(session: Session, last_event_id: str) -> Response:
+    """``GET`` with ``Last-Event-ID``: resume the request stream that event belongs to.
+
+    The events after it are replayed, then the stream goes on live
+    (:class:`~gateway.dataplane.resumable.CallStreamResponse`). An id of no stream the
+    session still has (delivered, expired, or kept by another data plane) is 400 ``-32600``
+    with ``data.category`` ``unknown_event_id``: the messages after it are lost.
+    """
+    number, _, seq = last_event_id.partition("-")
+    stream = session.streams.get(number)
+    if stream is None or not (seq.isascii() and seq.isdigit()) or len(seq) > 12:
+        data = {"category": "unknown_event_id"}
+        return _json(error_response(None, INVALID_REQUEST, "Unknown or expired Last-Event-ID", data), 400)
+    return CallStreamResponse(stream, resume_after=int(seq))
 
 
 async def _subscription(request: Request, msg: Any, ctx: CallContext, session: Session) -> dict[str, Any]:

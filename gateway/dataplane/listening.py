@@ -217,10 +217,12 @@ class Hub:
         subscription.scope.cancel()
 
     def close_session(self, session: Session) -> None:
-        """A handshake-era session ended: cancel its requests in progress, drop its listener
-        and subscriptions."""
+        """A handshake-era session ended: cancel its requests in progress, forget their
+        resumable streams, drop its listener and subscriptions."""
         for scope in list(session.running.values()):
             scope.cancel()
+        for stream in list(session.streams.values()):
+            stream.cancel()
         for subscription in session.subscriptions.values():
             self.unsubscribe(subscription)
         session.subscriptions.clear()

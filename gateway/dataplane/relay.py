@@ -380,49 +380,82 @@ class GovernedChannel:
     async def check_input_requests(self, result: dict[str, Any]) -> dict[str, Any] | None:
         """Decide each input request of an ``input_required`` result bound for a 2026-07-28 client.
 
-        Each is governed like a relayed request (capability declared, policy, one audit
-        event with status ``ok`` meaning "passed to the client"); the client answers them
-        in its retry.
+        The result reaches the client whole or not at all, and every input request gets one
+        audit event saying which: first each is checked for a relayed method and a declared
+        capability (the first that fails is ``rejected``, the others ``rejected``
+        ``withheld``); then each is a policy decision of its own, made concurrently. When
+        every one is allowed they are audited ``ok`` ("passed to the client"; the client
+        answers them in its retry); when any is denied, that one is ``denied`` and the allowed
+        ones ``error`` ``withheld``.
 
         Returns:
             None when every one may reach the client, else the JSON-RPC error object to
-            answer instead (the first refusal).
+            answer instead (the refusal of the first refused, in the result's order).
         """
         requests = result.get("inputRequests")
         if not isinstance(requests, dict):
             return None
+        asked: list[tuple[str, dict[str, Any]]] = []
+        refused: list[dict[str, Any] | None] = []  # why each cannot reach the client, before policy
         for request in requests.values():
             method = request.get("method") if isinstance(request, dict) else None
             params = request.get("params") if isinstance(request, dict) else None
+            asked.append((str(method)[:128], params if isinstance(params, dict) else {}))
             capability = RELAYED_REQUESTS.get(method) if isinstance(method, str) else None
             if capability is None or capability not in self._ctx.client_capabilities:
                 category = "not_relayed" if capability is None else "capability_not_declared"
-                error = {
-                    "code": METHOD_NOT_FOUND,
-                    "message": f"Cannot ask the client {method!r}",
-                    "data": {"category": category},
-                }
-                self._governor.refuse_client_request(  # audited like any refusal
-                    self._projection, self._ctx, self._server, self._tool, str(method)[:128], {}, error
+                message = f"Cannot ask the client {method!r}"
+                refused.append({"code": METHOD_NOT_FOUND, "message": message, "data": {"category": category}})
+            else:
+                refused.append(None)
+        first = next((error for error in refused if error is not None), None)
+        if first is not None:
+            for (method, _), error in zip(asked, refused, strict=True):  # each audited like any refusal
+                reason = error if error is first else _withheld()
+                self._governor.refuse_client_request(
+                    self._projection, self._ctx, self._server, self._tool, method, {}, reason
                 )
-                return error
+            return first
+        return await self._decide_all(asked)
 
-            async def passed() -> dict[str, Any]:
-                return {"result": {}}
+    async def _decide_all(self, asked: list[tuple[str, dict[str, Any]]]) -> dict[str, Any] | None:
+        decided = 0
+        all_decided = anyio.Event()
+        refusals: dict[int, dict[str, Any]] = {}
+
+        def one_more() -> None:
+            nonlocal decided
+            decided += 1
+            if decided == len(asked):
+                all_decided.set()
+
+        async def decide(index: int, method: str, params: dict[str, Any]) -> None:
+            allowed = False
+
+            async def passed() -> dict[str, Any]:  # policy allowed it: wait for the others' verdicts
+                nonlocal allowed
+                allowed = True
+                one_more()
+                await all_decided.wait()
+                return {"error": _withheld()} if refusals else {"result": {}}
 
             verdict = await self._governor.govern_client_request(
-                self._projection,
-                self._ctx,
-                self._server,
-                self._tool,
-                str(method),
-                params if isinstance(params, dict) else {},
-                passed,
+                self._projection, self._ctx, self._server, self._tool, method, params, passed
             )
-            if "error" in verdict:
-                error = verdict["error"]
-                return error if isinstance(error, dict) else {"code": INTERNAL_ERROR, "message": "Refused"}
-        return None
+            if not allowed:
+                error = verdict.get("error")
+                refusals[index] = error if isinstance(error, dict) else {"code": INTERNAL_ERROR, "message": "Refused"}
+                one_more()
+
+        async with anyio.create_task_group() as tg:
+            for index, (method, params) in enumerate(asked):
+                tg.start_soon(decide, index, method, params)
+        return refusals[min(refusals)] if refusals else None
+
+
+def _withheld() -> dict[str, Any]:
+    message = "Not passed to the client: another input request of the same result was refused"
+    return {"code": INTERNAL_ERROR, "message": message, "data": {"category": "withheld"}}
 
 
 async def settle_input_required(

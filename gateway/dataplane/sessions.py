@@ -23,6 +23,7 @@ import anyio
 
 if TYPE_CHECKING:
     from gateway.dataplane.listening import Listener, Subscription
+    from gateway.dataplane.resumable import CallStream
 
 __all__ = ["Answer", "Session", "SessionLimitReached", "SessionStore"]
 
@@ -54,6 +55,8 @@ class Session:
             (:mod:`gateway.dataplane.listening`), created on first need; ``stream_open``
             while a ``GET`` stream drains it.
         subscriptions: The session's resource subscriptions, by (server, upstream URI).
+        streams: Its requests answered as resumable SSE streams, by stream number (the
+            part of their event ids before the ``-``; :mod:`gateway.dataplane.resumable`).
     """
 
     id: str
@@ -67,7 +70,13 @@ class Session:
     listener: Listener | None = None
     stream_open: bool = False
     subscriptions: dict[tuple[str, str], Subscription] = field(default_factory=dict)
+    streams: dict[str, CallStream] = field(default_factory=dict)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    _stream_ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+
+    def next_stream(self) -> int:
+        """A fresh stream number (event ids are unique in the session)."""
+        return next(self._stream_ids)
 
     def expect(self) -> tuple[str, Answer]:
         """A fresh id for a request to the client, and where its response will land."""

@@ -21,6 +21,7 @@ from gateway.dataplane import create_dataplane_app
 from gateway.dataplane.auth import JwtVerifier
 from gateway.dataplane.features import FeatureGovernor
 from gateway.dataplane.held import HeldCalls
+from gateway.dataplane.resumable import Reaper
 from gateway.dataplane.sessions import SessionStore
 from gateway.devtools.idp import DevIdentityProvider
 from gateway.mcp.messages import MAX_PARAMS_VALUES
@@ -77,6 +78,7 @@ class Gateway:
             "dp_governor": FeatureGovernor(self.config, Engine("p5-pv2"), self.upstreams, self.audit),  # type: ignore[arg-type]
             "dp_sessions": self.sessions,
             "dp_held": HeldCalls(),
+            "dp_reaper": Reaper(60),
             "dp_sidecar": None,
         }
         self.app = create_dataplane_app(self.config)

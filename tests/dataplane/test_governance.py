@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import anyio
@@ -338,3 +339,59 @@ async def test_an_input_request_the_client_cannot_take_is_refused_and_audited(tm
         "capability_not_declared",
     )
     assert engine.asked == 0
+
+
+class DenyMethods(Engine):
+    """Denies the actions in ``denied``; allows the rest."""
+
+    def __init__(self, *denied: str) -> None:
+        super().__init__("p5-pv2")
+        self.denied = set(denied)
+
+    async def decide(self, input_doc: dict[str, Any]) -> Decision:
+        allowed = input_doc["action"] not in self.denied
+        return Decision(allowed, ("r",), {}, f"d{self.asked}", self._next())
+
+
+ASKS_BOTH = {
+    "resultType": "input_required",
+    "inputRequests": {
+        "s": {"method": "sampling/createMessage", "params": {"maxTokens": 5}},
+        "e": {"method": "elicitation/create", "params": {"mode": "form"}},
+    },
+}
+CAN_BE_ASKED = dataclasses.replace(CTX, client_capabilities={"sampling": {}, "elicitation": {}})
+
+
+def _by_action(audit: Audit) -> dict[str, tuple[str, str | None]]:
+    return {e["action"]: (e["status"], e["error_category"]) for e in audit.events}
+
+
+async def test_input_requests_all_allowed_are_audited_as_passed(tmp_path: Any) -> None:
+    gov, _, audit = _governor(tmp_path, DenyMethods())
+    assert await gov.channel(_projection(), CAN_BE_ASKED, "demo").check_input_requests(ASKS_BOTH) is None
+    assert _by_action(audit) == {"sampling/createMessage": ("ok", None), "elicitation/create": ("ok", None)}
+
+
+@pytest.mark.parametrize("denied", ["sampling/createMessage", "elicitation/create"])
+async def test_one_denied_input_request_withholds_the_allowed_ones_in_the_audit(tmp_path: Any, denied: str) -> None:
+    engine = DenyMethods(denied)
+    gov, _, audit = _governor(tmp_path, engine)
+    refusal = await gov.channel(_projection(), CAN_BE_ASKED, "demo").check_input_requests(ASKS_BOTH)
+    assert refusal is not None and refusal["code"] == -32003
+    allowed = ({"sampling/createMessage", "elicitation/create"} - {denied}).pop()
+    assert engine.asked == 2 and len(audit.events) == 2
+    assert _by_action(audit) == {denied: ("denied", "policy_denied"), allowed: ("error", "withheld")}
+
+
+async def test_an_input_request_refused_before_policy_withholds_the_others(tmp_path: Any) -> None:
+    engine = DenyMethods()
+    gov, _, audit = _governor(tmp_path, engine)
+    ctx = dataclasses.replace(CTX, client_capabilities={"elicitation": {}})  # no sampling
+    refusal = await gov.channel(_projection(), ctx, "demo").check_input_requests(ASKS_BOTH)
+    assert refusal is not None and refusal["data"]["category"] == "capability_not_declared"
+    assert engine.asked == 0
+    assert _by_action(audit) == {
+        "sampling/createMessage": ("rejected", "capability_not_declared"),
+        "elicitation/create": ("rejected", "withheld"),
+    }

@@ -92,7 +92,8 @@ def upstreams(stack: LocalStack) -> Iterator[None]:
 
 
 def _events(text: str) -> list[dict[str, Any]]:
-    return [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: ")]
+    """The messages of an SSE body (a 2025-11-25 stream opens with a priming event: empty data)."""
+    return [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: ") and line[6:]]
 
 
 class HandshakeClient:

@@ -72,7 +72,7 @@ def _roots() -> ListRoots:
 def build_server() -> MCPServer:
     """The ``relay`` server (see the module docstring)."""
     mcp = MCPServer(name="relay", version="0.1.0", log_level="WARNING")
-    state = {"started": 0, "cancelled": 0, "finished": 0}
+    state = {"started": 0, "cancelled": 0, "finished": 0, "counted": 0}
 
     @mcp.tool(annotations=READ_ONLY, description="Count, reporting progress and logging each step.")
     async def count(steps: int, ctx: Context, pause: float = 0.02) -> str:
@@ -80,6 +80,7 @@ def build_server() -> MCPServer:
             await ctx.report_progress(i, steps, f"step {i}")
             await ctx.info(f"step {i}")
             await anyio.sleep(pause)
+        state["counted"] += 1
         return f"counted {steps}"
 
     @mcp.tool(annotations=READ_ONLY, description="Summarize a text with the client's model.")
