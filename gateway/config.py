@@ -54,6 +54,7 @@ __all__ = [
     "AuditConfig",
     "Config",
     "ControlPlaneConfig",
+    "CredentialsConfig",
     "DataPlaneConfig",
     "JwtConfig",
     "OpaConfig",
@@ -219,6 +220,25 @@ class AuditConfig:
 
 
 @dataclass(frozen=True)
+class CredentialsConfig:
+    """Where the key-encryption keys (KEKs) of stored upstream credentials come from.
+
+    Each key is the standard (or URL-safe) base64 of exactly 32 random bytes, e.g.
+    ``openssl rand -base64 32``. The current KEK comes from ``kek_file``
+    (``GATEWAY_CREDENTIALS_KEK_FILE``) or ``kek`` (``GATEWAY_CREDENTIALS_KEK``), never both;
+    ``kek_previous_files`` (``GATEWAY_CREDENTIALS_KEK_PREVIOUS_FILES``, comma-separated) are
+    older KEKs still accepted for unwrapping until ``POST /v1/credentials/rewrap`` has moved
+    every data key to the current one. No KEK: the credentials API answers 503. The files are
+    read (and refused when the group or others may access them) by
+    :func:`gateway.credentials.load_keyring`; see docs/credentials.md.
+    """
+
+    kek_file: str = ""
+    kek: Secret = field(default_factory=lambda: Secret(""))
+    kek_previous_files: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole gateway configuration (frozen; build with ``from_env``)."""
 
@@ -249,6 +269,7 @@ class Config:
     jwt: JwtConfig = field(default_factory=JwtConfig)
     opa: OpaConfig = field(default_factory=OpaConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
+    credentials: CredentialsConfig = field(default_factory=CredentialsConfig)
 
     @classmethod
     def from_env(
@@ -298,6 +319,7 @@ class Config:
                 "jwt": _build(JwtConfig, data.get("jwt", {})),
                 "opa": _build(OpaConfig, data.get("opa", {})),
                 "audit": _build(AuditConfig, data.get("audit", {})),
+                "credentials": _build(CredentialsConfig, data.get("credentials", {})),
             }
             top = {k: v for k, v in data.items() if k not in sections}
             cfg: Config = _build(cls, top, extra=sections)
@@ -369,6 +391,14 @@ class Config:
         needs_opa = self.plane in ("both", "control") or opa.manage
         if needs_opa and not (opa_bin and Path(opa_bin).is_file()):
             raise ConfigError(f"no opa binary at {opa_bin!r}: set OPA_BIN, put opa on PATH, or run `make tools`")
+        creds = self.credentials
+        if creds.kek_file and creds.kek:
+            raise ConfigError("set GATEWAY_CREDENTIALS_KEK_FILE or GATEWAY_CREDENTIALS_KEK, not both")
+        if creds.kek_previous_files and not (creds.kek_file or creds.kek):
+            raise ConfigError(
+                "GATEWAY_CREDENTIALS_KEK_PREVIOUS_FILES needs a current key: set GATEWAY_CREDENTIALS_KEK_FILE "
+                "or GATEWAY_CREDENTIALS_KEK"
+            )
         audit = dataclasses.replace(self.audit, spool_dir=self.audit.spool_dir or str(Path(run_dir) / "audit-spool"))
         return dataclasses.replace(
             self,
@@ -420,6 +450,9 @@ ENV_KEYS: dict[str, str] = {
     "GATEWAY_OPA_URL": "opa.url",
     "GATEWAY_OPA_MANAGE": "opa.manage",
     "GATEWAY_AUDIT_SPOOL_DIR": "audit.spool_dir",
+    "GATEWAY_CREDENTIALS_KEK_FILE": "credentials.kek_file",
+    "GATEWAY_CREDENTIALS_KEK": "credentials.kek",
+    "GATEWAY_CREDENTIALS_KEK_PREVIOUS_FILES": "credentials.kek_previous_files",
 }
 """Environment variable -> dotted config key."""
 

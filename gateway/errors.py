@@ -27,6 +27,9 @@ The tree (class, safe ``category``, HTTP ``status_code``)::
     |  + UpstreamProtocolError        upstream_protocol_error   502
     + ProjectionUnavailable           projection_unavailable    503
     + DatabaseUnavailable             database_unavailable      503
+    + CredentialsDisabled             credentials_unavailable   503
+    + CredentialDecryptError          credential_decrypt_error  500
+    + CredentialUnavailable           credential_unavailable    502
 
 ``category`` is stable snake_case and safe to return to clients and to store in
 audit records. ``str(exc)`` may contain details (hosts, SQL detail) and goes to
@@ -44,6 +47,9 @@ __all__ = [
     "ArgumentsTooDeep",
     "ArgumentsTooLarge",
     "ConflictError",
+    "CredentialDecryptError",
+    "CredentialUnavailable",
+    "CredentialsDisabled",
     "DatabaseUnavailable",
     "GatewayError",
     "InvalidArguments",
@@ -253,3 +259,39 @@ class DatabaseUnavailable(GatewayError):
 
     category = "database_unavailable"
     status_code = 503
+
+
+class CredentialsDisabled(GatewayError):
+    """No key-encryption key is configured, so credentials can be neither stored nor read (503).
+
+    Messages of this and :class:`CredentialDecryptError` never carry key or secret material:
+    they name a credential id, a KEK id, a configuration variable or a field.
+    """
+
+    category = "credentials_unavailable"
+    status_code = 503
+
+
+class CredentialDecryptError(GatewayError):
+    """A sealed credential cannot be opened: its KEK is not in the keyring, or the wrapped
+    data key, nonce, ciphertext or associated data were altered (AES-GCM tag mismatch)."""
+
+    category = "credential_decrypt_error"
+    status_code = 500
+
+
+class CredentialUnavailable(GatewayError):
+    """A credential's token could not be obtained (502): the token endpoint refused it
+    (``oauth_error`` holds the OAuth error code, RFC 6749 section 5.2), answered something
+    that is not a token, was unreachable, too slow or too large.
+
+    The message names only the credential id, the token endpoint's host and the OAuth error
+    code: never a secret, a token or the endpoint's error description.
+    """
+
+    category = "credential_unavailable"
+    status_code = 502
+
+    def __init__(self, message: str, *, oauth_error: str | None = None) -> None:
+        super().__init__(message)
+        self.oauth_error = oauth_error

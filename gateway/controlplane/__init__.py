@@ -26,6 +26,7 @@ from gateway.controlplane._http import JSONResponse, error_body, request_id
 from gateway.controlplane._resources import controlplane_resources
 from gateway.controlplane.middleware import BearerAuthMiddleware, RequestIdMiddleware
 from gateway.controlplane.routes import routes
+from gateway.credentials import load_keyring
 from gateway.errors import DatabaseUnavailable, GatewayError, UpstreamError
 from gateway.policy.reserved import require_assets
 
@@ -92,7 +93,8 @@ def create_controlplane_app(config: Config) -> Starlette:
 
     Raises:
         ConfigError: The reserved Rego or the restricted capabilities are not installed
-            with the package (:func:`gateway.policy.reserved.require_assets`).
+            with the package (:func:`gateway.policy.reserved.require_assets`), or a
+            configured credentials KEK cannot be loaded (:func:`gateway.credentials.load_keyring`).
     """
     require_assets()
     app = Starlette(
@@ -113,4 +115,6 @@ def create_controlplane_app(config: Config) -> Starlette:
         },
     )
     app.state.config = config
+    # None: no KEK configured, the credentials API answers 503 (gateway.controlplane.credentials).
+    app.state.credentials_keyring = load_keyring(config.credentials)
     return app

@@ -65,6 +65,88 @@ _SERVER_NAME_FIELD = {
 }
 
 
+_UUID = {"type": "string", "format": "uuid", "pattern": "^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$"}
+_CREDENTIAL_NAME = {
+    "type": "string",
+    "pattern": "^[a-z0-9]([a-z0-9_.-]{0,126}[a-z0-9])?$",
+    "description": "1-128 of [a-z0-9_.-], alphanumeric at both ends; unique among live credentials.",
+}
+_SECRET_TEXT = {"type": "string", "minLength": 1, "maxLength": 8192, "pattern": "^[^\\u0000-\\u001f\\u007f]+$"}
+_NAMES = {"type": "array", "items": {"type": "string"}, "description": "Ignored: derived from `secret`."}
+
+
+def _credential_body(kind: str, description: str, secret: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "description": description,
+        "additionalProperties": False,
+        "required": ["name", "kind", "secret", *(["config"] if config.get("required") else [])],
+        "properties": {
+            "name": _CREDENTIAL_NAME,
+            "kind": {"type": "string", "enum": [kind]},
+            "config": config,
+            "secret": {**secret, "description": "Write-only: encrypted at rest, never shown again."},
+        },
+    }
+
+
+def _secret_map(field: str, names: dict[str, Any], values: dict[str, Any], max_entries: int) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": [field],
+        "properties": {
+            field: {
+                "type": "object",
+                "minProperties": 1,
+                "maxProperties": max_entries,
+                "propertyNames": names,
+                "additionalProperties": values,
+            }
+        },
+    }
+
+
+def _oauth_config(exchange: bool) -> dict[str, Any]:
+    properties: dict[str, Any] = {
+        "token_url": {
+            "type": "string",
+            "format": "uri",
+            "maxLength": 2048,
+            "description": "The token endpoint: https (http to loopback only), no userinfo, query or fragment.",
+        },
+        "client_id": {"type": "string", "minLength": 1, "maxLength": 2048},
+        "scope": {"type": ["string", "null"], "maxLength": 2048, "description": "RFC 6749 scope tokens."},
+        "audience": {"type": ["string", "null"], "minLength": 1, "maxLength": 2048},
+        "auth_method": {
+            "type": "string",
+            "enum": ["client_secret_basic", "client_secret_post"],
+            "default": "client_secret_basic",
+            "description": "How the client authenticates to the token endpoint (RFC 6749 section 2.3.1).",
+        },
+    }
+    if exchange:
+        properties["requested_token_type"] = {
+            "type": ["string", "null"],
+            "maxLength": 256,
+            "pattern": "^[!-~]+$",
+            "description": "RFC 8693 `requested_token_type`, e.g. `urn:ietf:params:oauth:token-type:access_token`.",
+        }
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["token_url", "client_id"],
+        "properties": properties,
+    }
+
+
+_CLIENT_SECRET = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["client_secret"],
+    "properties": {"client_secret": _SECRET_TEXT},
+}
+
 _SCHEMAS: dict[str, Any] = {
     "Error": {
         "type": "object",
@@ -366,6 +448,187 @@ _SCHEMAS: dict[str, Any] = {
             },
         },
     },
+    "CredentialCreate": {
+        "description": "A new credential: `kind`, non-secret `config` and write-only `secret`, whose fields "
+        "depend on the kind (docs/credentials.md). A 400 names the field and never echoes a value.",
+        "oneOf": [
+            _ref(f"{name}Credential")
+            for name in ("Bearer", "Headers", "Query", "StdioEnv", "OAuthClientCredentials", "OAuthTokenExchange")
+        ],
+    },
+    "BearerCredential": _credential_body(
+        "bearer",
+        "A static token sent as `Authorization: Bearer <token>`.",
+        {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["token"],
+            "properties": {"token": {"type": "string", "minLength": 1, "maxLength": 8192, "pattern": "^[!-~]+$"}},
+        },
+        {"type": "object", "maxProperties": 0},
+    ),
+    "HeadersCredential": _credential_body(
+        "headers",
+        "Arbitrary request headers. Hop-by-hop and framing headers (Connection, Host, Content-Length, "
+        "Content-Type, Transfer-Encoding, ...) and MCP's own (Mcp-Session-Id, Mcp-Protocol-Version, Last-Event-ID) "
+        "are refused; names are case-insensitive.",
+        _secret_map(
+            "headers",
+            {"pattern": "^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}$"},
+            {"type": "string", "minLength": 1, "maxLength": 8192, "pattern": "^[!-~]([ -~\\t]*[!-~])?$"},
+            32,
+        ),
+        {"type": "object", "additionalProperties": False, "properties": {"header_names": _NAMES}},
+    ),
+    "QueryCredential": _credential_body(
+        "query",
+        "Query-parameter keys for legacy APIs (redacted from every log line).",
+        _secret_map("params", {"pattern": "^[A-Za-z0-9._~\\[\\]-]{1,256}$"}, _SECRET_TEXT, 32),
+        {"type": "object", "additionalProperties": False, "properties": {"param_names": _NAMES}},
+    ),
+    "StdioEnvCredential": _credential_body(
+        "stdio_env",
+        "Environment variables of a stdio upstream. PATH, HOME, LD_*, DYLD_*, PYTHONPATH, NODE_OPTIONS and the "
+        "like (they change what runs) are refused.",
+        _secret_map(
+            "env",
+            {"pattern": "^[A-Za-z_][A-Za-z0-9_]{0,255}$"},
+            {"type": "string", "maxLength": 32768, "pattern": NO_NUL},
+            100,
+        ),
+        {"type": "object", "additionalProperties": False, "properties": {"env_names": _NAMES}},
+    ),
+    "OAuthClientCredentialsCredential": _credential_body(
+        "oauth_client_credentials",
+        "OAuth 2.0 client credentials grant (RFC 6749 section 4.4).",
+        _CLIENT_SECRET,
+        _oauth_config(exchange=False),
+    ),
+    "OAuthTokenExchangeCredential": _credential_body(
+        "oauth_token_exchange",
+        "OAuth 2.0 token exchange (RFC 8693): the caller's token is exchanged at call time.",
+        _CLIENT_SECRET,
+        _oauth_config(exchange=True),
+    ),
+    "CredentialRotation": {
+        "type": "object",
+        "description": "The new secret, with the fields of the credential's kind.",
+        "additionalProperties": False,
+        "required": ["secret"],
+        "properties": {"secret": {"type": "object", "description": "Write-only."}},
+    },
+    "Credential": {
+        "type": "object",
+        "description": "A credential's metadata; no answer ever holds secret material.",
+        "required": [
+            "id",
+            "tenant",
+            "environment",
+            "name",
+            "kind",
+            "config",
+            "fingerprint",
+            "kek_id",
+            "created_by",
+            "created_at",
+            "rotated_at",
+            "last_used_at",
+            "revoked_at",
+            "status",
+        ],
+        "properties": {
+            "id": _UUID,
+            "tenant": {"type": "string"},
+            "environment": {"type": "string"},
+            "name": {"type": "string"},
+            "kind": {
+                "type": "string",
+                "enum": [
+                    "bearer",
+                    "headers",
+                    "query",
+                    "stdio_env",
+                    "oauth_client_credentials",
+                    "oauth_token_exchange",
+                ],
+            },
+            "config": {"type": "object", "description": "The non-secret fields (names of a map kind's entries)."},
+            "fingerprint": {
+                "type": "string",
+                "pattern": "^[0-9a-f]{16}$",
+                "description": "HMAC-SHA-256 of the secret under a key derived from the KEK, 16 hex digits.",
+            },
+            "kek_id": {
+                "type": ["string", "null"],
+                "description": "The KEK wrapping the data key (null once revoked).",
+            },
+            "created_by": {"type": "string"},
+            "created_at": TIMESTAMP,
+            "rotated_at": NULLABLE_TIMESTAMP,
+            "last_used_at": NULLABLE_TIMESTAMP,
+            "revoked_at": NULLABLE_TIMESTAMP,
+            "status": {"type": "string", "enum": ["active", "revoked"]},
+        },
+    },
+    "CredentialList": {
+        "type": "object",
+        "required": ["items"],
+        "properties": {"items": {"type": "array", "items": _ref("Credential")}},
+    },
+    "RewrapResult": {
+        "type": "object",
+        "required": ["current_kek_id", "rewrapped", "failed", "by_kek"],
+        "properties": {
+            "current_kek_id": {"type": "string"},
+            "rewrapped": {"type": "integer", "minimum": 0},
+            "failed": {
+                "type": "array",
+                "items": _UUID,
+                "description": "Credentials whose KEK is not configured (left as they were).",
+            },
+            "by_kek": {
+                "type": "object",
+                "additionalProperties": {"type": "integer", "minimum": 0},
+                "description": "Live credentials per KEK id after the run.",
+            },
+        },
+    },
+    "Subject": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["kind"],
+        "description": "Who a binding applies to: `user` (JWT `sub`), `client` (client id), `role`, or `everyone` "
+        "(no `value`). The most specific matching binding wins: user > client > role > everyone.",
+        "properties": {
+            "kind": {"type": "string", "enum": ["user", "role", "client", "everyone"]},
+            "value": {"type": ["string", "null"], "minLength": 1, "maxLength": 1024},
+        },
+    },
+    "BindingCreate": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["server", "subject", "credential_id"],
+        "properties": {"server": _SERVER_NAME_FIELD, "subject": _ref("Subject"), "credential_id": _UUID},
+    },
+    "Binding": {
+        "type": "object",
+        "required": ["id", "tenant", "environment", "server", "subject", "credential_id", "created_by", "created_at"],
+        "properties": {
+            "id": _UUID,
+            "tenant": {"type": "string"},
+            "environment": {"type": "string"},
+            "server": {"type": "string"},
+            "subject": _ref("Subject"),
+            "credential_id": _UUID,
+            "created_by": {"type": "string"},
+            "created_at": TIMESTAMP,
+        },
+    },
+    "BindingList": {
+        "type": "object",
+        "required": ["items"],
+        "properties": {"items": {"type": "array", "items": _ref("Binding")}},
+    },
     "DecisionPage": {
         "type": "object",
         "required": ["items", "next_cursor"],
@@ -382,11 +645,14 @@ _RESPONSES: dict[str, Any] = {
         "BadRequest": "Malformed input: `bad_request` (or a more specific category) naming the parameter.",
         "Unauthorized": "Missing or wrong bearer token (`admin_unauthenticated`, `WWW-Authenticate: Bearer`).",
         "NotFound": "No such record in this control plane's scope (`not_found`).",
-        "Conflict": "The record already exists (`conflict`).",
+        "Conflict": "The record already exists, or is in the wrong state (`conflict`).",
         "BadGateway": "The upstream could not be listed (`upstream_unavailable`, `upstream_protocol_error`).",
         "GatewayTimeout": "Listing the upstream's tools timed out (`upstream_timeout`).",
         "ServiceUnavailable": "PostgreSQL is unreachable or restarting (`database_unavailable`); retry after "
         "`Retry-After` seconds. Nothing was changed.",
+        "CredentialsUnavailable": "No key-encryption key is configured (`credentials_unavailable`: set "
+        "`GATEWAY_CREDENTIALS_KEK_FILE` or `GATEWAY_CREDENTIALS_KEK`), or PostgreSQL is unreachable "
+        "(`database_unavailable`). Nothing was changed.",
     }.items()
 }
 
@@ -433,6 +699,16 @@ def _op(
 
 
 _NAME_PARAM = _path("name", {"type": "string", "pattern": SERVER_NAME}, "The server's name.")
+_CREDENTIAL_ID = _path("id", _UUID, "The credential's id.")
+
+
+def _credentials_op(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    """An admin operation of the credentials API: its 503 also means "no KEK configured"."""
+    op = _op(*args, **kwargs)
+    op["responses"]["503"] = _error("CredentialsUnavailable")
+    return op
+
+
 _VERSION_PARAM = _path("version", VERSION, "The policy version number.")
 _ETAG_HEADERS = {"ETag": {"description": 'The projection version, `"p<N>"`.', "schema": {"type": "string"}}}
 _LONG_POLL = [
@@ -615,6 +891,104 @@ _PATHS: dict[str, Any] = {
             parameters=[_path("decision_id", _text(256), "The decision id.")],
         )
     },
+    "/v1/credentials": {
+        "get": _credentials_op(
+            "listCredentials",
+            "credentials",
+            "Every credential's metadata (revoked ones too), oldest first; never secret material.",
+            {"200": _json(_ref("CredentialList"), "The credentials.")},
+        ),
+        "post": _credentials_op(
+            "createCredential",
+            "credentials",
+            "Store a credential (write-only): the secret is encrypted under a fresh data key wrapped by the "
+            "current KEK; the answer is its metadata.",
+            {
+                "201": _json(_ref("Credential"), "Stored."),
+                "400": _error("BadRequest"),
+                "409": _error("Conflict"),
+            },
+            body="CredentialCreate",
+        ),
+    },
+    "/v1/credentials/rewrap": {
+        "post": _credentials_op(
+            "rewrapCredentials",
+            "credentials",
+            "KEK rotation: re-wrap every live credential's data key under the current KEK, online, row by row "
+            "(the encrypted secrets are unchanged).",
+            {"200": _json(_ref("RewrapResult"), "Counts.")},
+        )
+    },
+    "/v1/credentials/{id}": {
+        "get": _credentials_op(
+            "getCredential",
+            "credentials",
+            "One credential's metadata.",
+            {
+                "200": _json(_ref("Credential"), "The credential."),
+                "400": _error("BadRequest"),
+                "404": _error("NotFound"),
+            },
+            parameters=[_CREDENTIAL_ID],
+        ),
+        "delete": _credentials_op(
+            "revokeCredential",
+            "credentials",
+            "Revoke: destroy the encrypted secret, delete its bindings, keep the metadata (`revoked_at`). "
+            "Revoking again changes nothing.",
+            {"204": {"description": "Revoked."}, "400": _error("BadRequest"), "404": _error("NotFound")},
+            parameters=[_CREDENTIAL_ID],
+        ),
+    },
+    "/v1/credentials/{id}/rotate": {
+        "post": _credentials_op(
+            "rotateCredential",
+            "credentials",
+            "Replace the secret (same id, kind and non-secret config); new fingerprint and `rotated_at`.",
+            {
+                "200": _json(_ref("Credential"), "Rotated."),
+                "400": _error("BadRequest"),
+                "404": _error("NotFound"),
+                "409": _error("Conflict"),
+            },
+            parameters=[_CREDENTIAL_ID],
+            body="CredentialRotation",
+        )
+    },
+    "/v1/credential-bindings": {
+        "get": _credentials_op(
+            "listCredentialBindings",
+            "credentials",
+            "The bindings (server, subject selector) -> credential, by server and selector.",
+            {"200": _json(_ref("BindingList"), "The bindings."), "400": _error("BadRequest")},
+            parameters=[
+                _query("server", {"type": "string", "pattern": SERVER_NAME}, "Only this server's bindings."),
+                _query("credential_id", _UUID, "Only the bindings to this credential."),
+            ],
+        ),
+        "post": _credentials_op(
+            "createCredentialBinding",
+            "credentials",
+            "Bind a server and subject selector to a live credential.",
+            {
+                "201": _json(_ref("Binding"), "Bound."),
+                "400": _error("BadRequest"),
+                "404": _error("NotFound"),
+                "409": _error("Conflict"),
+            },
+            body="BindingCreate",
+        ),
+    },
+    "/v1/credential-bindings/{id}": {
+        "delete": _credentials_op(
+            "deleteCredentialBinding",
+            "credentials",
+            "Delete one binding.",
+            {"204": {"description": "Deleted."}, "400": _error("BadRequest"), "404": _error("NotFound")},
+            parameters=[_path("id", _UUID, "The binding's id.")],
+        )
+    },
     "/v1/opa/bundles/{name}": {
         "get": _op(
             "getBundle",
@@ -720,6 +1094,7 @@ _DOCUMENT: dict[str, Any] = {
         {"name": "policies"},
         {"name": "projection"},
         {"name": "audit"},
+        {"name": "credentials", "description": "Write-only upstream credentials and their bindings."},
         {"name": "internal", "description": "For OPA sidecars and data planes only (internal token)."},
     ],
     "paths": _PATHS,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from starlette.routing import Route
 
-from gateway.controlplane import audit, dataplane, opa, openapi, policies, servers, status
+from gateway.controlplane import audit, credentials, dataplane, opa, openapi, policies, servers, status
 
 __all__ = ["routes"]
 
@@ -25,6 +25,15 @@ routes = [
     Route("/v1/projection", status.get_projection_status, methods=["GET"]),
     Route("/v1/audit/decisions", audit.list_decisions, methods=["GET"]),
     Route("/v1/audit/decisions/{decision_id}", audit.get_decision, methods=["GET"]),
+    Route("/v1/credentials", credentials.list_credentials, methods=["GET"]),
+    Route("/v1/credentials", credentials.create_credential, methods=["POST"]),
+    Route("/v1/credentials/rewrap", credentials.rewrap_credentials, methods=["POST"]),
+    Route("/v1/credentials/{id}", credentials.get_credential, methods=["GET"]),
+    Route("/v1/credentials/{id}", credentials.revoke_credential, methods=["DELETE"]),
+    Route("/v1/credentials/{id}/rotate", credentials.rotate_credential, methods=["POST"]),
+    Route("/v1/credential-bindings", credentials.list_bindings, methods=["GET"]),
+    Route("/v1/credential-bindings", credentials.create_binding, methods=["POST"]),
+    Route("/v1/credential-bindings/{id}", credentials.delete_binding, methods=["DELETE"]),
     # internal API (bearer internal_token): OPA sidecars and data planes
     Route("/v1/opa/bundles/{name:path}", opa.get_bundle, methods=["GET"]),
     Route("/v1/opa/status", opa.post_status, methods=["POST"]),

@@ -19,6 +19,7 @@ long-poll timeout.
 
 from __future__ import annotations
 
+import base64
 import os
 import sys
 from collections.abc import Iterator
@@ -67,6 +68,8 @@ def _control_plane(pg_admin_url: str, opa_bin: Path, log_dir: Path, name: str) -
             "GATEWAY_INTERNAL_TOKEN": INTERNAL_TOKEN,
             "GATEWAY_RUN_DIR": str(log_dir / f"{name}-run"),
             "OPA_BIN": str(opa_bin),
+            # The credentials routes need a KEK (without one they answer 503, a server error here).
+            "GATEWAY_CREDENTIALS_KEK": base64.b64encode(os.urandom(32)).decode(),
         }
         argv = [sys.executable, "-m", "gateway", "serve", "--plane", "control"]
         proc = ManagedProcess(name, argv, log_dir=log_dir / "fuzz", env=env).start()
