@@ -25,11 +25,11 @@ The tree (class, safe ``category``, HTTP ``status_code``)::
     |  + UpstreamUnavailable          upstream_unavailable      502
     |  + UpstreamTimeout              upstream_timeout          504
     |  + UpstreamProtocolError        upstream_protocol_error   502
+    |  + CredentialUnavailable        credential_unavailable    502
     + ProjectionUnavailable           projection_unavailable    503
     + DatabaseUnavailable             database_unavailable      503
     + CredentialsDisabled             credentials_unavailable   503
     + CredentialDecryptError          credential_decrypt_error  500
-    + CredentialUnavailable           credential_unavailable    502
 
 ``category`` is stable snake_case and safe to return to clients and to store in
 audit records. ``str(exc)`` may contain details (hosts, SQL detail) and goes to
@@ -280,10 +280,12 @@ class CredentialDecryptError(GatewayError):
     status_code = 500
 
 
-class CredentialUnavailable(GatewayError):
-    """A credential's token could not be obtained (502): the token endpoint refused it
-    (``oauth_error`` holds the OAuth error code, RFC 6749 section 5.2), answered something
-    that is not a token, was unreachable, too slow or too large.
+class CredentialUnavailable(UpstreamError):
+    """An upstream's credential could not be obtained (502), so nothing was sent to it: the
+    token endpoint refused it (``oauth_error`` holds the OAuth error code, RFC 6749 section
+    5.2), answered something that is not a token, was unreachable, too slow or too large; or
+    the data plane's broker could not resolve it (control plane unreachable, credential
+    revoked), or no credential is bound for the caller of a fan-out request (lists).
 
     The message names only the credential id, the token endpoint's host and the OAuth error
     code: never a secret, a token or the endpoint's error description.

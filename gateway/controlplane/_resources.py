@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 from gateway.config import Config
 from gateway.controlplane.notifier import ProjectionNotifier, listen_for_projections
+from gateway.controlplane.oauth_tokens import TokenSource
 from gateway.controlplane.projection import ensure_initial_projection
 from gateway.db.migrate import apply_migrations
 from gateway.db.pool import create_pool
@@ -34,7 +35,8 @@ async def controlplane_resources(config: Config) -> AsyncIterator[dict[str, obje
                 yield {**cp_state, **dataplane_state}
 
     Yields:
-        ``{"cp_pool": asyncpg.Pool, "cp_notifier": ProjectionNotifier}``.
+        ``{"cp_pool": asyncpg.Pool, "cp_notifier": ProjectionNotifier, "cp_tokens":
+        TokenSource}``.
 
     Raises:
         asyncpg.PostgresError | OSError: PostgreSQL is unreachable or a migration failed.
@@ -53,4 +55,8 @@ async def controlplane_resources(config: Config) -> AsyncIterator[dict[str, obje
         async with listen_for_projections(config.database_url, notifier, on_relisten=catch_up):
             # Read after LISTEN starts, so no compile can fall between the two.
             notifier.publish(await latest_version(pool, config.tenant, config.environment))
-            yield {"cp_pool": pool, "cp_notifier": notifier}
+            tokens = TokenSource()  # OAuth tokens of the credentials broker (gateway.controlplane.broker)
+            try:
+                yield {"cp_pool": pool, "cp_notifier": notifier, "cp_tokens": tokens}
+            finally:
+                await tokens.aclose()

@@ -18,6 +18,7 @@ from starlette.responses import Response
 
 from gateway.controlplane._deps import deps
 from gateway.controlplane._http import JSONResponse, check_text, read_json
+from gateway.controlplane.projection import mutate_and_compile
 from gateway.credentials import CredentialsDisabled, Keyring, validate_credential, validate_rotation
 from gateway.credentials.bindings import SUBJECT_KINDS
 from gateway.db import credentials as db_credentials
@@ -30,9 +31,11 @@ __all__ = [
     "get_credential",
     "list_bindings",
     "list_credentials",
+    "list_uses",
     "revoke_credential",
     "rewrap_credentials",
     "rotate_credential",
+    "uuid_text",
 ]
 
 log = logging.getLogger(__name__)
@@ -65,7 +68,12 @@ def keyring(request: Request) -> Keyring:
     return ring
 
 
-def _uuid(value: object, field: str) -> str:
+def uuid_text(value: object, field: str) -> str:
+    """``value`` as a canonical UUID string.
+
+    Raises:
+        RequestRejected: Not a UUID in 8-4-4-4-12 hex form (400 naming ``field``).
+    """
     if not isinstance(value, str) or not UUID_TEXT.fullmatch(value):
         raise RequestRejected(f"{field} must be a UUID (8-4-4-4-12 hex digits)")
     return str(uuid.UUID(value))
@@ -122,7 +130,7 @@ async def get_credential(request: Request) -> Response:
     """``GET /v1/credentials/{id}`` -> metadata; 404 unknown."""
     keyring(request)
     d = deps(request)
-    credential_id = _uuid(request.path_params["id"], "id")
+    credential_id = uuid_text(request.path_params["id"], "id")
     async with d.pool.acquire() as conn:
         record = await db_credentials.get_credential(conn, d.config.tenant, d.config.environment, credential_id)
     return JSONResponse(record)
@@ -136,17 +144,23 @@ async def rotate_credential(request: Request) -> Response:
     """
     ring = keyring(request)
     d = deps(request)
-    credential_id = _uuid(request.path_params["id"], "id")
+    credential_id = uuid_text(request.path_params["id"], "id")
     body = await read_json(request)
     if not isinstance(body, dict) or set(body) != {"secret"}:
         raise RequestRejected('body must be {"secret"}')
     tenant, env = d.config.tenant, d.config.environment
     async with d.pool.acquire() as conn:
         current = await db_credentials.get_credential(conn, tenant, env, credential_id)
-        credential = validate_rotation(current["kind"], current["config"], body["secret"])
-        record = await db_credentials.rotate_credential(
+    credential = validate_rotation(current["kind"], current["config"], body["secret"])
+    # A new projection carries the new version: data planes drop the old material at once.
+    record, _ = await mutate_and_compile(
+        d.pool,
+        d.config,
+        d.notifier,
+        lambda conn: db_credentials.rotate_credential(
             conn, tenant, env, credential_id, credential=credential, keyring=ring
-        )
+        ),
+    )
     log.info("credential %s rotated: fingerprint %s", record["id"], record["fingerprint"])
     return JSONResponse(record)
 
@@ -155,9 +169,17 @@ async def revoke_credential(request: Request) -> Response:
     """``DELETE /v1/credentials/{id}`` -> 204: the secret is destroyed, its bindings deleted, metadata kept."""
     keyring(request)
     d = deps(request)
-    credential_id = _uuid(request.path_params["id"], "id")
-    async with d.pool.acquire() as conn:
-        await db_credentials.revoke_credential(conn, d.config.tenant, d.config.environment, credential_id)
+    credential_id = uuid_text(request.path_params["id"], "id")
+    # The new projection lacks its bindings: data planes drop its material and sessions at once.
+    await mutate_and_compile(
+        d.pool,
+        d.config,
+        d.notifier,
+        lambda conn: db_credentials.revoke_credential(conn, d.config.tenant, d.config.environment, credential_id),
+    )
+    tokens = (request.scope.get("state") or {}).get("cp_tokens")
+    if tokens is not None:  # its OAuth tokens are dropped too
+        tokens.invalidate(credential_id)
     log.info("credential %s revoked", credential_id)
     return Response(status_code=204)
 
@@ -211,9 +233,12 @@ async def create_binding(request: Request) -> Response:
         raise RequestRejected('body must be {"server", "subject": {"kind", "value"?}, "credential_id"}')
     server = _server(body["server"], "server")
     kind, value = _subject(body["subject"])
-    credential_id = _uuid(body["credential_id"], "credential_id")
-    async with d.pool.acquire() as conn:
-        record = await db_credentials.create_binding(
+    credential_id = uuid_text(body["credential_id"], "credential_id")
+    record, _ = await mutate_and_compile(
+        d.pool,
+        d.config,
+        d.notifier,
+        lambda conn: db_credentials.create_binding(
             conn,
             d.config.tenant,
             d.config.environment,
@@ -222,7 +247,8 @@ async def create_binding(request: Request) -> Response:
             subject_value=value,
             credential_id=credential_id,
             created_by=ADMIN_ACTOR,
-        )
+        ),
+    )
     return JSONResponse(record, status_code=201)
 
 
@@ -239,7 +265,7 @@ async def list_bindings(request: Request) -> Response:
             d.config.tenant,
             d.config.environment,
             server=_server(check_text(server, "server"), "server") if server is not None else None,
-            credential_id=_uuid(credential_id, "credential_id") if credential_id is not None else None,
+            credential_id=uuid_text(credential_id, "credential_id") if credential_id is not None else None,
         )
     return JSONResponse({"items": items})
 
@@ -248,7 +274,28 @@ async def delete_binding(request: Request) -> Response:
     """``DELETE /v1/credential-bindings/{id}`` -> 204; 404 unknown."""
     keyring(request)
     d = deps(request)
-    binding_id = _uuid(request.path_params["id"], "id")
-    async with d.pool.acquire() as conn:
-        await db_credentials.delete_binding(conn, d.config.tenant, d.config.environment, binding_id)
+    binding_id = uuid_text(request.path_params["id"], "id")
+    await mutate_and_compile(
+        d.pool,
+        d.config,
+        d.notifier,
+        lambda conn: db_credentials.delete_binding(conn, d.config.tenant, d.config.environment, binding_id),
+    )
     return Response(status_code=204)
+
+
+async def list_uses(request: Request) -> Response:
+    """``GET /v1/credentials/{id}/uses[?limit=N]`` -> ``{"items": [...]}``: the newest resolutions of
+    the credential by data planes (who, for whom, through which binding, outcome), newest first;
+    ``limit`` 1-1000 (default 100). 404 unknown."""
+    keyring(request)
+    d = deps(request)
+    credential_id = uuid_text(request.path_params["id"], "id")
+    raw = request.query_params.get("limit", "100")
+    if not raw.isdigit() or not 1 <= int(raw) <= 1000:
+        raise RequestRejected("limit must be an integer from 1 to 1000")
+    tenant, env = d.config.tenant, d.config.environment
+    async with d.pool.acquire() as conn:
+        await db_credentials.get_credential(conn, tenant, env, credential_id)  # 404 when unknown
+        items = await db_credentials.list_uses(conn, tenant, env, credential_id, int(raw))
+    return JSONResponse({"items": items})

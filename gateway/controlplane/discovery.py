@@ -3,19 +3,23 @@ definition, and record the capabilities the server declares."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
+import httpx2
 from mcp import Client, MCPError
 from mcp.client.sse import sse_client
+from mcp.client.streamable_http import streamable_http_client
 from mcp.types import ErrorData
 from pydantic import BaseModel
 
 from gateway.db.servers import PinnedPrompt, PinnedTool
 from gateway.errors import UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
 from gateway.logredact import redact, redact_url
+from gateway.mcp.credential import UpstreamCredential, with_query
 from gateway.mcp.pinning import DRIFT_FIELDS, definition_sha256
 from gateway.mcp.stdio import StdioLaunch, stdio_transport
 
@@ -86,6 +90,7 @@ async def discover_server(
     transport: str = "streamable_http",
     name: str = "",
     launch: StdioLaunch | None = None,
+    credential: UpstreamCredential | None = None,
 ) -> Discovery:
     """Connect to an upstream and return its tools and prompts, pinned, and its capabilities.
 
@@ -109,6 +114,9 @@ async def discover_server(
         transport: ``streamable_http``, ``legacy_sse`` or ``stdio``.
         name: The server's name (log lines of a stdio process).
         launch: What to run, for ``stdio``.
+        credential: What to present (the server's ``everyone`` binding, resolved by
+            :func:`gateway.controlplane.broker.discovery_material`): headers and query
+            parameters over HTTP, environment variables for ``stdio``.
 
     Returns:
         The tools and prompts in the upstream's order, and the capabilities.
@@ -127,20 +135,32 @@ async def discover_server(
         "elicitation_callback": _refuse,
         "list_roots_callback": _refuse_roots,
     }
+    headers = dict(credential.headers) if credential is not None else {}
+    target = with_query(str(url), credential.query) if credential is not None and url else url
+    # With a credential, our own client carries its headers (and follows no redirect with them).
+    http = httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(timeout), follow_redirects=False)
     if transport == "stdio":
         if launch is None:
             raise ValueError("a stdio server needs a launch")
+        if credential is not None and credential.env:
+            launch = dataclasses.replace(launch, env=tuple(sorted({**dict(launch.env), **credential.env}.items())))
         client = Client(stdio_transport(name, launch), mode="legacy", **declares)
         hint = "check its command, args, cwd and env (the gateway log has its stderr)"
     elif transport == "legacy_sse":
-        client = Client(sse_client(str(url)), mode="legacy", **declares)
+        client = Client(sse_client(str(target), headers=headers or None), mode="legacy", **declares)
         hint = "check its SSE URL and that it is running"
+    elif credential is not None:
+        client = Client(streamable_http_client(str(target), http_client=http), **declares)
+        hint = "check its URL and that it is running"
     else:
         client = Client(str(url), **declares)
         hint = "check its URL and that it is running"
+    if credential is not None:
+        hint += ", and that the server's everyone credential is accepted"
     try:
         with anyio.fail_after(timeout):
-            return await _list_all(client)
+            async with http:
+                return await _list_all(client)
     except TimeoutError:
         raise UpstreamTimeout(f"listing tools of the upstream timed out after {timeout:g}s") from None
     except UpstreamProtocolError:

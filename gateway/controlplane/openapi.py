@@ -189,6 +189,10 @@ _SCHEMAS: dict[str, Any] = {
         "additionalProperties": False,
         "required": ["name", "transport", "url"],
         "properties": {
+            "requires_credential": {
+                "type": "boolean",
+                "description": "Every call needs a credential binding (set by the first binding too; docs/credentials.md).",
+            },
             "name": _SERVER_NAME_FIELD,
             "transport": {
                 "type": "string",
@@ -211,6 +215,10 @@ _SCHEMAS: dict[str, Any] = {
         "description": "A process every data plane runs (after an approval with `trust_stdio: true`), with only "
         "PATH, HOME and LANG from the gateway's environment plus `env`.",
         "properties": {
+            "requires_credential": {
+                "type": "boolean",
+                "description": "Every call needs a credential binding (set by the first binding too; docs/credentials.md).",
+            },
             "name": _SERVER_NAME_FIELD,
             "transport": {"type": "string", "enum": ["stdio"]},
             "command": {
@@ -250,7 +258,12 @@ _SCHEMAS: dict[str, Any] = {
                 "type": "boolean",
                 "description": "Required (true) to approve a `stdio` server: confirms that its command is trusted "
                 "and self-hosted. Refused for other transports.",
-            }
+            },
+            "discovery_credential": {
+                **_UUID,
+                "description": "A live credential (not `oauth_token_exchange`) to discover the upstream with, "
+                "instead of the server's `everyone` binding (docs/credentials.md).",
+            },
         },
     },
     "Tool": {
@@ -291,6 +304,10 @@ _SCHEMAS: dict[str, Any] = {
                 "type": ["array", "null"],
                 "items": {"type": "string"},
                 "description": "`stdio` only: the names of its `env` (the values are never shown).",
+            },
+            "requires_credential": {
+                "type": "boolean",
+                "description": "Every call needs a credential binding (set by the first binding too; docs/credentials.md).",
             },
             "trusted": {"type": "boolean", "description": "A `stdio` server approved with `trust_stdio: true`."},
             "trusted_at": NULLABLE_TIMESTAMP,
@@ -796,7 +813,8 @@ _PATHS: dict[str, Any] = {
         | {
             "requestBody": {
                 "required": False,
-                "description": 'None for HTTP transports; `{"trust_stdio": true}` for a `stdio` server (400 without).',
+                "description": 'None for HTTP transports; `{"trust_stdio": true}` for a `stdio` server (400 without);'
+                " `discovery_credential` for an upstream that needs a credential and has no `everyone` binding.",
                 "content": {"application/json": {"schema": _ref("ApprovalOptions")}},
             }
         }
@@ -956,6 +974,30 @@ _PATHS: dict[str, Any] = {
             body="CredentialRotation",
         )
     },
+    "/v1/credentials/{id}/uses": {
+        "get": _credentials_op(
+            "listCredentialUses",
+            "credentials",
+            "The newest resolutions of this credential by data planes (the broker's audit): binding, server, "
+            "data plane, subject, outcome (`resolved`, `refused`, `failed`) and error category, newest first.",
+            {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "required": ["items"],
+                        "properties": {"items": {"type": "array", "items": {"type": "object"}}},
+                    },
+                    "The resolutions.",
+                ),
+                "400": _error("BadRequest"),
+                "404": _error("NotFound"),
+            },
+            parameters=[
+                _CREDENTIAL_ID,
+                _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "At most this many (100)."),
+            ],
+        )
+    },
     "/v1/credential-bindings": {
         "get": _credentials_op(
             "listCredentialBindings",
@@ -1050,6 +1092,48 @@ _PATHS: dict[str, Any] = {
                 ),
                 *_LONG_POLL,
             ],
+            internal=True,
+        )
+    },
+    "/v1/dataplane/credentials/resolve": {
+        "post": _op(
+            "resolveCredential",
+            "internal",
+            "The credential broker: a data plane resolves a live binding's credential into the material it sends"
+            " upstream (headers, query parameters, environment), with how long it may cache it. Audited in"
+            " `credential_uses`. The only answer that carries secret material (`Cache-Control: no-store`).",
+            {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "required": ["headers", "query", "env", "expires_in"],
+                        "properties": {
+                            "headers": {"type": "object", "additionalProperties": {"type": "string"}},
+                            "query": {"type": "object", "additionalProperties": {"type": "string"}},
+                            "env": {"type": "object", "additionalProperties": {"type": "string"}},
+                            "expires_in": {"type": "number", "minimum": 0},
+                        },
+                    },
+                    "The material.",
+                ),
+                "400": _error("BadRequest"),
+                "404": _error("NotFound"),
+                "409": _error("Conflict"),
+                "502": _error("BadGateway"),
+            },
+            body={
+                "type": "object",
+                "required": ["binding_id", "credential_id", "version", "server", "dataplane_id", "subject"],
+                "properties": {
+                    "binding_id": {"type": "string"},
+                    "credential_id": {"type": "string"},
+                    "version": {"type": "string"},
+                    "server": {"type": "string"},
+                    "dataplane_id": {"type": "string"},
+                    "subject": {"type": "object"},
+                    "subject_token": {"type": "string"},
+                },
+            },
             internal=True,
         )
     },

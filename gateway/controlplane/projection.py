@@ -13,7 +13,7 @@ import asyncpg
 from gateway.config import Config
 from gateway.controlplane.bundle import build_bundle, bundle_data
 from gateway.controlplane.notifier import ProjectionNotifier
-from gateway.db import instances, policies, projections, servers
+from gateway.db import credentials, instances, policies, projections, servers
 from gateway.db.projections import StoredProjection
 from gateway.policy.reserved import capabilities_summary, load_reserved_modules
 
@@ -45,6 +45,9 @@ async def compile_projection(
     version = await projections.next_version(conn)
     policy = await policies.active_policy(conn, tenant, env)
     approved = await servers.approved_servers_with_tools(conn, tenant, env)
+    # Each server's credential bindings (ids, selectors, credential id/kind/version: never a
+    # secret) go to the data planes' routing table only, not into the OPA bundle.
+    bindings = await credentials.projection_bindings(conn, tenant, env)
     policy_version = policy["version"] if policy else None
     revision = revision_of(version, policy_version)
     routing_table = {
@@ -53,7 +56,7 @@ async def compile_projection(
         "revision": revision,
         "tenant": tenant,
         "environment": env,
-        "servers": approved,
+        "servers": [{**srv, "credentials": bindings.get(srv["name"], [])} for srv in approved],
     }
     data = bundle_data(
         version=version,

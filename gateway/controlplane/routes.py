@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from starlette.routing import Route
 
-from gateway.controlplane import audit, credentials, dataplane, opa, openapi, policies, servers, status
+from gateway.controlplane import audit, broker, credentials, dataplane, opa, openapi, policies, servers, status
 
 __all__ = ["routes"]
 
@@ -31,6 +31,7 @@ routes = [
     Route("/v1/credentials/{id}", credentials.get_credential, methods=["GET"]),
     Route("/v1/credentials/{id}", credentials.revoke_credential, methods=["DELETE"]),
     Route("/v1/credentials/{id}/rotate", credentials.rotate_credential, methods=["POST"]),
+    Route("/v1/credentials/{id}/uses", credentials.list_uses, methods=["GET"]),
     Route("/v1/credential-bindings", credentials.list_bindings, methods=["GET"]),
     Route("/v1/credential-bindings", credentials.create_binding, methods=["POST"]),
     Route("/v1/credential-bindings/{id}", credentials.delete_binding, methods=["DELETE"]),
@@ -39,6 +40,7 @@ routes = [
     Route("/v1/opa/status", opa.post_status, methods=["POST"]),
     Route("/v1/opa/logs", opa.post_decision_logs, methods=["POST"]),
     Route("/v1/dataplane/projection", dataplane.get_projection_feed, methods=["GET"]),
+    Route("/v1/dataplane/credentials/resolve", broker.resolve_credential, methods=["POST"]),
     Route("/v1/audit/events", audit.ingest_events, methods=["POST"]),
 ]
 """Every control-plane route; ``middleware.auth`` decides public, admin or internal by path.

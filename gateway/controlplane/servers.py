@@ -11,6 +11,8 @@ from starlette.responses import Response
 
 from gateway.controlplane._deps import deps
 from gateway.controlplane._http import JSONResponse, check_text, read_json
+from gateway.controlplane.broker import discovery_material
+from gateway.controlplane.credentials import uuid_text
 from gateway.controlplane.discovery import Discovery, discover_server, tool_diff
 from gateway.controlplane.projection import mutate_and_compile
 from gateway.db import servers as db_servers
@@ -36,7 +38,7 @@ MAX_ENV_VALUE = 32768
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,255}")
 """POSIX-portable environment variable names (used with ``fullmatch``)."""
 _LAUNCH_FIELDS = frozenset({"command", "args", "cwd", "env"})
-_REGISTRATION_FIELDS = frozenset({"name", "transport", "url", "description"}) | _LAUNCH_FIELDS
+_REGISTRATION_FIELDS = frozenset({"name", "transport", "url", "description", "requires_credential"}) | _LAUNCH_FIELDS
 
 
 def _validate_name(name: object) -> str:
@@ -94,13 +96,15 @@ async def create_server(request: Request) -> Response:
 
     ``streamable_http`` and ``legacy_sse`` take a ``url``; ``stdio`` takes ``command``,
     ``args``, ``cwd`` and ``env`` instead (the record shows ``env`` as ``env_keys``).
+    ``requires_credential`` (default false; set by the server's first credential binding
+    too): every call needs a credential binding, never goes unauthenticated.
     """
     d = deps(request)
     body = await read_json(request)
     if not isinstance(body, dict) or set(body) - _REGISTRATION_FIELDS:
         raise RequestRejected(
-            'body must be {"name", "transport", "url", "description"?} or, for stdio, '
-            '{"name", "transport", "command", "args"?, "cwd"?, "env"?, "description"?}'
+            'body must be {"name", "transport", "url", "description"?, "requires_credential"?} or, for stdio, '
+            '{"name", "transport", "command", "args"?, "cwd"?, "env"?, "description"?, "requires_credential"?}'
         )
     name = _validate_name(body.get("name"))
     transport = body.get("transport")
@@ -121,6 +125,9 @@ async def create_server(request: Request) -> Response:
     if not isinstance(description, str):
         raise RequestRejected(f"description must be a string of at most {MAX_DESCRIPTION} characters, without NUL")
     check_text(description, "description", max_length=MAX_DESCRIPTION)
+    requires_credential = body.get("requires_credential", False)
+    if not isinstance(requires_credential, bool):
+        raise RequestRejected("requires_credential must be a boolean")
     async with d.pool.acquire() as conn:
         record = await db_servers.create_server(
             conn,
@@ -130,6 +137,7 @@ async def create_server(request: Request) -> Response:
             transport=transport,
             url=url,
             description=description,
+            requires_credential=requires_credential,
             **launch,
         )
     return JSONResponse(record, status_code=201)
@@ -163,6 +171,11 @@ async def approve_server(request: Request) -> Response:
     against the ones they replace (:func:`~gateway.controlplane.discovery.tool_diff`;
     every tool is ``added`` on a first approval).
 
+    An upstream that requires a credential is discovered with the server's ``everyone``
+    binding, or with the credential the body names as ``discovery_credential`` (any live
+    credential that needs no caller: for a server bound per user or role only, or one
+    whose callers' identity comes from token exchange).
+
     A ``stdio`` server runs its command on every data plane, so its approval needs the
     body ``{"trust_stdio": true}``: the reviewer confirms the command is trusted and
     self-hosted (recorded as ``trusted_at``). Otherwise 400 naming ``trust_stdio``;
@@ -181,7 +194,7 @@ async def approve_server(request: Request) -> Response:
         )
     if launch is None and "trust_stdio" in options:
         raise RequestRejected("trust_stdio applies to stdio servers only")
-    found = await _discover(request, current, launch)
+    found = await _discover(request, current, launch, options.get("discovery_credential"))
     record, stored = await mutate_and_compile(
         d.pool,
         d.config,
@@ -231,23 +244,31 @@ async def _current_and_launch(request: Request, name: str) -> tuple[dict[str, An
     return current, launch
 
 
-async def _discover(request: Request, current: dict[str, Any], launch: StdioLaunch | None) -> Discovery:
+async def _discover(
+    request: Request, current: dict[str, Any], launch: StdioLaunch | None, credential_id: str | None = None
+) -> Discovery:
     return await discover_server(
         current["url"],
         timeout=deps(request).config.control_plane.discovery_timeout,
         transport=current["transport"],
         name=current["name"],
         launch=launch,
+        credential=await discovery_material(request, current["name"], credential_id),
     )
 
 
 async def _approval_options(request: Request) -> dict[str, Any]:
-    """The optional approval body: none (or empty), or ``{"trust_stdio": bool}``; 400 otherwise."""
+    """The optional approval body: none (or empty), or ``{"trust_stdio": bool, "discovery_credential":
+    <credential id>}`` (either optional); 400 otherwise."""
     if request.headers.get("content-length", "0") == "0" and "transfer-encoding" not in request.headers:
         return {}
     body = await read_json(request)
-    if not isinstance(body, dict) or set(body) - {"trust_stdio"}:
-        raise RequestRejected('the approval body must be {"trust_stdio": true} (stdio servers) or empty')
+    if not isinstance(body, dict) or set(body) - {"trust_stdio", "discovery_credential"}:
+        raise RequestRejected(
+            'the approval body must be empty or {"trust_stdio": true (stdio servers), "discovery_credential": <id>}'
+        )
     if "trust_stdio" in body and not isinstance(body["trust_stdio"], bool):
         raise RequestRejected("trust_stdio must be a boolean")
+    if "discovery_credential" in body:
+        body["discovery_credential"] = uuid_text(body["discovery_credential"], "discovery_credential")
     return body

@@ -14,6 +14,7 @@ from starlette.routing import Route
 from gateway.config import Config
 from gateway.dataplane.audit import AuditShipper
 from gateway.dataplane.auth import JwtVerifier
+from gateway.dataplane.credentials import CredentialBroker
 from gateway.dataplane.drift import DriftWatch
 from gateway.dataplane.endpoint import healthz, mcp_endpoint, protected_resource_metadata, readyz
 from gateway.dataplane.features import FeatureGovernor
@@ -99,12 +100,14 @@ async def dataplane_resources(config: Config) -> AsyncIterator[dict[str, object]
             caller_idle=dp.session_idle_timeout,
             streams=streams,
         )
-        sync = ProjectionSync(config, cp_http, upstreams)
+        broker = CredentialBroker(config, cp_http)
+        sync = ProjectionSync(config, cp_http, upstreams, broker)
         drift = DriftWatch(
             lambda: sync.current,
             upstreams,
             interval=config.data_plane.drift_interval,
             timeout=config.data_plane.upstream_timeout,
+            broker=broker,
         )
         audit = AuditShipper(config, cp_http)
         opa_health = OpaHealth(config.opa.url)
@@ -114,7 +117,7 @@ async def dataplane_resources(config: Config) -> AsyncIterator[dict[str, object]
         )
         await tg.start(upstreams.run)  # hosts legacy-SSE stream readers and stdio supervisors
         hub = Hub(upstreams, tg)
-        watch = ServerWatch(lambda: sync.current, upstreams, hub, on_tools_changed=drift.request_check)
+        watch = ServerWatch(lambda: sync.current, upstreams, hub, on_tools_changed=drift.request_check, broker=broker)
         sessions = SessionStore(
             idle_timeout=dp.session_idle_timeout, max_sessions=dp.max_sessions, on_close=hub.close_session
         )
@@ -133,7 +136,7 @@ async def dataplane_resources(config: Config) -> AsyncIterator[dict[str, object]
                 "dp_verifier": JwtVerifier(config.jwt, cp_http),
                 "dp_sync": sync,
                 "dp_audit": audit,
-                "dp_governor": FeatureGovernor(config, engine, upstreams, audit, drift=drift),
+                "dp_governor": FeatureGovernor(config, engine, upstreams, audit, drift=drift, broker=broker),
                 "dp_sessions": sessions,
                 "dp_hub": hub,
                 "dp_reaper": reaper,

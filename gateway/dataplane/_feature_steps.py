@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from gateway.dataplane.credentials import choose, credential_input
 from gateway.dataplane.governance import (
     MRTR_PARAMS,
     UPSTREAM_FAILED,
@@ -25,12 +26,14 @@ from gateway.dataplane.governance import (
 from gateway.dataplane.namespacing import namespace_uri, split_uri
 from gateway.dataplane.projection import SEPARATOR, ActiveProjection, ServerEntry
 from gateway.errors import (
+    CredentialUnavailable,
     GatewayError,
     RequestRejected,
     UnexpectedParam,
     UpstreamError,
     UpstreamProtocolError,
 )
+from gateway.mcp.credential import UpstreamCredential
 from gateway.mcp.messages import MODERN_VERSIONS, error_response, result_response
 from gateway.policy.input import Candidate, build_discovery_input, build_input
 
@@ -109,6 +112,8 @@ class FeatureSteps(Governor):
     def _input(
         self, projection: ActiveProjection, ctx: CallContext, action: str, server: ServerEntry | None, **kw: Any
     ) -> dict[str, Any]:
+        bindings = server.bindings if server is not None else ()
+        required = server is not None and server.requires_credential
         return build_input(
             tenant=self._config.tenant,
             environment=self._config.environment,
@@ -119,8 +124,25 @@ class FeatureSteps(Governor):
             session_id=ctx.session_id,
             protocol_version=ctx.protocol_version,
             projection_version=projection.version,
+            needs_credential=required,
+            credential=credential_input(choose(bindings, ctx.subject)) if required else None,
             **kw,
         )
+
+    async def _material(self, server: ServerEntry, ctx: CallContext) -> UpstreamCredential | None:
+        """The caller's credential for ``server`` outside a decision of its own (the servers a
+        list or ``logging/setLevel`` fans out to).
+
+        Raises:
+            CredentialUnavailable: The server needs one and none is bound for the caller, or
+                it could not be resolved.
+        """
+        if not server.requires_credential:
+            return None
+        chosen = choose(server.bindings, ctx.subject)
+        if chosen is None or self._broker is None:
+            raise CredentialUnavailable(f"no credential of {server.name} for this caller")
+        return await self._broker.resolve(server.name, chosen, ctx.subject)
 
     async def _exchange(
         self,
@@ -129,15 +151,17 @@ class FeatureSteps(Governor):
         server: ServerEntry,
         method: str,
         params: dict[str, Any],
+        credential: UpstreamCredential | None,
     ) -> tuple[dict[str, Any], bool]:
-        """One upstream request on the caller's session: ``(result object or JSON-RPC error object, is_error)``.
+        """One upstream request on the caller's session (with ``credential``): ``(result
+        object or JSON-RPC error object, is_error)``.
 
         What the upstream sends meanwhile is relayed to the caller (:meth:`Governor.relay`).
 
         Raises:
             UpstreamError: Transport failure, or an answer that is neither.
         """
-        upstream = self._upstreams.get(server.name, server.transport, server.url, ctx.caller)
+        upstream = self._upstreams.get(server.name, server.transport, server.url, ctx.caller, credential)
         reply = await self.relay(upstream, method, params, self.channel(projection, ctx, server.name), ctx)
         result, error_obj = reply.get("result"), reply.get("error")
         if isinstance(result, dict):
@@ -156,9 +180,14 @@ class FeatureSteps(Governor):
         method: str,
         params: dict[str, Any],
     ) -> dict[str, Any]:
-        """Forward an allowed request, audit its outcome, return the response message to relay."""
+        """Forward an allowed request with the caller's credential, audit its outcome, return the
+        response message to relay."""
+        chosen = choose(server.bindings, ctx.subject) if server.bindings else None
+        credential, refused = await self._credential(projection, ctx, trace, msg_id, server, chosen)
+        if refused is not None:
+            return refused
         try:
-            payload, is_error = await self._exchange(projection, ctx, server, method, params)
+            payload, is_error = await self._exchange(projection, ctx, server, method, params, credential)
             try:
                 result_hash = _relay_sha256(payload)
             except TypeError as exc:  # orjson.JSONEncodeError: nested deeper than it can encode

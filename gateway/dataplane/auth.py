@@ -18,6 +18,7 @@ more than one fetch; a ``kid`` still unknown after a fetch is remembered
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import math
@@ -194,7 +195,7 @@ class JwtVerifier:
         except jwt.PyJWTError as exc:
             raise AuthenticationFailed(f"token rejected: {type(exc).__name__}") from exc
         _check_identity_claims(claims)
-        subject = self._subject(claims)
+        subject = dataclasses.replace(self._subject(claims), token=token)
         aud = claims.get("aud")
         token_auds = frozenset([aud] if isinstance(aud, str) else aud or [])
         self._cache[digest] = (subject, float(claims["exp"]) + self._config.leeway, token_auds & accepted)

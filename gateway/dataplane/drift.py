@@ -26,6 +26,7 @@ from typing import Any
 import anyio
 from pydantic import ValidationError
 
+from gateway.dataplane.credentials import CredentialBroker, background_material
 from gateway.dataplane.projection import SEPARATOR, ActiveProjection, ServerEntry, ToolEntry
 from gateway.errors import UpstreamError, UpstreamProtocolError
 from gateway.mcp.pinning import canonical_tool, definition_sha256
@@ -50,6 +51,9 @@ class DriftWatch:
         interval: Seconds between checks; ``<= 0`` never checks (nothing is ever drifted).
         timeout: Seconds one server's whole listing (every page) may take; a slower one
             keeps its last verdict.
+        broker: Resolves a credentialed server's ``everyone`` binding for the re-lists
+            (:func:`~gateway.dataplane.credentials.background_material`); a server with
+            bindings but no such one is not checked.
     """
 
     def __init__(
@@ -59,9 +63,11 @@ class DriftWatch:
         *,
         interval: float,
         timeout: float = 30.0,
+        broker: CredentialBroker | None = None,
     ) -> None:
         self._current = current
         self._upstreams = upstreams
+        self._broker = broker
         self._interval = interval
         self._timeout = timeout
         self._drifted: dict[_Key, str] = {}  # -> "changed" | "removed"
@@ -149,7 +155,10 @@ class DriftWatch:
             UpstreamError: The upstream failed, answered an error, or its cursor loops.
             pydantic.ValidationError: A listed tool is not an MCP ``Tool``.
         """
-        upstream = self._upstreams.get(server.name, server.transport, server.url)
+        credential = await background_material(
+            self._broker, server.name, server.bindings, required=server.requires_credential
+        )
+        upstream = self._upstreams.get(server.name, server.transport, server.url, credential=credential)
         found: dict[str, str] = {}
         cursor: str | None = None
         seen: set[str] = set()

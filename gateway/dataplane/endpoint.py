@@ -71,6 +71,7 @@ from gateway.dataplane.relay import Outbox, RelayResponse
 from gateway.dataplane.resumable import CallStream, CallStreamResponse
 from gateway.dataplane.sessions import Session, SessionLimitReached
 from gateway.errors import AuthenticationFailed, GatewayError, ProjectionUnavailable, RequestRejected
+from gateway.mcp.credential import UpstreamCredential
 from gateway.mcp.messages import (
     HANDSHAKE_VERSIONS,
     INTERNAL_ERROR,
@@ -670,11 +671,13 @@ async def _subscription(request: Request, msg: Any, ctx: CallContext, session: S
         return error_response(msg.id, INVALID_PARAMS, message, {"category": "too_many_subscriptions"})
     listener = hub.session_listener(session, ctx.server)
 
-    def apply(entry: ServerEntry, original: str) -> None:
+    def apply(entry: ServerEntry, original: str, credential: UpstreamCredential | None) -> None:
         key = (entry.name, original)
         if msg.method == "resources/subscribe":
             if key not in session.subscriptions:
-                session.subscriptions[key] = hub.subscribe(listener, ctx.caller, projection, entry.name, original)
+                session.subscriptions[key] = hub.subscribe(
+                    listener, ctx.caller, projection, entry.name, original, credential
+                )
         elif (subscription := session.subscriptions.pop(key, None)) is not None:
             hub.unsubscribe(subscription)
 
@@ -724,8 +727,8 @@ async def _listen(request: Request, msg: Any, ctx: CallContext) -> Response:
         if not hub.can_subscribe(ctx.caller):
             break  # not honored: the acknowledgement says which were
 
-        def apply(entry: ServerEntry, original: str, uri: str = uri) -> None:
-            subscriptions.append(hub.subscribe(listener, ctx.caller, projection, entry.name, original))
+        def apply(entry: ServerEntry, original: str, credential: UpstreamCredential | None, uri: str = uri) -> None:
+            subscriptions.append(hub.subscribe(listener, ctx.caller, projection, entry.name, original, credential))
             allowed.append(uri)
 
         await governor.subscription(projection, ctx, None, {"uri": uri}, method="resources/subscribe", apply=apply)

@@ -45,10 +45,12 @@ from typing import Any
 import anyio
 
 from gateway.dataplane._feature_steps import MAX_NAME, FeatureSteps, servers_offering
+from gateway.dataplane.credentials import choose
 from gateway.dataplane.governance import UPSTREAM_FAILED, CallContext, _sha256, _Trace, relayed_params
 from gateway.dataplane.namespacing import namespace_contents, namespace_messages
 from gateway.dataplane.projection import ActiveProjection, ServerEntry
 from gateway.errors import RequestRejected, UpstreamError, UpstreamProtocolError
+from gateway.mcp.credential import UpstreamCredential
 from gateway.mcp.messages import METHOD_NOT_FOUND, MODERN_VERSIONS, error_response, result_response
 from gateway.policy.input import Candidate
 
@@ -152,7 +154,10 @@ class FeatureGovernor(FeatureSteps):
         seen: set[str] = set()
         ttls: list[int | None] = []
         for _ in range(MAX_LIST_PAGES):
-            page, is_error = await self._exchange(projection, ctx, server, method, {"cursor": cursor} if cursor else {})
+            params = {"cursor": cursor} if cursor else {}
+            page, is_error = await self._exchange(
+                projection, ctx, server, method, params, await self._material(server, ctx)
+            )
             if is_error or not isinstance(page.get(member), list):
                 raise UpstreamProtocolError(f"upstream {server.name} answered {method} without a {member} list")
             ttls.append(cache_ttl_ms(page.get("ttlMs")))
@@ -236,12 +241,13 @@ class FeatureGovernor(FeatureSteps):
         params: dict[str, Any],
         *,
         method: str,
-        apply: Callable[[ServerEntry, str], None],
+        apply: Callable[[ServerEntry, str, UpstreamCredential | None], None],
         rejection: RequestRejected | None = None,
     ) -> dict[str, Any]:
         """``resources/subscribe`` or ``resources/unsubscribe``: checked and decided like
         ``resources/read`` (same ``resource`` input, ``action`` = ``method``), then ``apply``
-        (server, original URI) starts or stops the subscription; answers ``{}``.
+        (server, original URI, the caller's credential for it on ``resources/subscribe``)
+        starts or stops the subscription; answers ``{}``.
 
         Returns:
             The response message; ``-32602`` ``unknown_resource`` for a URI of no approved
@@ -268,7 +274,13 @@ class FeatureGovernor(FeatureSteps):
             denied = await self._decide(projection, ctx, trace, msg_id, doc)
             if denied is not None:
                 return denied
-            apply(server, original)
+            credential: UpstreamCredential | None = None
+            if method == "resources/subscribe":
+                chosen = choose(server.bindings, ctx.subject) if server.bindings else None
+                credential, refused = await self._credential(projection, ctx, trace, msg_id, server, chosen)
+                if refused is not None:
+                    return refused
+            apply(server, original, credential)
             self._emit(projection, ctx, trace, status="ok", result_sha256=_sha256({}))
             return result_response(msg_id, {})
 
@@ -518,7 +530,7 @@ class FeatureGovernor(FeatureSteps):
             async def send(server: ServerEntry) -> None:
                 try:
                     payload, is_error = await self._exchange(
-                        projection, ctx, server, "logging/setLevel", {"level": level}
+                        projection, ctx, server, "logging/setLevel", {"level": level}, await self._material(server, ctx)
                     )
                 except UpstreamError as exc:
                     log.warning("upstream %s failed on logging/setLevel: %s", server.name, exc)

@@ -32,7 +32,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -44,13 +44,22 @@ from referencing.exceptions import Unresolvable
 
 from gateway.config import Config
 from gateway.dataplane.audit import AuditShipper
+from gateway.dataplane.credentials import (
+    BindingRef,
+    CredentialResolver,
+    NoCredential,
+    choose,
+    credential_input,
+    obligated,
+)
 from gateway.dataplane.drift import DriftWatch
 from gateway.dataplane.namespacing import namespace_content
-from gateway.dataplane.projection import ActiveProjection, ToolEntry
+from gateway.dataplane.projection import ActiveProjection, ServerEntry, ToolEntry
 from gateway.dataplane.relay import GovernedChannel, settle_input_required
 from gateway.errors import (
     ArgumentsTooDeep,
     ArgumentsTooLarge,
+    CredentialUnavailable,
     GatewayError,
     PolicyDenied,
     PolicyRevisionStale,
@@ -60,6 +69,7 @@ from gateway.errors import (
     UpstreamProtocolError,
 )
 from gateway.mcp.channel import ClientChannel
+from gateway.mcp.credential import UpstreamCredential
 from gateway.mcp.messages import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
@@ -260,12 +270,14 @@ class Governor:
         audit: AuditShipper,
         *,
         drift: DriftWatch | None = None,
+        broker: CredentialResolver | None = None,
     ) -> None:
         self._config = config
         self._engine = engine
         self._upstreams = upstreams
         self._audit = audit
         self._drift = drift
+        self._broker = broker
 
     def _drifted(self, entry: ToolEntry) -> bool:
         return self._drift is not None and self._drift.is_drifted(entry)
@@ -496,7 +508,46 @@ class Governor:
             return error_response(msg_id, POLICY_DENIED, message, data)
         trace.decision_id = decision.decision_id or str(uuid.uuid4())
         trace.allowed, trace.reasons, trace.revision = True, list(decision.reasons), decision.revision
+        trace.obligations = decision.obligations
         return None
+
+    async def _credential(
+        self,
+        projection: ActiveProjection,
+        ctx: CallContext,
+        trace: _Trace,
+        msg_id: str | int | None,
+        server: ServerEntry,
+        chosen: BindingRef | None,
+    ) -> tuple[UpstreamCredential | None, dict[str, Any] | None]:
+        """The credential an allowed request goes upstream with (:mod:`gateway.dataplane.credentials`).
+
+        Returns:
+            ``(material, None)`` (material None for a server that requires none), or ``(None,
+            response)``: ``-32003`` ``credential_required``/``credential_obligation`` (audited
+            ``denied``: nothing is sent unauthenticated) or ``-32002``-style upstream failure
+            ``credential_unavailable`` (audited ``error``).
+        """
+        try:
+            if not server.requires_credential:
+                if trace.obligations.get("credential") is not None:
+                    raise NoCredential(
+                        "credential_obligation", "The policy's credential obligation names no credential of this server"
+                    )
+                return None, None
+            binding = obligated(server.bindings, trace.obligations, chosen)
+            if self._broker is None:
+                raise CredentialUnavailable("no credential broker on this data plane")
+            return await self._broker.resolve(server.name, binding, ctx.subject), None
+        except NoCredential as exc:
+            self._emit(projection, ctx, trace, status="denied", error_category=exc.category, reasons=[exc.category])
+            data = {"category": exc.category, "reasons": [exc.category], "decision_id": trace.decision_id}
+            return None, error_response(msg_id, POLICY_DENIED, str(exc), data)
+        except CredentialUnavailable as exc:
+            log.warning("upstream %s: %s", server.name, exc)
+            self._emit(projection, ctx, trace, status="error", error_category=exc.category)
+            data = {"category": exc.category, "decision_id": trace.decision_id}
+            return None, error_response(msg_id, UPSTREAM_FAILED, "Upstream credential unavailable", data)
 
     async def govern_client_request(
         self,
@@ -690,6 +741,7 @@ class Governor:
             text = f"Invalid arguments for tool {name!r}: {field}: {error.message}"
             return result_response(msg_id, {"content": [{"type": "text", "text": text}], "isError": True})
 
+        chosen = choose(server.bindings, ctx.subject) if server.bindings else None
         doc = build_input(
             tenant=self._config.tenant,
             environment=self._config.environment,
@@ -703,11 +755,16 @@ class Governor:
             session_id=ctx.session_id,
             protocol_version=ctx.protocol_version,
             projection_version=projection.version,
+            needs_credential=server.requires_credential,
+            credential=credential_input(chosen),
         )
         denied = await self._decide(projection, ctx, trace, msg_id, doc)
         if denied is not None:
             return denied
-        upstream = self._upstreams.get(server.name, server.transport, server.url, ctx.caller)
+        credential, refused = await self._credential(projection, ctx, trace, msg_id, server, chosen)
+        if refused is not None:
+            return refused
+        upstream = self._upstreams.get(server.name, server.transport, server.url, ctx.caller, credential)
         channel = self.channel(projection, ctx, server.name, entry)
         forwarded = {"name": entry.name, "arguments": arguments, **relayed_params(params, ctx)}
         try:
@@ -754,6 +811,7 @@ class _Trace:
     reasons: list[str] = field(default_factory=list)
     revision: str | None = None
     audited: bool = False
+    obligations: Mapping[str, Any] = field(default_factory=dict)
 
 
 def _client_request_trace(server: str, tool: ToolEntry | None, method: str, params: dict[str, Any]) -> _Trace:

@@ -39,11 +39,14 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
+from gateway.dataplane.credentials import BindingRef, CredentialBroker, background_material
 from gateway.dataplane.namespacing import namespace_uri
 from gateway.dataplane.projection import ActiveProjection
 from gateway.dataplane.relay import Outbox
 from gateway.dataplane.sessions import Session
+from gateway.errors import CredentialUnavailable
 from gateway.mcp.channel import LIST_CHANGED, wanted
+from gateway.mcp.credential import UpstreamCredential
 from gateway.mcp.upstream import UpstreamCaller, UpstreamPool
 
 __all__ = [
@@ -173,16 +176,23 @@ class Hub:
                 await listener.deliver(msg)
 
     def subscribe(
-        self, listener: Listener, caller: UpstreamCaller, projection: ActiveProjection, server: str, uri: str
+        self,
+        listener: Listener,
+        caller: UpstreamCaller,
+        projection: ActiveProjection,
+        server: str,
+        uri: str,
+        credential: UpstreamCredential | None = None,
     ) -> Subscription:
         """Listen for ``notifications/resources/updated`` of ``uri`` (the upstream's own form)
-        on the caller's session of ``server``, until :meth:`unsubscribe`.
+        on the caller's session of ``server`` (with the caller's ``credential``), until
+        :meth:`unsubscribe`.
 
         Raises:
             KeyError: ``server`` is not in ``projection``.
         """
         entry = projection.servers[server]
-        upstream = self._upstreams.get(entry.name, entry.transport, entry.url, caller)
+        upstream = self._upstreams.get(entry.name, entry.transport, entry.url, caller, credential)
         subscription = Subscription(server, uri, (caller.issuer, caller.subject))
         self._per_subject[subscription.owner] = self._per_subject.get(subscription.owner, 0) + 1
 
@@ -238,6 +248,10 @@ class Hub:
         return session.listener
 
 
+_WatchKey = tuple[str, str, str, tuple[BindingRef, ...], bool]
+"""A watched server: name, transport, URL, bindings and whether it requires a credential."""
+
+
 class ServerWatch:
     """Listens for each approved server's list changes on its shared upstream session.
 
@@ -248,6 +262,9 @@ class ServerWatch:
         on_tools_changed: Called with the server name on its ``tools/list_changed`` (the
             drift check).
         interval: Seconds between comparisons of the watched servers with the projection.
+        broker: Resolves a credentialed server's ``everyone`` binding for its watch
+            (:func:`~gateway.dataplane.credentials.background_material`); a server with
+            bindings but no such one is not watched.
     """
 
     def __init__(
@@ -258,13 +275,15 @@ class ServerWatch:
         *,
         on_tools_changed: Callable[[str], None] | None = None,
         interval: float = 1.0,
+        broker: CredentialBroker | None = None,
     ) -> None:
+        self._broker = broker
         self._current = current
         self._upstreams = upstreams
         self._hub = hub
         self._on_tools_changed = on_tools_changed
         self._interval = interval
-        self._watching: dict[tuple[str, str, str], anyio.CancelScope] = {}
+        self._watching: dict[_WatchKey, anyio.CancelScope] = {}
 
     async def run(self) -> None:
         """Keep one watch per server of the active projection, until cancelled."""
@@ -281,14 +300,14 @@ class ServerWatch:
                 await anyio.sleep(self._interval)
 
     def _reconcile(self, projection: ActiveProjection, tg: TaskGroup) -> None:
-        wanted_keys = {(s.name, s.transport, s.url) for s in projection.servers.values()}
-        for key in [k for k in self._watching if k not in wanted_keys]:
+        wanted = {(s.name, s.transport, s.url, s.bindings, s.requires_credential) for s in projection.servers.values()}
+        for key in [k for k in self._watching if k not in wanted]:
             self._watching.pop(key).cancel()
-        for key in wanted_keys - self._watching.keys():
+        for key in wanted - self._watching.keys():
             scope = self._watching[key] = anyio.CancelScope()
             tg.start_soon(self._watch, key, scope)
 
-    async def _watch(self, key: tuple[str, str, str], scope: anyio.CancelScope) -> None:
+    async def _watch(self, key: _WatchKey, scope: anyio.CancelScope) -> None:
         name = key[0]
         watch = self
 
@@ -303,6 +322,10 @@ class ServerWatch:
 
         with scope:
             try:
-                await self._upstreams.get(*key).listen(dict(ALL_LISTS), Sink())
+                credential = await background_material(self._broker, name, key[3], required=key[4])
+                upstream = self._upstreams.get(name, key[1], key[2], credential=credential)
+                await upstream.listen(dict(ALL_LISTS), Sink())
+            except CredentialUnavailable as exc:
+                log.info("not watching upstream %s for list changes: %s", name, exc)
             except Exception:  # a background watch never takes the data plane down
                 log.exception("watching upstream %s for list changes failed", name)

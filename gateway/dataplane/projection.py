@@ -25,6 +25,7 @@ from referencing import Registry, Resource
 from referencing.exceptions import NoSuchResource
 
 from gateway.config import Config
+from gateway.dataplane.credentials import BindingRef, CredentialBroker, CredentialRef
 from gateway.mcp.pinning import definition_sha256
 from gateway.mcp.stdio import StdioLaunch
 from gateway.mcp.upstream import UpstreamAddress, UpstreamPool
@@ -83,6 +84,11 @@ class ServerEntry:
     """Approved prompts by original name."""
     capabilities: Mapping[str, Any] = field(default_factory=dict)
     """The capabilities the server declared at approval (``{"resources": {...}, "prompts": {...}, ...}``)."""
+    bindings: tuple[BindingRef, ...] = ()
+    """Its credential bindings (:mod:`gateway.dataplane.credentials`)."""
+    requires_credential: bool = False
+    """Every request to it needs a credential (registered so, or bound once): with no binding
+    for the caller it is refused, never sent unauthenticated."""
 
     def offers(self, capability: str) -> bool:
         """True when the server declared ``capability`` (``resources``, ``prompts``, ``completions``, ``logging``)."""
@@ -241,10 +247,19 @@ def compile_projection(table: Mapping[str, Any], cache: dict[str, Any] | None = 
             tools[entry.name] = entry
             aggregated[key] = entry
         prompts = _prompts(srv)
+        bindings = _bindings(srv)
         for prompt in prompts.values():
             aggregated_prompts[f"{srv['name']}{SEPARATOR}{prompt.name}"] = prompt
         servers[srv["name"]] = ServerEntry(
-            srv["name"], srv["transport"], str(url), tools, launch, prompts, dict(srv.get("capabilities") or {})
+            srv["name"],
+            srv["transport"],
+            str(url),
+            tools,
+            launch,
+            prompts,
+            dict(srv.get("capabilities") or {}),
+            bindings,
+            srv.get("requires_credential") is True or bool(bindings),
         )
     return ActiveProjection(
         version=int(table["version"]),
@@ -254,6 +269,19 @@ def compile_projection(table: Mapping[str, Any], cache: dict[str, Any] | None = 
         aggregated=aggregated,
         aggregated_prompts=aggregated_prompts,
     )
+
+
+def _bindings(srv: Mapping[str, Any]) -> tuple[BindingRef, ...]:
+    """The server's credential bindings. A malformed one still makes the server need a
+    credential (logged): it is kept as a binding no caller matches."""
+    out = []
+    for record in srv.get("credentials") or []:
+        try:
+            out.append(BindingRef.from_record(record))
+        except ValueError as exc:
+            log.error("server %s has a malformed credential binding (%s); it matches no caller", srv["name"], exc)
+            out.append(BindingRef("malformed", "none", None, CredentialRef("malformed", "none", "none")))
+    return tuple(out)
 
 
 def _prompts(srv: Mapping[str, Any]) -> dict[str, PromptEntry]:
@@ -281,12 +309,17 @@ class ProjectionSync:
         config: Gateway configuration (control-plane URL, internal token, data-plane id).
         http: Shared client for control-plane calls.
         upstreams: Pool whose sessions are retained across activations.
+        broker: The credential cache to trim on each activation (revoked, unbound and
+            rotated credentials are dropped, with the upstream sessions opened with them).
     """
 
-    def __init__(self, config: Config, http: httpx.AsyncClient, upstreams: UpstreamPool) -> None:
+    def __init__(
+        self, config: Config, http: httpx.AsyncClient, upstreams: UpstreamPool, broker: CredentialBroker | None = None
+    ) -> None:
         self._config = config
         self._http = http
         self._upstreams = upstreams
+        self._broker = broker
         self._validators: dict[str, Any] = {}
         self.current: ActiveProjection | None = None
         self.ready = anyio.Event()
@@ -332,6 +365,11 @@ class ProjectionSync:
         table = orjson.loads(resp.content)
         projection = compile_projection(table, self._validators)
         await self._upstreams.retain({s.name: s.address for s in projection.servers.values()})
+        refs = {b.credential for s in projection.servers.values() for b in s.bindings}
+        if self._broker is not None:
+            self._broker.retain(refs)
+        live = {f"{r.id}@{r.version}" for r in refs}
+        await self._upstreams.forget_credentials(lambda key: key.split("/", 1)[0] in live)
         self.current = projection
         self._error = None
         self.ready.set()

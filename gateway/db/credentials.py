@@ -102,6 +102,9 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 RETURNING {_BINDING}
 """
 _SERVER_EXISTS = "SELECT 1 FROM mcp_servers WHERE tenant = $1 AND environment = $2 AND name = $3"
+_REQUIRE_CREDENTIAL = """
+UPDATE mcp_servers SET requires_credential = true WHERE tenant = $1 AND environment = $2 AND name = $3
+"""
 _SHARE_CREDENTIAL = """
 SELECT revoked_at FROM credentials WHERE tenant = $1 AND environment = $2 AND id = $3 FOR SHARE
 """
@@ -320,7 +323,8 @@ async def create_binding(
     credential_id: str,
     created_by: str,
 ) -> dict[str, Any]:
-    """Bind (server, subject selector) in the scope to a live credential.
+    """Bind (server, subject selector) in the scope to a live credential; the server requires a
+    credential from then on (``mcp_servers.requires_credential``).
 
     Returns:
         ``{"id", "tenant", "environment", "server", "subject": {"kind", "value"}, "credential_id",
@@ -343,6 +347,8 @@ async def create_binding(
             row = await conn.fetchrow(
                 _INSERT_BINDING, uuid.uuid4(), tenant, environment, server, subject_kind, subject_value, key, created_by
             )
+        # A bound server requires a credential from now on, even once its bindings are gone.
+        await conn.execute(_REQUIRE_CREDENTIAL, tenant, environment, server)
     return _binding_record(row)
 
 
@@ -384,3 +390,114 @@ async def delete_binding(conn: asyncpg.Connection, tenant: str, environment: str
     if await conn.fetchval(_DELETE_BINDING, tenant, environment, uuid.UUID(binding_id)) is None:
         raise NotFound(f"binding {binding_id} not found")
 
+
+_PROJECTION_BINDINGS = """
+SELECT b.id, b.server, b.subject_kind, b.subject_value, c.id AS credential_id, c.kind, c.fingerprint
+FROM credential_bindings b JOIN credentials c
+    ON c.tenant = b.tenant AND c.environment = b.environment AND c.id = b.credential_id
+WHERE b.tenant = $1 AND b.environment = $2 AND c.revoked_at IS NULL
+ORDER BY b.server, b.id
+"""
+_RESOLVABLE = """
+SELECT b.server, c.id AS credential_id, c.kind, c.config, c.fingerprint
+FROM credential_bindings b JOIN credentials c
+    ON c.tenant = b.tenant AND c.environment = b.environment AND c.id = b.credential_id
+WHERE b.tenant = $1 AND b.environment = $2 AND b.id = $3 AND c.revoked_at IS NULL
+"""
+_INSERT_USE = """
+INSERT INTO credential_uses (tenant, environment, credential_id, binding_id, server, dataplane_id,
+                             subject_issuer, subject_sub, outcome, error_category)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+"""
+_TOUCH = "UPDATE credentials SET last_used_at = now() WHERE tenant = $1 AND environment = $2 AND id = $3"
+_SELECT_USES = """
+SELECT binding_id, server, dataplane_id, subject_issuer, subject_sub, outcome, error_category, at
+FROM credential_uses WHERE tenant = $1 AND environment = $2 AND credential_id = $3
+ORDER BY at DESC, id DESC LIMIT $4
+"""
+
+
+async def projection_bindings(
+    conn: asyncpg.Connection, tenant: str, environment: str
+) -> dict[str, list[dict[str, Any]]]:
+    """The live bindings of the scope by server, as the projection carries them (no secret).
+
+    Returns:
+        ``{server: [{"id", "subject": {"kind", "value"}, "credential": {"id", "kind",
+        "version"}}, ...]}``; ``version`` is the credential's fingerprint (it changes with the
+        secret, so a rotation reaches the data planes' caches).
+    """
+    out: dict[str, list[dict[str, Any]]] = {}
+    for r in await conn.fetch(_PROJECTION_BINDINGS, tenant, environment):
+        out.setdefault(r["server"], []).append(
+            {
+                "id": str(r["id"]),
+                "subject": {"kind": r["subject_kind"], "value": r["subject_value"]},
+                "credential": {"id": str(r["credential_id"]), "kind": r["kind"], "version": r["fingerprint"]},
+            }
+        )
+    return out
+
+
+async def resolvable(conn: asyncpg.Connection, tenant: str, environment: str, binding_id: str) -> dict[str, Any] | None:
+    """The live binding ``binding_id`` with its credential's metadata: ``{"server",
+    "credential_id", "kind", "config", "fingerprint"}``, or None (unknown, or revoked)."""
+    row = await conn.fetchrow(_RESOLVABLE, tenant, environment, uuid.UUID(binding_id))
+    if row is None:
+        return None
+    rec = dict(row)
+    rec["credential_id"] = str(rec["credential_id"])
+    return rec
+
+
+async def record_use(
+    conn: asyncpg.Connection,
+    tenant: str,
+    environment: str,
+    *,
+    credential_id: str,
+    binding_id: str | None,
+    server: str,
+    dataplane_id: str,
+    subject: tuple[str, str],
+    outcome: str,
+    error_category: str | None = None,
+) -> None:
+    """Audit one resolution (``resolved``/``refused``/``failed``); a resolved one also sets ``last_used_at``."""
+    key = uuid.UUID(credential_id)
+    async with conn.transaction():
+        await conn.execute(
+            _INSERT_USE,
+            tenant,
+            environment,
+            key,
+            uuid.UUID(binding_id) if binding_id else None,
+            server,
+            dataplane_id,
+            subject[0],
+            subject[1],
+            outcome,
+            error_category,
+        )
+        if outcome == "resolved":
+            await conn.execute(_TOUCH, tenant, environment, key)
+
+
+async def list_uses(
+    conn: asyncpg.Connection, tenant: str, environment: str, credential_id: str, limit: int = 100
+) -> list[dict[str, Any]]:
+    """The newest ``limit`` resolutions of a credential (``binding_id``, ``server``,
+    ``dataplane_id``, ``subject``: ``{"issuer", "sub"}``, ``outcome``, ``error_category``, ``at``)."""
+    rows = await conn.fetch(_SELECT_USES, tenant, environment, uuid.UUID(credential_id), limit)
+    return [
+        {
+            "binding_id": str(r["binding_id"]) if r["binding_id"] else None,
+            "server": r["server"],
+            "dataplane_id": r["dataplane_id"],
+            "subject": {"issuer": r["subject_issuer"], "sub": r["subject_sub"]},
+            "outcome": r["outcome"],
+            "error_category": r["error_category"],
+            "at": r["at"].isoformat(),
+        }
+        for r in rows
+    ]

@@ -24,12 +24,13 @@ __all__ = [
 
 _COLUMNS = (
     "name, transport, url, description, status, tenant, environment, created_at, approved_at, capabilities,"
-    " command, args, cwd, env, trusted_at"
+    " command, args, cwd, env, trusted_at, requires_credential"
 )
 
 _INSERT = f"""
-INSERT INTO mcp_servers (tenant, environment, name, transport, url, description, command, args, cwd, env)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+INSERT INTO mcp_servers (tenant, environment, name, transport, url, description, command, args, cwd, env,
+                         requires_credential)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
 RETURNING {_COLUMNS}
 """
 _SELECT_LAUNCH = "SELECT command, args, cwd, env FROM mcp_servers WHERE tenant = $1 AND environment = $2 AND name = $3"
@@ -113,8 +114,10 @@ async def create_server(
     args: Sequence[str] | None = None,
     cwd: str | None = None,
     env: Mapping[str, str] | None = None,
+    requires_credential: bool = False,
 ) -> dict[str, Any]:
-    """Insert a server in ``pending_approval``.
+    """Insert a server in ``pending_approval`` (``requires_credential``: every call to it needs
+    a credential binding; see docs/credentials.md).
 
     A ``stdio`` server has no ``url`` and a ``command``, ``args`` and ``env`` (``cwd``
     optional); any other transport has a ``url`` and none of those (a CHECK
@@ -130,7 +133,18 @@ async def create_server(
     env_dict = dict(env) if env is not None else None
     with map_db_errors(f"server {name!r}"):
         row = await conn.fetchrow(
-            _INSERT, tenant, environment, name, transport, url, description, command, args_list, cwd, env_dict
+            _INSERT,
+            tenant,
+            environment,
+            name,
+            transport,
+            url,
+            description,
+            command,
+            args_list,
+            cwd,
+            env_dict,
+            requires_credential,
         )
     return _record(row, [])
 
@@ -237,6 +251,7 @@ async def approved_servers_with_tools(conn: asyncpg.Connection, tenant: str, env
             "tools": by_server.get(r["name"], []),
             "prompts": prompts.get(r["name"], []),
             "capabilities": r["capabilities"],
+            "requires_credential": r["requires_credential"],
         }
         if r["transport"] == "stdio":
             entry.update(command=r["command"], args=r["args"], cwd=r["cwd"], env=r["env"], trusted=True)

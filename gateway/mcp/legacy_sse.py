@@ -54,6 +54,7 @@ from gateway.mcp.channel import (
     keep_listening,
     listen_on,
 )
+from gateway.mcp.credential import UpstreamCredential, with_query
 from gateway.mcp.messages import HANDSHAKE_VERSIONS
 
 __all__ = ["LEGACY_SSE_VERSION", "LegacySseUpstream"]
@@ -123,6 +124,7 @@ class LegacySseUpstream:
         max_duration: float | None = None,
     ) -> None:
         self.url = url
+        self._credential: UpstreamCredential | None = None
         self._max_duration = math.inf if max_duration is None else max(timeout, max_duration)
         self._streams = streams or http
         self._capabilities = client_capabilities or {}
@@ -251,6 +253,11 @@ class LegacySseUpstream:
         if self._stream is stream:
             self._stream = None
 
+    def use_credential(self, credential: UpstreamCredential | None) -> None:
+        """Send ``credential``'s headers and query parameters with the stream's ``GET`` and
+        every message ``POST`` from now on (a ``GET`` already open keeps what it had)."""
+        self._credential = credential
+
     def _resolve_endpoint(self, data: str) -> str:
         """The POST URI of an ``endpoint`` event, absolute; refused unless on the SSE URL's origin."""
         try:
@@ -279,9 +286,10 @@ class LegacySseUpstream:
                 if stream.closed:
                     scope.cancel()
                 scope.deadline = anyio.current_time() + self._timeout
-                async with self._streams.request(
-                    "GET", self.url, body=None, headers=_STREAM_HEADERS, timeout=None
-                ) as resp:
+                cred = self._credential
+                url = with_query(self.url, cred.query) if cred is not None else self.url
+                headers = {**cred.headers, **_STREAM_HEADERS} if cred is not None else _STREAM_HEADERS
+                async with self._streams.request("GET", url, body=None, headers=headers, timeout=None) as resp:
                     ctype = resp.headers.get("content-type", "")
                     if resp.status >= 500:
                         raise UpstreamUnavailable(f"upstream {self._safe_url} answered HTTP {resp.status}")
@@ -346,8 +354,11 @@ class LegacySseUpstream:
     # ------------------------------------------------------------ messages
     async def _post(self, stream: _Stream, message: dict[str, Any]) -> None:
         try:
+            cred = self._credential
+            endpoint = with_query(stream.endpoint, cred.query) if cred is not None else stream.endpoint
+            headers = {**cred.headers, **_POST_HEADERS} if cred is not None else _POST_HEADERS
             async with self._http.request(
-                "POST", stream.endpoint, body=orjson.dumps(message), headers=_POST_HEADERS, timeout=self._timeout
+                "POST", endpoint, body=orjson.dumps(message), headers=headers, timeout=self._timeout
             ) as resp:
                 await resp.read()
                 status = resp.status

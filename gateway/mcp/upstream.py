@@ -31,6 +31,7 @@ registry record's explicit ``transport`` (never inferred from a URL):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import logging
 import math
@@ -61,6 +62,7 @@ from gateway.mcp.channel import (
     listen_on,
     wanted,
 )
+from gateway.mcp.credential import UpstreamCredential, with_query
 from gateway.mcp.legacy_sse import LegacySseUpstream
 from gateway.mcp.messages import HANDSHAKE_VERSIONS, MODERN_VERSIONS
 from gateway.mcp.stdio import StdioLaunch, StdioUpstream
@@ -151,6 +153,8 @@ class StreamableHttpUpstream:
         streams: HttpClient | None = None,
     ) -> None:
         self.url = url
+        self._target = url
+        self._credential: UpstreamCredential | None = None
         self._safe_url = safe_url(url)
         self._http = http
         self._streams = streams or http
@@ -171,6 +175,13 @@ class StreamableHttpUpstream:
     def protocol_version(self) -> str | None:
         """The negotiated upstream revision, once connected."""
         return self._session.protocol_version if self._session else None
+
+    def use_credential(self, credential: UpstreamCredential | None) -> None:
+        """Send ``credential``'s headers and query parameters with every request from now on
+        (the pool keys sessions by its :attr:`~gateway.mcp.credential.UpstreamCredential.key`;
+        a refreshed token of the same key arrives here)."""
+        self._credential = credential
+        self._target = with_query(self.url, credential.query) if credential is not None else self.url
 
     @property
     def busy(self) -> bool:
@@ -211,7 +222,8 @@ class StreamableHttpUpstream:
             return legacy
 
     def _headers(self, session: _Session, method: str, params: dict[str, Any]) -> dict[str, str]:
-        headers = {"accept": _ACCEPT, "content-type": "application/json"}
+        headers = dict(self._credential.headers) if self._credential is not None else {}
+        headers.update({"accept": _ACCEPT, "content-type": "application/json"})
         if session.era == "modern":
             headers["mcp-protocol-version"] = session.protocol_version
             headers["mcp-method"] = method
@@ -237,7 +249,7 @@ class StreamableHttpUpstream:
         body = orjson.dumps({"jsonrpc": "2.0", "method": method})
         try:
             async with self._http.request(
-                "POST", self.url, body=body, headers=self._headers(session, method, {}), timeout=self._timeout
+                "POST", self._target, body=body, headers=self._headers(session, method, {}), timeout=self._timeout
             ) as resp:
                 await resp.read()
                 status = resp.status
@@ -303,7 +315,7 @@ class StreamableHttpUpstream:
         try:
             with idle:
                 async with self._http.request(
-                    "POST", self.url, body=body, headers=headers, timeout=self._max_duration
+                    "POST", self._target, body=body, headers=headers, timeout=self._max_duration
                 ) as resp:
                     if method == "initialize":
                         session.session_id = resp.headers.get("mcp-session-id")
@@ -393,7 +405,7 @@ class StreamableHttpUpstream:
                 await anyio.sleep(retry_ms / 1000)
                 headers = {**self._headers(session, "", {}), "accept": "text/event-stream", "last-event-id": last_id}
                 resp = await resumed.enter_async_context(
-                    self._http.request("GET", self.url, body=None, headers=headers, timeout=self._max_duration)
+                    self._http.request("GET", self._target, body=None, headers=headers, timeout=self._max_duration)
                 )
                 if resp.status != 200 or not resp.headers.get("content-type", "").startswith("text/event-stream"):
                     raise UpstreamProtocolError(
@@ -406,7 +418,7 @@ class StreamableHttpUpstream:
         method = str(reply.get("method", ""))
         try:
             async with self._http.request(
-                "POST", self.url, body=orjson.dumps(reply), headers=self._headers(session, method, {}), timeout=5.0
+                "POST", self._target, body=orjson.dumps(reply), headers=self._headers(session, method, {}), timeout=5.0
             ) as resp:
                 await resp.read()
                 if resp.status >= 400:
@@ -510,7 +522,11 @@ class StreamableHttpUpstream:
         body = orjson.dumps({"jsonrpc": "2.0", "id": req_id, "method": "subscriptions/listen", "params": params})
         try:
             async with self._streams.request(
-                "POST", self.url, body=body, headers=self._headers(session, "subscriptions/listen", {}), timeout=None
+                "POST",
+                self._target,
+                body=body,
+                headers=self._headers(session, "subscriptions/listen", {}),
+                timeout=None,
             ) as resp:
                 if not resp.headers.get("content-type", "").startswith("text/event-stream"):
                     await resp.read()
@@ -554,7 +570,9 @@ class StreamableHttpUpstream:
             while True:
                 try:
                     headers = {**self._headers(session, "", {}), "accept": "text/event-stream"}
-                    async with self._streams.request("GET", self.url, body=None, headers=headers, timeout=None) as resp:
+                    async with self._streams.request(
+                        "GET", self._target, body=None, headers=headers, timeout=None
+                    ) as resp:
                         if resp.status in (400, 404):  # the upstream forgot the session
                             await resp.read()
                             if self._session is session:
@@ -587,9 +605,10 @@ class StreamableHttpUpstream:
         if session is not None:
             session.gone.set()
         if session and session.era == "legacy" and session.session_id:
-            headers = {"mcp-session-id": session.session_id, "mcp-protocol-version": session.protocol_version}
+            headers = dict(self._credential.headers) if self._credential is not None else {}
+            headers.update({"mcp-session-id": session.session_id, "mcp-protocol-version": session.protocol_version})
             try:
-                async with self._http.request("DELETE", self.url, body=None, headers=headers, timeout=2.0) as resp:
+                async with self._http.request("DELETE", self._target, body=None, headers=headers, timeout=2.0) as resp:
                     await resp.read()
             except HttpTransportError:
                 pass
@@ -730,8 +749,8 @@ class UpstreamPool:
         self._max_duration = max_duration
         self._max_callers = max_caller_sessions
         self._caller_idle = caller_idle
-        self._sessions: dict[tuple[str, str, str], Upstream] = {}
-        self._callers: OrderedDict[tuple[str, str, str, UpstreamCaller], tuple[Upstream, float]] = OrderedDict()
+        self._sessions: dict[tuple[str, str, str, str], Upstream] = {}
+        self._callers: OrderedDict[tuple[str, str, str, str, UpstreamCaller], tuple[Upstream, float]] = OrderedDict()
         self._launches: dict[tuple[str, str, str], StdioLaunch] = {}
         self._tg: TaskGroup | None = None
 
@@ -755,27 +774,57 @@ class UpstreamPool:
             finally:
                 self._tg = None
 
-    def get(self, name: str, transport: str, url: str, caller: UpstreamCaller | None = None) -> Upstream:
-        """The pooled upstream for this server (and caller), created on first use.
+    def get(
+        self,
+        name: str,
+        transport: str,
+        url: str,
+        caller: UpstreamCaller | None = None,
+        credential: UpstreamCredential | None = None,
+    ) -> Upstream:
+        """The pooled upstream for this server (and caller, and credential), created on first use.
+
+        Sessions are keyed by ``credential``'s :attr:`~gateway.mcp.credential.UpstreamCredential.key`
+        too: two identities never share one. Its material is applied to the session (from the
+        next request on; a ``stdio`` process gets its ``env`` when it starts).
 
         Raises:
             RuntimeError: A ``legacy_sse`` or ``stdio`` upstream while :meth:`run` is not running.
         """
-        key = (name, transport, url)
+        key = (name, transport, url, credential.key if credential is not None else "")
         if caller is not None:
-            return self._for_caller(key, caller)
-        upstream = self._sessions.get(key)
-        if upstream is not None:
-            return upstream
-        if transport == "stdio":
-            launch = self._launches.get(key)
-            if launch is None:
-                return _Refused(f"stdio upstream {name} is not in the active projection")
-            upstream = StdioUpstream(name, launch, spawner=self._spawner(), timeout=self._timeout)
+            upstream = self._for_caller(key, caller, credential)
         else:
-            upstream = self._new(transport, url, dict(GATEWAY_CAPABILITIES))
-        self._sessions[key] = upstream
+            found = self._sessions.get(key)
+            if found is None:
+                found = self._create(key, dict(GATEWAY_CAPABILITIES), credential)
+                if isinstance(found, _Refused):
+                    return found
+                self._sessions[key] = found
+            upstream = found
+        if credential is not None and isinstance(upstream, StreamableHttpUpstream | LegacySseUpstream):
+            upstream.use_credential(credential)
         return upstream
+
+    def _create(
+        self, key: tuple[str, str, str, str], capabilities: dict[str, Any], credential: UpstreamCredential | None
+    ) -> Upstream:
+        name, transport, url, _ = key
+        if transport != "stdio":
+            return self._new(transport, url, capabilities)
+        launch = self._launches.get(key[:3])
+        if launch is None:
+            return _Refused(f"stdio upstream {name} is not in the active projection")
+        if credential is not None and credential.env:
+            launch = dataclasses.replace(launch, env=tuple(sorted({**dict(launch.env), **credential.env}.items())))
+        return StdioUpstream(
+            name,
+            launch,
+            spawner=self._spawner(),
+            timeout=self._timeout,
+            client_capabilities=capabilities,
+            max_duration=self._max_duration,
+        )
 
     def _new(self, transport: str, url: str, capabilities: dict[str, Any]) -> Upstream:
         if transport == "legacy_sse":
@@ -798,7 +847,9 @@ class UpstreamPool:
             streams=self._streams,
         )
 
-    def _for_caller(self, key: tuple[str, str, str], caller: UpstreamCaller) -> Upstream:
+    def _for_caller(
+        self, key: tuple[str, str, str, str], caller: UpstreamCaller, credential: UpstreamCredential | None
+    ) -> Upstream:
         now = anyio.current_time()
         full = (*key, caller)
         entry = self._callers.get(full)
@@ -808,33 +859,21 @@ class UpstreamPool:
             return entry[0]
         # A subject over its share loses its own least recently used session first; the
         # pool over its size, the least recently used one. Sessions in use are never closed.
-        own = [k for k in self._callers if k[3].issuer == caller.issuer and k[3].subject == caller.subject]
+        own = [k for k in self._callers if k[4].issuer == caller.issuer and k[4].subject == caller.subject]
         if len(own) >= MAX_SESSIONS_PER_SUBJECT:
             self._evict(own)
         if len(self._callers) >= self._max_callers:
             self._evict(list(self._callers))
-        capabilities = orjson.loads(caller.capabilities)
         if key[1] == "stdio":
-            launch = self._launches.get(key)
-            if launch is None:
-                return _Refused(f"stdio upstream {key[0]} is not in the active projection")
             processes = [k for k in self._callers if k[1] == "stdio"]
             if len(processes) >= self._max_processes:
                 self._evict(processes)
-            upstream: Upstream = StdioUpstream(
-                key[0],
-                launch,
-                spawner=self._spawner(),
-                timeout=self._timeout,
-                client_capabilities=capabilities,
-                max_duration=self._max_duration,
-            )
-        else:
-            upstream = self._new(key[1], key[2], capabilities)
-        self._callers[full] = (upstream, now)
+        upstream = self._create(key, orjson.loads(caller.capabilities), credential)
+        if not isinstance(upstream, _Refused):
+            self._callers[full] = (upstream, now)
         return upstream
 
-    def _evict(self, candidates: list[tuple[str, str, str, UpstreamCaller]]) -> None:
+    def _evict(self, candidates: list[tuple[str, str, str, str, UpstreamCaller]]) -> None:
         for full in candidates:  # least recently used first
             upstream = self._callers[full][0]
             if not getattr(upstream, "busy", False):
@@ -869,9 +908,17 @@ class UpstreamPool:
         """
         keep = {(name, a.transport, a.url) for name, a in servers.items()}
         self._launches = {(name, a.transport, a.url): a.launch for name, a in servers.items() if a.launch is not None}
-        for key in [k for k in self._sessions if k not in keep]:
+        for key in [k for k in self._sessions if k[:3] not in keep]:
             await self._sessions.pop(key).aclose()
         for full in [k for k in self._callers if k[:3] not in keep]:
+            await self._callers.pop(full)[0].aclose()
+
+    async def forget_credentials(self, keep: Callable[[str], bool]) -> None:
+        """Close every session opened with a credential whose key ``keep`` refuses (revoked,
+        unbound or rotated in a new projection), so no session outlives its credential."""
+        for key in [k for k in self._sessions if k[3] and not keep(k[3])]:
+            await self._sessions.pop(key).aclose()
+        for full in [k for k in self._callers if k[3] and not keep(k[3])]:
             await self._callers.pop(full)[0].aclose()
 
     async def aclose(self) -> None:

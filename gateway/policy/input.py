@@ -25,6 +25,9 @@ class Subject:
         scopes: From the space-separated ``scope`` claim.
         client_id: ``client_id`` (or ``azp``) claim, ``None`` if absent.
         claims: The whole verified payload (never the token itself).
+        token: The verified token itself: only for an ``oauth_token_exchange`` credential
+            (RFC 8693 ``subject_token``, sent to the control plane's broker, never upstream);
+            never in the policy input, a ``repr`` or a comparison.
     """
 
     sub: str
@@ -33,6 +36,7 @@ class Subject:
     scopes: tuple[str, ...] = ()
     client_id: str | None = None
     claims: Mapping[str, Any] = field(default_factory=dict)
+    token: str = field(default="", repr=False, compare=False)
 
     def as_input(self) -> dict[str, Any]:
         """The ``subject`` member of the input document."""
@@ -93,6 +97,8 @@ def build_input(
     resource_uri: str | None = None,
     prompt: str | None = None,
     prompt_arguments: Mapping[str, Any] | None = None,
+    needs_credential: bool = False,
+    credential: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Build the ``data.gateway.decision`` input for one request.
 
@@ -111,11 +117,15 @@ def build_input(
             request concerns; sets ``resource: {"uri", "server"}``.
         prompt: The prompt's original name; sets ``prompt: {"name", "arguments"}``.
         prompt_arguments: The prompt arguments (erased from decision logs).
+        needs_credential: The server has credential bindings: the input gets ``credential``,
+            the metadata of the binding that applies (``credential``), or null.
+        credential: ``{"binding", "subject_kind", "id", "kind"}``, never a secret
+            (:func:`gateway.dataplane.credentials.credential_input`).
 
     Returns:
         A JSON-ready dict with ``tenant``, ``environment``, ``action``,
         ``subject``, ``arguments``, ``session`` and ``projection``, plus ``server``,
-        ``tool``, ``resource`` and ``prompt`` when they apply
+        ``tool``, ``resource``, ``prompt`` and ``credential`` when they apply
         (schema: ``schemas/decision_input.json``).
     """
     doc: dict[str, Any] = {
@@ -132,6 +142,8 @@ def build_input(
         doc["resource"] = {"uri": resource_uri, "server": server}
     if prompt is not None:
         doc["prompt"] = {"name": prompt, "arguments": dict(prompt_arguments or {})}
+    if needs_credential:
+        doc["credential"] = dict(credential) if credential is not None else None
     doc["arguments"] = dict(arguments or {})
     doc["session"] = {"id": session_id, "protocol_version": protocol_version}
     doc["projection"] = {"version": projection_version}

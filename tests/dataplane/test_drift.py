@@ -47,7 +47,7 @@ class Pool:
         self.requests: list[tuple[str, dict[str, Any]]] = []
         self.fail = False
 
-    def get(self, name: str, transport: str, url: str, caller: Any = None) -> Pool:
+    def get(self, name: str, transport: str, url: str, caller: Any = None, credential: Any = None) -> Pool:
         return self
 
     async def request(self, method: str, params: dict[str, Any], channel: Any = None) -> dict[str, Any]:
@@ -184,7 +184,7 @@ async def test_same_named_tools_of_two_servers_never_shadow_each_other(tmp_path:
     routed: list[str] = []
 
     class Routing(Pool):
-        def get(self, name: str, transport: str, url: str, caller: Any = None) -> Pool:
+        def get(self, name: str, transport: str, url: str, caller: Any = None, credential: Any = None) -> Pool:
             routed.append(url)
             return self
 

@@ -92,7 +92,7 @@ class Upstreams:
         self.answers = answers or {}
         self.calls: list[tuple[str, str, dict[str, Any]]] = []
 
-    def get(self, name: str, transport: str, url: str, caller: Any = None) -> Any:
+    def get(self, name: str, transport: str, url: str, caller: Any = None, credential: Any = None) -> Any:
         upstreams = self
 
         class One:
@@ -502,7 +502,7 @@ async def test_subscribe_is_governed_like_a_read_and_refused_where_not_offered(t
     applied: list[tuple[str, str]] = []
     projection = _projection(demo_caps={"resources": {"subscribe": True}}, other_caps={"resources": {}})
 
-    def apply(server: Any, uri: str) -> None:
+    def apply(server: Any, uri: str, credential: Any) -> None:
         applied.append((server.name, uri))
 
     ctx = CallContext(ALICE, "s1", "2025-11-25", None)

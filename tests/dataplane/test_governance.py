@@ -62,7 +62,7 @@ class Upstreams:
         self.reply = reply or {"jsonrpc": "2.0", "id": 1, "result": {"content": [], "isError": False}}
         self.fail = fail
 
-    def get(self, name: str, transport: str, url: str, caller: Any = None) -> Upstreams:
+    def get(self, name: str, transport: str, url: str, caller: Any = None, credential: Any = None) -> Upstreams:
         return self
 
     async def request(self, method: str, params: dict[str, Any], channel: Any = None) -> dict[str, Any]:

@@ -64,6 +64,7 @@ async def test_approving_a_server_pins_tools_in_order_and_replaces_old_pins(pool
                 "tools": [{"name": "zz", "inputSchema": {"type": "object"}}],
                 "prompts": [],
                 "capabilities": {},
+                "requires_credential": False,
             }
         ]
 

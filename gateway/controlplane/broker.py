@@ -1,0 +1,259 @@
+"""The credential broker: a data plane resolves a bound credential into the material it sends.
+
+``POST /v1/dataplane/credentials/resolve`` (internal token) with ``{"binding_id",
+"credential_id", "version", "server", "dataplane_id", "subject": {"sub", "issuer",
+"client_id"}, "subject_token"?}`` answers ``{"headers", "query", "env", "expires_in"}``
+(``Cache-Control: no-store``): the only answer of the control plane that carries secret
+material, and only to a holder of the internal token. The binding must be live, of that
+server and credential, at that version (the credential's fingerprint; 409 ``conflict`` when
+the data plane's projection is older than a rotation). Every resolution, refused and failed
+ones too, is a row of ``credential_uses`` (``GET /v1/credentials/{id}/uses``).
+
+Material by kind: ``bearer`` -> ``Authorization: Bearer``; ``headers`` -> those headers;
+``query`` -> those parameters; ``stdio_env`` -> those variables;
+``oauth_client_credentials`` -> a bearer token from the token endpoint (RFC 6749 section 4.4),
+cached here until shortly before it expires; ``oauth_token_exchange`` -> a bearer token for
+the caller, traded for ``subject_token`` at the token endpoint (RFC 8693). Static kinds are
+cached by the data plane for at most ``MAX_TTL`` seconds; tokens until their expiry.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.controlplane._deps import deps
+from gateway.controlplane._http import JSONResponse, read_json
+from gateway.controlplane.credentials import keyring, uuid_text
+from gateway.db import credentials as db_credentials
+from gateway.errors import ConflictError, CredentialUnavailable, GatewayError, NotFound, RequestRejected
+from gateway.mcp.credential import UpstreamCredential
+
+__all__ = ["MAX_TTL", "TokenIssuer", "discovery_material", "material_for", "resolve_credential"]
+
+log = logging.getLogger(__name__)
+
+MAX_TTL = 300.0
+"""Seconds a data plane may cache static material (the data plane caps it the same way)."""
+
+MAX_SUBJECT_TOKEN = 16 * 1024
+_FIELDS = frozenset({"binding_id", "credential_id", "version", "server", "dataplane_id", "subject", "subject_token"})
+
+
+class Token(Protocol):
+    @property
+    def access_token(self) -> str: ...
+
+    @property
+    def expires_at(self) -> float:
+        """Unix seconds."""
+        ...
+
+
+class TokenIssuer(Protocol):
+    """Fetches OAuth tokens with a credential's client secret (:class:`gateway.controlplane.oauth_tokens.TokenSource`)."""
+
+    async def client_credentials(
+        self, credential_id: str, config: Mapping[str, Any], client_secret: str, *, version: str = ""
+    ) -> Token: ...
+
+    async def token_exchange(
+        self,
+        credential_id: str,
+        config: Mapping[str, Any],
+        client_secret: str,
+        subject_token: str,
+        *,
+        version: str = "",
+    ) -> Token: ...
+
+    def invalidate(self, credential_id: str) -> int: ...
+
+
+MIN_LEFT = 2.0
+"""Seconds a token must still have to be handed out; one closer to its expiry (its ``exp`` may
+be up to a second earlier than the token endpoint's ``expires_in`` said) is fetched anew."""
+
+
+def _text(body: dict[str, Any], name: str, limit: int = 256) -> str:
+    value = body.get(name)
+    if not isinstance(value, str) or not value or len(value) > limit:
+        raise RequestRejected(f"{name} must be a non-empty string of at most {limit} characters")
+    return value
+
+
+async def resolve_credential(request: Request) -> Response:
+    """``POST /v1/dataplane/credentials/resolve`` (see the module docstring).
+
+    Errors: 400 malformed body; 404 ``not_found`` (no such live binding of that server and
+    credential); 409 ``conflict`` (another version); 502 ``credential_unavailable`` (a token
+    endpoint failed); 503 ``credentials_unavailable`` (no KEK).
+    """
+    ring = keyring(request)
+    d = deps(request)
+    body = await read_json(request)
+    if not isinstance(body, dict) or set(body) - _FIELDS or not isinstance(body.get("subject"), dict):
+        raise RequestRejected(
+            "body must be {binding_id, credential_id, version, server, dataplane_id, subject, subject_token?}"
+        )
+    binding_id = uuid_text(body.get("binding_id"), "binding_id")
+    credential_id = uuid_text(body.get("credential_id"), "credential_id")
+    version = _text(body, "version", 128)
+    server = _text(body, "server", 128)
+    dataplane_id = _text(body, "dataplane_id", 256)
+    who = body["subject"]
+    subject = (str(who.get("issuer") or "")[:1024], str(who.get("sub") or "")[:1024])
+    token = body.get("subject_token")
+    if token is not None and (not isinstance(token, str) or not token or len(token) > MAX_SUBJECT_TOKEN):
+        raise RequestRejected(f"subject_token must be a non-empty string of at most {MAX_SUBJECT_TOKEN} characters")
+    tenant, env = d.config.tenant, d.config.environment
+    issuer: TokenIssuer | None = (request.scope.get("state") or {}).get("cp_tokens")
+    if issuer is None:
+        raise GatewayError("control plane resources are not initialised (root lifespan wiring)")
+    outcome, category = "failed", "internal_error"
+    try:
+        async with d.pool.acquire() as conn:
+            row = await db_credentials.resolvable(conn, tenant, env, binding_id)
+            if row is None or row["server"] != server or row["credential_id"] != credential_id:
+                outcome, category = "refused", "not_found"
+                raise NotFound("no such live binding of this server and credential")
+            if row["fingerprint"] != version:
+                outcome, category = "refused", "conflict"
+                raise ConflictError("the credential was rotated: another version")
+            secret = (await db_credentials.open_credential(conn, tenant, env, credential_id, ring)).reveal()
+        material = await material_for(issuer, row, version, secret, token)
+        outcome, category = "resolved", ""
+        return JSONResponse(material, headers={"cache-control": "no-store"})
+    except GatewayError as exc:
+        if outcome == "failed":
+            category = exc.category
+        raise
+    finally:
+        try:
+            async with d.pool.acquire() as conn:
+                await db_credentials.record_use(
+                    conn,
+                    tenant,
+                    env,
+                    credential_id=credential_id,
+                    binding_id=binding_id,
+                    server=server,
+                    dataplane_id=dataplane_id,
+                    subject=subject,
+                    outcome=outcome,
+                    error_category=category or None,
+                )
+        except Exception as exc:  # the answer stands; the missing row is logged
+            log.error("credential use of %s not recorded: %s", credential_id, type(exc).__name__)
+
+
+async def discovery_material(
+    request: Request, server: str, credential_id: str | None = None
+) -> UpstreamCredential | None:
+    """What approval's discovery presents to ``server``: the credential ``credential_id``, or
+    else the server's ``everyone`` binding's credential; never ``oauth_token_exchange`` (it
+    needs a caller). Audited in ``credential_uses`` as data plane ``control-plane``. None
+    without a KEK, or with neither.
+
+    Raises:
+        NotFound: ``credential_id`` is no live credential.
+        RequestRejected: ``credential_id`` is an ``oauth_token_exchange`` credential.
+        CredentialUnavailable: Its token could not be obtained.
+    """
+    ring = getattr(request.app.state, "credentials_keyring", None)
+    issuer: TokenIssuer | None = (request.scope.get("state") or {}).get("cp_tokens")
+    if ring is None or issuer is None:
+        if credential_id is not None:
+            keyring(request)  # 503: no KEK, so no credential can be used
+        return None
+    d = deps(request)
+    tenant, env = d.config.tenant, d.config.environment
+    binding_id: str | None = None
+    async with d.pool.acquire() as conn:
+        if credential_id is not None:
+            meta = await db_credentials.get_credential(conn, tenant, env, credential_id)
+            if meta["status"] != "active":
+                raise NotFound(f"credential {credential_id} is revoked")
+            row: dict[str, Any] | None = {**meta, "credential_id": meta["id"]}
+        else:
+            bound = await db_credentials.list_bindings(conn, tenant, env, server=server)
+            everyone = next((b for b in bound if b["subject"]["kind"] == "everyone"), None)
+            binding_id = everyone["id"] if everyone else None
+            row = await db_credentials.resolvable(conn, tenant, env, binding_id) if binding_id else None
+        if row is None:
+            return None
+        if row["kind"] == "oauth_token_exchange":
+            if credential_id is not None:
+                raise RequestRejected("discovery_credential: an oauth_token_exchange credential needs a caller")
+            return None
+        secret = (await db_credentials.open_credential(conn, tenant, env, row["credential_id"], ring)).reveal()
+    outcome, category = "failed", "credential_unavailable"
+    try:
+        material = await material_for(issuer, row, row["fingerprint"], secret, None)
+        outcome, category = "resolved", ""
+    finally:
+        async with d.pool.acquire() as conn:
+            await db_credentials.record_use(
+                conn,
+                tenant,
+                env,
+                credential_id=row["credential_id"],
+                binding_id=binding_id,
+                server=server,
+                dataplane_id="control-plane",
+                subject=("urn:gateway:controlplane", "approval"),
+                outcome=outcome,
+                error_category=category or None,
+            )
+    return UpstreamCredential(
+        f"{row['credential_id']}@{row['fingerprint']}", material["headers"], material["query"], material["env"]
+    )
+
+
+async def material_for(
+    issuer: TokenIssuer, row: dict[str, Any], version: str, secret: dict[str, Any], subject_token: str | None
+) -> dict[str, Any]:
+    """The material of one credential: ``{"headers", "query", "env", "expires_in"}`` (module docstring).
+
+    Raises:
+        CredentialUnavailable: A token endpoint failed, or the kind is unknown.
+        RequestRejected: ``oauth_token_exchange`` without ``subject_token``.
+    """
+    kind, config, credential_id = row["kind"], dict(row["config"] or {}), row["credential_id"]
+    out: dict[str, Any] = {"headers": {}, "query": {}, "env": {}, "expires_in": MAX_TTL}
+    if kind == "bearer":
+        out["headers"] = {"authorization": f"Bearer {secret['token']}"}
+    elif kind == "headers":
+        out["headers"] = {str(k).lower(): str(v) for k, v in dict(secret["headers"]).items()}
+    elif kind == "query":
+        out["query"] = {str(k): str(v) for k, v in dict(secret["params"]).items()}
+    elif kind == "stdio_env":
+        out["env"] = {str(k): str(v) for k, v in dict(secret["env"]).items()}
+    elif kind in ("oauth_client_credentials", "oauth_token_exchange"):
+        client_secret = str(secret["client_secret"])
+        if kind == "oauth_token_exchange" and subject_token is None:
+            raise RequestRejected("subject_token is required for an oauth_token_exchange credential")
+
+        async def fetch() -> Token:
+            if kind == "oauth_client_credentials":
+                return await issuer.client_credentials(credential_id, config, client_secret, version=version)
+            assert subject_token is not None
+            return await issuer.token_exchange(credential_id, config, client_secret, subject_token, version=version)
+
+        token = await fetch()
+        if token.expires_at - time.time() < MIN_LEFT:  # cached too close to its end: a fresh one
+            issuer.invalidate(credential_id)
+            token = await fetch()
+        out["headers"] = {"authorization": f"Bearer {token.access_token}"}
+        # The data plane stops using it a margin before it expires (in flight, clocks): 20% of
+        # what is left, 1 s at least, 30 s at most.
+        left = token.expires_at - time.time()
+        out["expires_in"] = max(0.0, min(MAX_TTL, left - min(30.0, max(1.0, 0.2 * left))))
+    else:
+        raise CredentialUnavailable(f"credential {credential_id}: kind {kind!r} cannot be resolved")
+    return out

@@ -1,0 +1,317 @@
+"""Credential brokering on the hot path: which credential a call uses, and its material.
+
+The projection carries, per server, the bindings that apply to it: ids, subject selectors
+and credential metadata (id, kind, version), never a secret. For each governed request:
+
+1. :func:`choose` picks the binding (most specific wins: user > client > role > everyone,
+   :func:`gateway.credentials.bindings.select_binding`); the policy input gets its metadata
+   as ``credential`` (:func:`credential_input`), and a policy may pick another of the
+   server's credentials with the obligation ``credential`` (a credential id).
+2. After the decision allowed the request, :class:`CredentialBroker` resolves the chosen
+   credential into :class:`~gateway.mcp.credential.UpstreamCredential` material: from its
+   in-memory cache, or from the control plane's broker endpoint
+   (``POST /v1/dataplane/credentials/resolve``, internal token; every resolution is audited
+   there). The client's own token is never sent upstream; for ``oauth_token_exchange`` it is
+   sent to the control plane, which trades it for an upstream-audience token (RFC 8693).
+
+A server that requires a credential (registered with ``requires_credential``, or bound once)
+refuses a caller no binding matches (``credential_required``): nothing is sent unauthenticated.
+
+Cache: per (credential id, version[, caller token digest]) for the lifetime the control plane
+gives (a token's expiry less a margin; static kinds :data:`MAX_TTL`), least recently used
+beyond :data:`MAX_ENTRIES`. A new projection drops every entry of a credential it no longer
+references (revoked, unbound) or references at another version (rotated): revocation takes
+effect on this data plane as soon as the projection arrives.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import anyio
+import httpx
+
+from gateway.config import Config
+from gateway.credentials.bindings import Binding, select_binding
+from gateway.credentials.bindings import Subject as BindingSubject
+from gateway.errors import CredentialUnavailable
+from gateway.mcp.credential import UpstreamCredential
+from gateway.policy.input import Subject
+
+__all__ = [
+    "MAX_ENTRIES",
+    "MAX_TTL",
+    "PER_USER_KINDS",
+    "BindingRef",
+    "CredentialBroker",
+    "CredentialRef",
+    "CredentialResolver",
+    "NoCredential",
+    "SERVICE_SUBJECT",
+    "background_material",
+    "choose",
+    "credential_input",
+]
+
+log = logging.getLogger(__name__)
+
+MAX_TTL = 300.0
+"""Most seconds resolved material is cached (also for static kinds), so a data plane cut off
+from the control plane stops using a secret after this long at most."""
+
+MAX_ENTRIES = 10_000
+"""Most cached materials (least recently used dropped first)."""
+
+PER_USER_KINDS = frozenset({"oauth_token_exchange"})
+"""Kinds whose material differs per caller (resolved with the caller's token)."""
+
+RESOLVE_PATH = "/v1/dataplane/credentials/resolve"
+
+
+@dataclass(frozen=True, slots=True)
+class CredentialRef:
+    """A credential as the projection names it: no secret, only what identifies the material."""
+
+    id: str
+    kind: str
+    version: str
+    """Changes whenever the secret does (the credential's fingerprint)."""
+
+    @property
+    def per_user(self) -> bool:
+        return self.kind in PER_USER_KINDS
+
+
+@dataclass(frozen=True, slots=True)
+class BindingRef:
+    """One binding of a server: ``subject_kind`` ``user``/``client``/``role``/``everyone``."""
+
+    id: str
+    subject_kind: str
+    subject_value: str | None
+    credential: CredentialRef
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> BindingRef:
+        """From the routing table's ``{"id", "subject": {"kind", "value"}, "credential": {"id", "kind", "version"}}``.
+
+        Raises:
+            ValueError: A malformed record.
+        """
+        subject, cred = record.get("subject"), record.get("credential")
+        if not isinstance(subject, Mapping) or not isinstance(cred, Mapping):
+            raise ValueError("binding needs subject and credential objects")
+        fields = (record.get("id"), subject.get("kind"), cred.get("id"), cred.get("kind"), cred.get("version"))
+        if not all(isinstance(f, str) and f for f in fields):
+            raise ValueError("binding id, subject kind and credential id/kind/version must be strings")
+        value = subject.get("value")
+        if value is not None and not isinstance(value, str):
+            raise ValueError("binding subject value must be a string or null")
+        return cls(str(record["id"]), str(subject["kind"]), value, CredentialRef(*(str(f) for f in fields[2:])))
+
+
+class NoCredential(Exception):
+    """The server requires a credential and none applies to this caller (or the policy's
+    ``credential`` obligation names none of the server's). ``category`` says which."""
+
+    def __init__(self, category: str, message: str) -> None:
+        super().__init__(message)
+        self.category = category
+
+
+def choose(bindings: Iterable[BindingRef], subject: Subject) -> BindingRef | None:
+    """The binding that applies to ``subject`` (most specific wins), None when none does."""
+    by_id = {b.id: b for b in bindings}
+    rows = [Binding(b.id, "", "", "", b.subject_kind, b.subject_value, b.credential.id) for b in by_id.values()]
+    who = BindingSubject(subject.sub, frozenset(subject.roles), subject.client_id)
+    chosen = select_binding(rows, tenant="", environment="", server="", subject=who)
+    return by_id[chosen.id] if chosen is not None else None
+
+
+def obligated(bindings: Iterable[BindingRef], obligations: Mapping[str, Any], chosen: BindingRef | None) -> BindingRef:
+    """Apply the decision's ``credential`` obligation (a credential id of one of the server's
+    bindings) to ``chosen``.
+
+    Raises:
+        NoCredential: ``credential_required`` when nothing applies; ``credential_obligation``
+            when the obligation is not a credential id bound to this server.
+    """
+    wanted = obligations.get("credential")
+    if wanted is not None:
+        for binding in bindings:
+            if binding.credential.id == wanted:
+                return binding
+        raise NoCredential(
+            "credential_obligation", "The policy's credential obligation names no credential of this server"
+        )
+    if chosen is None:
+        raise NoCredential("credential_required", "This server needs a credential and none is bound for this caller")
+    return chosen
+
+
+def credential_input(binding: BindingRef | None) -> dict[str, Any] | None:
+    """The policy input's ``credential`` member: metadata only (schema ``decision_input.json``)."""
+    if binding is None:
+        return None
+    return {
+        "binding": binding.id,
+        "subject_kind": binding.subject_kind,
+        "id": binding.credential.id,
+        "kind": binding.credential.kind,
+    }
+
+
+SERVICE_SUBJECT = Subject(sub="gateway", issuer="urn:gateway:dataplane")
+"""Whom the data plane's own background requests (drift re-lists, list-change watches) are
+made for, in the broker's audit (``credential_uses``)."""
+
+
+async def background_material(
+    broker: CredentialResolver | None, server: str, bindings: Iterable[BindingRef], *, required: bool
+) -> UpstreamCredential | None:
+    """The credential of the data plane's own requests to a server (nobody's call): the server's
+    ``everyone`` binding, when it requires a credential.
+
+    Raises:
+        CredentialUnavailable: The server requires one but has no ``everyone`` binding of a kind
+            that needs no caller (so no background request is made), or it could not be resolved.
+    """
+    bound = list(bindings)
+    if not required:
+        return None
+    everyone = next((b for b in bound if b.subject_kind == "everyone" and not b.credential.per_user), None)
+    if everyone is None or broker is None:
+        raise CredentialUnavailable(f"no everyone binding of {server} for the data plane's own requests")
+    return await broker.resolve(server, everyone, SERVICE_SUBJECT)
+
+
+class CredentialResolver(Protocol):
+    """What the PEP needs of the broker (:class:`CredentialBroker`; a double in unit tests)."""
+
+    async def resolve(self, server: str, binding: BindingRef, subject: Subject) -> UpstreamCredential: ...
+
+
+class CredentialBroker:
+    """Resolves credentials into material, with a bounded in-memory cache.
+
+    Args:
+        config: Control-plane URL, internal token and this data plane's id.
+        http: The client to the control plane.
+        max_ttl: Most seconds material stays cached.
+    """
+
+    def __init__(self, config: Config, http: httpx.AsyncClient, *, max_ttl: float = MAX_TTL) -> None:
+        cp = config.control_plane
+        self._url = cp.url.rstrip("/") + RESOLVE_PATH
+        self._token = cp.internal_token
+        self._dataplane = config.data_plane.id
+        self._http = http
+        self._max_ttl = max_ttl
+        self._cache: OrderedDict[tuple[str, str, str], tuple[UpstreamCredential, float]] = OrderedDict()
+        self._pending: dict[tuple[str, str, str], anyio.Event] = {}
+        self.resolutions = 0
+        """Resolutions asked of the control plane (cache misses)."""
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+    def retain(self, refs: Iterable[CredentialRef]) -> None:
+        """Keep only the cached material of ``refs`` (a new projection's credentials)."""
+        keep = {(r.id, r.version) for r in refs}
+        for key in [k for k in self._cache if k[:2] not in keep]:
+            del self._cache[key]
+
+    async def resolve(self, server: str, binding: BindingRef, subject: Subject) -> UpstreamCredential:
+        """The material of ``binding``'s credential for ``subject`` calling ``server``.
+
+        Raises:
+            CredentialUnavailable: The control plane could not resolve it (revoked, a
+                token endpoint failed, the control plane unreachable): fail closed.
+        """
+        cred = binding.credential
+        token = subject.token if cred.per_user else ""
+        if cred.per_user and not token:
+            raise CredentialUnavailable(f"credential {cred.id} needs the caller's token")
+        key = (cred.id, cred.version, hashlib.sha256(token.encode()).hexdigest() if token else "")
+        while True:
+            hit = self._cache.get(key)
+            if hit is not None and hit[1] > time.monotonic():
+                self._cache.move_to_end(key)
+                return hit[0]
+            pending = self._pending.get(key)
+            if pending is None:
+                break
+            await pending.wait()  # one resolution per key at a time; then read the cache again
+            if key not in self._cache:
+                break  # it failed: try ourselves (and fail on our own account)
+        done = self._pending[key] = anyio.Event()
+        try:
+            material, ttl = await self._ask(server, binding, subject, token)
+        finally:
+            del self._pending[key]
+            done.set()
+        self._cache[key] = (material, time.monotonic() + min(ttl, self._max_ttl))
+        while len(self._cache) > MAX_ENTRIES:
+            self._cache.popitem(last=False)
+        return material
+
+    async def _ask(
+        self, server: str, binding: BindingRef, subject: Subject, token: str
+    ) -> tuple[UpstreamCredential, float]:
+        cred = binding.credential
+        body: dict[str, Any] = {
+            "credential_id": cred.id,
+            "version": cred.version,
+            "binding_id": binding.id,
+            "server": server,
+            "dataplane_id": self._dataplane,
+            "subject": {"sub": subject.sub, "issuer": subject.issuer, "client_id": subject.client_id},
+        }
+        if token:
+            body["subject_token"] = token
+        self.resolutions += 1
+        try:
+            resp = await self._http.post(
+                self._url, json=body, headers={"authorization": f"Bearer {self._token.reveal()}"}, timeout=15.0
+            )
+        except httpx.HTTPError as exc:
+            raise CredentialUnavailable(
+                f"credential {cred.id}: control plane unreachable ({type(exc).__name__})"
+            ) from None
+        if resp.status_code != 200:
+            category = _category(resp)
+            raise CredentialUnavailable(f"credential {cred.id}: control plane answered {resp.status_code} {category}")
+        try:
+            data = resp.json()
+            material = UpstreamCredential(
+                cred.id + "@" + cred.version + (f"/{subject.issuer}|{subject.sub}" if token else ""),
+                _strings(data.get("headers")),
+                _strings(data.get("query")),
+                _strings(data.get("env")),
+            )
+            ttl = float(data.get("expires_in", self._max_ttl))
+        except (ValueError, TypeError, AttributeError):
+            raise CredentialUnavailable(f"credential {cred.id}: malformed broker answer") from None
+        return material, max(0.0, ttl)
+
+
+def _strings(value: Any) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise ValueError("not a string map")
+    return dict(value)
+
+
+def _category(resp: httpx.Response) -> str:
+    try:
+        category = resp.json().get("error")  # the control plane's {"error": <category>, "message", ...}
+    except (ValueError, AttributeError):
+        return "unknown"
+    return category if isinstance(category, str) and category.isidentifier() else "unknown"

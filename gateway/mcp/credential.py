@@ -1,0 +1,56 @@
+"""What the gateway presents to an upstream on a caller's behalf: brokered credential material.
+
+The data plane resolves a credential (``gateway.dataplane.credentials``) into an
+:class:`UpstreamCredential`; the upstream transports apply it to every request they make:
+headers and query parameters on streamable HTTP and legacy SSE (the ``GET`` stream, the
+message ``POST``s, resumption and ``DELETE`` alike), environment variables on stdio (set
+when the process starts). The material never appears in a ``repr``, a log line or an error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+__all__ = ["UpstreamCredential", "with_query"]
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class UpstreamCredential:
+    """Credential material for one upstream and caller.
+
+    Attributes:
+        key: Non-secret identity of the material's source: ``<credential id>@<version>``
+            (plus ``/<subject>`` for per-user kinds). Upstream sessions are keyed by it, so
+            two identities never share a session; a token refreshed under the same key keeps
+            the session and is sent from the next request on.
+        headers: Header name (lower case) -> value, e.g. ``{"authorization": "Bearer ..."}``.
+        query: Query parameter name -> value, added to the upstream URL.
+        env: Environment variables of a stdio upstream's process.
+    """
+
+    key: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+    query: Mapping[str, str] = field(default_factory=dict)
+    env: Mapping[str, str] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        names = sorted({*self.headers, *self.query, *self.env})
+        return f"UpstreamCredential(key={self.key!r}, fields={names!r})"
+
+    __str__ = __repr__
+
+
+def with_query(url: str, query: Mapping[str, str]) -> str:
+    """``url`` with ``query`` added to its query string (a parameter it already has is replaced).
+
+    Example::
+
+        with_query("http://h/mcp?x=1", {"api_key": "k"}) == "http://h/mcp?x=1&api_key=k"
+    """
+    if not query:
+        return url
+    parts = urlsplit(url)
+    kept = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in query]
+    return urlunsplit(parts._replace(query=urlencode([*kept, *query.items()])))
