@@ -112,6 +112,10 @@ class ControlPlaneConfig:
     from the admin token (HMAC-SHA256) when not set."""
     url: str = ""
     """Base URL data planes and OPA use to reach the control plane."""
+    public_url: str = ""
+    """Base URL users' browsers reach the control plane at: per-user OAuth connect links
+    (``<public_url>/v1/oauth/connect/...``) and the OAuth redirect URI
+    (``<public_url>/v1/oauth/callback``). Default: ``url``."""
     long_poll_timeout: float = 30 * SECONDS
     discovery_timeout: float = 10 * SECONDS
     """Bound on listing an upstream's tools at approval time."""
@@ -362,6 +366,7 @@ class Config:
         if not internal:
             raise ConfigError("GATEWAY_INTERNAL_TOKEN (or GATEWAY_ADMIN_TOKEN) is required")
         cp = dataclasses.replace(cp, internal_token=internal, url=(cp.url or f"http://{cp.host}:{cp.port}").rstrip("/"))
+        cp = dataclasses.replace(cp, public_url=(cp.public_url or cp.url).rstrip("/"))
         dp = self.data_plane
         dp = dataclasses.replace(
             dp,
@@ -425,6 +430,7 @@ ENV_KEYS: dict[str, str] = {
     "GATEWAY_CONTROL_HOST": "control_plane.host",
     "GATEWAY_CONTROL_PORT": "control_plane.port",
     "GATEWAY_CONTROL_URL": "control_plane.url",
+    "GATEWAY_CONTROL_PUBLIC_URL": "control_plane.public_url",
     "GATEWAY_ADMIN_TOKEN": "control_plane.admin_token",
     "GATEWAY_INTERNAL_TOKEN": "control_plane.internal_token",
     "GATEWAY_DATA_HOST": "data_plane.host",

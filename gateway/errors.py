@@ -26,6 +26,7 @@ The tree (class, safe ``category``, HTTP ``status_code``)::
     |  + UpstreamTimeout              upstream_timeout          504
     |  + UpstreamProtocolError        upstream_protocol_error   502
     |  + CredentialUnavailable        credential_unavailable    502
+    |     + CredentialNotConnected    credential_not_connected  409
     + ProjectionUnavailable           projection_unavailable    503
     + DatabaseUnavailable             database_unavailable      503
     + CredentialsDisabled             credentials_unavailable   503
@@ -48,6 +49,7 @@ __all__ = [
     "ArgumentsTooLarge",
     "ConflictError",
     "CredentialDecryptError",
+    "CredentialNotConnected",
     "CredentialUnavailable",
     "CredentialsDisabled",
     "DatabaseUnavailable",
@@ -297,3 +299,19 @@ class CredentialUnavailable(UpstreamError):
     def __init__(self, message: str, *, oauth_error: str | None = None) -> None:
         super().__init__(message)
         self.oauth_error = oauth_error
+
+
+class CredentialNotConnected(CredentialUnavailable):
+    """The caller has not connected their upstream account yet (credential kind
+    ``oauth_authorization_code``: no tokens for them, or the authorization server refused
+    their refresh token). ``connect_url`` is the control plane's single-use link that
+    connects them (``GET /v1/oauth/connect/{handle}``); it is only ever given to that
+    caller. The broker answers 409; the PEP a tool error carrying the link.
+    """
+
+    category = "credential_not_connected"
+    status_code = 409
+
+    def __init__(self, message: str, *, connect_url: str) -> None:
+        super().__init__(message)
+        self.connect_url = connect_url

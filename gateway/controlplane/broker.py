@@ -13,8 +13,12 @@ Material by kind: ``bearer`` -> ``Authorization: Bearer``; ``headers`` -> those 
 ``query`` -> those parameters; ``stdio_env`` -> those variables;
 ``oauth_client_credentials`` -> a bearer token from the token endpoint (RFC 6749 section 4.4),
 cached here until shortly before it expires; ``oauth_token_exchange`` -> a bearer token for
-the caller, traded for ``subject_token`` at the token endpoint (RFC 8693). Static kinds are
-cached by the data plane for at most ``MAX_TTL`` seconds; tokens until their expiry.
+the caller, traded for ``subject_token`` at the token endpoint (RFC 8693);
+``oauth_authorization_code`` -> the caller's own access token (``subject`` = who), refreshed
+with their stored refresh token (:mod:`gateway.controlplane.oauth_users`); a caller who has
+not connected yet gets **409** ``{"error": "credential_not_connected", "message",
+"request_id", "connect_url"}``. Static kinds are cached by the data plane for at most
+``MAX_TTL`` seconds; tokens until their expiry.
 """
 
 from __future__ import annotations
@@ -24,14 +28,23 @@ import time
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+import jwt
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway.controlplane import oauth_users
 from gateway.controlplane._deps import deps
-from gateway.controlplane._http import JSONResponse, read_json
+from gateway.controlplane._http import JSONResponse, error_body, read_json, request_id
 from gateway.controlplane.credentials import keyring, uuid_text
 from gateway.db import credentials as db_credentials
-from gateway.errors import ConflictError, CredentialUnavailable, GatewayError, NotFound, RequestRejected
+from gateway.errors import (
+    ConflictError,
+    CredentialNotConnected,
+    CredentialUnavailable,
+    GatewayError,
+    NotFound,
+    RequestRejected,
+)
 from gateway.mcp.credential import UpstreamCredential
 
 __all__ = ["MAX_TTL", "TokenIssuer", "discovery_material", "material_for", "resolve_credential"]
@@ -72,12 +85,16 @@ class TokenIssuer(Protocol):
         version: str = "",
     ) -> Token: ...
 
-    def invalidate(self, credential_id: str) -> int: ...
 
-
-MIN_LEFT = 2.0
-"""Seconds a token must still have to be handed out; one closer to its expiry (its ``exp`` may
-be up to a second earlier than the token endpoint's ``expires_in`` said) is fetched anew."""
+def _expired(jwt_text: str | None) -> bool:
+    """True when a JWT's ``exp`` (read without verification: the data plane verified it) has passed."""
+    if not jwt_text:
+        return False
+    try:
+        exp = jwt.decode(jwt_text, options={"verify_signature": False}).get("exp")
+    except jwt.PyJWTError:
+        return False
+    return isinstance(exp, int | float) and exp <= time.time()
 
 
 def _text(body: dict[str, Any], name: str, limit: int = 256) -> str:
@@ -126,9 +143,17 @@ async def resolve_credential(request: Request) -> Response:
                 outcome, category = "refused", "conflict"
                 raise ConflictError("the credential was rotated: another version")
             secret = (await db_credentials.open_credential(conn, tenant, env, credential_id, ring)).reveal()
-        material = await material_for(issuer, row, version, secret, token)
+        if row["kind"] == "oauth_authorization_code":
+            access, expires_at = await oauth_users.user_material(request, row, secret, subject, server, ring)
+            material = _token_material(access, expires_at)
+        else:
+            material = await material_for(issuer, row, version, secret, token)
         outcome, category = "resolved", ""
         return JSONResponse(material, headers={"cache-control": "no-store"})
+    except CredentialNotConnected as exc:
+        outcome, category = "refused", exc.category
+        body = {**error_body(exc, request_id(request.scope)), "connect_url": exc.connect_url}
+        return JSONResponse(body, status_code=exc.status_code, headers={"cache-control": "no-store"})
     except GatewayError as exc:
         if outcome == "failed":
             category = exc.category
@@ -187,9 +212,9 @@ async def discovery_material(
             row = await db_credentials.resolvable(conn, tenant, env, binding_id) if binding_id else None
         if row is None:
             return None
-        if row["kind"] == "oauth_token_exchange":
+        if row["kind"] in ("oauth_token_exchange", "oauth_authorization_code"):
             if credential_id is not None:
-                raise RequestRejected("discovery_credential: an oauth_token_exchange credential needs a caller")
+                raise RequestRejected(f"discovery_credential: an {row['kind']} credential needs a caller")
             return None
         secret = (await db_credentials.open_credential(conn, tenant, env, row["credential_id"], ring)).reveal()
     outcome, category = "failed", "credential_unavailable"
@@ -245,15 +270,25 @@ async def material_for(
             assert subject_token is not None
             return await issuer.token_exchange(credential_id, config, client_secret, subject_token, version=version)
 
+        if kind == "oauth_token_exchange" and _expired(subject_token):
+            # Within the data plane's leeway, but not worth a token (and no reason to hammer
+            # the token endpoint for one that would expire at once).
+            raise CredentialUnavailable(f"credential {credential_id}: the caller's token has expired")
         token = await fetch()
-        if token.expires_at - time.time() < MIN_LEFT:  # cached too close to its end: a fresh one
-            issuer.invalidate(credential_id)
-            token = await fetch()
-        out["headers"] = {"authorization": f"Bearer {token.access_token}"}
-        # The data plane stops using it a margin before it expires (in flight, clocks): 20% of
-        # what is left, 1 s at least, 30 s at most.
-        left = token.expires_at - time.time()
-        out["expires_in"] = max(0.0, min(MAX_TTL, left - min(30.0, max(1.0, 0.2 * left))))
+        out = _token_material(token.access_token, token.expires_at)
     else:
         raise CredentialUnavailable(f"credential {credential_id}: kind {kind!r} cannot be resolved")
     return out
+
+
+def _token_material(access_token: str, expires_at: float) -> dict[str, Any]:
+    """Bearer material of a token expiring at ``expires_at`` (Unix seconds). The data plane
+    stops using it a margin before it expires (in flight, clocks): 20% of what is left, 1 s
+    at least, 30 s at most."""
+    left = expires_at - time.time()
+    return {
+        "headers": {"authorization": f"Bearer {access_token}"},
+        "query": {},
+        "env": {},
+        "expires_in": max(0.0, min(MAX_TTL, left - min(30.0, max(1.0, 0.2 * left)))),
+    }

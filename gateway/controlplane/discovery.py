@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Generator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -147,7 +148,10 @@ async def discover_server(
         client = Client(stdio_transport(name, launch), mode="legacy", **declares)
         hint = "check its command, args, cwd and env (the gateway log has its stderr)"
     elif transport == "legacy_sse":
-        client = Client(sse_client(str(target), headers=headers or None), mode="legacy", **declares)
+        # The SDK joins the endpoint event's URI to the SSE URL, losing its query: a query
+        # credential goes onto every request (the GET stream and each message POST) instead.
+        auth = _QueryAuth(credential.query) if credential is not None and credential.query else None
+        client = Client(sse_client(str(url), headers=headers or None, auth=auth), mode="legacy", **declares)
         hint = "check its SSE URL and that it is running"
     elif credential is not None:
         client = Client(streamable_http_client(str(target), http_client=http), **declares)
@@ -171,6 +175,17 @@ async def discover_server(
     except Exception as exc:  # connection refused, HTTP errors, TLS, bad payloads (often in an ExceptionGroup)
         log.warning("upstream %s unreachable during discovery: %s", where, redact(repr(_root_cause(exc))))
         raise UpstreamUnavailable(f"could not list the upstream's tools; {hint}") from None
+
+
+class _QueryAuth(httpx2.Auth):
+    """Adds a credential's query parameters to every request (legacy SSE discovery)."""
+
+    def __init__(self, query: Mapping[str, str]) -> None:
+        self._query = dict(query)
+
+    def auth_flow(self, request: httpx2.Request) -> Generator[httpx2.Request, httpx2.Response, None]:
+        request.url = request.url.copy_merge_params(self._query)
+        yield request
 
 
 async def _refuse(context: Any, params: Any) -> ErrorData:

@@ -55,8 +55,10 @@ from authlib.integrations.httpx_client import AsyncOAuth2Client
 from gateway.errors import CredentialUnavailable
 
 __all__ = [
+    "BoundedTransport",
     "DEFAULT_LIFETIME",
     "MAX_ENTRIES",
+    "ResponseTooLarge",
     "MAX_RESPONSE_BYTES",
     "MAX_TOKEN_CHARS",
     "SUBJECT_TOKEN_TYPE",
@@ -80,6 +82,9 @@ DEFAULT_LIFETIME = 60.0
 """Seconds a token without ``expires_in`` is taken to live."""
 MAX_SKEW = 30.0
 """Most seconds a token is dropped from the cache before it expires (also capped at 10 %)."""
+MIN_LEFT = 2.0
+"""Seconds a cached token must still have (half its lifetime at most): a token's ``exp`` may be
+up to a second before what ``expires_in`` said, and it still has to reach the upstream."""
 TOKEN_EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
 SUBJECT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"
 AUTH_METHODS = ("client_secret_basic", "client_secret_post")
@@ -113,8 +118,8 @@ class _Entry:
 _Key = tuple[str, str, str, str, str]  # (grant, credential id, version, config digest, subject digest)
 
 
-class _TooLarge(Exception):
-    pass
+class ResponseTooLarge(Exception):
+    """An answer went over :class:`BoundedTransport`'s byte limit."""
 
 
 class _BoundedStream(httpx2.AsyncByteStream):
@@ -126,14 +131,14 @@ class _BoundedStream(httpx2.AsyncByteStream):
         async for chunk in self._inner:
             seen += len(chunk)
             if seen > self._limit:
-                raise _TooLarge
+                raise ResponseTooLarge
             yield chunk
 
     async def aclose(self) -> None:
         await self._inner.aclose()
 
 
-class _BoundedTransport(httpx2.AsyncBaseTransport):
+class BoundedTransport(httpx2.AsyncBaseTransport):
     """Caps every answer at ``limit`` bytes; shared by the per-request clients, closed by
     :meth:`TokenSource.aclose` only."""
 
@@ -146,7 +151,7 @@ class _BoundedTransport(httpx2.AsyncBaseTransport):
         length = response.headers.get("content-length", "")
         if length.isdigit() and int(length) > self._limit:
             await response.aclose()
-            raise _TooLarge
+            raise ResponseTooLarge
         assert isinstance(response.stream, httpx2.AsyncByteStream)
         return httpx2.Response(
             response.status_code,
@@ -163,7 +168,8 @@ class _BoundedTransport(httpx2.AsyncBaseTransport):
 
 
 def _skew(lifetime: float) -> float:
-    return min(MAX_SKEW, 0.1 * max(lifetime, 0.0))
+    lifetime = max(lifetime, 0.0)
+    return max(min(MAX_SKEW, 0.1 * lifetime), min(MIN_LEFT, lifetime / 2))
 
 
 def _subject_exp(subject_token: str) -> float | None:
@@ -200,7 +206,7 @@ class TokenSource:
         self._max_entries = max_entries
         self._timeout = timeout
         self._clock = clock
-        self._transport = _BoundedTransport(max_response_bytes)
+        self._transport = BoundedTransport(max_response_bytes)
         self._cache: OrderedDict[_Key, _Entry] = OrderedDict()
         self._inflight: dict[_Key, asyncio.Task[Token]] = {}
         self._counts = {"hits": 0, "fetches": 0, "errors": 0}
@@ -345,7 +351,7 @@ class TokenSource:
             raise self._fail(f"{where} refused: {code}", code) from None
         except TimeoutError:
             raise self._fail(f"{where} did not answer within {self._timeout:g} s") from None
-        except _TooLarge:
+        except ResponseTooLarge:
             raise self._fail(f"{where} answered more than {self._transport._limit} bytes") from None
         except httpx2.HTTPStatusError as exc:
             raise self._fail(f"{where} answered HTTP {exc.response.status_code}") from None

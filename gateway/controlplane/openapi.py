@@ -157,6 +157,10 @@ _SCHEMAS: dict[str, Any] = {
             "error": {"type": "string", "pattern": "^[a-z_]+$"},
             "message": {"type": "string"},
             "request_id": {"type": "string", "format": "uuid"},
+            "connect_url": {
+                "type": "string",
+                "description": "Only with `credential_not_connected`: the caller's connect link.",
+            },
             "errors": {
                 "type": "array",
                 "description": "Only with `policy_rejected`: one entry per problem.",
@@ -470,7 +474,15 @@ _SCHEMAS: dict[str, Any] = {
         "depend on the kind (docs/credentials.md). A 400 names the field and never echoes a value.",
         "oneOf": [
             _ref(f"{name}Credential")
-            for name in ("Bearer", "Headers", "Query", "StdioEnv", "OAuthClientCredentials", "OAuthTokenExchange")
+            for name in (
+                "Bearer",
+                "Headers",
+                "Query",
+                "StdioEnv",
+                "OAuthClientCredentials",
+                "OAuthTokenExchange",
+                "OAuthAuthorizationCode",
+            )
         ],
     },
     "BearerCredential": _credential_body(
@@ -527,6 +539,37 @@ _SCHEMAS: dict[str, Any] = {
         _CLIENT_SECRET,
         _oauth_config(exchange=True),
     ),
+    "OAuthAuthorizationCodeCredential": _credential_body(
+        "oauth_authorization_code",
+        "Per-user OAuth 2.1 authorization code with PKCE: each user connects their own upstream account "
+        "through `GET /v1/oauth/connect/{handle}` (docs/credentials.md). Without `client_id` the gateway "
+        "registers itself (RFC 7591); without endpoints it discovers them (RFC 9728, RFC 8414).",
+        {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {"client_secret": _SECRET_TEXT},
+        },
+        {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "client_id": {"type": "string", "minLength": 1, "maxLength": 2048},
+                "scope": {"type": ["string", "null"], "maxLength": 2048, "description": "RFC 6749 scope tokens."},
+                "resource": {
+                    "type": ["string", "null"],
+                    "maxLength": 2048,
+                    "description": "RFC 8707 resource indicator; default: the server's URL.",
+                },
+                "authorization_endpoint": {"type": "string", "format": "uri", "maxLength": 2048},
+                "token_endpoint": {"type": "string", "format": "uri", "maxLength": 2048},
+                "auth_method": {
+                    "type": "string",
+                    "enum": ["none", "client_secret_basic", "client_secret_post"],
+                    "description": "Default: `client_secret_basic` with a `client_secret`, else `none` (PKCE only).",
+                },
+            },
+        },
+    ),
     "CredentialRotation": {
         "type": "object",
         "description": "The new secret, with the fields of the credential's kind.",
@@ -567,6 +610,7 @@ _SCHEMAS: dict[str, Any] = {
                     "stdio_env",
                     "oauth_client_credentials",
                     "oauth_token_exchange",
+                    "oauth_authorization_code",
                 ],
             },
             "config": {"type": "object", "description": "The non-secret fields (names of a map kind's entries)."},
@@ -745,6 +789,8 @@ _LONG_POLL = [
     },
 ]
 
+_HTML_PAGE = {"description": "A small HTML page.", "content": {"text/html": {"schema": {"type": "string"}}}}
+
 _PATHS: dict[str, Any] = {
     OPENAPI_PATH: {
         "get": {
@@ -753,6 +799,37 @@ _PATHS: dict[str, Any] = {
             "summary": "This document (no token needed: it holds no data).",
             "security": [],
             "responses": {"200": _json({"type": "object", "required": ["openapi", "paths"]}, "OpenAPI 3.1")},
+        }
+    },
+    "/v1/oauth/connect/{handle}": {
+        "get": {
+            "operationId": "oauthConnect",
+            "tags": ["oauth"],
+            "summary": "A user's single-use connect link (no token: the handle is the bearer, 10 minutes): "
+            "302 to the upstream's authorization server (authorization code + PKCE S256).",
+            "security": [],
+            "parameters": [_path("handle", {"type": "string"}, "The connect handle the broker gave the caller.")],
+            "responses": {
+                "302": {"description": "To the authorization endpoint.", "headers": {"Location": {"schema": {}}}},
+                "404": _HTML_PAGE,
+                "502": _HTML_PAGE,
+            },
+        }
+    },
+    "/v1/oauth/callback": {
+        "get": {
+            "operationId": "oauthCallback",
+            "tags": ["oauth"],
+            "summary": "The OAuth redirect URI: exchanges the code, stores the user's tokens sealed. No token: "
+            "`state` is the bearer.",
+            "security": [],
+            "parameters": [
+                _query("code", {"type": "string"}, "The authorization code."),
+                _query("state", {"type": "string"}, "The state of the authorization request."),
+                _query("error", {"type": "string"}, "An error code of the authorization server."),
+                _query("iss", {"type": "string"}, "RFC 9207 issuer identifier."),
+            ],
+            "responses": {"200": _HTML_PAGE, "400": _HTML_PAGE},
         }
     },
     "/v1/control-plane/scope": {
@@ -1101,7 +1178,9 @@ _PATHS: dict[str, Any] = {
             "internal",
             "The credential broker: a data plane resolves a live binding's credential into the material it sends"
             " upstream (headers, query parameters, environment), with how long it may cache it. Audited in"
-            " `credential_uses`. The only answer that carries secret material (`Cache-Control: no-store`).",
+            " `credential_uses`. The only answer that carries secret material (`Cache-Control: no-store`)."
+            " 409 is `conflict` (another version) or `credential_not_connected` (an `oauth_authorization_code`"
+            " caller who has not connected yet; the body adds `connect_url`, their single-use connect link).",
             {
                 "200": _json(
                     {
@@ -1179,6 +1258,7 @@ _DOCUMENT: dict[str, Any] = {
         {"name": "projection"},
         {"name": "audit"},
         {"name": "credentials", "description": "Write-only upstream credentials and their bindings."},
+        {"name": "oauth", "description": "Per-user OAuth connect pages, opened in a user's browser (no token)."},
         {"name": "internal", "description": "For OPA sidecars and data planes only (internal token)."},
     ],
     "paths": _PATHS,

@@ -4,13 +4,27 @@ from __future__ import annotations
 
 from starlette.routing import Route
 
-from gateway.controlplane import audit, broker, credentials, dataplane, opa, openapi, policies, servers, status
+from gateway.controlplane import (
+    audit,
+    broker,
+    credentials,
+    dataplane,
+    oauth_users,
+    opa,
+    openapi,
+    policies,
+    servers,
+    status,
+)
 
 __all__ = ["routes"]
 
 routes = [
     # the OpenAPI 3.1 description of everything below (no token: it holds no data)
     Route(openapi.OPENAPI_PATH, openapi.get_openapi, methods=["GET"]),
+    # per-user OAuth connect (no token: the single-use handle, then the OAuth state, is the bearer)
+    Route("/v1/oauth/connect/{handle}", oauth_users.connect, methods=["GET"]),
+    Route(oauth_users.CALLBACK_PATH, oauth_users.callback, methods=["GET"]),
     # admin API (bearer admin_token)
     Route("/v1/control-plane/scope", status.get_scope, methods=["GET"]),
     Route("/v1/servers", servers.list_servers, methods=["GET"]),

@@ -14,6 +14,8 @@ kind                              config (clear)                                
 ``oauth_client_credentials``      ``token_url, client_id, scope?, audience?, auth_method``       ``{"client_secret"}``
 ``oauth_token_exchange``          ``token_url, client_id, audience?, scope?, auth_method,``      ``{"client_secret"}``
                                   ``requested_token_type?``
+``oauth_authorization_code``      ``client_id?, scope?, resource?, authorization_endpoint?,``    ``{"client_secret"?}``
+                                  ``token_endpoint?, auth_method?``
 ================================  =============================================================  ===========================
 
 ``auth_method`` is ``client_secret_basic`` (default) or ``client_secret_post`` (RFC 6749
@@ -22,7 +24,10 @@ a value, nor a name the client chose: only names from the fixed lists below.
 
 Sources: RFC 6750 (bearer), RFC 9110 section 5.1 (field names are tokens) and 7.6.1
 (hop-by-hop fields), RFC 6749 (client credentials, ``scope`` syntax in section 3.3),
-RFC 8693 (token exchange).
+RFC 8693 (token exchange), RFC 6749 section 4.1 with RFC 7636 PKCE and RFC 8707
+``resource`` (``oauth_authorization_code``: per-user tokens, see
+:mod:`gateway.controlplane.oauth_users`). Without ``client_id`` that kind registers itself
+(RFC 7591); without both endpoints it discovers them (RFC 9728, RFC 8414).
 """
 
 from __future__ import annotations
@@ -55,9 +60,12 @@ KINDS = (
     "stdio_env",
     "oauth_client_credentials",
     "oauth_token_exchange",
+    "oauth_authorization_code",
 )
 """Every credential kind (the migration's CHECK constraint lists the same)."""
 AUTH_METHODS = ("client_secret_basic", "client_secret_post")
+CODE_AUTH_METHODS = ("none", *AUTH_METHODS)
+"""``auth_method`` of ``oauth_authorization_code``: ``none`` is a public client (PKCE only)."""
 REFUSED_HEADERS = frozenset(
     {
         # hop-by-hop (RFC 9110 section 7.6.1, RFC 9112) and framing: the gateway owns them
@@ -277,19 +285,19 @@ def _stdio_env(config: dict[str, Any], secret: Any) -> tuple[dict[str, Any], dic
     return {"env_names": sorted(out)}, {"env": out}
 
 
-def _token_url(value: Any) -> str:
-    url = _string(value, "config.token_url", max_length=MAX_URL)
+def _token_url(value: Any, field: str = "config.token_url") -> str:
+    url = _string(value, field, max_length=MAX_URL)
     try:
         parts = urlsplit(url)
         host, _ = parts.hostname, parts.port
     except ValueError:
         host = None
     if not url.isascii() or not host or parts.scheme not in ("https", "http"):
-        raise _reject("config.token_url must be an absolute https URL")
+        raise _reject(f"{field} must be an absolute https URL")
     if parts.scheme == "http" and host not in _LOOPBACK:
-        raise _reject("config.token_url must be https (http only to a loopback host)")
+        raise _reject(f"{field} must be https (http only to a loopback host)")
     if "@" in parts.netloc or parts.query or parts.fragment:
-        raise _reject("config.token_url must have no userinfo, query or fragment (secrets go in secret)")
+        raise _reject(f"{field} must have no userinfo, query or fragment (secrets go in secret)")
     return url
 
 
@@ -324,6 +332,61 @@ def _oauth(config: dict[str, Any], secret: Any, *, exchange: bool) -> tuple[dict
     return out, {"client_secret": _secret_string(body["client_secret"], "secret.client_secret")}
 
 
+_CODE_FIELDS = frozenset({"client_id", "scope", "resource", "authorization_endpoint", "token_endpoint", "auth_method"})
+
+
+def _authorization_code(config: dict[str, Any], secret: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``oauth_authorization_code``: per-user tokens (authorization code + PKCE, RFC 7636).
+
+    Both endpoints or neither (then they are discovered from the bound server's URL at
+    connect time). ``auth_method`` defaults to ``client_secret_basic`` with a
+    ``client_secret``, else ``none`` (a public client). Without ``client_id`` the gateway
+    registers itself (RFC 7591), so ``client_secret`` must then be absent.
+    """
+    _object(config, "config", _CODE_FIELDS, frozenset())
+    body = _object(secret, "secret", frozenset({"client_secret"}), frozenset())
+    out: dict[str, Any] = {}
+    fields: dict[str, Any] = {}
+    if body.get("client_secret") is not None:
+        fields["client_secret"] = _secret_string(body["client_secret"], "secret.client_secret")
+    if config.get("client_id") is not None:
+        out["client_id"] = _string(config["client_id"], "config.client_id", max_length=MAX_FIELD)
+    elif fields:
+        raise _reject("secret.client_secret needs config.client_id (a registered client is given its own)")
+    default_method = AUTH_METHODS[0] if fields else "none"
+    out["auth_method"] = config.get("auth_method", default_method)
+    if out["auth_method"] not in CODE_AUTH_METHODS:
+        raise _reject(f"config.auth_method must be one of {', '.join(CODE_AUTH_METHODS)}")
+    if (out["auth_method"] == "none") == bool(fields) and "client_id" in out:
+        raise _reject("config.auth_method none takes no secret.client_secret; the others need one")
+    if "client_id" not in out:
+        out["auth_method"] = "none"
+    if config.get("scope") is not None:
+        out["scope"] = _string(
+            config["scope"], "config.scope", max_length=MAX_FIELD, pattern=_SCOPE, what="of RFC 6749 scope tokens"
+        )
+    if config.get("resource") is not None:
+        out["resource"] = _resource(config["resource"])
+    endpoints = [name for name in ("authorization_endpoint", "token_endpoint") if config.get(name) is not None]
+    if len(endpoints) == 1:
+        raise _reject("config.authorization_endpoint and config.token_endpoint go together (or neither: discovered)")
+    for name in endpoints:
+        out[name] = _token_url(config[name], f"config.{name}")
+    return out, fields
+
+
+def _resource(value: Any) -> str:
+    """RFC 8707 section 2: an absolute URI without a fragment."""
+    url = _string(value, "config.resource", max_length=MAX_URL)
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        parts = None
+    if parts is None or not url.isascii() or not parts.scheme or not parts.netloc or parts.fragment:
+        raise _reject("config.resource must be an absolute URI without a fragment (RFC 8707)")
+    return url
+
+
 _VALIDATORS: dict[str, Callable[[dict[str, Any], Any], tuple[dict[str, Any], dict[str, Any]]]] = {
     "bearer": _bearer,
     "headers": _headers,
@@ -331,6 +394,7 @@ _VALIDATORS: dict[str, Callable[[dict[str, Any], Any], tuple[dict[str, Any], dic
     "stdio_env": _stdio_env,
     "oauth_client_credentials": lambda c, s: _oauth(c, s, exchange=False),
     "oauth_token_exchange": lambda c, s: _oauth(c, s, exchange=True),
+    "oauth_authorization_code": _authorization_code,
 }
 
 

@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from gateway.dataplane.credentials import choose, credential_input
+from gateway.dataplane.credentials import choose, credential_input, for_transport
 from gateway.dataplane.governance import (
     MRTR_PARAMS,
     UPSTREAM_FAILED,
@@ -142,7 +142,9 @@ class FeatureSteps(Governor):
         chosen = choose(server.bindings, ctx.subject)
         if chosen is None or self._broker is None:
             raise CredentialUnavailable(f"no credential of {server.name} for this caller")
-        return await self._broker.resolve(server.name, chosen, ctx.subject)
+        return for_transport(
+            await self._broker.resolve(server.name, chosen, ctx.subject), server.name, server.transport
+        )
 
     async def _exchange(
         self,

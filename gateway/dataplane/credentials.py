@@ -12,12 +12,15 @@ and credential metadata (id, kind, version), never a secret. For each governed r
    in-memory cache, or from the control plane's broker endpoint
    (``POST /v1/dataplane/credentials/resolve``, internal token; every resolution is audited
    there). The client's own token is never sent upstream; for ``oauth_token_exchange`` it is
-   sent to the control plane, which trades it for an upstream-audience token (RFC 8693).
+   sent to the control plane, which trades it for an upstream-audience token (RFC 8693); for
+   ``oauth_authorization_code`` only the caller's identity is sent, and a caller who has not
+   connected their upstream account gets :class:`~gateway.errors.CredentialNotConnected`
+   carrying the connect URL.
 
 A server that requires a credential (registered with ``requires_credential``, or bound once)
 refuses a caller no binding matches (``credential_required``): nothing is sent unauthenticated.
 
-Cache: per (credential id, version[, caller token digest]) for the lifetime the control plane
+Cache: per (credential id, version[, caller token digest, or ``issuer|sub``]) for the lifetime the control plane
 gives (a token's expiry less a margin; static kinds :data:`MAX_TTL`), least recently used
 beyond :data:`MAX_ENTRIES`. A new projection drops every entry of a credential it no longer
 references (revoked, unbound) or references at another version (rotated): revocation takes
@@ -31,7 +34,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import anyio
@@ -40,7 +43,7 @@ import httpx
 from gateway.config import Config
 from gateway.credentials.bindings import Binding, select_binding
 from gateway.credentials.bindings import Subject as BindingSubject
-from gateway.errors import CredentialUnavailable
+from gateway.errors import CredentialNotConnected, CredentialUnavailable
 from gateway.mcp.credential import UpstreamCredential
 from gateway.policy.input import Subject
 
@@ -48,6 +51,7 @@ __all__ = [
     "MAX_ENTRIES",
     "MAX_TTL",
     "PER_USER_KINDS",
+    "SUBJECT_TOKEN_KINDS",
     "BindingRef",
     "CredentialBroker",
     "CredentialRef",
@@ -57,6 +61,7 @@ __all__ = [
     "background_material",
     "choose",
     "credential_input",
+    "for_transport",
 ]
 
 log = logging.getLogger(__name__)
@@ -68,8 +73,12 @@ from the control plane stops using a secret after this long at most."""
 MAX_ENTRIES = 10_000
 """Most cached materials (least recently used dropped first)."""
 
-PER_USER_KINDS = frozenset({"oauth_token_exchange"})
-"""Kinds whose material differs per caller (resolved with the caller's token)."""
+PER_USER_KINDS = frozenset({"oauth_token_exchange", "oauth_authorization_code"})
+"""Kinds whose material differs per caller: ``oauth_token_exchange`` is resolved with the
+caller's token (:data:`SUBJECT_TOKEN_KINDS`), ``oauth_authorization_code`` with the caller's
+identity only (the control plane holds each user's own tokens)."""
+SUBJECT_TOKEN_KINDS = frozenset({"oauth_token_exchange"})
+"""Per-user kinds whose resolution sends the caller's token to the control plane."""
 
 RESOLVE_PATH = "/v1/dataplane/credentials/resolve"
 
@@ -155,6 +164,20 @@ def obligated(bindings: Iterable[BindingRef], obligations: Mapping[str, Any], ch
     return chosen
 
 
+def for_transport(material: UpstreamCredential, server: str, transport: str) -> UpstreamCredential:
+    """``material`` when it can authenticate a ``transport`` server: environment variables for
+    ``stdio``, headers or query parameters for HTTP (the control plane refuses other bindings;
+    this holds for older ones too).
+
+    Raises:
+        CredentialUnavailable: Nothing in it this transport would send: fail closed.
+    """
+    usable = material.env if transport == "stdio" else (material.headers or material.query)
+    if not usable:
+        raise CredentialUnavailable(f"the credential of {server} carries nothing a {transport} upstream gets")
+    return material
+
+
 def credential_input(binding: BindingRef | None) -> dict[str, Any] | None:
     """The policy input's ``credential`` member: metadata only (schema ``decision_input.json``)."""
     if binding is None:
@@ -173,7 +196,12 @@ made for, in the broker's audit (``credential_uses``)."""
 
 
 async def background_material(
-    broker: CredentialResolver | None, server: str, bindings: Iterable[BindingRef], *, required: bool
+    broker: CredentialResolver | None,
+    server: str,
+    bindings: Iterable[BindingRef],
+    *,
+    required: bool,
+    transport: str,
 ) -> UpstreamCredential | None:
     """The credential of the data plane's own requests to a server (nobody's call): the server's
     ``everyone`` binding, when it requires a credential.
@@ -188,13 +216,22 @@ async def background_material(
     everyone = next((b for b in bound if b.subject_kind == "everyone" and not b.credential.per_user), None)
     if everyone is None or broker is None:
         raise CredentialUnavailable(f"no everyone binding of {server} for the data plane's own requests")
-    return await broker.resolve(server, everyone, SERVICE_SUBJECT)
+    return for_transport(await broker.resolve(server, everyone, SERVICE_SUBJECT), server, transport)
 
 
 class CredentialResolver(Protocol):
     """What the PEP needs of the broker (:class:`CredentialBroker`; a double in unit tests)."""
 
     async def resolve(self, server: str, binding: BindingRef, subject: Subject) -> UpstreamCredential: ...
+
+
+@dataclass(eq=False, slots=True)
+class _Flight:
+    """One resolution in progress and its outcome (material, or the error's message)."""
+
+    done: anyio.Event = field(default_factory=anyio.Event)
+    material: UpstreamCredential | None = None
+    error: str | None = None
 
 
 class CredentialBroker:
@@ -214,7 +251,7 @@ class CredentialBroker:
         self._http = http
         self._max_ttl = max_ttl
         self._cache: OrderedDict[tuple[str, str, str], tuple[UpstreamCredential, float]] = OrderedDict()
-        self._pending: dict[tuple[str, str, str], anyio.Event] = {}
+        self._pending: dict[tuple[str, str, str], _Flight] = {}
         self.resolutions = 0
         """Resolutions asked of the control plane (cache misses)."""
 
@@ -235,27 +272,43 @@ class CredentialBroker:
                 token endpoint failed, the control plane unreachable): fail closed.
         """
         cred = binding.credential
-        token = subject.token if cred.per_user else ""
-        if cred.per_user and not token:
+        token = subject.token if cred.kind in SUBJECT_TOKEN_KINDS else ""
+        if cred.kind in SUBJECT_TOKEN_KINDS and not token:
             raise CredentialUnavailable(f"credential {cred.id} needs the caller's token")
-        key = (cred.id, cred.version, hashlib.sha256(token.encode()).hexdigest() if token else "")
+        if cred.per_user and not token and not (subject.issuer and subject.sub):
+            raise CredentialUnavailable(f"credential {cred.id} needs the caller's identity")
+        who = (
+            hashlib.sha256(token.encode()).hexdigest()
+            if token
+            else (f"{subject.issuer}|{subject.sub}" if cred.per_user else "")
+        )
+        key = (cred.id, cred.version, who)
         while True:
             hit = self._cache.get(key)
             if hit is not None and hit[1] > time.monotonic():
                 self._cache.move_to_end(key)
                 return hit[0]
-            pending = self._pending.get(key)
-            if pending is None:
+            flight = self._pending.get(key)
+            if flight is None:
                 break
-            await pending.wait()  # one resolution per key at a time; then read the cache again
-            if key not in self._cache:
-                break  # it failed: try ourselves (and fail on our own account)
-        done = self._pending[key] = anyio.Event()
+            # One resolution per key at a time: its outcome is everyone's. When its owner was
+            # cancelled (its client left) there is none: the next waiter resolves.
+            await flight.done.wait()
+            if flight.material is not None:
+                return flight.material
+            if flight.error is not None:
+                raise CredentialUnavailable(flight.error)
+        flight = self._pending[key] = _Flight()
         try:
             material, ttl = await self._ask(server, binding, subject, token)
+            flight.material = material
+        except CredentialUnavailable as exc:
+            flight.error = str(exc)
+            raise
         finally:
-            del self._pending[key]
-            done.set()
+            if self._pending.get(key) is flight:
+                del self._pending[key]
+            flight.done.set()
         self._cache[key] = (material, time.monotonic() + min(ttl, self._max_ttl))
         while len(self._cache) > MAX_ENTRIES:
             self._cache.popitem(last=False)
@@ -284,13 +337,23 @@ class CredentialBroker:
             raise CredentialUnavailable(
                 f"credential {cred.id}: control plane unreachable ({type(exc).__name__})"
             ) from None
+        if resp.status_code == 409 and _category(resp) == CredentialNotConnected.category:
+            url = _connect_url(resp)
+            if url is not None:
+                raise CredentialNotConnected(f"credential {cred.id}: the caller has not connected", connect_url=url)
         if resp.status_code != 200:
             category = _category(resp)
             raise CredentialUnavailable(f"credential {cred.id}: control plane answered {resp.status_code} {category}")
         try:
             data = resp.json()
+            # A session is per identity: per user for per-user kinds, and per caller token for
+            # token exchange (two clients of one user hold different tokens, so different
+            # exchanged tokens: one session each, never one swapping the other's in).
+            who = f"/{subject.issuer}|{subject.sub}" if cred.per_user else ""
+            if token:
+                who += "|" + hashlib.sha256(token.encode()).hexdigest()[:16]
             material = UpstreamCredential(
-                cred.id + "@" + cred.version + (f"/{subject.issuer}|{subject.sub}" if token else ""),
+                cred.id + "@" + cred.version + who,
                 _strings(data.get("headers")),
                 _strings(data.get("query")),
                 _strings(data.get("env")),
@@ -315,3 +378,13 @@ def _category(resp: httpx.Response) -> str:
     except (ValueError, AttributeError):
         return "unknown"
     return category if isinstance(category, str) and category.isidentifier() else "unknown"
+
+
+def _connect_url(resp: httpx.Response) -> str | None:
+    """The broker's ``connect_url`` (an absolute http(s) URL of printable ASCII), else None."""
+    try:
+        url = resp.json().get("connect_url")
+    except (ValueError, AttributeError):
+        return None
+    ok = isinstance(url, str) and len(url) <= 2048 and url.startswith(("https://", "http://")) and url.isascii()
+    return url if ok and url.isprintable() and " " not in url else None

@@ -156,7 +156,7 @@ class DriftWatch:
             pydantic.ValidationError: A listed tool is not an MCP ``Tool``.
         """
         credential = await background_material(
-            self._broker, server.name, server.bindings, required=server.requires_credential
+            self._broker, server.name, server.bindings, required=server.requires_credential, transport=server.transport
         )
         upstream = self._upstreams.get(server.name, server.transport, server.url, credential=credential)
         found: dict[str, str] = {}

@@ -50,6 +50,7 @@ from gateway.dataplane.credentials import (
     NoCredential,
     choose,
     credential_input,
+    for_transport,
     obligated,
 )
 from gateway.dataplane.drift import DriftWatch
@@ -59,6 +60,7 @@ from gateway.dataplane.relay import GovernedChannel, settle_input_required
 from gateway.errors import (
     ArgumentsTooDeep,
     ArgumentsTooLarge,
+    CredentialNotConnected,
     CredentialUnavailable,
     GatewayError,
     PolicyDenied,
@@ -525,8 +527,9 @@ class Governor:
         Returns:
             ``(material, None)`` (material None for a server that requires none), or ``(None,
             response)``: ``-32003`` ``credential_required``/``credential_obligation`` (audited
-            ``denied``: nothing is sent unauthenticated) or ``-32002``-style upstream failure
-            ``credential_unavailable`` (audited ``error``).
+            ``denied``: nothing is sent unauthenticated); ``credential_not_connected`` (audited
+            ``rejected``), answered by :func:`_not_connected` with the caller's connect URL; or
+            ``-32002``-style upstream failure ``credential_unavailable`` (audited ``error``).
         """
         try:
             if not server.requires_credential:
@@ -538,11 +541,15 @@ class Governor:
             binding = obligated(server.bindings, trace.obligations, chosen)
             if self._broker is None:
                 raise CredentialUnavailable("no credential broker on this data plane")
-            return await self._broker.resolve(server.name, binding, ctx.subject), None
+            material = await self._broker.resolve(server.name, binding, ctx.subject)
+            return for_transport(material, server.name, server.transport), None
         except NoCredential as exc:
             self._emit(projection, ctx, trace, status="denied", error_category=exc.category, reasons=[exc.category])
             data = {"category": exc.category, "reasons": [exc.category], "decision_id": trace.decision_id}
             return None, error_response(msg_id, POLICY_DENIED, str(exc), data)
+        except CredentialNotConnected as exc:
+            self._emit(projection, ctx, trace, status="rejected", error_category=exc.category, reasons=[exc.category])
+            return None, _not_connected(msg_id, ctx, trace, server.name, exc.connect_url)
         except CredentialUnavailable as exc:
             log.warning("upstream %s: %s", server.name, exc)
             self._emit(projection, ctx, trace, status="error", error_category=exc.category)
@@ -820,6 +827,37 @@ def _client_request_trace(server: str, tool: ToolEntry | None, method: str, para
     trace.tool = tool.name if tool is not None else None
     trace.arguments_sha256 = _sha256(params)
     return trace
+
+
+URL_ELICITATION_REQUIRED = -32042
+"""MCP 2025-11-25 ``URLElicitationRequiredError`` (SEP-1036); removed in 2026-07-28."""
+
+
+def _not_connected(msg_id: str | int | None, ctx: CallContext, trace: _Trace, server: str, url: str) -> dict[str, Any]:
+    """The answer to a caller who has not connected their ``server`` account (credential kind
+    ``oauth_authorization_code``); ``url`` is their single-use connect link.
+
+    * A handshake-era client that declared URL-mode elicitation (``capabilities.elicitation.url``,
+      MCP 2025-11-25): JSON-RPC ``-32042`` with ``data = {"elicitations": [{"mode": "url",
+      "elicitationId", "url", "message"}]}``.
+    * Otherwise ``tools/call``: a tool error result (``isError: true``) whose text carries the
+      link, so the model can relay it; other methods: ``-32003`` with ``data = {"category":
+      "credential_not_connected", "connect_url"}``.
+    """
+    message = f"Connect your {server} account to use this tool: {url} , then retry."
+    elicitation = ctx.client_capabilities.get("elicitation")
+    if ctx.protocol_version not in MODERN_VERSIONS and isinstance(elicitation, dict) and "url" in elicitation:
+        item = {
+            "mode": "url",
+            "elicitationId": str(uuid.uuid4()),
+            "url": url,
+            "message": f"Connect your {server} account to use this tool.",
+        }
+        return error_response(msg_id, URL_ELICITATION_REQUIRED, message, {"elicitations": [item]})
+    if trace.action == "tools/call":
+        return result_response(msg_id, {"content": [{"type": "text", "text": message}], "isError": True})
+    data = {"category": CredentialNotConnected.category, "connect_url": url}
+    return error_response(msg_id, POLICY_DENIED, message, data)
 
 
 def _is_error_object(value: Any) -> bool:

@@ -248,6 +248,13 @@ class Hub:
         return session.listener
 
 
+CREDENTIAL_REFRESH = 120.0
+"""Seconds a list-change watch of a credentialed server runs before its material is resolved
+again (and the session re-fetched), so an expired token is replaced."""
+
+RETRY_WATCH = 5.0
+"""Seconds before a watch that failed (or could get no credential) is tried again."""
+
 _WatchKey = tuple[str, str, str, tuple[BindingRef, ...], bool]
 """A watched server: name, transport, URL, bindings and whether it requires a credential."""
 
@@ -321,11 +328,20 @@ class ServerWatch:
                 return {"error": {"code": -32601, "message": "Not relayed"}}
 
         with scope:
-            try:
-                credential = await background_material(self._broker, name, key[3], required=key[4])
-                upstream = self._upstreams.get(name, key[1], key[2], credential=credential)
-                await upstream.listen(dict(ALL_LISTS), Sink())
-            except CredentialUnavailable as exc:
-                log.info("not watching upstream %s for list changes: %s", name, exc)
-            except Exception:  # a background watch never takes the data plane down
-                log.exception("watching upstream %s for list changes failed", name)
+            while True:
+                try:
+                    credential = await background_material(
+                        self._broker, name, key[3], required=key[4], transport=key[1]
+                    )
+                    upstream = self._upstreams.get(name, key[1], key[2], credential=credential)
+                    if credential is None:
+                        await upstream.listen(dict(ALL_LISTS), Sink())  # returns only once closed
+                    else:  # the material is fetched again now and then: a token expires
+                        with anyio.move_on_after(CREDENTIAL_REFRESH):
+                            await upstream.listen(dict(ALL_LISTS), Sink())
+                        continue
+                except CredentialUnavailable as exc:
+                    log.info("not watching upstream %s for list changes now: %s", name, exc)
+                except Exception:  # a background watch never takes the data plane down
+                    log.exception("watching upstream %s for list changes failed", name)
+                await anyio.sleep(RETRY_WATCH)

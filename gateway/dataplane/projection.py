@@ -365,12 +365,14 @@ class ProjectionSync:
         table = orjson.loads(resp.content)
         projection = compile_projection(table, self._validators)
         await self._upstreams.retain({s.name: s.address for s in projection.servers.values()})
+        self.current = projection
+        # Then what the new projection no longer names (revoked, unbound, rotated) goes: its
+        # cached material, and its upstream sessions (closed in the background).
         refs = {b.credential for s in projection.servers.values() for b in s.bindings}
         if self._broker is not None:
             self._broker.retain(refs)
         live = {f"{r.id}@{r.version}" for r in refs}
-        await self._upstreams.forget_credentials(lambda key: key.split("/", 1)[0] in live)
-        self.current = projection
+        self._upstreams.forget_credentials(lambda key: key.split("/", 1)[0] in live)
         self._error = None
         self.ready.set()
         log.info("activated projection %s (revision %s)", projection.version, projection.revision)

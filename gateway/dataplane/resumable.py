@@ -256,11 +256,12 @@ class CallStream:
         self.cancel()
 
     def replay(self, after: int) -> list[tuple[int, dict[str, Any]]]:
-        """The kept events after ``after`` (a resume's ``Last-Event-ID``); older ones are
-        dropped (the client has them)."""
-        while self._sent and self._sent[0][0] <= after:
+        """The kept events after ``after`` (a resume's ``Last-Event-ID``, at most
+        :attr:`last_seq`); older ones are dropped (the client has them), except the last
+        event, kept for another resume from before it."""
+        while len(self._sent) > 1 and self._sent[0][0] <= after:
             self._sent.popleft()
-        return list(self._sent)
+        return [(seq, message) for seq, message in self._sent if seq > after]
 
     def delivered(self, seq: int) -> bool:
         """True once event ``seq`` was the stream's last (the response, or its end)."""
@@ -368,11 +369,15 @@ class CallStreamResponse(Response):
                 return
         else:
             await send(self._start())
-            for seq, message in stream.replay(self._resume_after):
+            after = min(self._resume_after, stream.last_seq)  # an id beyond what was sent means "all of it"
+            for seq, message in stream.replay(after):
                 await send({"type": "http.response.body", "body": _event(stream, seq, message), "more_body": True})
                 if stream.delivered(seq):
                     await self._end(send)
                     return
+            if stream.delivered(stream.last_seq):  # the client had everything, the response included
+                await self._end(send)
+                return
         while True:
             got = None
             with anyio.move_on_at(deadline):

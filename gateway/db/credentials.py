@@ -27,8 +27,9 @@ from gateway.credentials import (
     rewrap,
     seal,
 )
+from gateway.db import oauth_users
 from gateway.db._errors import map_db_errors
-from gateway.errors import ConflictError, NotFound
+from gateway.errors import ConflictError, NotFound, RequestRejected
 
 __all__ = [
     "create_binding",
@@ -101,12 +102,12 @@ INSERT INTO credential_bindings (id, tenant, environment, server, subject_kind, 
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 RETURNING {_BINDING}
 """
-_SERVER_EXISTS = "SELECT 1 FROM mcp_servers WHERE tenant = $1 AND environment = $2 AND name = $3"
+_SERVER_EXISTS = "SELECT transport FROM mcp_servers WHERE tenant = $1 AND environment = $2 AND name = $3"
 _REQUIRE_CREDENTIAL = """
 UPDATE mcp_servers SET requires_credential = true WHERE tenant = $1 AND environment = $2 AND name = $3
 """
 _SHARE_CREDENTIAL = """
-SELECT revoked_at FROM credentials WHERE tenant = $1 AND environment = $2 AND id = $3 FOR SHARE
+SELECT revoked_at, kind FROM credentials WHERE tenant = $1 AND environment = $2 AND id = $3 FOR SHARE
 """
 _SELECT_BINDINGS = f"""
 SELECT {_BINDING} FROM credential_bindings
@@ -248,7 +249,9 @@ async def rotate_credential(
 
 
 async def revoke_credential(conn: asyncpg.Connection, tenant: str, environment: str, credential_id: str) -> None:
-    """Revoke a credential: destroy its sealed parts, delete its bindings, keep its metadata.
+    """Revoke a credential: destroy its sealed parts, delete its bindings (and, for
+    ``oauth_authorization_code``, every user's tokens, pending connects and registered
+    clients), keep its metadata.
 
     Revoking a revoked credential changes nothing.
 
@@ -260,6 +263,7 @@ async def revoke_credential(conn: asyncpg.Connection, tenant: str, environment: 
         if await conn.fetchval(_REVOKE, tenant, environment, key) is None:
             raise NotFound(f"credential {credential_id} not found")
         await conn.execute(_DELETE_BINDINGS_OF, tenant, environment, key)
+        await oauth_users.delete_for_credential(conn, tenant, environment, str(key))
 
 
 async def open_credential(
@@ -336,13 +340,20 @@ async def create_binding(
     """
     key = uuid.UUID(credential_id)
     async with conn.transaction():
-        if await conn.fetchval(_SERVER_EXISTS, tenant, environment, server) is None:
+        transport = await conn.fetchval(_SERVER_EXISTS, tenant, environment, server)
+        if transport is None:
             raise NotFound(f"server {server!r} not found")
         state = await conn.fetchrow(_SHARE_CREDENTIAL, tenant, environment, key)
         if state is None:
             raise NotFound(f"credential {credential_id} not found")
         if state["revoked_at"] is not None:
             raise ConflictError(f"credential {credential_id} is revoked")
+        if (state["kind"] == "stdio_env") != (transport == "stdio"):
+            # A stdio process reads only its environment; an HTTP upstream only headers and query.
+            raise RequestRejected(
+                f"credential_id: a {state['kind']} credential cannot authenticate a {transport} server"
+                " (stdio servers take stdio_env credentials, HTTP servers every other kind)"
+            )
         with map_db_errors(f"a binding of server {server!r} for this subject"):
             row = await conn.fetchrow(
                 _INSERT_BINDING, uuid.uuid4(), tenant, environment, server, subject_kind, subject_value, key, created_by

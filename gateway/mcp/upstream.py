@@ -164,6 +164,8 @@ class StreamableHttpUpstream:
         self._spawner = spawner
         self._listeners = Listeners()
         self._get_reader: anyio.CancelScope | None = None
+        self._closed = False
+        self._listening: set[anyio.CancelScope] = set()
         self._use = UseCount()
         self._ids = itertools.count(1)
         self._session: _Session | None = None
@@ -190,6 +192,8 @@ class StreamableHttpUpstream:
 
     async def _connect(self) -> _Session:
         async with self._lock:
+            if self._closed:  # the pool dropped it (its server or credential is gone): never again
+                raise UpstreamUnavailable(f"upstream {self._safe_url}: session closed")
             if self._session is not None:
                 return self._session
             version = MODERN_VERSIONS[0]
@@ -501,14 +505,19 @@ class StreamableHttpUpstream:
         """
 
         async def once() -> None:
-            session = self._session or await self._connect()
-            if session.era == "modern":
-                await self._listen_modern(session, notifications, sink, ready)
-            else:
-                await self._listen_legacy(session, notifications, sink, ready)
+            with anyio.CancelScope() as scope:  # aclose() stops it
+                self._listening.add(scope)
+                try:
+                    session = self._session or await self._connect()
+                    if session.era == "modern":
+                        await self._listen_modern(session, notifications, sink, ready)
+                    else:
+                        await self._listen_legacy(session, notifications, sink, ready)
+                finally:
+                    self._listening.discard(scope)
 
         with self._use.using():
-            await keep_listening(f"upstream {self._safe_url}", once, lambda: True)
+            await keep_listening(f"upstream {self._safe_url}", once, lambda: not self._closed)
 
     async def _listen_modern(
         self,
@@ -600,7 +609,15 @@ class StreamableHttpUpstream:
                 await anyio.sleep(1.0)
 
     async def aclose(self) -> None:
-        """End a legacy session with ``DELETE`` (best effort)."""
+        """Close for good: stop every listener, end a legacy session with ``DELETE`` (best
+        effort); later requests fail ``upstream_unavailable`` (nothing reconnects with what
+        the pool dropped, e.g. a revoked credential)."""
+        self._closed = True
+        for scope in list(self._listening):
+            scope.cancel()
+        if self._get_reader is not None:
+            self._get_reader.cancel()
+            self._get_reader = None
         session, self._session = self._session, None
         if session is not None:
             session.gone.set()
@@ -913,13 +930,15 @@ class UpstreamPool:
         for full in [k for k in self._callers if k[:3] not in keep]:
             await self._callers.pop(full)[0].aclose()
 
-    async def forget_credentials(self, keep: Callable[[str], bool]) -> None:
-        """Close every session opened with a credential whose key ``keep`` refuses (revoked,
-        unbound or rotated in a new projection), so no session outlives its credential."""
+    def forget_credentials(self, keep: Callable[[str], bool]) -> None:
+        """Drop every session opened with a credential whose key ``keep`` refuses (revoked,
+        unbound or rotated in a new projection), so no session outlives its credential: none
+        is handed out again at once, each is closed in the background (its listeners stop, it
+        never reconnects)."""
         for key in [k for k in self._sessions if k[3] and not keep(k[3])]:
-            await self._sessions.pop(key).aclose()
+            self._close_later(self._sessions.pop(key))
         for full in [k for k in self._callers if k[3] and not keep(k[3])]:
-            await self._callers.pop(full)[0].aclose()
+            self._close_later(self._callers.pop(full)[0])
 
     async def aclose(self) -> None:
         """Close every session (and stop every stdio process)."""

@@ -364,3 +364,50 @@ async def test_rewrap_under_a_rotated_kek_leaves_every_credential_readable_with_
             for cid, body in zip(ids, bodies(), strict=True):
                 opened = await db_credentials.open_credential(conn, "tenant_local", "prod", cid, only_new)
                 assert CANARY in opened.to_bytes().decode(), body["kind"]
+
+
+async def test_a_binding_must_suit_the_servers_transport_and_makes_it_require_a_credential(config: Config) -> None:
+    async with asgi_controlplane(config) as (admin, _, _):
+        await _server(admin, "web")
+        stdio = {"name": "local", "transport": "stdio", "command": "/bin/true"}
+        assert (await admin.post("/v1/servers", json=stdio)).status_code == 201
+        env = (
+            await admin.post(
+                "/v1/credentials", json={"name": "e", "kind": "stdio_env", "secret": {"env": {"T": CANARY}}}
+            )
+        ).json()
+        key = (
+            await admin.post("/v1/credentials", json={"name": "k", "kind": "bearer", "secret": {"token": CANARY}})
+        ).json()
+        for server, credential in (("web", env), ("local", key)):
+            body = {"server": server, "subject": {"kind": "everyone"}, "credential_id": credential["id"]}
+            r = await admin.post("/v1/credential-bindings", json=body)
+            assert r.status_code == 400 and r.json()["message"].startswith("credential_id"), r.text
+        assert (await admin.get("/v1/servers/web")).json()["requires_credential"] is False
+        for server, credential in (("web", key), ("local", env)):
+            body = {"server": server, "subject": {"kind": "everyone"}, "credential_id": credential["id"]}
+            assert (await admin.post("/v1/credential-bindings", json=body)).status_code == 201
+        assert (await admin.get("/v1/servers/web")).json()["requires_credential"] is True
+        await admin.delete(f"/v1/credentials/{key['id']}")
+        assert (await admin.get("/v1/servers/web")).json()["requires_credential"] is True  # stays: callers refused
+
+
+async def test_a_server_that_requires_a_credential_is_never_discovered_without_one(config: Config) -> None:
+    async with asgi_controlplane(config) as (admin, _, _):
+        body = {
+            "name": "locked",
+            "transport": "streamable_http",
+            "url": "http://127.0.0.1:9/mcp",
+            "requires_credential": True,
+        }
+        assert (await admin.post("/v1/servers", json=body)).status_code == 201
+        r = await admin.post("/v1/servers/locked/approve")
+        assert r.status_code == 400 and r.json()["message"].startswith("discovery_credential"), r.text
+        env = (
+            await admin.post(
+                "/v1/credentials", json={"name": "e", "kind": "stdio_env", "secret": {"env": {"T": CANARY}}}
+            )
+        ).json()
+        r = await admin.post("/v1/servers/locked/approve", json={"discovery_credential": env["id"]})
+        assert r.status_code == 400 and "carries nothing" in r.json()["message"], r.text
+        assert CANARY not in r.text

@@ -48,7 +48,9 @@ def test_internal_operations_are_marked_internal_and_admin_ones_are_not() -> Non
             internal = is_internal_path(path.replace("{name}", "gateway"))
             assert op.get("x-internal", False) is internal, (method, path)
             assert ("internal" in op["tags"]) is internal, (method, path)
-            if path != "/v1/openapi.json":
+            if "oauth" in op["tags"]:  # the user's browser: no token, never a 401
+                assert op["security"] == [] and "401" not in op["responses"], (method, path)
+            elif path != "/v1/openapi.json":
                 assert op["security"] == [{"internalToken": []}] if internal else [{"adminToken": []}]
                 assert "401" in op["responses"]
 
@@ -58,6 +60,9 @@ def test_every_error_response_is_the_error_body() -> None:
     responses = document["components"]["responses"]
     for path, item in document["paths"].items():
         for method, op in item.items():
+            if "oauth" in op["tags"]:  # pages for a browser: their errors are HTML
+                assert all("text/html" in r["content"] for s, r in op["responses"].items() if int(s) >= 400)
+                continue
             for status, response in op["responses"].items():
                 if int(status) >= 400:
                     ref = response["$ref"].rsplit("/", 1)[1]

@@ -40,8 +40,8 @@ def test_map_kinds_show_their_names_and_oauth_kinds_their_settings() -> None:
 
 
 def test_the_migration_allows_exactly_the_kinds_the_code_knows() -> None:
-    sql = (MIGRATIONS_DIR / "0005_credentials.sql").read_text()
-    check = sql.split("kind IN (", 1)[1].split(")", 1)[0]
+    latest = [p for p in sorted(MIGRATIONS_DIR.glob("*.sql")) if "kind IN (" in p.read_text()][-1]
+    check = latest.read_text().split("kind IN (", 1)[1].split(")", 1)[0]
     assert {k.strip().strip("'") for k in check.replace("\n", " ").split(",")} == set(KINDS)
 
 
@@ -144,6 +144,34 @@ C = CANARY
             "secret.client_secret",
             id="client-secret-control",
         ),
+        pytest.param(
+            "oauth_authorization_code",
+            {"authorization_endpoint": "https://as.example.com/authorize"},
+            {},
+            "config.token_endpoint",
+            id="one-endpoint",
+        ),
+        pytest.param(
+            "oauth_authorization_code",
+            {"authorization_endpoint": f"http://{C}.example.com/a", "token_endpoint": "https://as.example.com/t"},
+            {},
+            "config.authorization_endpoint",
+            id="http-authorization-endpoint",
+        ),
+        pytest.param("oauth_authorization_code", None, {"client_secret": C}, "config.client_id", id="secret-no-id"),
+        pytest.param(
+            "oauth_authorization_code", {"client_id": "gw"}, {"client_secret": C, C: C}, "secret", id="code-extra"
+        ),
+        pytest.param(
+            "oauth_authorization_code",
+            {"client_id": "gw", "auth_method": "none"},
+            {"client_secret": C},
+            "config.auth_method",
+            id="none-with-secret",
+        ),
+        pytest.param(
+            "oauth_authorization_code", {"resource": f"urn-{C}"}, {}, "config.resource", id="resource-not-absolute"
+        ),
     ],
 )
 def test_bad_input_is_refused_naming_the_field_and_never_echoing_a_value(
@@ -158,3 +186,20 @@ def test_bad_input_is_refused_naming_the_field_and_never_echoing_a_value(
 def test_http_to_a_loopback_token_endpoint_is_allowed_for_development() -> None:
     config = {"token_url": "http://127.0.0.1:9000/token", "client_id": "gw"}
     assert validate_credential("oauth_client_credentials", config, {"client_secret": "s"}).config["token_url"]
+
+
+def test_authorization_code_takes_a_public_or_a_configured_client_and_optional_endpoints() -> None:
+    public = validate_credential("oauth_authorization_code", None, {})
+    assert public.config == {"auth_method": "none"} and public.secret.reveal() == {}
+    config = {
+        "client_id": "gw",
+        "scope": "read",
+        "resource": "https://mcp.example.com/mcp",
+        "authorization_endpoint": "https://as.example.com/authorize",
+        "token_endpoint": "http://127.0.0.1:9000/token",
+    }
+    confidential = validate_credential("oauth_authorization_code", config, {"client_secret": CANARY})
+    assert confidential.config == {**config, "auth_method": "client_secret_basic"}
+    assert CANARY not in repr(confidential.config)
+    rotated = validate_rotation("oauth_authorization_code", confidential.config, {"client_secret": "new"})
+    assert rotated.config == confidential.config

@@ -220,13 +220,15 @@ async def test_an_unresolvable_credential_fails_closed(tmp_path: Any) -> None:
 
 async def test_background_requests_use_the_everyone_binding_only() -> None:
     broker = Broker()
-    assert await background_material(broker, "s", [], required=False) is None
+    assert await background_material(broker, "s", [], required=False, transport="streamable_http") is None
     everyone = _b("b-all", "everyone", None)
-    material = await background_material(broker, "s", [_b("b-u", "user", "u"), everyone], required=True)
+    material = await background_material(
+        broker, "s", [_b("b-u", "user", "u"), everyone], required=True, transport="streamable_http"
+    )
     assert material is not None and broker.asked == [("s", "b-all", "gateway")]
     for bindings in ([_b("b-u", "user", "u")], [_b("b-x", "everyone", None, CRED_X)]):  # none, or one needing a caller
         with pytest.raises(CredentialUnavailable):
-            await background_material(broker, "s", bindings, required=True)
+            await background_material(broker, "s", bindings, required=True, transport="streamable_http")
 
 
 # ----------------------------------------------------------------- the broker's cache
@@ -319,6 +321,8 @@ async def test_per_user_material_is_resolved_with_the_callers_token_and_kept_apa
     await broker.resolve("s", binding, alice)
     assert [b["subject_token"] for b in cp.bodies] == ["token-of-alice", "token-of-bob"]
     assert first.key != second.key  # never one session for two users
+    other_client = await broker.resolve("s", binding, dataclasses.replace(alice, token="token-of-alices-other-app"))
+    assert other_client.key != first.key  # nor for two tokens (clients) of one user
     with pytest.raises(CredentialUnavailable):
         await broker.resolve("s", binding, ALICE)  # no token to exchange
 
@@ -331,3 +335,63 @@ async def test_a_refusal_of_the_control_plane_fails_closed_without_caching() -> 
             await broker.resolve("s", _b("b1", "everyone", None), ALICE)
         assert "not_found" in str(exc_info.value)
     assert len(cp.bodies) == 2 and len(broker) == 0
+
+
+async def test_a_failed_resolution_is_shared_and_a_cancelled_one_is_taken_over() -> None:
+    cp = ControlPlane(status=502)
+    broker = _broker(cp)
+    binding = _b("b1", "everyone", None)
+    cp.gate = anyio.Event()
+    outcomes: list[str] = []
+
+    async def one() -> None:
+        try:
+            await broker.resolve("s", binding, ALICE)
+            outcomes.append("ok")
+        except CredentialUnavailable:
+            outcomes.append("unavailable")
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(10):
+            tg.start_soon(one)
+        while not cp.bodies:
+            await anyio.sleep(0.001)
+        cp.gate.set()
+    assert outcomes == ["unavailable"] * 10 and len(cp.bodies) == 1  # one failure, everyone's
+
+    cp = ControlPlane()
+    broker = _broker(cp)
+    cp.gate = anyio.Event()
+    got: list[UpstreamCredential] = []
+    owner = anyio.CancelScope()
+
+    async def first() -> None:
+        with owner:
+            await broker.resolve("s", binding, ALICE)
+
+    async def second() -> None:
+        got.append(await broker.resolve("s", binding, ALICE))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(first)
+        while not cp.bodies:
+            await anyio.sleep(0.001)
+        tg.start_soon(second)
+        flight = next(iter(broker._pending.values()))
+        while flight.done.statistics().tasks_waiting == 0:  # the second caller waits on the first's
+            await anyio.sleep(0.001)
+        owner.cancel()  # the first caller leaves: the second resolves on its own
+        cp.gate.set()
+    assert len(got) == 1 and len(cp.bodies) == 2
+
+
+async def test_material_a_transport_would_not_send_fails_closed(tmp_path: Any) -> None:
+    class EnvOnly(Broker):
+        async def resolve(self, server: str, binding: BindingRef, subject: Subject) -> UpstreamCredential:
+            return UpstreamCredential("c-e@v1", env={"TOKEN": "x"})  # a stdio_env bound to an HTTP server
+
+    gov, pool, audit = _pep(tmp_path, Obliging({}), EnvOnly())
+    reply = await _call(gov, _table([_binding("b-all", "everyone", None, "c-e", "stdio_env")]))
+    assert reply["error"]["data"]["category"] == "credential_unavailable" and pool.calls == []
+    with pytest.raises(CredentialUnavailable):
+        await background_material(EnvOnly(), "s", [_b("b", "everyone", None)], required=True, transport="legacy_sse")

@@ -45,6 +45,7 @@ CANARY = {
     "env2": "canary-env2-77e1d3a0b5c4",
     "alice": "canary-alice-hdr-0d9c2e4f6a81",
     "rotated": "canary-rotated-b3f6a1e9c2d0",
+    "qsse": "canary-qsse-6e0f2b9d14a3",
 }
 """Secrets planted in the store; none may show up anywhere but at the upstream."""
 INTERNAL = "internal-token-for-the-credentials-test"
@@ -124,13 +125,13 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, pg_admin_url: str, opa_bin: 
             "cc": {"require": ["bearer-jwt"], "jwks_url": jwks, "audience": "upstream-cc", "issuer": iss},
             "tx": {"require": ["bearer-jwt"], "jwks_url": jwks, "audience": "upstream-tx", "issuer": iss},
             "open": {"require": ["header:X-Api-Key"]},  # any key; bound per user below
+            "qsse": {"require": [f"query:api_key=sha256:{_sha(CANARY['qsse'])}"], "transport": "sse"},
         }
         for name, spec in specs.items():
             fleet.upstreams[name] = es.enter_context(authed_upstream.start_subprocess(run_dir, name=name, **spec))
+            transport = "legacy_sse" if spec.get("transport") == "sse" else "streamable_http"
             stack.admin(
-                "POST",
-                "/v1/servers",
-                {"name": name, "transport": "streamable_http", "url": fleet.upstreams[name].mcp_url},
+                "POST", "/v1/servers", {"name": name, "transport": transport, "url": fleet.upstreams[name].mcp_url}
             )
         stdio = {
             "command": sys.executable,
@@ -158,13 +159,14 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, pg_admin_url: str, opa_bin: 
         }
         fleet.credential("tx", "tx-client", "oauth_token_exchange", {"client_secret": "post-client-secret"}, tx)
         fleet.credential("alice", "alice-key", "headers", {"headers": {"X-Api-Key": CANARY["alice"]}})
-        for name in ("hdr", "bearer", "qry", "cc"):
+        fleet.credential("qsse", "qsse-key", "query", {"params": {"api_key": CANARY["qsse"]}})
+        for name in ("hdr", "bearer", "qry", "cc", "qsse"):
             fleet.bind(name, name, name)
         fleet.bind("env", "envsrv", "env")
         fleet.bind("tx", "tx", "tx", "role", "viewer")
         fleet.bind("open-alice", "open", "alice", "user", "alice")
         fleet.bind("open-hdr", "open", "hdr", "role", "operator")
-        for name in ("hdr", "bearer", "qry", "cc"):
+        for name in ("hdr", "bearer", "qry", "cc", "qsse"):
             stack.admin("POST", f"/v1/servers/{name}/approve")  # discovered with its everyone binding
         stack.admin("POST", "/v1/servers/envsrv/approve", {"trust_stdio": True})
         # No everyone binding: discovered with a credential named at approval (for tx, one
@@ -187,6 +189,12 @@ async def test_each_kind_reaches_its_upstream_with_the_bound_identity(fleet: Fle
     assert (seen["cc"]["client_id"], seen["cc"]["aud"]) == ("basic-client", "upstream-cc")
     for name, identity in seen.items():  # the caller's own token never reaches an upstream
         assert identity.get("authorization") != _digest(f"Bearer {caller}"), name
+
+
+async def test_a_legacy_sse_upstream_gets_its_query_key_on_the_stream_and_every_message(fleet: Fleet) -> None:
+    seen = await fleet.whoami("carol", "qsse")  # approval's discovery (the SDK's sse_client) got it too
+    assert seen["query"] == _digest(CANARY["qsse"])
+    assert fleet.upstreams["qsse"].rejected()["count"] == 0
 
 
 async def test_a_stdio_server_gets_its_secret_in_its_environment(fleet: Fleet) -> None:

@@ -265,3 +265,21 @@ async def test_a_resume_needs_the_session_and_a_known_event_id(stack: LocalStack
             "/mcp", headers={**session.headers(**{"last-event-id": priming["id"]}), "authorization": f"Bearer {other}"}
         )
         assert resp.status_code == 404  # another subject's session is unknown to it
+
+
+async def test_a_resume_past_the_last_event_ends_at_once_and_keeps_the_response(stack: LocalStack) -> None:
+    async with httpx.AsyncClient(base_url=stack.data_url, timeout=30) as http:
+        session = await Session(stack, http, "2025-11-25").open("overshoot")
+        request = session.call("relay__count", {"steps": 2, "pause": 0.01}, progress=True)
+        async with http.stream("POST", "/mcp", json=request, headers=session.headers()) as resp:
+            events = [e async for e in _events(resp)]
+        number = events[0]["id"].split("-")[0]
+        with anyio.fail_after(5):  # an id beyond the stream's last is "I have it all": end at once
+            async with http.stream(
+                "GET", "/mcp", headers=session.headers(**{"last-event-id": f"{number}-999999"})
+            ) as resp:
+                assert resp.status_code == 200
+                assert [e async for e in _events(resp)] == []
+        async with http.stream("GET", "/mcp", headers=session.headers(**{"last-event-id": f"{number}-0"})) as resp:
+            again = [e async for e in _events(resp)]
+    assert again and again[-1]["data"]["result"]["content"][0]["text"] == "counted 2"  # still resumable

@@ -273,3 +273,62 @@ async def test_a_handshake_stream_closed_before_its_response_is_resumed_with_las
     reply = await upstream.request("tools/call", {"name": "t", "arguments": {}}, Channel())
     assert reply["result"] == {"content": []} and server.resumed_from == ["e1"]
     assert [n["method"] for n in notes] == ["notifications/progress"]
+
+
+async def test_credential_material_goes_with_every_request_and_keys_the_session() -> None:
+    from gateway.mcp.credential import UpstreamCredential
+
+    urls: list[str] = []
+    server = Legacy()
+
+    class Recording(Http):
+        @contextlib.asynccontextmanager
+        async def request(  # type: ignore[override]
+            self, method: str, url: str, *, body: bytes | None, headers: Mapping[str, str], timeout: float
+        ) -> AsyncIterator[Response]:
+            urls.append(url)
+            async with super().request(method, url, body=body, headers=headers, timeout=timeout) as resp:
+                yield resp
+
+    http = Recording(server)
+    pool = UpstreamPool(http, timeout=5)
+    key_a = UpstreamCredential("c-a@v1", {"x-api-key": "secret-a"}, {"api_key": "q-a"})
+    key_b = UpstreamCredential("c-b@v1", {"x-api-key": "secret-b"})
+    with_a = pool.get("demo", "streamable_http", "http://u/mcp", credential=key_a)
+    assert pool.get("demo", "streamable_http", "http://u/mcp", credential=key_b) is not with_a  # never shared
+    assert pool.get("demo", "streamable_http", "http://u/mcp") is not with_a
+    await with_a.request("tools/call", {"name": "t", "arguments": {}})
+    assert {h.get("x-api-key") for _, h, _ in http.requests} == {"secret-a"}  # initialize, initialized, call
+    assert set(urls) == {"http://u/mcp?api_key=q-a"}
+    refreshed = UpstreamCredential("c-a@v1", {"x-api-key": "secret-a2"})  # a new token, same identity
+    assert pool.get("demo", "streamable_http", "http://u/mcp", credential=refreshed) is with_a
+    await with_a.request("tools/call", {"name": "t", "arguments": {}})
+    assert http.requests[-1][1]["x-api-key"] == "secret-a2"
+
+
+async def test_a_session_whose_credential_is_gone_is_closed_and_never_reconnects() -> None:
+    from gateway.mcp.credential import UpstreamCredential
+
+    http = Http(Legacy())
+    async with anyio.create_task_group() as tg:
+        pool = UpstreamPool(http, timeout=5)
+        await tg.start(pool.run)
+        revoked = UpstreamCredential("c-a@v1", {"x-api-key": "revoked"})
+        kept = UpstreamCredential("c-b@v1", {"x-api-key": "kept"})
+        doomed = pool.get("demo", "streamable_http", "http://u/mcp", credential=revoked)
+        alive = pool.get("demo", "streamable_http", "http://u/mcp", credential=kept)
+        await doomed.request("tools/call", {"name": "t", "arguments": {}})
+        await alive.request("tools/call", {"name": "t", "arguments": {}})
+        pool.forget_credentials(lambda key: key.split("/")[0] == "c-b@v1")
+        with anyio.fail_after(2):  # closed in the background: DELETE with the old material, once
+            while not any(m == "DELETE" for m, _, _ in http.requests):
+                await anyio.sleep(0.01)
+        with pytest.raises(UpstreamUnavailable):  # a holder of the old object cannot reconnect
+            await doomed.request("tools/call", {"name": "t", "arguments": {}})
+        with anyio.fail_after(2):  # and a listener on it stops instead of retrying forever
+            await doomed.listen({"toolsListChanged": True}, None)  # type: ignore[arg-type]
+        sent = len(http.requests)
+        assert pool.get("demo", "streamable_http", "http://u/mcp", credential=kept) is alive
+        assert pool.get("demo", "streamable_http", "http://u/mcp", credential=revoked) is not doomed
+        assert len(http.requests) == sent
+        tg.cancel_scope.cancel()

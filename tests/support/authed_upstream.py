@@ -289,12 +289,14 @@ def start_subprocess(
     issuer: str | None = None,
     env: Mapping[str, str] | None = None,
     name: str = "authed-upstream",
+    port: int | None = None,
 ) -> Iterator[RunningUpstream]:
-    """Run this module over an HTTP transport on a free loopback port until the block ends."""
+    """Run this module over an HTTP transport on ``port`` (default: a free loopback port)
+    until the block ends."""
     from tests.support.ports import free_port
     from tests.support.procs import managed_process
 
-    port = free_port()
+    port = port or free_port()
     argv = [sys.executable, str(Path(__file__).resolve()), "--port", str(port), "--transport", transport]
     for item in require:
         argv += ["--require", item]

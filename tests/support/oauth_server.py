@@ -40,7 +40,9 @@ Endpoints:
 * ``POST /register``: RFC 7591 dynamic client registration (open, or with
   ``Authorization: Bearer <--registration-token>`` when one is set);
 * ``GET /_stats``: ``{"issued": {grant_type: n}, "issued_by_client": {client_id: {grant_type: n}},
-  "token_requests": n, "errors": {error: n}}``;
+  "token_requests": n, "errors": {error: n}, "registered": [client_id, ...]}`` (``registered``:
+  the clients of ``/register``, in order; kept by ``/_admin/reset``);
+* ``GET /_tokens``: ``{"access": [...], "refresh": [...]}``, every token issued (canary tests);
 * ``POST /_admin/revoke`` ``{"client_id"?, "user"?}``: disable a client (its token requests
   then fail with ``invalid_client``) and revoke its refresh tokens, and/or revoke every
   refresh token of a user; ``POST /_admin/restore`` ``{"client_id"}`` re-enables a client;
@@ -306,6 +308,7 @@ class Store:
         self.issued_by_client: defaultdict[str, Counter[str]] = defaultdict(Counter)
         self.token_requests = 0
         self.errors: Counter[str] = Counter()
+        self.registered: list[str] = []
 
     def stats(self) -> dict[str, Any]:
         with self.lock:
@@ -314,6 +317,7 @@ class Store:
                 "issued_by_client": {k: dict(v) for k, v in self.issued_by_client.items()},
                 "token_requests": self.token_requests,
                 "errors": dict(self.errors),
+                "registered": list(self.registered),
             }
 
     def reset_stats(self) -> None:
@@ -682,6 +686,7 @@ class _Registration(ClientRegistrationEndpoint):  # type: ignore[misc]
         store: Store = self.server.store
         with store.lock:
             store.clients[client.client_id] = client
+            store.registered.append(client.client_id)
         return client
 
 
@@ -783,6 +788,10 @@ def build_app(config: OAuthServerConfig) -> Starlette:
     async def stats(request: Request) -> JSONResponse:
         return JSONResponse(store.stats())
 
+    async def issued_tokens(request: Request) -> JSONResponse:
+        with store.lock:
+            return JSONResponse({"access": sorted(store.access), "refresh": sorted(store.refresh)})
+
     async def revoked(request: Request) -> JSONResponse:
         with store.lock:
             jtis = sorted(r.jti for r in store.access.values() if r.revoked and r.jti)
@@ -823,6 +832,7 @@ def build_app(config: OAuthServerConfig) -> Starlette:
         Route("/register", register, methods=["POST"]),
         Route("/_stats", stats),
         Route("/_revoked", revoked),
+        Route("/_tokens", issued_tokens),
         Route("/_admin/{action}", admin, methods=["POST"]),
     ]
     app = Starlette(routes=routes)

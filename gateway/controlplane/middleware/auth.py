@@ -10,14 +10,17 @@ from gateway.config import Secret
 from gateway.controlplane._http import JSONResponse, error_body, request_id
 from gateway.errors import AdminAuthFailed
 
-__all__ = ["INTERNAL_PREFIXES", "PUBLIC_PATHS", "BearerAuthMiddleware", "is_internal_path"]
+__all__ = ["INTERNAL_PREFIXES", "PUBLIC_PATHS", "PUBLIC_PREFIXES", "BearerAuthMiddleware", "is_internal_path"]
 
 INTERNAL_PREFIXES = ("/v1/opa/", "/v1/dataplane/")
 """Paths that take the internal token; so does exactly ``/v1/audit/events``."""
 INTERNAL_PATHS = frozenset({"/v1/audit/events"})
-PUBLIC_PATHS = frozenset({"/v1/openapi.json"})
+PUBLIC_PATHS = frozenset({"/v1/openapi.json", "/v1/oauth/callback"})
 """Paths served without a token: the OpenAPI document (the API's shape, no data; the README
-documents the same). Exact matches only, and only for GET/HEAD."""
+documents the same) and the per-user OAuth redirect URI. Exact matches only, and only for GET/HEAD."""
+PUBLIC_PREFIXES = ("/v1/oauth/connect/",)
+"""Per-user OAuth connect pages, opened in a user's browser (GET/HEAD only): the single-use
+connect handle, then the OAuth ``state``, is their bearer (``gateway.controlplane.oauth_users``)."""
 
 
 def is_internal_path(path: str) -> bool:
@@ -30,7 +33,8 @@ class BearerAuthMiddleware:
 
     Internal paths (:data:`INTERNAL_PREFIXES`, ``/v1/audit/events``) take the internal
     token, every other path the admin token; neither token opens the other's paths.
-    ``GET``/``HEAD`` of :data:`PUBLIC_PATHS` (``/v1/openapi.json``) needs no token.
+    ``GET``/``HEAD`` of :data:`PUBLIC_PATHS` (``/v1/openapi.json``) and under
+    :data:`PUBLIC_PREFIXES` (the OAuth connect pages) needs no token.
     Tokens are compared in constant time. Failure: 401 ``admin_unauthenticated``
     with ``WWW-Authenticate: Bearer``.
     """
@@ -48,7 +52,8 @@ class BearerAuthMiddleware:
         root = scope.get("root_path", "")
         if root and path.startswith(root):
             path = path[len(root) :] or "/"
-        if path in PUBLIC_PATHS and scope["method"] in ("GET", "HEAD"):
+        public = path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
+        if public and scope["method"] in ("GET", "HEAD"):
             await self.app(scope, receive, send)
             return
         expected = self._internal if is_internal_path(path) else self._admin
