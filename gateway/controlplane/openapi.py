@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.controlplane._http import MAX_BIGINT, MAX_JSON_BODY, MAX_TEXT
+from gateway.credentials import KINDS
 
 __all__ = ["OPENAPI_PATH", "get_openapi", "openapi_document"]
 
@@ -603,15 +604,7 @@ _SCHEMAS: dict[str, Any] = {
             "name": {"type": "string"},
             "kind": {
                 "type": "string",
-                "enum": [
-                    "bearer",
-                    "headers",
-                    "query",
-                    "stdio_env",
-                    "oauth_client_credentials",
-                    "oauth_token_exchange",
-                    "oauth_authorization_code",
-                ],
+                "enum": list(KINDS),
             },
             "config": {"type": "object", "description": "The non-secret fields (names of a map kind's entries)."},
             "fingerprint": {

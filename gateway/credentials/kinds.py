@@ -114,11 +114,35 @@ REFUSED_ENV_NAMES = frozenset(
         "JDK_JAVA_OPTIONS",
         "GCONV_PATH",
         "LOCPATH",
+        # where packages, certificates and traffic come from (npx/uvx/pip servers, TLS, proxies)
+        "PIP_INDEX_URL",
+        "PIP_EXTRA_INDEX_URL",
+        "PIP_TRUSTED_HOST",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "NO_PROXY",
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+        "REQUESTS_CA_BUNDLE",
+        "CURL_CA_BUNDLE",
+        "NODE_EXTRA_CA_CERTS",
+        "NODE_TLS_REJECT_UNAUTHORIZED",
+        # known code-execution gadgets
+        "PYTHONWARNINGS",
+        "PYTHONBREAKPOINT",
+        "BROWSER",
+        "EDITOR",
+        "VISUAL",
+        "PAGER",
+        "GIT_SSH_COMMAND",
+        "GIT_EXEC_PATH",
     }
 )
 """Variables a ``stdio_env`` credential may not set (they change what runs, not what it reads);
-``LD_*`` and ``DYLD_*`` (dynamic loader) are refused too. Compared in upper case."""
-REFUSED_ENV_PREFIXES = ("LD_", "DYLD_")
+``LD_*`` and ``DYLD_*`` (dynamic loader) and the package managers' ``NPM_CONFIG_*``, ``UV_*``,
+``PIP_*``, ``BUN_CONFIG_*`` and ``YARN_*`` are refused too. Compared in upper case."""
+REFUSED_ENV_PREFIXES = ("LD_", "DYLD_", "NPM_CONFIG_", "UV_", "PIP_", "BUN_CONFIG_", "YARN_")
 
 MAX_ENTRIES = 32
 """Most headers, query parameters or (100) environment variables of one credential."""
@@ -278,7 +302,10 @@ def _stdio_env(config: dict[str, Any], secret: Any) -> tuple[dict[str, Any], dic
         if upper in REFUSED_ENV_NAMES:
             raise _reject(f"secret.env: {upper} changes what the process runs; it cannot be a credential")
         if upper.startswith(REFUSED_ENV_PREFIXES):
-            raise _reject("secret.env: LD_* and DYLD_* change what the process loads; they cannot be credentials")
+            raise _reject(
+                "secret.env: LD_*, DYLD_* and package-manager settings (NPM_CONFIG_*, UV_*, PIP_*, BUN_CONFIG_*,"
+                " YARN_*) change what the process loads; they cannot be credentials"
+            )
         if not isinstance(value, str) or len(value) > MAX_ENV_VALUE or "\x00" in value:
             raise _reject(f"secret.env values must be strings of at most {MAX_ENV_VALUE} characters, without NUL")
         out[name] = value

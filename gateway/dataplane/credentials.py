@@ -227,11 +227,11 @@ class CredentialResolver(Protocol):
 
 @dataclass(eq=False, slots=True)
 class _Flight:
-    """One resolution in progress and its outcome (material, or the error's message)."""
+    """One resolution in progress and its outcome (material, or the error)."""
 
     done: anyio.Event = field(default_factory=anyio.Event)
     material: UpstreamCredential | None = None
-    error: str | None = None
+    error: CredentialUnavailable | None = None
 
 
 class CredentialBroker:
@@ -296,14 +296,16 @@ class CredentialBroker:
             await flight.done.wait()
             if flight.material is not None:
                 return flight.material
+            if isinstance(flight.error, CredentialNotConnected):  # the same link for the same caller
+                raise CredentialNotConnected(str(flight.error), connect_url=flight.error.connect_url)
             if flight.error is not None:
-                raise CredentialUnavailable(flight.error)
+                raise CredentialUnavailable(str(flight.error))
         flight = self._pending[key] = _Flight()
         try:
             material, ttl = await self._ask(server, binding, subject, token)
             flight.material = material
         except CredentialUnavailable as exc:
-            flight.error = str(exc)
+            flight.error = exc
             raise
         finally:
             if self._pending.get(key) is flight:

@@ -114,7 +114,8 @@ def _ts(value: float) -> datetime:
 _UPSERT_TOKENS = """
 INSERT INTO credential_user_tokens (tenant, environment, credential_id, subject_issuer, subject_sub, kek_id,
     wrapped_dek, nonce, ciphertext, access_expires_at, scope, issuer, token_endpoint)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13
+FROM credentials c WHERE c.tenant = $1 AND c.environment = $2 AND c.id = $3 AND c.revoked_at IS NULL
 ON CONFLICT (tenant, environment, credential_id, subject_issuer, subject_sub) DO UPDATE SET
     issuer = excluded.issuer, token_endpoint = excluded.token_endpoint,
     kek_id = excluded.kek_id, wrapped_dek = excluded.wrapped_dek, nonce = excluded.nonce,
@@ -143,7 +144,8 @@ async def store_tokens(
     keyring: Keyring,
     tokens: UserTokens,
 ) -> None:
-    """Seal and store (insert or replace) ``subject``'s tokens for ``credential_id``."""
+    """Seal and store (insert or replace) ``subject``'s tokens for ``credential_id``; nothing is
+    stored once the credential is revoked (a callback or refresh still running then)."""
     body = {"refresh_token": tokens.refresh_token, "access_token": tokens.access_token}
     sealed = _seal(keyring, credential_id, _label("tokens", subject), body)
     await conn.execute(
@@ -202,6 +204,11 @@ INSERT INTO oauth_connects (handle, tenant, environment, credential_id, server, 
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 """
 _PURGE_CONNECTS = "DELETE FROM oauth_connects WHERE expires_at < now() - interval '1 hour'"
+_REPLACE_CONNECTS = """
+DELETE FROM oauth_connects
+WHERE tenant = $1 AND environment = $2 AND credential_id = $3 AND server = $4 AND subject_issuer = $5
+  AND subject_sub = $6 AND opened_at IS NULL
+"""
 _CLAIM_CONNECT = """
 UPDATE oauth_connects o SET opened_at = now()
 FROM credentials c
@@ -234,9 +241,13 @@ async def create_connect(
     *,
     ttl: float = CONNECT_TTL,
 ) -> str:
-    """A new pending connect for ``subject``; returns its handle (256 random bits, URL-safe)."""
+    """A new pending connect for ``subject``, replacing its older unopened ones for the same
+    credential and server; returns its handle (256 random bits, URL-safe)."""
     handle = secrets.token_urlsafe(32)
     await conn.execute(_PURGE_CONNECTS)
+    # One pending link per user, server and credential: a newer one replaces the older unopened
+    # ones (bounded growth; a leaked older link stops working).
+    await conn.execute(_REPLACE_CONNECTS, tenant, environment, uuid.UUID(credential_id), server, subject[0], subject[1])
     await conn.execute(
         _INSERT_CONNECT,
         handle,

@@ -86,6 +86,11 @@ C = CANARY
         pytest.param("stdio_env", None, {"env": {"DYLD_INSERT_LIBRARIES": C}}, "LD_*", id="dyld"),
         pytest.param("stdio_env", None, {"env": {"pythonpath": C}}, "PYTHONPATH", id="pythonpath-lower"),
         pytest.param("stdio_env", None, {"env": {"NODE_OPTIONS": C}}, "NODE_OPTIONS", id="node-options"),
+        pytest.param("stdio_env", None, {"env": {"npm_config_registry": C}}, "NPM_CONFIG_*", id="npm-registry"),
+        pytest.param("stdio_env", None, {"env": {"UV_INDEX_URL": C}}, "UV_*", id="uv-index"),
+        pytest.param("stdio_env", None, {"env": {"HTTPS_PROXY": C}}, "HTTPS_PROXY", id="proxy"),
+        pytest.param("stdio_env", None, {"env": {"PYTHONWARNINGS": C}}, "PYTHONWARNINGS", id="pythonwarnings"),
+        pytest.param("stdio_env", None, {"env": {"NODE_EXTRA_CA_CERTS": C}}, "NODE_EXTRA_CA_CERTS", id="ca-certs"),
         pytest.param("stdio_env", None, {"env": {"1BAD": C}}, "secret.env", id="env-name"),
         pytest.param("stdio_env", None, {"env": {"A": C + "\x00"}}, "secret.env", id="env-nul"),
         pytest.param(

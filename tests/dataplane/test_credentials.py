@@ -395,3 +395,35 @@ async def test_material_a_transport_would_not_send_fails_closed(tmp_path: Any) -
     assert reply["error"]["data"]["category"] == "credential_unavailable" and pool.calls == []
     with pytest.raises(CredentialUnavailable):
         await background_material(EnvOnly(), "s", [_b("b", "everyone", None)], required=True, transport="legacy_sse")
+
+
+async def test_callers_waiting_on_a_not_connected_answer_all_get_the_link() -> None:
+    from gateway.errors import CredentialNotConnected
+
+    link = "http://cp.test/v1/oauth/connect/abc"
+
+    class NotConnected(ControlPlane):
+        async def __call__(self, request: httpx.Request) -> httpx.Response:
+            await super().__call__(request)
+            body = {"error": "credential_not_connected", "message": "connect", "connect_url": link}
+            return httpx.Response(409, json=body)
+
+    cp = NotConnected()
+    broker = _broker(cp)
+    binding = _b("bu", "everyone", None, CredentialRef("c-u", "oauth_authorization_code", "v1"))
+    cp.gate = anyio.Event()
+    links: list[str] = []
+
+    async def one() -> None:
+        try:
+            await broker.resolve("s", binding, ALICE)
+        except CredentialNotConnected as exc:
+            links.append(exc.connect_url)
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(5):
+            tg.start_soon(one)
+        while not cp.bodies:
+            await anyio.sleep(0.001)
+        cp.gate.set()
+    assert links == [link] * 5 and len(cp.bodies) == 1
