@@ -368,7 +368,8 @@ def _authorization_code(config: dict[str, Any], secret: Any) -> tuple[dict[str, 
     Both endpoints or neither (then they are discovered from the bound server's URL at
     connect time). ``auth_method`` defaults to ``client_secret_basic`` with a
     ``client_secret``, else ``none`` (a public client). Without ``client_id`` the gateway
-    registers itself (RFC 7591), so ``client_secret`` must then be absent.
+    registers itself (RFC 7591), so ``client_secret`` must then be absent. A
+    ``client_secret`` needs configured endpoints: it is never sent to discovered ones.
     """
     _object(config, "config", _CODE_FIELDS, frozenset())
     body = _object(secret, "secret", frozenset({"client_secret"}), frozenset())
@@ -399,6 +400,12 @@ def _authorization_code(config: dict[str, Any], secret: Any) -> tuple[dict[str, 
         raise _reject("config.authorization_endpoint and config.token_endpoint go together (or neither: discovered)")
     for name in endpoints:
         out[name] = _token_url(config[name], f"config.{name}")
+    if fields and not endpoints:
+        # Discovery follows what the upstream's metadata says; a secret must never go there.
+        raise _reject(
+            "secret.client_secret is sent only to configured endpoints: set config.authorization_endpoint"
+            " and config.token_endpoint (or use a public client: no secret, discovered endpoints)"
+        )
     return out, fields
 
 

@@ -165,6 +165,13 @@ C = CANARY
         ),
         pytest.param("oauth_authorization_code", None, {"client_secret": C}, "config.client_id", id="secret-no-id"),
         pytest.param(
+            "oauth_authorization_code",
+            {"client_id": "gw"},
+            {"client_secret": C},
+            "secret.client_secret",
+            id="secret-to-discovered-endpoints",
+        ),
+        pytest.param(
             "oauth_authorization_code", {"client_id": "gw"}, {"client_secret": C, C: C}, "secret", id="code-extra"
         ),
         pytest.param(
