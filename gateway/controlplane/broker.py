@@ -28,7 +28,6 @@ import time
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-import jwt
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -36,6 +35,7 @@ from gateway.controlplane import oauth_users
 from gateway.controlplane._deps import deps
 from gateway.controlplane._http import JSONResponse, error_body, read_json, request_id
 from gateway.controlplane.credentials import keyring, uuid_text
+from gateway.controlplane.oauth_tokens import subject_exp
 from gateway.db import credentials as db_credentials
 from gateway.errors import (
     ConflictError,
@@ -88,13 +88,8 @@ class TokenIssuer(Protocol):
 
 def _expired(jwt_text: str | None) -> bool:
     """True when a JWT's ``exp`` (read without verification: the data plane verified it) has passed."""
-    if not jwt_text:
-        return False
-    try:
-        exp = jwt.decode(jwt_text, options={"verify_signature": False}).get("exp")
-    except jwt.PyJWTError:
-        return False
-    return isinstance(exp, int | float) and exp <= time.time()
+    exp = subject_exp(jwt_text) if jwt_text else None
+    return exp is not None and exp <= time.time()
 
 
 def _text(body: dict[str, Any], name: str, limit: int = 256) -> str:

@@ -3,7 +3,6 @@ definition, and record the capabilities the server declares."""
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass
@@ -143,8 +142,8 @@ async def discover_server(
     if transport == "stdio":
         if launch is None:
             raise ValueError("a stdio server needs a launch")
-        if credential is not None and credential.env:
-            launch = dataclasses.replace(launch, env=tuple(sorted({**dict(launch.env), **credential.env}.items())))
+        if credential is not None:
+            launch = launch.with_env(credential.env)
         client = Client(stdio_transport(name, launch), mode="legacy", **declares)
         hint = "check its command, args, cwd and env (the gateway log has its stderr)"
     elif transport == "legacy_sse":

@@ -59,6 +59,7 @@ __all__ = [
     "DEFAULT_LIFETIME",
     "MAX_ENTRIES",
     "ResponseTooLarge",
+    "subject_exp",
     "MAX_RESPONSE_BYTES",
     "MAX_TOKEN_CHARS",
     "SUBJECT_TOKEN_TYPE",
@@ -172,7 +173,7 @@ def _skew(lifetime: float) -> float:
     return max(min(MAX_SKEW, 0.1 * lifetime), min(MIN_LEFT, lifetime / 2))
 
 
-def _subject_exp(subject_token: str) -> float | None:
+def subject_exp(subject_token: str) -> float | None:
     """The ``exp`` of a JWT subject token, read without verification (the data plane
     verified the caller's token); ``None`` when it is not a JWT or has no numeric ``exp``."""
     try:
@@ -256,12 +257,12 @@ class TokenSource:
         for name in ("audience", "scope", "requested_token_type"):
             if config.get(name):
                 params[name] = str(config[name])
-        subject_exp = _subject_exp(subject_token)
+        subject_expires = subject_exp(subject_token)
 
         async def fetch() -> tuple[Token, float]:
             token = await self._request(credential_id, config, client_secret, TOKEN_EXCHANGE_GRANT, params)
-            if subject_exp is not None and subject_exp < token.expires_at:
-                token = Token(token.access_token, subject_exp, token.token_type, token.issued_token_type)
+            if subject_expires is not None and subject_expires < token.expires_at:
+                token = Token(token.access_token, subject_expires, token.token_type, token.issued_token_type)
             lifetime = token.expires_at - self._clock()
             return token, token.expires_at - _skew(lifetime)
 

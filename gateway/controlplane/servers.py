@@ -248,12 +248,11 @@ async def _discover(
     request: Request, current: dict[str, Any], launch: StdioLaunch | None, credential_id: str | None = None
 ) -> Discovery:
     credential = await discovery_material(request, current["name"], credential_id)
-    stdio = current["transport"] == "stdio"
     if credential is None and current.get("requires_credential"):  # never discovered bare
         raise RequestRejected(
             "discovery_credential: this server requires a credential; bind one to everyone or name one to discover with"
         )
-    if credential is not None and not (credential.env if stdio else (credential.headers or credential.query)):
+    if credential is not None and not credential.sends_to(current["transport"]):
         raise RequestRejected(
             f"discovery_credential: that credential carries nothing a {current['transport']} upstream gets"
         )

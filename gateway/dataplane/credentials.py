@@ -172,8 +172,7 @@ def for_transport(material: UpstreamCredential, server: str, transport: str) -> 
     Raises:
         CredentialUnavailable: Nothing in it this transport would send: fail closed.
     """
-    usable = material.env if transport == "stdio" else (material.headers or material.query)
-    if not usable:
+    if not material.sends_to(transport):
         raise CredentialUnavailable(f"the credential of {server} carries nothing a {transport} upstream gets")
     return material
 

@@ -54,6 +54,7 @@ __all__ = [
     "MAX_INPUT_ROUNDS",
     "RELAYED_NOTIFICATIONS",
     "RELAYED_REQUESTS",
+    "SSE_HEADERS",
     "GovernedChannel",
     "Outbox",
     "RelayResponse",
@@ -184,11 +185,13 @@ class Outbox:
             pass
 
 
-_SSE_HEADERS = [
+SSE_HEADERS = [
     (b"content-type", b"text/event-stream"),
     (b"cache-control", b"no-cache, no-transform"),
     (b"x-accel-buffering", b"no"),
 ]
+"""The response headers of a gateway event stream (MCP 2026-07-28 ``streamable-http``: SHOULD
+send ``X-Accel-Buffering: no``)."""
 
 
 def _event(message: dict[str, Any]) -> bytes:
@@ -286,7 +289,7 @@ class RelayResponse(Response):
                 return
 
             start = self._start(200, None)
-            start["headers"].extend(_SSE_HEADERS)
+            start["headers"].extend(SSE_HEADERS)
             await send(start)
             body = _event(first) if first else b""
             await send({"type": "http.response.body", "body": body, "more_body": True})

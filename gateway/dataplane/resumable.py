@@ -47,7 +47,7 @@ import orjson
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from gateway.dataplane.relay import Outbox
+from gateway.dataplane.relay import SSE_HEADERS, Outbox
 from gateway.dataplane.sessions import Session
 from gateway.mcp.messages import INTERNAL_ERROR, error_response
 
@@ -77,12 +77,6 @@ before the client read it)."""
 
 PRIMING_SINCE = "2025-11-25"
 """The first revision whose clients get a priming event (and so can be polled)."""
-
-_SSE_HEADERS = [
-    (b"content-type", b"text/event-stream"),
-    (b"cache-control", b"no-cache, no-transform"),
-    (b"x-accel-buffering", b"no"),
-]
 
 
 class Reaper:
@@ -302,7 +296,7 @@ class CallStreamResponse(Response):
     def _start(self, content_type: bytes | None = None) -> dict[str, Any]:
         raw = [(k, v) for k, v in self.raw_headers if k not in (b"content-length", b"content-type")]
         if content_type is None:
-            raw.extend(_SSE_HEADERS)
+            raw.extend(SSE_HEADERS)
         else:
             raw.append((b"content-type", content_type))
         self._started = True

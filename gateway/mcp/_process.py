@@ -8,6 +8,7 @@ so both start a server the same way. Source for the shutdown order: MCP 2025-11-
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -76,6 +77,12 @@ class StdioLaunch:
         if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
             raise ValueError("env must map strings to strings")
         return cls(command, tuple(args), cwd, tuple(sorted(env.items())))
+
+    def with_env(self, extra: Mapping[str, str]) -> StdioLaunch:
+        """This launch with ``extra`` added to its environment (``extra`` wins for shared names)."""
+        if not extra:
+            return self
+        return dataclasses.replace(self, env=tuple(sorted({**dict(self.env), **extra}.items())))
 
     def address(self) -> str:
         """A stable key naming this launch (``stdio:<sha256 hex>``); reveals nothing of ``env``."""

@@ -35,6 +35,11 @@ class UpstreamCredential:
     query: Mapping[str, str] = field(default_factory=dict)
     env: Mapping[str, str] = field(default_factory=dict)
 
+    def sends_to(self, transport: str) -> bool:
+        """True when a ``transport`` upstream would get something of it: environment variables
+        for ``stdio``, headers or query parameters for HTTP."""
+        return bool(self.env if transport == "stdio" else (self.headers or self.query))
+
     def __repr__(self) -> str:
         names = sorted({*self.headers, *self.query, *self.env})
         return f"UpstreamCredential(key={self.key!r}, fields={names!r})"

@@ -31,7 +31,6 @@ registry record's explicit ``transport`` (never inferred from a URL):
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import itertools
 import logging
 import math
@@ -832,8 +831,8 @@ class UpstreamPool:
         launch = self._launches.get(key[:3])
         if launch is None:
             return _Refused(f"stdio upstream {name} is not in the active projection")
-        if credential is not None and credential.env:
-            launch = dataclasses.replace(launch, env=tuple(sorted({**dict(launch.env), **credential.env}.items())))
+        if credential is not None:
+            launch = launch.with_env(credential.env)
         return StdioUpstream(
             name,
             launch,
