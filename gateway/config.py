@@ -59,6 +59,7 @@ __all__ = [
     "JwtConfig",
     "OpaConfig",
     "Secret",
+    "derived_token",
 ]
 
 SECONDS = 1.0
@@ -108,14 +109,20 @@ class ControlPlaneConfig:
     port: int = 8080
     admin_token: Secret = field(default_factory=lambda: Secret(""))
     internal_token: Secret = field(default_factory=lambda: Secret(""))
-    """Bearer token OPA and data planes present to the control plane; derived
-    from the admin token (HMAC-SHA256) when not set."""
+    """Bearer token data planes present to the control plane (``/v1/dataplane/*``, the
+    credential broker among them, and ``/v1/audit/events``); derived from the admin token
+    (HMAC-SHA256) when not set."""
+    opa_token: Secret = field(default_factory=lambda: Secret(""))
+    """Bearer token OPA sidecars present to the control plane; it opens ``/v1/opa/*``
+    (bundles, status, decision logs) only, so a sidecar never holds the token of the
+    credential broker. Derived from the internal token (HMAC-SHA256, another label) when not
+    set; must differ from the internal and admin tokens."""
     url: str = ""
     """Base URL data planes and OPA use to reach the control plane."""
     public_url: str = ""
     """Base URL users' browsers reach the control plane at: per-user OAuth connect links
     (``<public_url>/v1/oauth/connect/...``) and the OAuth redirect URI
-    (``<public_url>/v1/oauth/callback``). Default: ``url``."""
+    (``<public_url>/v1/oauth/callback/<key>``). Default: ``url``."""
     long_poll_timeout: float = 30 * SECONDS
     discovery_timeout: float = 10 * SECONDS
     """Bound on listing an upstream's tools at approval time."""
@@ -177,7 +184,9 @@ class DataPlaneConfig:
 
 @dataclass(frozen=True)
 class JwtConfig:
-    """Bearer JWT verification for the data plane (RFC 7519, RFC 7517, RFC 9068)."""
+    """Bearer JWT verification (RFC 7519, RFC 7517, RFC 9068): of every caller by the data
+    plane, and of the caller's token a data plane forwards to the control plane's credential
+    broker for a per-user OAuth credential (the same rules, :mod:`gateway.jwtauth`)."""
 
     issuer: str = ""
     audience: str = ""
@@ -193,6 +202,11 @@ class JwtConfig:
     """Least time between two JWKS fetches triggered by an unknown ``kid`` (key rotation)."""
     jwks_unknown_kid_ttl: float = 300 * SECONDS
     """How long a ``kid`` still unknown after a fetch is refused without fetching again."""
+
+    @property
+    def configured(self) -> bool:
+        """True when issuer, audience and JWKS URL are all set (always so for a data plane)."""
+        return bool(self.issuer and self.audience and self.jwks_url)
 
 
 @dataclass(frozen=True)
@@ -361,11 +375,18 @@ class Config:
                 raise ConfigError("GATEWAY_ADMIN_TOKEN is required for the control plane")
         internal = cp.internal_token
         if not internal and cp.admin_token:
-            digest = hmac.new(cp.admin_token.reveal().encode(), b"gateway-internal-token", hashlib.sha256)
-            internal = Secret(digest.hexdigest())
+            internal = derived_token(cp.admin_token, "gateway-internal-token")
         if not internal:
             raise ConfigError("GATEWAY_INTERNAL_TOKEN (or GATEWAY_ADMIN_TOKEN) is required")
-        cp = dataclasses.replace(cp, internal_token=internal, url=(cp.url or f"http://{cp.host}:{cp.port}").rstrip("/"))
+        opa_token = cp.opa_token or derived_token(internal, OPA_TOKEN_LABEL)
+        if opa_token in (internal, cp.admin_token):
+            raise ConfigError("GATEWAY_OPA_TOKEN must differ from GATEWAY_INTERNAL_TOKEN and GATEWAY_ADMIN_TOKEN")
+        cp = dataclasses.replace(
+            cp,
+            internal_token=internal,
+            opa_token=opa_token,
+            url=(cp.url or f"http://{cp.host}:{cp.port}").rstrip("/"),
+        )
         cp = dataclasses.replace(cp, public_url=(cp.public_url or cp.url).rstrip("/"))
         dp = self.data_plane
         dp = dataclasses.replace(
@@ -375,15 +396,15 @@ class Config:
         )
         dp = _with_default_hosts(dp)
         jwt = self.jwt
-        if self.plane in ("both", "data"):
-            missing = [n for n in ("issuer", "audience", "jwks_url") if not getattr(jwt, n)]
-            if missing:
-                names = ", ".join(
-                    f"GATEWAY_JWT_{m.upper()}" if m != "jwks_url" else "GATEWAY_JWKS_URL" for m in missing
-                )
-                raise ConfigError(f"the data plane needs {names}")
-            if not jwt.jwks_url.startswith(("http://", "https://", "file://")):
-                raise ConfigError("GATEWAY_JWKS_URL must be an http(s):// or file:// URL")
+        missing = [n for n in ("issuer", "audience", "jwks_url") if not getattr(jwt, n)]
+        # The control plane alone may run without JWT configuration (then it refuses to resolve
+        # per-user OAuth credentials); half of one is a mistake either way.
+        if missing and (self.plane in ("both", "data") or len(missing) < 3):
+            names = ", ".join(f"GATEWAY_JWT_{m.upper()}" if m != "jwks_url" else "GATEWAY_JWKS_URL" for m in missing)
+            plane = "the data plane" if self.plane in ("both", "data") else "the JWT configuration"
+            raise ConfigError(f"{plane} needs {names}")
+        if jwt.jwks_url and not jwt.jwks_url.startswith(("http://", "https://", "file://")):
+            raise ConfigError("GATEWAY_JWKS_URL must be an http(s):// or file:// URL")
         opa = self.opa
         opa_bin = os.path.abspath(opa.bin) if opa.bin else _find_opa()
         opa = dataclasses.replace(
@@ -433,6 +454,7 @@ ENV_KEYS: dict[str, str] = {
     "GATEWAY_CONTROL_PUBLIC_URL": "control_plane.public_url",
     "GATEWAY_ADMIN_TOKEN": "control_plane.admin_token",
     "GATEWAY_INTERNAL_TOKEN": "control_plane.internal_token",
+    "GATEWAY_OPA_TOKEN": "control_plane.opa_token",
     "GATEWAY_DATA_HOST": "data_plane.host",
     "GATEWAY_DATA_PORT": "data_plane.port",
     "GATEWAY_PUBLIC_URL": "data_plane.public_url",
@@ -461,6 +483,20 @@ ENV_KEYS: dict[str, str] = {
     "GATEWAY_CREDENTIALS_KEK_PREVIOUS_FILES": "credentials.kek_previous_files",
 }
 """Environment variable -> dotted config key."""
+
+
+OPA_TOKEN_LABEL = "gateway-opa-token"
+"""The :func:`derived_token` label of the OPA token (derived from the internal token)."""
+
+
+def derived_token(parent: Secret, label: str) -> Secret:
+    """The token derived from ``parent`` for ``label``: hex HMAC-SHA256(key=parent, msg=label).
+
+    One way: a holder of the derived token cannot compute ``parent``. The internal token is
+    derived from the admin token (label ``gateway-internal-token``), the OPA token from the
+    internal token (``gateway-opa-token``), each only when not configured.
+    """
+    return Secret(hmac.new(parent.reveal().encode(), label.encode(), hashlib.sha256).hexdigest())
 
 
 def _find_opa() -> str:

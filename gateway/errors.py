@@ -25,8 +25,11 @@ The tree (class, safe ``category``, HTTP ``status_code``)::
     |  + UpstreamUnavailable          upstream_unavailable      502
     |  + UpstreamTimeout              upstream_timeout          504
     |  + UpstreamProtocolError        upstream_protocol_error   502
+    |  + UpstreamCredentialRejected   upstream_credential_rejected 502
     |  + CredentialUnavailable        credential_unavailable    502
     |     + CredentialNotConnected    credential_not_connected  409
+    + SubjectUnverified               subject_unverified        403
+    |  + SubjectVerificationUnconfigured subject_verification_unconfigured 403
     + ProjectionUnavailable           projection_unavailable    503
     + DatabaseUnavailable             database_unavailable      503
     + CredentialsDisabled             credentials_unavailable   503
@@ -42,6 +45,9 @@ from __future__ import annotations
 from typing import ClassVar
 
 __all__ = [
+    "UpstreamCredentialRejected",
+    "SubjectUnverified",
+    "SubjectVerificationUnconfigured",
     "AdminAuthFailed",
     "AuthenticationFailed",
     "ConfigError",
@@ -282,6 +288,15 @@ class CredentialDecryptError(GatewayError):
     status_code = 500
 
 
+class UpstreamCredentialRejected(UpstreamError):
+    """The upstream answered HTTP 401 to a request sent with brokered material, and no other
+    material was to be had (or it was refused too). Nothing was processed upstream, so the
+    caller may retry; category ``upstream_credential_rejected`` (502)."""
+
+    category = "upstream_credential_rejected"
+    status_code = 502
+
+
 class CredentialUnavailable(UpstreamError):
     """An upstream's credential could not be obtained (502), so nothing was sent to it: the
     token endpoint refused it (``oauth_error`` holds the OAuth error code, RFC 6749 section
@@ -315,3 +330,18 @@ class CredentialNotConnected(CredentialUnavailable):
     def __init__(self, message: str, *, connect_url: str) -> None:
         super().__init__(message)
         self.connect_url = connect_url
+
+
+class SubjectUnverified(GatewayError):
+    """A per-user credential was asked of the broker without the caller's valid token, or for
+    a subject other than the token's (403 ``subject_unverified``)."""
+
+    category = "subject_unverified"
+    status_code = 403
+
+
+class SubjectVerificationUnconfigured(SubjectUnverified):
+    """This control plane has no JWT configuration, so it cannot verify a caller: per-user
+    credentials are refused (403 ``subject_verification_unconfigured``)."""
+
+    category = "subject_verification_unconfigured"

@@ -304,6 +304,63 @@ def test_an_explicit_internal_token_is_not_replaced() -> None:
     assert cfg.control_plane.internal_token.reveal() == "explicit-internal"
 
 
+def test_the_opa_token_is_derived_from_the_internal_token_and_opens_nothing_of_it() -> None:
+    cfg = Config.from_env(_env(GATEWAY_INTERNAL_TOKEN="explicit-internal"))
+    derived = Config.from_env(BASE_ENV).control_plane
+
+    opa = cfg.control_plane.opa_token.reveal()
+    assert opa == hmac.new(b"explicit-internal", b"gateway-opa-token", hashlib.sha256).hexdigest()
+    assert (
+        derived.opa_token.reveal() == config_module.derived_token(derived.internal_token, "gateway-opa-token").reveal()
+    )
+    assert len({opa, derived.opa_token.reveal(), "explicit-internal", ADMIN, derived.internal_token.reveal()}) == 5
+
+
+def test_an_explicit_opa_token_is_kept_and_reaches_a_data_plane_without_an_admin_token() -> None:
+    env = _env(GATEWAY_PLANE="data", GATEWAY_ADMIN_TOKEN=None, GATEWAY_INTERNAL_TOKEN="i", GATEWAY_OPA_TOKEN="o")
+    cfg = Config.from_env(env)
+
+    assert (cfg.control_plane.internal_token.reveal(), cfg.control_plane.opa_token.reveal()) == ("i", "o")
+    assert "GATEWAY_OPA_TOKEN" in ENV_KEYS
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        pytest.param({"GATEWAY_INTERNAL_TOKEN": "same", "GATEWAY_OPA_TOKEN": "same"}, id="opa-is-the-internal-token"),
+        pytest.param({"GATEWAY_OPA_TOKEN": ADMIN}, id="opa-is-the-admin-token"),
+    ],
+)
+def test_the_opa_token_must_differ_from_the_other_tokens(changes: dict[str, str]) -> None:
+    _config_error(environ=_env(**changes))
+
+
+@pytest.mark.parametrize(
+    "absent",
+    [
+        pytest.param(("GATEWAY_JWT_ISSUER",), id="no-issuer"),
+        pytest.param(("GATEWAY_JWT_AUDIENCE", "GATEWAY_JWKS_URL"), id="issuer-only"),
+    ],
+)
+def test_a_control_plane_takes_a_whole_jwt_configuration_or_none(absent: tuple[str, ...]) -> None:
+    error = _config_error(environ=_env(GATEWAY_PLANE="control", **dict.fromkeys(absent)))
+
+    assert all(name in str(error) for name in absent)
+
+
+def test_a_control_plane_checks_the_jwks_url_too() -> None:
+    _config_error(environ=_env(GATEWAY_PLANE="control", GATEWAY_JWKS_URL="ftp://idp/jwks.json"))
+
+
+def test_jwt_configured_says_whether_all_three_settings_are_there() -> None:
+    full = Config.from_env(_env(GATEWAY_PLANE="control")).jwt
+    none = Config.from_env(
+        _env(GATEWAY_PLANE="control", GATEWAY_JWT_ISSUER=None, GATEWAY_JWT_AUDIENCE=None, GATEWAY_JWKS_URL=None)
+    ).jwt
+
+    assert full.configured and not none.configured
+
+
 def test_repr_of_config_never_shows_secrets() -> None:
     cfg = Config.from_env(_env(GATEWAY_INTERNAL_TOKEN="explicit-internal-value"))
     text = repr(cfg) + str(cfg)

@@ -28,6 +28,7 @@ from gateway.controlplane.middleware import BearerAuthMiddleware, RequestIdMiddl
 from gateway.controlplane.routes import routes
 from gateway.credentials import load_keyring
 from gateway.errors import DatabaseUnavailable, GatewayError, UpstreamError
+from gateway.jwtauth import JwtVerifier
 from gateway.policy.reserved import require_assets
 
 __all__ = ["controlplane_resources", "create_controlplane_app"]
@@ -88,8 +89,8 @@ def create_controlplane_app(config: Config) -> Starlette:
         config: The resolved gateway configuration (scope, tokens, OPA binary, policies dir).
 
     Returns:
-        A Starlette app serving the admin API (admin token) and the OPA / data-plane
-        APIs (internal token).
+        A Starlette app serving the admin API (admin token), the data-plane API (internal
+        token) and the OPA API (OPA token).
 
     Raises:
         ConfigError: The reserved Rego or the restricted capabilities are not installed
@@ -105,6 +106,7 @@ def create_controlplane_app(config: Config) -> Starlette:
                 BearerAuthMiddleware,
                 admin_token=config.control_plane.admin_token,
                 internal_token=config.control_plane.internal_token,
+                opa_token=config.control_plane.opa_token,
             ),
         ],
         exception_handlers={
@@ -117,4 +119,6 @@ def create_controlplane_app(config: Config) -> Starlette:
     app.state.config = config
     # None: no KEK configured, the credentials API answers 503 (gateway.controlplane.credentials).
     app.state.credentials_keyring = load_keyring(config.credentials)
+    # None: no JWT configuration, the broker refuses per-user OAuth credentials (gateway.controlplane.broker).
+    app.state.subject_verifier = JwtVerifier(config.jwt) if config.jwt.configured else None
     return app

@@ -12,10 +12,12 @@ from __future__ import annotations
 import logging
 import re
 import uuid
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway.controlplane import oauth_users
 from gateway.controlplane._deps import deps
 from gateway.controlplane._http import JSONResponse, check_text, read_json
 from gateway.controlplane.projection import mutate_and_compile
@@ -91,6 +93,15 @@ def _server(value: object, field: str) -> str:
     return value
 
 
+def _shown(record: dict[str, Any], public_url: str) -> dict[str, Any]:
+    """``record`` with the redirect URI an admin registers for a configured per-user OAuth client."""
+    if record.get("kind") == "oauth_authorization_code":
+        issuer = oauth_users.configured_issuer(record.get("config") or {})
+        if issuer is not None:
+            return {**record, "redirect_uri": oauth_users.redirect_uri(public_url, str(record["id"]), issuer)}
+    return record
+
+
 async def create_credential(request: Request) -> Response:
     """``POST /v1/credentials`` ``{"name", "kind", "config"?, "secret"}`` -> 201 metadata (no secret).
 
@@ -114,7 +125,7 @@ async def create_credential(request: Request) -> Response:
             created_by=ADMIN_ACTOR,
         )
     log.info("credential %s created: kind %s, fingerprint %s", record["id"], record["kind"], record["fingerprint"])
-    return JSONResponse(record, status_code=201)
+    return JSONResponse(_shown(record, d.config.control_plane.public_url), status_code=201)
 
 
 async def list_credentials(request: Request) -> Response:
@@ -123,7 +134,8 @@ async def list_credentials(request: Request) -> Response:
     d = deps(request)
     async with d.pool.acquire() as conn:
         items = await db_credentials.list_credentials(conn, d.config.tenant, d.config.environment)
-    return JSONResponse({"items": items})
+    public = d.config.control_plane.public_url
+    return JSONResponse({"items": [_shown(item, public) for item in items]})
 
 
 async def get_credential(request: Request) -> Response:
@@ -133,7 +145,7 @@ async def get_credential(request: Request) -> Response:
     credential_id = uuid_text(request.path_params["id"], "id")
     async with d.pool.acquire() as conn:
         record = await db_credentials.get_credential(conn, d.config.tenant, d.config.environment, credential_id)
-    return JSONResponse(record)
+    return JSONResponse(_shown(record, d.config.control_plane.public_url))
 
 
 async def rotate_credential(request: Request) -> Response:
@@ -162,7 +174,7 @@ async def rotate_credential(request: Request) -> Response:
         ),
     )
     log.info("credential %s rotated: fingerprint %s", record["id"], record["fingerprint"])
-    return JSONResponse(record)
+    return JSONResponse(_shown(record, d.config.control_plane.public_url))
 
 
 async def revoke_credential(request: Request) -> Response:

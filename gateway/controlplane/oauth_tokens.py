@@ -21,6 +21,11 @@ section 2.3.1), as the credential's ``auth_method`` says. The protocol is authli
   is never answered with a token fetched under the old one. The cache is an LRU of
   :data:`MAX_ENTRIES` entries; :meth:`TokenSource.invalidate` drops a credential's entries.
   A token without ``expires_in`` is taken to live :data:`DEFAULT_LIFETIME` seconds.
+* **Forced refresh.** ``refresh=True`` (an upstream answered 401 to the cached token) drops
+  the key's cached token and fetches a new one, at most once per key per
+  ``refresh_interval`` seconds (:data:`REFRESH_INTERVAL`); within it the cached token is
+  answered (it was fetched moments ago), so a misconfigured upstream that refuses every
+  token cannot make each call reach the token endpoint.
 * **Single flight.** Concurrent requests for one key share one token request.
 * **Bounds.** :data:`TIMEOUT` seconds for the whole exchange, no redirects, answers of at
   most :data:`MAX_RESPONSE_BYTES`, access tokens of at most :data:`MAX_TOKEN_CHARS` visible
@@ -62,6 +67,7 @@ __all__ = [
     "subject_exp",
     "MAX_RESPONSE_BYTES",
     "MAX_TOKEN_CHARS",
+    "REFRESH_INTERVAL",
     "SUBJECT_TOKEN_TYPE",
     "TIMEOUT",
     "TOKEN_EXCHANGE_GRANT",
@@ -81,6 +87,8 @@ MAX_ENTRIES = 10_000
 """Cached tokens kept (least recently used dropped first)."""
 DEFAULT_LIFETIME = 60.0
 """Seconds a token without ``expires_in`` is taken to live."""
+REFRESH_INTERVAL = 30.0
+"""Least seconds between two forced refreshes (``refresh=True``) of one cached token."""
 MAX_SKEW = 30.0
 """Most seconds a token is dropped from the cache before it expires (also capped at 10 %)."""
 MIN_LEFT = 2.0
@@ -193,7 +201,7 @@ class TokenSource:
     """Fetches and caches OAuth access tokens for credentials (see the module docstring).
 
     One instance per control plane process; call :meth:`aclose` at shutdown. ``clock``
-    (Unix seconds) and ``timeout`` are for tests.
+    (Unix seconds), ``timeout`` and ``refresh_interval`` are for tests.
     """
 
     def __init__(
@@ -203,6 +211,7 @@ class TokenSource:
         timeout: float = TIMEOUT,
         max_response_bytes: int = MAX_RESPONSE_BYTES,
         clock: Callable[[], float] = time.time,
+        refresh_interval: float = REFRESH_INTERVAL,
     ) -> None:
         self._max_entries = max_entries
         self._timeout = timeout
@@ -210,16 +219,26 @@ class TokenSource:
         self._transport = BoundedTransport(max_response_bytes)
         self._cache: OrderedDict[_Key, _Entry] = OrderedDict()
         self._inflight: dict[_Key, asyncio.Task[Token]] = {}
-        self._counts = {"hits": 0, "fetches": 0, "errors": 0}
+        self._refresh_interval = refresh_interval
+        self._forced: OrderedDict[_Key, float] = OrderedDict()
+        """Key -> clock time of its last forced refresh."""
+        self._counts = {"hits": 0, "fetches": 0, "errors": 0, "forced": 0}
 
     # ------------------------------------------------------------ public API
     async def client_credentials(
-        self, credential_id: str, config: Mapping[str, Any], client_secret: str, *, version: str = ""
+        self,
+        credential_id: str,
+        config: Mapping[str, Any],
+        client_secret: str,
+        *,
+        version: str = "",
+        refresh: bool = False,
     ) -> Token:
         """A token for an ``oauth_client_credentials`` credential.
 
         ``config`` is the credential's validated config (``token_url``, ``client_id``,
-        ``scope``?, ``audience``?, ``auth_method``?). Raises ``CredentialUnavailable``.
+        ``scope``?, ``audience``?, ``auth_method``?). ``refresh``: see "Forced refresh" in
+        the module docstring. Raises ``CredentialUnavailable``.
         """
         key: _Key = ("cc", credential_id, version, _config_digest(config), "")
         params: dict[str, str] = {}
@@ -233,7 +252,7 @@ class TokenSource:
             lifetime = token.expires_at - self._clock()
             return token, token.expires_at - _skew(lifetime)
 
-        return await self._get(key, fetch)
+        return await self._get(key, fetch, refresh=refresh)
 
     async def token_exchange(
         self,
@@ -243,13 +262,15 @@ class TokenSource:
         subject_token: str,
         *,
         version: str = "",
+        refresh: bool = False,
     ) -> Token:
         """A token for an ``oauth_token_exchange`` credential, on behalf of ``subject_token``
         (the caller's verified JWT; only its SHA-256 is kept, as the cache key).
 
         ``config``: ``token_url``, ``client_id``, ``audience``?, ``scope``?,
         ``auth_method``?, ``requested_token_type``?. The answer's ``expires_at`` is no
-        later than the subject token's ``exp``. Raises ``CredentialUnavailable``.
+        later than the subject token's ``exp``. ``refresh``: see "Forced refresh" in the
+        module docstring. Raises ``CredentialUnavailable``.
         """
         subject_digest = hashlib.sha256(subject_token.encode()).hexdigest()
         key: _Key = ("tx", credential_id, version, _config_digest(config), subject_digest)
@@ -266,7 +287,7 @@ class TokenSource:
             lifetime = token.expires_at - self._clock()
             return token, token.expires_at - _skew(lifetime)
 
-        return await self._get(key, fetch)
+        return await self._get(key, fetch, refresh=refresh)
 
     def invalidate(self, credential_id: str) -> int:
         """Forget every cached token of ``credential_id`` (revocation, rotation); a fetch
@@ -279,7 +300,8 @@ class TokenSource:
         return len(stale)
 
     def stats(self) -> dict[str, int]:
-        """``{"entries", "inflight", "hits", "fetches", "errors"}`` (counts since start)."""
+        """``{"entries", "inflight", "hits", "fetches", "errors", "forced"}`` (counts since start;
+        ``forced``: refreshes that dropped a cached token)."""
         return {"entries": len(self._cache), "inflight": len(self._inflight), **self._counts}
 
     async def aclose(self) -> None:
@@ -287,7 +309,21 @@ class TokenSource:
         await self._transport.close_pool()
 
     # ------------------------------------------------------------ cache and single flight
-    async def _get(self, key: _Key, fetch: Callable[[], Awaitable[tuple[Token, float]]]) -> Token:
+    async def _get(
+        self, key: _Key, fetch: Callable[[], Awaitable[tuple[Token, float]]], *, refresh: bool = False
+    ) -> Token:
+        if refresh and key not in self._inflight:  # a fetch under way brings a new token anyway
+            now = self._clock()
+            last = self._forced.get(key)
+            if last is None or now - last >= self._refresh_interval:
+                self._forced[key] = now
+                self._forced.move_to_end(key)
+                while len(self._forced) > self._max_entries:
+                    self._forced.popitem(last=False)
+                if self._cache.pop(key, None) is not None:
+                    self._counts["forced"] += 1
+            else:
+                log.info("credential %s: refresh asked again within %.0f s: cached token kept", key[1], now - last)
         entry = self._cache.get(key)
         if entry is not None:
             if self._clock() < entry.fresh_until:

@@ -563,6 +563,13 @@ _SCHEMAS: dict[str, Any] = {
                 },
                 "authorization_endpoint": {"type": "string", "format": "uri", "maxLength": 2048},
                 "token_endpoint": {"type": "string", "format": "uri", "maxLength": 2048},
+                "issuer": {
+                    "type": "string",
+                    "format": "uri",
+                    "maxLength": 2048,
+                    "description": "With configured endpoints only: pins the issuer; the callback then requires "
+                    "RFC 9207 `iss` equal to it.",
+                },
                 "auth_method": {
                     "type": "string",
                     "enum": ["none", "client_secret_basic", "client_secret_post"],
@@ -622,6 +629,11 @@ _SCHEMAS: dict[str, Any] = {
             "last_used_at": NULLABLE_TIMESTAMP,
             "revoked_at": NULLABLE_TIMESTAMP,
             "status": {"type": "string", "enum": ["active", "revoked"]},
+            "redirect_uri": {
+                "type": "string",
+                "description": "oauth_authorization_code with configured endpoints only: the redirect URI to "
+                "register for its client at the authorization server (one per credential and issuer).",
+            },
         },
     },
     "CredentialList": {
@@ -631,7 +643,7 @@ _SCHEMAS: dict[str, Any] = {
     },
     "RewrapResult": {
         "type": "object",
-        "required": ["current_kek_id", "rewrapped", "failed", "by_kek"],
+        "required": ["current_kek_id", "rewrapped", "failed", "by_kek", "oauth_users", "remaining"],
         "properties": {
             "current_kek_id": {"type": "string"},
             "rewrapped": {"type": "integer", "minimum": 0},
@@ -644,6 +656,26 @@ _SCHEMAS: dict[str, Any] = {
                 "type": "object",
                 "additionalProperties": {"type": "integer", "minimum": 0},
                 "description": "Live credentials per KEK id after the run.",
+            },
+            "oauth_users": {
+                "type": "object",
+                "description": "The per-user OAuth rows, per table (credential_user_tokens, oauth_connects, "
+                "credential_oauth_clients): rows re-wrapped, rows that failed (named by identity, never a secret), "
+                "and sealed rows per KEK id after the run.",
+                "additionalProperties": {
+                    "type": "object",
+                    "required": ["rewrapped", "failed", "by_kek"],
+                    "properties": {
+                        "rewrapped": {"type": "integer", "minimum": 0},
+                        "failed": {"type": "array", "items": {"type": "object"}},
+                        "by_kek": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0}},
+                    },
+                },
+            },
+            "remaining": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "Sealed rows of all four tables still under another KEK: 0 means old KEKs can go.",
             },
         },
     },
@@ -712,6 +744,7 @@ _RESPONSES: dict[str, Any] = {
 
 _ADMIN: list[dict[str, list[str]]] = [{"adminToken": []}]
 _INTERNAL: list[dict[str, list[str]]] = [{"internalToken": []}]
+_OPA: list[dict[str, list[str]]] = [{"opaToken": []}]
 _AUDIT_FILTERS = [
     _query("subject", _text(), "Exact subject (JWT `sub`)."),
     _query("server", _text(), "Exact server name."),
@@ -734,12 +767,16 @@ def _op(
     parameters: list[dict[str, Any]] | None = None,
     body: str | dict[str, Any] | None = None,
     internal: bool = False,
+    opa: bool = False,
 ) -> dict[str, Any]:
+    """One operation: the admin token's, the internal token's (``internal``), or the OPA
+    token's (``opa``, an internal operation of OPA sidecars)."""
+    internal = internal or opa
     op: dict[str, Any] = {
         "operationId": op_id,
         "tags": [tag],
         "summary": summary,
-        "security": _INTERNAL if internal else _ADMIN,
+        "security": _OPA if opa else _INTERNAL if internal else _ADMIN,
         "responses": {**responses, "401": _error("Unauthorized"), "503": _error("ServiceUnavailable")},
     }
     if parameters:
@@ -796,27 +833,51 @@ _PATHS: dict[str, Any] = {
     },
     "/v1/oauth/connect/{handle}": {
         "get": {
-            "operationId": "oauthConnect",
+            "operationId": "oauthConnectPage",
             "tags": ["oauth"],
-            "summary": "A user's single-use connect link (no token: the handle is the bearer, 10 minutes): "
-            "302 to the upstream's authorization server (authorization code + PKCE S256).",
+            "summary": "A user's single-use connect link (no token: the handle is the bearer, 10 minutes): a "
+            "confirmation page naming the server and the gateway identity, which sets a browser-binding cookie "
+            "and POSTs its nonce back. Changes nothing.",
             "security": [],
             "parameters": [_path("handle", {"type": "string"}, "The connect handle the broker gave the caller.")],
+            "responses": {"200": _HTML_PAGE, "404": _HTML_PAGE},
+        },
+        "post": {
+            "operationId": "oauthConnect",
+            "tags": ["oauth"],
+            "summary": "Confirm the connect (same-origin form with the page's nonce and cookie): 302 to the "
+            "upstream's authorization server (authorization code + PKCE S256). Uses the handle up.",
+            "security": [],
+            "parameters": [_path("handle", {"type": "string"}, "The connect handle the broker gave the caller.")],
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/x-www-form-urlencoded": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["confirm"],
+                            "properties": {"confirm": {"type": "string", "description": "The page's nonce."}},
+                        }
+                    }
+                },
+            },
             "responses": {
                 "302": {"description": "To the authorization endpoint.", "headers": {"Location": {"schema": {}}}},
+                "403": _HTML_PAGE,
                 "404": _HTML_PAGE,
                 "502": _HTML_PAGE,
             },
-        }
+        },
     },
-    "/v1/oauth/callback": {
+    "/v1/oauth/callback/{key}": {
         "get": {
             "operationId": "oauthCallback",
             "tags": ["oauth"],
-            "summary": "The OAuth redirect URI: exchanges the code, stores the user's tokens sealed. No token: "
-            "`state` is the bearer.",
+            "summary": "The OAuth redirect URI, one per (credential, issuer): exchanges the code, stores the user's "
+            "tokens sealed. No token: `state` with the browser's cookie is the bearer.",
             "security": [],
             "parameters": [
+                _path("key", {"type": "string"}, "The (credential, issuer) key of the redirect URI."),
                 _query("code", {"type": "string"}, "The authorization code."),
                 _query("state", {"type": "string"}, "The state of the authorization request."),
                 _query("error", {"type": "string"}, "An error code of the authorization server."),
@@ -1116,7 +1177,7 @@ _PATHS: dict[str, Any] = {
                 "404": _error("NotFound"),
             },
             parameters=[_path("name", {"type": "string"}, "The configured bundle name."), *_LONG_POLL],
-            internal=True,
+            opa=True,
         )
     },
     "/v1/opa/status": {
@@ -1126,7 +1187,7 @@ _PATHS: dict[str, Any] = {
             "OPA's status API: one instance's report, keyed by `labels.id`.",
             {"204": {"description": "Stored."}, "400": _error("BadRequest")},
             body={"type": "object", "required": ["labels"], "properties": {"labels": {"type": "object"}}},
-            internal=True,
+            opa=True,
         )
     },
     "/v1/opa/logs": {
@@ -1136,7 +1197,7 @@ _PATHS: dict[str, Any] = {
             "OPA's decision-log API: a (gzip) JSON array of events, idempotent per `decision_id`.",
             {"204": {"description": "Stored."}, "400": _error("BadRequest")},
             body={"type": "array", "items": {"type": "object"}},
-            internal=True,
+            opa=True,
         )
     },
     "/v1/dataplane/projection": {
@@ -1252,7 +1313,10 @@ _DOCUMENT: dict[str, Any] = {
         {"name": "audit"},
         {"name": "credentials", "description": "Write-only upstream credentials and their bindings."},
         {"name": "oauth", "description": "Per-user OAuth connect pages, opened in a user's browser (no token)."},
-        {"name": "internal", "description": "For OPA sidecars and data planes only (internal token)."},
+        {
+            "name": "internal",
+            "description": "For data planes (internal token) and OPA sidecars (`/v1/opa/*`, OPA token) only.",
+        },
     ],
     "paths": _PATHS,
     "components": {
@@ -1260,7 +1324,18 @@ _DOCUMENT: dict[str, Any] = {
         "responses": _RESPONSES,
         "securitySchemes": {
             "adminToken": {"type": "http", "scheme": "bearer", "description": "`control_plane.admin_token`."},
-            "internalToken": {"type": "http", "scheme": "bearer", "description": "`control_plane.internal_token`."},
+            "internalToken": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "`control_plane.internal_token` (`GATEWAY_INTERNAL_TOKEN`): data planes' only; "
+                "opens `/v1/dataplane/*` (the credential broker among them) and `/v1/audit/events`.",
+            },
+            "opaToken": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "`control_plane.opa_token` (`GATEWAY_OPA_TOKEN`; default derived from the internal "
+                "token): OPA sidecars'; opens `/v1/opa/*` only.",
+            },
         },
     },
 }

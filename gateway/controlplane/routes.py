@@ -22,9 +22,11 @@ __all__ = ["routes"]
 routes = [
     # the OpenAPI 3.1 description of everything below (no token: it holds no data)
     Route(openapi.OPENAPI_PATH, openapi.get_openapi, methods=["GET"]),
-    # per-user OAuth connect (no token: the single-use handle, then the OAuth state, is the bearer)
-    Route("/v1/oauth/connect/{handle}", oauth_users.connect, methods=["GET"]),
-    Route(oauth_users.CALLBACK_PATH, oauth_users.callback, methods=["GET"]),
+    # per-user OAuth connect (no token: the single-use handle with the browser's cookie, then the
+    # OAuth state with the same cookie, is the bearer)
+    Route("/v1/oauth/connect/{handle}", oauth_users.connect_page, methods=["GET"]),
+    Route("/v1/oauth/connect/{handle}", oauth_users.connect, methods=["POST"]),
+    Route(oauth_users.CALLBACK_PREFIX + "{key}", oauth_users.callback, methods=["GET"]),
     # admin API (bearer admin_token)
     Route("/v1/control-plane/scope", status.get_scope, methods=["GET"]),
     Route("/v1/servers", servers.list_servers, methods=["GET"]),

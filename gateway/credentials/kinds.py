@@ -15,7 +15,7 @@ kind                              config (clear)                                
 ``oauth_token_exchange``          ``token_url, client_id, audience?, scope?, auth_method,``      ``{"client_secret"}``
                                   ``requested_token_type?``
 ``oauth_authorization_code``      ``client_id?, scope?, resource?, authorization_endpoint?,``    ``{"client_secret"?}``
-                                  ``token_endpoint?, auth_method?``
+                                  ``token_endpoint?, auth_method?, issuer?``
 ================================  =============================================================  ===========================
 
 ``auth_method`` is ``client_secret_basic`` (default) or ``client_secret_post`` (RFC 6749
@@ -359,7 +359,9 @@ def _oauth(config: dict[str, Any], secret: Any, *, exchange: bool) -> tuple[dict
     return out, {"client_secret": _secret_string(body["client_secret"], "secret.client_secret")}
 
 
-_CODE_FIELDS = frozenset({"client_id", "scope", "resource", "authorization_endpoint", "token_endpoint", "auth_method"})
+_CODE_FIELDS = frozenset(
+    {"client_id", "scope", "resource", "authorization_endpoint", "token_endpoint", "auth_method", "issuer"}
+)
 
 
 def _authorization_code(config: dict[str, Any], secret: Any) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -400,6 +402,10 @@ def _authorization_code(config: dict[str, Any], secret: Any) -> tuple[dict[str, 
         raise _reject("config.authorization_endpoint and config.token_endpoint go together (or neither: discovered)")
     for name in endpoints:
         out[name] = _token_url(config[name], f"config.{name}")
+    if config.get("issuer") is not None:
+        if not endpoints:
+            raise _reject("config.issuer pins the issuer of configured endpoints (discovered ones carry their own)")
+        out["issuer"] = _token_url(config["issuer"], "config.issuer")
     if fields and not endpoints:
         # Discovery follows what the upstream's metadata says; a secret must never go there.
         raise _reject(

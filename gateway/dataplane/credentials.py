@@ -13,8 +13,9 @@ and credential metadata (id, kind, version), never a secret. For each governed r
    (``POST /v1/dataplane/credentials/resolve``, internal token; every resolution is audited
    there). The client's own token is never sent upstream; for ``oauth_token_exchange`` it is
    sent to the control plane, which trades it for an upstream-audience token (RFC 8693); for
-   ``oauth_authorization_code`` only the caller's identity is sent, and a caller who has not
-   connected their upstream account gets :class:`~gateway.errors.CredentialNotConnected`
+   ``oauth_authorization_code`` it is sent with the caller's identity so that the broker can
+   verify whose stored tokens to hand out (it never leaves the gateway), and a caller who has
+   not connected their upstream account gets :class:`~gateway.errors.CredentialNotConnected`
    carrying the connect URL.
 
 A server that requires a credential (registered with ``requires_credential``, or bound once)
@@ -25,15 +26,26 @@ gives (a token's expiry less a margin; static kinds :data:`MAX_TTL`), least rece
 beyond :data:`MAX_ENTRIES`. A new projection drops every entry of a credential it no longer
 references (revoked, unbound) or references at another version (rotated): revocation takes
 effect on this data plane as soon as the projection arrives.
+
+Refused material: when an HTTP upstream answers 401 to material from here, the transport
+calls :meth:`CredentialBroker.renew` (the material's ``renew`` hook); for a token kind
+(:data:`RENEWABLE_KINDS`; a static secret would come back the same), unless the cache already
+holds other material for that key (renewed by a concurrent request), it resolves again with
+``"refresh": true``, which makes the control plane fetch a new token instead of answering its
+cached one, and caches what comes back in place of the refused material. At most one such
+forced refresh per key (credential, version, caller) per :data:`REFRESH_INTERVAL` seconds, so
+an upstream that always answers 401 cannot make every call reach the token endpoint; within
+the interval the refusal is the caller's answer (``upstream_credential_rejected``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -51,6 +63,8 @@ __all__ = [
     "MAX_ENTRIES",
     "MAX_TTL",
     "PER_USER_KINDS",
+    "REFRESH_INTERVAL",
+    "RENEWABLE_KINDS",
     "SUBJECT_TOKEN_KINDS",
     "BindingRef",
     "CredentialBroker",
@@ -73,12 +87,32 @@ from the control plane stops using a secret after this long at most."""
 MAX_ENTRIES = 10_000
 """Most cached materials (least recently used dropped first)."""
 
+REFRESH_INTERVAL = 30.0
+"""Least seconds between two forced refreshes of one key after upstream 401s."""
+
+RENEWABLE_KINDS = frozenset({"oauth_client_credentials", "oauth_token_exchange", "oauth_authorization_code"})
+"""Kinds whose material a forced refresh can change (tokens); a static secret the upstream
+refuses comes back the same, so it is not resolved again (rotate the credential)."""
+
 PER_USER_KINDS = frozenset({"oauth_token_exchange", "oauth_authorization_code"})
-"""Kinds whose material differs per caller: ``oauth_token_exchange`` is resolved with the
-caller's token (:data:`SUBJECT_TOKEN_KINDS`), ``oauth_authorization_code`` with the caller's
-identity only (the control plane holds each user's own tokens)."""
+"""Kinds whose material differs per caller: ``oauth_token_exchange`` is cached per caller
+token (:data:`SUBJECT_TOKEN_KINDS`: traded for another), ``oauth_authorization_code`` per
+caller identity (the control plane holds each user's own tokens; the caller's token only
+proves the identity to the broker)."""
 SUBJECT_TOKEN_KINDS = frozenset({"oauth_token_exchange"})
-"""Per-user kinds whose resolution sends the caller's token to the control plane."""
+"""Per-user kinds whose material is a function of the caller's token (cached per token)."""
+
+
+def _cache_key(cred: CredentialRef, subject: Subject) -> tuple[str, str, str]:
+    """(credential id, version, who): who is the SHA-256 of the caller's token for
+    :data:`SUBJECT_TOKEN_KINDS`, ``issuer|sub`` for the other per-user kinds, else empty."""
+    token = subject.token if cred.kind in SUBJECT_TOKEN_KINDS else ""
+    if token:
+        who = hashlib.sha256(token.encode()).hexdigest()
+    else:
+        who = f"{subject.issuer}|{subject.sub}" if cred.per_user else ""
+    return (cred.id, cred.version, who)
+
 
 RESOLVE_PATH = "/v1/dataplane/credentials/resolve"
 
@@ -231,6 +265,10 @@ class _Flight:
     done: anyio.Event = field(default_factory=anyio.Event)
     material: UpstreamCredential | None = None
     error: CredentialUnavailable | None = None
+    refresh: bool = False
+    """Asked the control plane for fresh material (after an upstream refused the cached one)."""
+    superseded: bool = False
+    """A forced refresh replaced it: its outcome is not cached."""
 
 
 class CredentialBroker:
@@ -240,9 +278,17 @@ class CredentialBroker:
         config: Control-plane URL, internal token and this data plane's id.
         http: The client to the control plane.
         max_ttl: Most seconds material stays cached.
+        refresh_interval: Least seconds between two forced refreshes of one key (:meth:`renew`).
     """
 
-    def __init__(self, config: Config, http: httpx.AsyncClient, *, max_ttl: float = MAX_TTL) -> None:
+    def __init__(
+        self,
+        config: Config,
+        http: httpx.AsyncClient,
+        *,
+        max_ttl: float = MAX_TTL,
+        refresh_interval: float = REFRESH_INTERVAL,
+    ) -> None:
         cp = config.control_plane
         self._url = cp.url.rstrip("/") + RESOLVE_PATH
         self._token = cp.internal_token
@@ -251,8 +297,13 @@ class CredentialBroker:
         self._max_ttl = max_ttl
         self._cache: OrderedDict[tuple[str, str, str], tuple[UpstreamCredential, float]] = OrderedDict()
         self._pending: dict[tuple[str, str, str], _Flight] = {}
+        self._refresh_interval = refresh_interval
+        self._forced: OrderedDict[tuple[str, str, str], float] = OrderedDict()
+        """Key -> monotonic time of its last forced refresh."""
         self.resolutions = 0
         """Resolutions asked of the control plane (cache misses)."""
+        self.forced_refreshes = 0
+        """Resolutions with ``refresh`` (after an upstream refused the material)."""
 
     def __len__(self) -> int:
         return len(self._cache)
@@ -263,8 +314,13 @@ class CredentialBroker:
         for key in [k for k in self._cache if k[:2] not in keep]:
             del self._cache[key]
 
-    async def resolve(self, server: str, binding: BindingRef, subject: Subject) -> UpstreamCredential:
+    async def resolve(
+        self, server: str, binding: BindingRef, subject: Subject, *, refresh: bool = False
+    ) -> UpstreamCredential:
         """The material of ``binding``'s credential for ``subject`` calling ``server``.
+
+        ``refresh``: skip the cache and ask the control plane for fresh material (it fetches a
+        new token rather than answering its cached one); used by :meth:`renew` only.
 
         Raises:
             CredentialUnavailable: The control plane could not resolve it (revoked, a
@@ -276,19 +332,14 @@ class CredentialBroker:
             raise CredentialUnavailable(f"credential {cred.id} needs the caller's token")
         if cred.per_user and not token and not (subject.issuer and subject.sub):
             raise CredentialUnavailable(f"credential {cred.id} needs the caller's identity")
-        who = (
-            hashlib.sha256(token.encode()).hexdigest()
-            if token
-            else (f"{subject.issuer}|{subject.sub}" if cred.per_user else "")
-        )
-        key = (cred.id, cred.version, who)
+        key = _cache_key(cred, subject)
         while True:
             hit = self._cache.get(key)
-            if hit is not None and hit[1] > time.monotonic():
+            if not refresh and hit is not None and hit[1] > time.monotonic():
                 self._cache.move_to_end(key)
                 return hit[0]
             flight = self._pending.get(key)
-            if flight is None:
+            if flight is None or (refresh and not flight.refresh):
                 break
             # One resolution per key at a time: its outcome is everyone's. When its owner was
             # cancelled (its client left) there is none: the next waiter resolves.
@@ -299,9 +350,12 @@ class CredentialBroker:
                 raise CredentialNotConnected(str(flight.error), connect_url=flight.error.connect_url)
             if flight.error is not None:
                 raise CredentialUnavailable(str(flight.error))
-        flight = self._pending[key] = _Flight()
+        if flight is not None:  # a plain resolution under way may answer the refused material
+            flight.superseded = True
+        flight = self._pending[key] = _Flight(refresh=refresh)
         try:
-            material, ttl = await self._ask(server, binding, subject, token)
+            material, ttl = await self._ask(server, binding, subject, token, refresh=refresh)
+            material = dataclasses.replace(material, renew=self._renewer(server, binding, subject))
             flight.material = material
         except CredentialUnavailable as exc:
             flight.error = exc
@@ -310,13 +364,66 @@ class CredentialBroker:
             if self._pending.get(key) is flight:
                 del self._pending[key]
             flight.done.set()
+        if flight.superseded:
+            return material
         self._cache[key] = (material, time.monotonic() + min(ttl, self._max_ttl))
         while len(self._cache) > MAX_ENTRIES:
             self._cache.popitem(last=False)
         return material
 
+    def _renewer(
+        self, server: str, binding: BindingRef, subject: Subject
+    ) -> Callable[[UpstreamCredential], Awaitable[UpstreamCredential | None]]:
+        async def renew(refused: UpstreamCredential) -> UpstreamCredential | None:
+            return await self.renew(server, binding, subject, refused)
+
+        return renew
+
+    async def renew(
+        self, server: str, binding: BindingRef, subject: Subject, refused: UpstreamCredential
+    ) -> UpstreamCredential | None:
+        """Other material for ``subject``'s use of ``binding`` after an upstream refused
+        ``refused`` (HTTP 401): what the cache holds if it differs (renewed meanwhile), else
+        a forced refresh (:meth:`resolve` with ``refresh``), at most one per key per
+        ``refresh_interval`` seconds. None when none is allowed yet, or it failed (then the
+        refused material is dropped, so the next call resolves afresh).
+        """
+        cred = binding.credential
+        if cred.kind not in RENEWABLE_KINDS:
+            return None
+        key = _cache_key(cred, subject)
+        now = time.monotonic()
+        hit = self._cache.get(key)
+        if hit is not None and hit[1] > now and not hit[0].same_material(refused):
+            return hit[0]
+        flight = self._pending.get(key)
+        if flight is None or not flight.refresh:  # else join the refresh under way
+            last = self._forced.get(key)
+            if last is not None and now - last < self._refresh_interval:
+                log.warning(
+                    "credential %s refused upstream by %s again within %.0f s: not refreshed",
+                    cred.id,
+                    server,
+                    self._refresh_interval,
+                )
+                return None
+            self._forced[key] = now
+            self._forced.move_to_end(key)
+            while len(self._forced) > MAX_ENTRIES:
+                self._forced.popitem(last=False)
+            self.forced_refreshes += 1
+            log.info("credential %s refused upstream by %s: asking for fresh material", cred.id, server)
+        try:
+            return await self.resolve(server, binding, subject, refresh=True)
+        except CredentialUnavailable as exc:
+            log.warning("credential %s: no fresh material (%s)", cred.id, exc.category)
+            hit = self._cache.get(key)
+            if hit is not None and hit[0].same_material(refused):
+                del self._cache[key]
+            return None
+
     async def _ask(
-        self, server: str, binding: BindingRef, subject: Subject, token: str
+        self, server: str, binding: BindingRef, subject: Subject, token: str, *, refresh: bool = False
     ) -> tuple[UpstreamCredential, float]:
         cred = binding.credential
         body: dict[str, Any] = {
@@ -329,6 +436,12 @@ class CredentialBroker:
         }
         if token:
             body["subject_token"] = token
+        elif cred.kind == "oauth_authorization_code" and subject.token:
+            # Not for the material (the control plane holds the user's own tokens) but as proof
+            # of who is calling: the broker verifies it and never takes ``subject`` on our word.
+            body["subject_token"] = subject.token
+        if refresh:  # an upstream refused the material we had: not the control plane's cached token
+            body["refresh"] = True
         self.resolutions += 1
         try:
             resp = await self._http.post(

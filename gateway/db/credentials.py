@@ -282,18 +282,107 @@ async def open_credential(
     return SecretFields.from_bytes(open_sealed(keyring, sealed, credential_id=credential_id, kind=row["kind"]))
 
 
-async def rewrap_all(conn: asyncpg.Connection, tenant: str, environment: str, keyring: Keyring) -> dict[str, Any]:
-    """Re-wrap every live credential's data key under ``keyring.current``, online.
+# The per-user OAuth rows (0007): each sealed under its credential's id like a credential, so
+# its data key re-wraps with the credential id alone (the label in the secret's associated
+# data is not needed to unwrap). Keyed by each table's row identity; a pending connect by its
+# handle, which is a bearer and so is never reported (its credential, server and subject are).
+_OAUTH_TABLES: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
+    (
+        "credential_user_tokens",
+        ("credential_id", "subject_issuer", "subject_sub"),
+        ("credential_id", "subject_issuer", "subject_sub"),
+    ),
+    ("oauth_connects", ("handle",), ("credential_id", "server", "subject_issuer", "subject_sub")),
+    ("credential_oauth_clients", ("credential_id", "issuer"), ("credential_id", "issuer", "client_id")),
+)
+"""(table, key columns within the scope, columns naming a failed row in the report)."""
 
-    Row by row, each in its own short transaction holding only that row's lock, so the API
-    (and a concurrent rotation) keeps working; a rotated row already under the current KEK is
-    skipped. The secret's nonce and ciphertext are unchanged. A row whose KEK is not in the
-    keyring (or whose wrapped key was altered) is left as it is and listed in ``failed``.
-    Safe to repeat. ``conn`` must not be inside a transaction.
+
+def _oauth_sql(table: str, key: tuple[str, ...], shown: tuple[str, ...]) -> tuple[str, str, str, str]:
+    """The list, lock, update and count statements of one sealed per-user OAuth table."""
+    where = " AND ".join(f"{c} = ${i}" for i, c in enumerate(key, start=3))
+    n = len(key) + 3
+    cols = ", ".join(dict.fromkeys((*key, *shown)))
+    # Identifiers are this module's constants, never input; values are bind parameters.
+    listing = (
+        f"SELECT {', '.join(key)} FROM {table} WHERE tenant = $1 AND environment = $2"  # noqa: S608
+        f" AND kek_id IS NOT NULL AND kek_id <> $3 ORDER BY {', '.join(key)}"
+    )
+    lock = (
+        f"SELECT {cols}, kek_id, wrapped_dek, nonce, ciphertext FROM {table}"  # noqa: S608
+        f" WHERE tenant = $1 AND environment = $2 AND {where} AND kek_id IS NOT NULL AND kek_id <> ${n} FOR UPDATE"
+    )
+    update = (
+        f"UPDATE {table} SET kek_id = ${n}, wrapped_dek = ${n + 1}"  # noqa: S608
+        f" WHERE tenant = $1 AND environment = $2 AND {where}"
+    )
+    count = (
+        f"SELECT kek_id, count(*) AS n FROM {table}"  # noqa: S608
+        " WHERE tenant = $1 AND environment = $2 AND kek_id IS NOT NULL GROUP BY kek_id"
+    )
+    return listing, lock, update, count
+
+
+def _failed_row(shown: tuple[str, ...], row: asyncpg.Record) -> dict[str, str]:
+    return {c: str(row[c]) for c in shown}
+
+
+async def _rewrap_oauth_table(
+    conn: asyncpg.Connection,
+    tenant: str,
+    environment: str,
+    keyring: Keyring,
+    table: str,
+    key: tuple[str, ...],
+    shown: tuple[str, ...],
+) -> dict[str, Any]:
+    current = keyring.current.id
+    listing, lock, update, count = _oauth_sql(table, key, shown)
+    rows = await conn.fetch(listing, tenant, environment, current)
+    rewrapped, failed = 0, []
+    for ident in rows:
+        values = [ident[c] for c in key]
+        async with conn.transaction():
+            row = await conn.fetchrow(lock, tenant, environment, *values, current)
+            if row is None:  # replaced (new tokens, a new connect state), deleted or re-wrapped since
+                continue
+            sealed = Sealed(row["kek_id"], row["wrapped_dek"], row["nonce"], row["ciphertext"])
+            try:
+                fresh = rewrap(keyring, sealed, credential_id=str(row["credential_id"]))
+            except CredentialDecryptError as exc:
+                log.warning("%s re-wrap skipped: %s", table, exc)
+                failed.append(_failed_row(shown, row))
+                continue
+            await conn.execute(update, tenant, environment, *values, fresh.kek_id, fresh.wrapped_dek)
+            rewrapped += 1
+    by_kek = {r["kek_id"]: r["n"] for r in await conn.fetch(count, tenant, environment)}
+    return {"rewrapped": rewrapped, "failed": failed, "by_kek": by_kek}
+
+
+async def rewrap_all(conn: asyncpg.Connection, tenant: str, environment: str, keyring: Keyring) -> dict[str, Any]:
+    """Re-wrap the data key of every sealed row of the scope under ``keyring.current``, online:
+    live credentials, and the per-user OAuth rows of ``0007_oauth_user_tokens.sql`` (users'
+    tokens, pending connects' PKCE verifiers, registered clients' secrets).
+
+    Row by row, each in its own short transaction holding only that row's lock, so the API,
+    the broker and the OAuth flows (and a concurrent rotation) keep working; a row already
+    under the current KEK (rotated, or sealed anew since the list was read) is skipped. The
+    secret's nonce and ciphertext are unchanged. A row whose KEK is not in the keyring (or
+    whose wrapped key was altered) is left as it is and reported in ``failed``. Safe to
+    repeat. ``conn`` must not be inside a transaction.
 
     Returns:
-        ``{"current_kek_id", "rewrapped": int, "failed": [credential id, ...],
-        "by_kek": {kek_id: live credentials under it, after the run}}``.
+        ``{"current_kek_id", "rewrapped": int, "failed": [credential id, ...], "by_kek":
+        {kek_id: live credentials under it, after the run}, "oauth_users": {table: {"rewrapped":
+        int, "failed": [row identity], "by_kek": {kek_id: sealed rows, after the run}}},
+        "remaining": int}``. The top-level ``rewrapped``/``failed``/``by_kek`` count the
+        ``credentials`` table (as before); ``oauth_users`` has one entry per table:
+        ``credential_user_tokens`` (a failed row named ``{"credential_id", "subject_issuer",
+        "subject_sub"}``), ``oauth_connects`` (``{"credential_id", "server", "subject_issuer",
+        "subject_sub"}``: never the handle, a bearer) and ``credential_oauth_clients``
+        (``{"credential_id", "issuer", "client_id"}``). ``remaining`` is the number of sealed
+        rows of all four tables still under another KEK after the run: 0 means the previous
+        KEKs can be retired.
     """
     current = keyring.current.id
     ids = [r["id"] for r in await conn.fetch(_TO_REWRAP, tenant, environment, current)]
@@ -313,7 +402,21 @@ async def rewrap_all(conn: asyncpg.Connection, tenant: str, environment: str, ke
             await conn.execute(_SET_WRAP, key, fresh.kek_id, fresh.wrapped_dek)
             rewrapped += 1
     by_kek = {r["kek_id"]: r["n"] for r in await conn.fetch(_COUNT_BY_KEK, tenant, environment)}
-    return {"current_kek_id": current, "rewrapped": rewrapped, "failed": failed, "by_kek": by_kek}
+    oauth = {
+        table: await _rewrap_oauth_table(conn, tenant, environment, keyring, table, key_cols, shown)
+        for table, key_cols, shown in _OAUTH_TABLES
+    }
+    remaining = sum(n for kek, n in by_kek.items() if kek != current) + sum(
+        n for part in oauth.values() for kek, n in part["by_kek"].items() if kek != current
+    )
+    return {
+        "current_kek_id": current,
+        "rewrapped": rewrapped,
+        "failed": failed,
+        "by_kek": by_kek,
+        "oauth_users": oauth,
+        "remaining": remaining,
+    }
 
 
 async def create_binding(

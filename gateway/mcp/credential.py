@@ -5,15 +5,23 @@ The data plane resolves a credential (``gateway.dataplane.credentials``) into an
 headers and query parameters on streamable HTTP and legacy SSE (the ``GET`` stream, the
 message ``POST``s, resumption and ``DELETE`` alike), environment variables on stdio (set
 when the process starts). The material never appears in a ``repr``, a log line or an error.
+
+**Refused material.** An HTTP upstream that answers **401** to a request sent with brokered
+material did not process it (RFC 9110 section 15.5.2): the transport asks the material's
+``renew`` hook (set by the data plane's broker) once for other material, and when it gets
+some, sends the request once more with it; otherwise, or when that is refused too, the
+request fails with :class:`UpstreamCredentialRejected`. Never more than one retry.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-__all__ = ["UpstreamCredential", "with_query"]
+from gateway.errors import UpstreamCredentialRejected, UpstreamError
+
+__all__ = ["UpstreamCredential", "UpstreamCredentialRejected", "renewed", "with_query"]
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -28,12 +36,22 @@ class UpstreamCredential:
         headers: Header name (lower case) -> value, e.g. ``{"authorization": "Bearer ..."}``.
         query: Query parameter name -> value, added to the upstream URL.
         env: Environment variables of a stdio upstream's process.
+        renew: Called with this material when an upstream refused it (HTTP 401): other
+            material of the same key (a token fetched anew), or None when there is none to
+            try (its source refreshes at most once per interval). Not part of equality.
     """
 
     key: str
     headers: Mapping[str, str] = field(default_factory=dict)
     query: Mapping[str, str] = field(default_factory=dict)
     env: Mapping[str, str] = field(default_factory=dict)
+    renew: Callable[[UpstreamCredential], Awaitable[UpstreamCredential | None]] | None = field(
+        default=None, compare=False
+    )
+
+    def same_material(self, other: UpstreamCredential) -> bool:
+        """True when ``other`` would send exactly what this sends."""
+        return (self.headers, self.query, self.env) == (other.headers, other.query, other.env)
 
     def sends_to(self, transport: str) -> bool:
         """True when a ``transport`` upstream would get something of it: environment variables
@@ -45,6 +63,24 @@ class UpstreamCredential:
         return f"UpstreamCredential(key={self.key!r}, fields={names!r})"
 
     __str__ = __repr__
+
+
+async def renewed(refused: UpstreamCredential | None) -> UpstreamCredential | None:
+    """Other material to send instead of ``refused`` (which an upstream answered 401), or None.
+
+    None when there is no hook, the hook has nothing new, or it failed (a
+    :class:`~gateway.errors.CredentialUnavailable`, logged by its source): the caller then
+    reports the refusal.
+    """
+    if refused is None or refused.renew is None:
+        return None
+    try:
+        fresh = await refused.renew(refused)
+    except UpstreamError:
+        return None
+    if fresh is None or fresh.key != refused.key or fresh.same_material(refused):
+        return None
+    return fresh
 
 
 def with_query(url: str, query: Mapping[str, str]) -> str:

@@ -54,7 +54,7 @@ from gateway.mcp.channel import (
     keep_listening,
     listen_on,
 )
-from gateway.mcp.credential import UpstreamCredential, with_query
+from gateway.mcp.credential import UpstreamCredential, UpstreamCredentialRejected, renewed, with_query
 from gateway.mcp.messages import HANDSHAKE_VERSIONS
 
 __all__ = ["LEGACY_SSE_VERSION", "LegacySseUpstream"]
@@ -84,6 +84,8 @@ class _Stream:
     done: anyio.Event = field(default_factory=anyio.Event)
     pending: Pending = field(default_factory=Pending)
     inflight: InFlight = field(default_factory=lambda: InFlight(30.0))
+    material: UpstreamCredential | None = None
+    """The credential material the ``GET`` stream was opened with."""
 
     def close(self) -> None:
         self.closed = True
@@ -169,9 +171,32 @@ class LegacySseUpstream:
         """
         try:
             with self._use.using(), anyio.fail_after(self._max_duration):
-                return await self._request(method, params, channel)
+                try:
+                    return await self._request(method, params, channel)
+                except UpstreamCredentialRejected:
+                    if not await self._renew():
+                        raise
+                    # A 401 means the upstream processed nothing: one retry with the new material.
+                    return await self._request(method, params, channel)
         except TimeoutError:
             raise UpstreamTimeout(f"upstream {self._safe_url} did not finish within {self._max_duration}s") from None
+
+    async def _renew(self) -> bool:
+        """After a 401 (the ``GET`` or a message ``POST``): other material from the refused
+        material's source (once), and no stream opened with the refused material. False when
+        there is none to try."""
+        refused = self._credential
+        fresh = await renewed(refused)
+        if fresh is None or refused is None:
+            return False
+        log.info("upstream %s refused a credential (HTTP 401): retrying once with renewed material", self._safe_url)
+        current = self._credential
+        if current is None or current.same_material(refused):  # not renewed by a concurrent request
+            self.use_credential(fresh)
+        stream = self._stream
+        if stream is not None and stream.material is not None and stream.material.same_material(refused):
+            self._drop(stream)
+        return True
 
     async def _request(self, method: str, params: dict[str, Any], channel: ClientChannel | None) -> dict[str, Any]:
         try:
@@ -286,11 +311,13 @@ class LegacySseUpstream:
                 if stream.closed:
                     scope.cancel()
                 scope.deadline = anyio.current_time() + self._timeout
-                cred = self._credential
+                cred = stream.material = self._credential
                 url = with_query(self.url, cred.query) if cred is not None else self.url
                 headers = {**cred.headers, **_STREAM_HEADERS} if cred is not None else _STREAM_HEADERS
                 async with self._streams.request("GET", url, body=None, headers=headers, timeout=None) as resp:
                     ctype = resp.headers.get("content-type", "")
+                    if resp.status == 401 and cred is not None:
+                        raise UpstreamCredentialRejected(f"upstream {self._safe_url} refused the credential (HTTP 401)")
                     if resp.status >= 500:
                         raise UpstreamUnavailable(f"upstream {self._safe_url} answered HTTP {resp.status}")
                     if resp.status != 200 or not ctype.startswith("text/event-stream"):
@@ -368,6 +395,8 @@ class LegacySseUpstream:
             raise UpstreamUnavailable(f"upstream {self._safe_url}: {exc}") from exc
         if status == 404:
             raise _SessionGone
+        if status == 401 and cred is not None:
+            raise UpstreamCredentialRejected(f"upstream {self._safe_url} refused the credential (HTTP 401)")
         if status >= 500:
             raise UpstreamUnavailable(f"upstream {self._safe_url} answered a message with HTTP {status}")
         if not 200 <= status < 300:

@@ -15,6 +15,12 @@ upstream, reused across calls (never opened per call):
   unknown session) means the session is gone: it is re-established and the
   request retried once (MCP 2025-11-25 ``basic/transports`` "Session Management").
 
+A **401** to a request sent with brokered material (:mod:`gateway.mcp.credential`) means the
+upstream refused it and processed nothing: the material's ``renew`` hook is asked once for
+other material; with some, the session opened with the refused material is dropped and the
+request sent once more (new session, new material); else it fails
+``upstream_credential_rejected``.
+
 Era detection follows the spec's dual-era client rule: probe ``server/discover``;
 a ``DiscoverResult`` naming a modern version means modern, anything else falls
 back to ``initialize``. Responses may be ``application/json`` or an SSE stream
@@ -61,7 +67,7 @@ from gateway.mcp.channel import (
     listen_on,
     wanted,
 )
-from gateway.mcp.credential import UpstreamCredential, with_query
+from gateway.mcp.credential import UpstreamCredential, UpstreamCredentialRejected, renewed, with_query
 from gateway.mcp.legacy_sse import LegacySseUpstream
 from gateway.mcp.messages import HANDSHAKE_VERSIONS, MODERN_VERSIONS
 from gateway.mcp.stdio import StdioLaunch, StdioUpstream
@@ -121,6 +127,8 @@ class _Session:
     session_id: str | None = None
     gone: anyio.Event = field(default_factory=anyio.Event)
     """Set when the session is replaced or ended: its listeners subscribe again on the next."""
+    material: UpstreamCredential | None = None
+    """The credential material the session was opened with."""
 
 
 class StreamableHttpUpstream:
@@ -196,7 +204,7 @@ class StreamableHttpUpstream:
             if self._session is not None:
                 return self._session
             version = MODERN_VERSIONS[0]
-            probe = _Session("modern", version)
+            probe = _Session("modern", version, material=self._credential)
             try:
                 msg = await self._exchange(probe, "server/discover", {})
                 result = msg.get("result")
@@ -206,7 +214,7 @@ class StreamableHttpUpstream:
                     return probe
             except UpstreamProtocolError:
                 pass  # not modern evidence: fall back to the handshake
-            legacy = _Session("legacy", HANDSHAKE_VERSIONS[0])
+            legacy = _Session("legacy", HANDSHAKE_VERSIONS[0], material=self._credential)
             init_params = {
                 "protocolVersion": legacy.protocol_version,
                 "capabilities": self._capabilities,
@@ -258,6 +266,7 @@ class StreamableHttpUpstream:
                 status = resp.status
         except HttpTransportError as exc:
             raise UpstreamUnavailable(f"upstream {self._safe_url}: {exc}") from exc
+        self._check_authorized(status)
         if status >= 400:
             raise UpstreamProtocolError(f"upstream {self._safe_url} rejected {method}: HTTP {status}")
 
@@ -320,6 +329,9 @@ class StreamableHttpUpstream:
                 async with self._http.request(
                     "POST", self._target, body=body, headers=headers, timeout=self._max_duration
                 ) as resp:
+                    if resp.status == 401 and self._credential is not None:
+                        await resp.read()
+                        self._check_authorized(resp.status)
                     if method == "initialize":
                         session.session_id = resp.headers.get("mcp-session-id")
                     # 404 is the spec's "session expired"; many 2025-era servers (TS SDK 1.x
@@ -454,7 +466,36 @@ class StreamableHttpUpstream:
             UpstreamProtocolError: Not MCP / JSON-RPC.
         """
         with self._use.using():
-            return await self._request(method, params, channel)
+            try:
+                return await self._request(method, params, channel)
+            except UpstreamCredentialRejected:
+                if not await self._renew():
+                    raise
+                # A 401 means the upstream processed nothing: one retry with the new material.
+                return await self._request(method, params, channel)
+
+    def _check_authorized(self, status: int) -> None:
+        """Raise :class:`UpstreamCredentialRejected` for a 401 to brokered material."""
+        if status == 401 and self._credential is not None:
+            raise UpstreamCredentialRejected(f"upstream {self._safe_url} refused the credential (HTTP 401)")
+
+    async def _renew(self) -> bool:
+        """After a 401: other material from the refused material's source (once), and no
+        session opened with the refused material. False when there is none to try."""
+        refused = self._credential
+        fresh = await renewed(refused)
+        if fresh is None or refused is None:
+            return False
+        log.info("upstream %s refused a credential (HTTP 401): retrying once with renewed material", self._safe_url)
+        current = self._credential
+        if current is None or current.same_material(refused):  # not renewed by a concurrent request
+            self.use_credential(fresh)
+        async with self._lock:
+            session = self._session
+            if session is not None and session.material is not None and session.material.same_material(refused):
+                self._session = None
+                session.gone.set()  # its listeners subscribe again on the next one
+        return True
 
     async def _request(self, method: str, params: dict[str, Any], channel: ClientChannel | None) -> dict[str, Any]:
         try:

@@ -1,7 +1,8 @@
 """Start and supervise the OPA sidecar (``opa run --server``) as a child process.
 
 OPA pulls its bundle from the control plane with the bundle protocol (long
-polling), reports status and uploads decision logs there. Source: OPA
+polling), reports status and uploads decision logs there, with the OPA token
+(``control_plane.opa_token``), which opens nothing else. Source: OPA
 configuration reference ("services", "bundles", "status", "decision_logs").
 Readiness is checked by :mod:`gateway.policy.health`.
 """
@@ -24,9 +25,12 @@ import orjson
 from gateway.config import Config
 from gateway.policy.health import OpaHealth
 
-__all__ = ["OpaSidecar", "opa_config", "sidecar_environment"]
+__all__ = ["OPA_TOKEN_FILE", "OpaSidecar", "opa_config", "sidecar_environment"]
 
 log = logging.getLogger("gateway.opa")
+
+OPA_TOKEN_FILE = "opa-token"
+"""Name, in the OPA work directory (mode 0600), of the file holding the OPA token."""
 
 
 def opa_config(config: Config, token_path: str, instance_id: str = "") -> dict[str, Any]:
@@ -34,8 +38,9 @@ def opa_config(config: Config, token_path: str, instance_id: str = "") -> dict[s
 
     Args:
         config: Gateway configuration.
-        token_path: File holding the internal bearer token (re-read by OPA on
-            every request, so the token never appears on a command line).
+        token_path: File holding the OPA token (``control_plane.opa_token``: it opens the
+            control plane's ``/v1/opa/*`` only, never the data planes' API nor the credential
+            broker); re-read by OPA on every request, so it never appears on a command line.
         instance_id: This OPA process's id (label ``gateway_instance``), under which the
             control plane files its status reports; fresh for every (re)start.
     """
@@ -86,7 +91,7 @@ def sidecar_environment(work_dir: str) -> dict[str, str]:
     """The whole environment ``opa run`` gets: nothing inherited from the gateway.
 
     The gateway's own environment holds the admin token and ``DATABASE_URL``; OPA needs
-    none of it (its configuration is a file, the internal token a ``token_path``). Even
+    none of it (its configuration is a file, the OPA token a ``token_path``). Even
     though policy versions may not call ``opa.runtime()`` (restricted capabilities), the
     sidecar is started as if they could. ``HOME`` and ``TMPDIR`` point at its own work
     directory; ``PATH`` is the OS default.
@@ -133,10 +138,13 @@ class OpaSidecar:
         self.instance_id = f"{self._config.data_plane.id}/{uuid.uuid4()}"
         work = Path(self._config.opa.work_dir)
         work.mkdir(parents=True, exist_ok=True)
-        token_file = work / "internal-token"
+        # Only the OPA token: the internal token (the data planes', which opens the credential
+        # broker) never reaches OPA. Earlier versions wrote that one here: removed.
+        (work / "internal-token").unlink(missing_ok=True)
+        token_file = work / OPA_TOKEN_FILE
         fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
-            fh.write(self._config.control_plane.internal_token.reveal())
+            fh.write(self._config.control_plane.opa_token.reveal())
         cfg_file = work / "opa-config.json"
         document = opa_config(self._config, str(token_file), self.instance_id)
         cfg_file.write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2))

@@ -21,13 +21,19 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 SAMPLE_UPSTREAM = REPO_ROOT / "deploy" / "demo" / "sample_upstream.py"
 ADMIN_TOKEN = "admin-test-token"
 INTERNAL_TOKEN = "internal-test-token"
+OPA_TOKEN = "opa-test-token"
 
 
 def make_config(database_url: str, opa_bin: Path, **overrides: Any) -> Config:
     data: dict[str, Any] = {
         "database_url": database_url,
         "plane": "control",
-        "control_plane": {"admin_token": ADMIN_TOKEN, "internal_token": INTERNAL_TOKEN, "discovery_timeout": 10},
+        "control_plane": {
+            "admin_token": ADMIN_TOKEN,
+            "internal_token": INTERNAL_TOKEN,
+            "opa_token": OPA_TOKEN,
+            "discovery_timeout": 10,
+        },
         "opa": {"bin": str(opa_bin)},
     }
     data.update(overrides)
@@ -46,14 +52,18 @@ def with_state(app: ASGIApp, state: dict[str, object]) -> ASGIApp:
 
 
 @contextlib.asynccontextmanager
-async def asgi_controlplane(config: Config) -> AsyncIterator[tuple[httpx.AsyncClient, httpx.AsyncClient, dict]]:
-    """Yield (admin client, internal client, state) talking to the app in-process."""
+async def asgi_controlplane(
+    config: Config, *, opa: bool = False
+) -> AsyncIterator[tuple[httpx.AsyncClient, httpx.AsyncClient, dict]]:
+    """Yield (admin client, internal client, state) talking to the app in-process; with
+    ``opa`` the second client presents the OPA token (``/v1/opa/*``) instead."""
     app = create_controlplane_app(config)
+    second = OPA_TOKEN if opa else INTERNAL_TOKEN
     async with controlplane_resources(config) as state:
         transport = httpx.ASGITransport(with_state(app, state))
         async with (
             httpx.AsyncClient(transport=transport, base_url="http://cp", headers=_bearer(ADMIN_TOKEN)) as admin,
-            httpx.AsyncClient(transport=transport, base_url="http://cp", headers=_bearer(INTERNAL_TOKEN)) as internal,
+            httpx.AsyncClient(transport=transport, base_url="http://cp", headers=_bearer(second)) as internal,
         ):
             yield admin, internal, state
 

@@ -10,7 +10,14 @@ import pytest
 
 from gateway.config import Config
 from gateway.controlplane.bundle import read_bundle
-from tests.controlplane.helpers import ADMIN_TOKEN, INTERNAL_TOKEN, MINIMAL_POLICY, asgi_controlplane, start_upstream
+from tests.controlplane.helpers import (
+    ADMIN_TOKEN,
+    INTERNAL_TOKEN,
+    MINIMAL_POLICY,
+    OPA_TOKEN,
+    asgi_controlplane,
+    start_upstream,
+)
 
 pytestmark = [pytest.mark.anyio, pytest.mark.db]
 
@@ -28,7 +35,14 @@ def _sample_policy() -> dict[str, str]:
         pytest.param("GET", "/v1/servers", None, id="admin-no-token"),
         pytest.param("GET", "/v1/servers", "wrong", id="admin-wrong-token"),
         pytest.param("GET", "/v1/servers", INTERNAL_TOKEN, id="admin-with-internal-token"),
+        pytest.param("GET", "/v1/servers", OPA_TOKEN, id="admin-with-opa-token"),
         pytest.param("GET", "/v1/opa/bundles/gateway", ADMIN_TOKEN, id="bundle-with-admin-token"),
+        pytest.param("GET", "/v1/opa/bundles/gateway", INTERNAL_TOKEN, id="bundle-with-internal-token"),
+        pytest.param("POST", "/v1/opa/status", INTERNAL_TOKEN, id="opa-status-with-internal-token"),
+        pytest.param("POST", "/v1/opa/logs", INTERNAL_TOKEN, id="decision-logs-with-internal-token"),
+        pytest.param("POST", "/v1/dataplane/credentials/resolve", OPA_TOKEN, id="broker-with-opa-token"),
+        pytest.param("GET", "/v1/dataplane/projection?dataplane_id=x", OPA_TOKEN, id="dataplane-with-opa-token"),
+        pytest.param("POST", "/v1/audit/events", OPA_TOKEN, id="ingest-with-opa-token"),
         pytest.param("POST", "/v1/audit/events", ADMIN_TOKEN, id="ingest-with-admin-token"),
         pytest.param("GET", "/v1/dataplane/projection?dataplane_id=x", None, id="dataplane-no-token"),
         pytest.param("GET", "/v1/no-such-route", None, id="unknown-route-still-401"),
@@ -134,7 +148,7 @@ async def test_approving_an_unreachable_server_is_502_and_leaves_it_pending(cp_c
 
 
 async def test_a_good_policy_is_stored_pending_then_approval_compiles_a_projection(cp_config: Config) -> None:
-    async with asgi_controlplane(cp_config) as (admin, internal, _):
+    async with asgi_controlplane(cp_config, opa=True) as (admin, opa, _):
         r = await admin.post("/v1/policies", json={"modules": _sample_policy(), "data": {"owner": "platform"}})
         assert r.status_code == 201, r.text
         created = r.json()
@@ -151,7 +165,7 @@ async def test_a_good_policy_is_stored_pending_then_approval_compiles_a_projecti
         again = await admin.post(f"/v1/policies/{version}/approve")
         assert again.json()["projection_version"] is None
 
-        bundle = await internal.get("/v1/opa/bundles/gateway")
+        bundle = await opa.get("/v1/opa/bundles/gateway")
         files = read_bundle(bundle.content)
         assert {f"policy/{n}" for n in _sample_policy()} <= set(files)
         assert "reserved/gateway_runtime/main/main.rego" in files and "reserved/system/log/log.rego" in files

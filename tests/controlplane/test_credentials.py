@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from gateway.config import Config
+from gateway.controlplane.oauth_users import callback_key
 from gateway.credentials import Kek, Keyring, parse_kek
 from gateway.db import credentials as db_credentials
 from tests.controlplane.helpers import asgi_controlplane, make_config
@@ -354,7 +355,18 @@ async def test_rewrap_under_a_rotated_kek_leaves_every_credential_readable_with_
     async with asgi_controlplane(rotated) as (admin, _, state):
         result = await admin.post("/v1/credentials/rewrap")
         assert result.status_code == 200, result.text
-        assert result.json() == {"current_kek_id": new_id, "rewrapped": len(ids), "failed": [], "by_kek": {new_id: 6}}
+        answer = result.json()
+        assert {k: answer[k] for k in ("current_kek_id", "rewrapped", "failed", "by_kek")} == {
+            "current_kek_id": new_id,
+            "rewrapped": len(ids),
+            "failed": [],
+            "by_kek": {new_id: 6},
+        }
+        assert answer["remaining"] == 0 and set(answer["oauth_users"]) == {
+            "credential_user_tokens",
+            "oauth_connects",
+            "credential_oauth_clients",
+        }
         again = (await admin.post("/v1/credentials/rewrap")).json()
         assert again["rewrapped"] == 0 and again["by_kek"] == {new_id: 6}
         listed = (await admin.get("/v1/credentials")).json()["items"]
@@ -411,3 +423,32 @@ async def test_a_server_that_requires_a_credential_is_never_discovered_without_o
         r = await admin.post("/v1/servers/locked/approve", json={"discovery_credential": env["id"]})
         assert r.status_code == 400 and "carries nothing" in r.json()["message"], r.text
         assert CANARY not in r.text
+
+
+async def test_a_configured_per_user_oauth_client_shows_the_redirect_uri_to_register(config: Config) -> None:
+    endpoints = {
+        "client_id": "gw",
+        "authorization_endpoint": "https://as.example.com/authorize",
+        "token_endpoint": "https://as.example.com/token",
+    }
+    async with asgi_controlplane(config) as (admin, _, _):
+        bodies_ = {
+            "configured": {"name": "c1", "kind": "oauth_authorization_code", "config": endpoints, "secret": {}},
+            "pinned": {
+                "name": "c2",
+                "kind": "oauth_authorization_code",
+                "config": {**endpoints, "issuer": "https://as.example.com"},
+                "secret": {},
+            },
+            "discovered": {"name": "c3", "kind": "oauth_authorization_code", "secret": {}},
+        }
+        made = {k: (await admin.post("/v1/credentials", json=b)).json() for k, b in bodies_.items()}
+        public = config.control_plane.public_url
+        for key, issuer in (("configured", "configured"), ("pinned", "https://as.example.com")):
+            expected = f"{public}/v1/oauth/callback/{callback_key(made[key]['id'], issuer)}"
+            assert made[key]["redirect_uri"] == expected
+            assert (await admin.get(f"/v1/credentials/{made[key]['id']}")).json()["redirect_uri"] == expected
+        assert "redirect_uri" not in made["discovered"]  # registered by the gateway itself, per issuer found
+        listed = {c["name"]: c for c in (await admin.get("/v1/credentials")).json()["items"]}
+        assert listed["c1"]["redirect_uri"] == made["configured"]["redirect_uri"]
+        assert made["configured"]["redirect_uri"] != made["pinned"]["redirect_uri"]

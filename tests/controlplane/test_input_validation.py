@@ -12,7 +12,14 @@ import orjson
 import pytest
 
 from gateway.config import Config
-from tests.controlplane.helpers import ADMIN_TOKEN, INTERNAL_TOKEN, asgi_controlplane, poll, served_controlplane
+from tests.controlplane.helpers import (
+    ADMIN_TOKEN,
+    INTERNAL_TOKEN,
+    OPA_TOKEN,
+    asgi_controlplane,
+    poll,
+    served_controlplane,
+)
 
 pytestmark = [pytest.mark.anyio, pytest.mark.db]
 
@@ -127,8 +134,11 @@ INTERNAL_CASES: list[tuple[str, str, dict[str, Any], str]] = [
 
 async def test_malformed_internal_input_is_400_naming_the_parameter(cp_config: Config) -> None:
     wrong: list[str] = []
+    opa = {"headers": {"Authorization": f"Bearer {OPA_TOKEN}"}}
     async with asgi_controlplane(cp_config) as (_, internal, _):
         for method, path, kwargs, param in INTERNAL_CASES:
+            if path.startswith("/v1/opa/"):
+                kwargs = {**kwargs, **opa}
             wrong += await _check(internal, method, path, kwargs, param)
     assert wrong == [], "\n".join(wrong)
 

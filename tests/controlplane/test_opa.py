@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,10 +15,12 @@ import pytest
 
 from gateway.config import Config
 from gateway.controlplane._longpoll import RECHECK_INTERVAL
+from gateway.policy.sidecar import OPA_TOKEN_FILE, OpaSidecar
 from tests.controlplane.helpers import (
     ADMIN_TOKEN,
     INTERNAL_TOKEN,
     MINIMAL_POLICY,
+    OPA_TOKEN,
     asgi_controlplane,
     poll,
     served_controlplane,
@@ -38,25 +41,25 @@ async def _approve_policy(admin: httpx.AsyncClient, modules: dict[str, str] = MI
 
 
 async def test_bundle_is_200_with_etag_then_304_with_if_none_match(cp_config: Config) -> None:
-    async with asgi_controlplane(cp_config) as (_, internal, _):
-        first = await internal.get("/v1/opa/bundles/gateway", headers={"Prefer": "modes=snapshot,delta"})
+    async with asgi_controlplane(cp_config, opa=True) as (_, opa, _):
+        first = await opa.get("/v1/opa/bundles/gateway", headers={"Prefer": "modes=snapshot,delta"})
         assert first.status_code == 200
         assert first.headers["content-type"] == BUNDLE_TYPE
         assert first.headers["etag"] == '"p1"'
         assert first.content[:2] == b"\x1f\x8b"
-        again = await internal.get("/v1/opa/bundles/gateway", headers={"If-None-Match": first.headers["etag"]})
+        again = await opa.get("/v1/opa/bundles/gateway", headers={"If-None-Match": first.headers["etag"]})
         assert again.status_code == 304 and again.headers["content-type"] == BUNDLE_TYPE
         assert again.headers["etag"] == '"p1"'
-        stale = await internal.get("/v1/opa/bundles/gateway", headers={"If-None-Match": '"p999"'})
+        stale = await opa.get("/v1/opa/bundles/gateway", headers={"If-None-Match": '"p999"'})
         assert stale.status_code == 200
-        unknown = await internal.get("/v1/opa/bundles/other")
+        unknown = await opa.get("/v1/opa/bundles/other")
         assert unknown.status_code == 404 and unknown.json()["error"] == "not_found"
 
 
 async def test_long_poll_times_out_with_304(cp_config: Config) -> None:
-    async with asgi_controlplane(cp_config) as (_, internal, _):
+    async with asgi_controlplane(cp_config, opa=True) as (_, opa, _):
         with anyio.fail_after(5):
-            r = await internal.get(
+            r = await opa.get(
                 "/v1/opa/bundles/gateway", headers={"If-None-Match": '"p1"', "Prefer": "modes=snapshot,delta;wait=1"}
             )
     assert r.status_code == 304 and r.headers["content-type"] == BUNDLE_TYPE
@@ -76,12 +79,12 @@ async def _parked(state: dict[str, Any]) -> None:
 
 
 async def test_long_poll_wakes_when_this_process_compiles(cp_config: Config) -> None:
-    async with asgi_controlplane(cp_config) as (admin, internal, state):
+    async with asgi_controlplane(cp_config, opa=True) as (admin, opa, state):
         policy = await _upload_policy(admin)  # opa check runs here, outside the timed window
         result: dict[str, httpx.Response] = {}
 
         async def long_poll() -> None:
-            result["r"] = await internal.get(
+            result["r"] = await opa.get(
                 "/v1/opa/bundles/gateway", headers={"If-None-Match": '"p1"', "Prefer": "modes=snapshot;wait=30"}
             )
 
@@ -147,7 +150,7 @@ async def test_dataplane_polls_are_recorded_in_the_projection_view(cp_config: Co
 
 
 async def test_status_reports_map_revisions_to_versions(cp_config: Config) -> None:
-    async with asgi_controlplane(cp_config) as (admin, internal, _):
+    async with asgi_controlplane(cp_config, opa=True) as (admin, opa, _):
         report = {
             "labels": {"id": "opa-1", "version": "1.22.2"},
             "bundles": {
@@ -159,20 +162,20 @@ async def test_status_reports_map_revisions_to_versions(cp_config: Config) -> No
             },
             "plugins": {"bundle": {"state": "OK"}},
         }
-        assert (await internal.post("/v1/opa/status", json=report)).status_code == 204
+        assert (await opa.post("/v1/opa/status", json=report)).status_code == 204
         view = (await admin.get("/v1/projection")).json()
         assert view["opa"][0]["active_version"] == 1 and view["opa"][0]["state"] == "ok"
         assert view["opa"][0]["last_successful_activation"].startswith("2026-01-01T00:00:00.123456")
         assert view["active_version"] == 1
         report["bundles"]["gateway"]["code"] = "bundle_error"
         report["bundles"]["gateway"]["errors"] = [{"code": "rego_parse_error", "message": "x"}]
-        await internal.post("/v1/opa/status", json=report)
+        await opa.post("/v1/opa/status", json=report)
         assert (await admin.get("/v1/projection")).json()["opa"][0]["state"] == "error"
-        assert (await internal.post("/v1/opa/status", json={"labels": {}})).status_code == 400
+        assert (await opa.post("/v1/opa/status", json={"labels": {}})).status_code == 400
 
 
 async def test_decision_logs_accept_gzip_arrays_idempotently_and_reject_garbage(cp_config: Config) -> None:
-    async with asgi_controlplane(cp_config) as (_, internal, state):
+    async with asgi_controlplane(cp_config, opa=True) as (_, opa, state):
         events = [
             {
                 "decision_id": "d1",
@@ -188,46 +191,40 @@ async def test_decision_logs_accept_gzip_arrays_idempotently_and_reject_garbage(
         body = gzip.compress(orjson.dumps(events))
         headers = {"Content-Encoding": "gzip", "Content-Type": "application/json"}
         for _ in range(2):
-            assert (await internal.post("/v1/opa/logs", content=body, headers=headers)).status_code == 204
+            assert (await opa.post("/v1/opa/logs", content=body, headers=headers)).status_code == 204
         assert await state["cp_pool"].fetchval("select count(*) from opa_decision_logs") == 1
-        bad = await internal.post("/v1/opa/logs", content=b"not gzip", headers=headers)
+        bad = await opa.post("/v1/opa/logs", content=b"not gzip", headers=headers)
         assert bad.status_code == 400
-        assert (await internal.post("/v1/opa/logs", json={"not": "a list"})).status_code == 400
-
-
-def _opa_config(cp_url: str) -> dict[str, Any]:
-    return {
-        "services": {"cp": {"url": f"{cp_url}/v1/opa", "credentials": {"bearer": {"token": INTERNAL_TOKEN}}}},
-        "bundles": {
-            "gateway": {
-                "service": "cp",
-                "resource": "bundles/gateway",
-                "polling": {"min_delay_seconds": 1, "max_delay_seconds": 2, "long_polling_timeout_seconds": 10},
-            }
-        },
-        "status": {"service": "cp"},
-        "decision_logs": {"service": "cp", "reporting": {"min_delay_seconds": 1, "max_delay_seconds": 2}},
-    }
+        assert (await opa.post("/v1/opa/logs", json={"not": "a list"})).status_code == 400
 
 
 @pytest.mark.integration
-async def test_a_real_opa_activates_bundles_reports_status_and_ships_decision_logs(
-    cp_config: Config, opa_bin: Path, spawn: Any, tmp_path: Path
+async def test_the_gateways_opa_sidecar_activates_bundles_reports_status_and_ships_decision_logs(
+    cp_config: Config, tmp_path: Path
 ) -> None:
-    async with served_controlplane(cp_config) as cp_url:
+    """The real sidecar (:class:`OpaSidecar`: its configuration, its token file) against a
+    served control plane: everything OPA does there works with the OPA token alone."""
+    async with served_controlplane(cp_config) as cp_url, anyio.create_task_group() as tg:
+        opa_port = free_port()
+        sidecar = OpaSidecar(
+            dataclasses.replace(
+                cp_config,
+                control_plane=dataclasses.replace(cp_config.control_plane, url=cp_url),
+                opa=dataclasses.replace(
+                    cp_config.opa,
+                    addr=f"127.0.0.1:{opa_port}",
+                    url=f"http://127.0.0.1:{opa_port}",
+                    work_dir=str(tmp_path / "opa"),
+                    long_poll_timeout=10,
+                ),
+            )
+        )
+        tg.start_soon(sidecar.run)
         admin = httpx.AsyncClient(base_url=cp_url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, trust_env=False)
         internal = httpx.AsyncClient(
             base_url=cp_url, headers={"Authorization": f"Bearer {INTERNAL_TOKEN}"}, trust_env=False
         )
         async with admin, internal:
-            config_path = tmp_path / "opa.json"
-            config_path.write_bytes(orjson.dumps(_opa_config(cp_url)))
-            opa_port = free_port()
-            proc = spawn(
-                "opa", [opa_bin, "run", "-s", "-a", f"127.0.0.1:{opa_port}", "-c", config_path, "--log-level", "info"]
-            )
-            # In a thread: the control plane OPA talks to runs on this event loop.
-            await anyio.to_thread.run_sync(lambda: proc.wait_port("127.0.0.1", opa_port, timeout=20))
 
             async def opa_at(version: int) -> dict | None:
                 view = (await admin.get("/v1/projection")).json()
@@ -236,6 +233,7 @@ async def test_a_real_opa_activates_bundles_reports_status_and_ships_decision_lo
 
             view = await poll(lambda: opa_at(1))
             assert view["active_version"] == 1 and view["opa"][0]["active_revision"] == "p1-pv0"
+            assert (tmp_path / "opa" / OPA_TOKEN_FILE).read_text() == OPA_TOKEN
 
             # A new projection reaches OPA through the parked long poll (bounded well below min_delay+timeout).
             version = await _approve_policy(admin)
@@ -289,3 +287,4 @@ async def test_a_real_opa_activates_bundles_reports_status_and_ships_decision_lo
             assert "arguments" not in log["input"] and "/input/arguments" in log["erased"]
             listed = (await admin.get("/v1/audit/decisions", params={"tool": "echo"})).json()["items"]
             assert [i["decision_id"] for i in listed] == [decision_id] and listed[0]["opa_logged"] is True
+        tg.cancel_scope.cancel()  # stops the sidecar (it kills OPA)

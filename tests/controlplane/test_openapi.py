@@ -10,7 +10,7 @@ from openapi_spec_validator import validate
 from openapi_spec_validator.validation.exceptions import OpenAPIValidationError
 
 from gateway.config import Config
-from gateway.controlplane.middleware.auth import is_internal_path
+from gateway.controlplane.middleware.auth import is_internal_path, is_opa_path
 from gateway.controlplane.openapi import openapi_document
 from gateway.controlplane.routes import routes
 from tests.controlplane.helpers import asgi_controlplane
@@ -51,7 +51,8 @@ def test_internal_operations_are_marked_internal_and_admin_ones_are_not() -> Non
             if "oauth" in op["tags"]:  # the user's browser: no token, never a 401
                 assert op["security"] == [] and "401" not in op["responses"], (method, path)
             elif path != "/v1/openapi.json":
-                assert op["security"] == [{"internalToken": []}] if internal else [{"adminToken": []}]
+                scheme = "opaToken" if is_opa_path(path) else "internalToken" if internal else "adminToken"
+                assert op["security"] == [{scheme: []}], (method, path)
                 assert "401" in op["responses"]
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from gateway.config import Config
-from tests.controlplane.helpers import asgi_controlplane
+from tests.controlplane.helpers import OPA_TOKEN, asgi_controlplane
 from tests.support.ports import free_port
 
 pytestmark = [pytest.mark.anyio, pytest.mark.db]
@@ -52,6 +52,8 @@ INVALID: list[tuple[dict[str, Any], str]] = [
     ({"transport": "legacy_sse", "url": "ftp://x/sse"}, "url"),
     ({"transport": "streamable_http", "url": "http://x/mcp", "env": {}}, "env"),
 ]
+
+OPA = {"Authorization": f"Bearer {OPA_TOKEN}"}
 
 
 async def test_invalid_transport_fields_are_400_naming_the_field(cp_config: Config) -> None:
@@ -105,7 +107,7 @@ async def test_a_stdio_server_needs_trust_stdio_and_its_env_values_are_never_sho
         (entry,) = feed["servers"]
         assert entry["url"] is None and entry["trusted"] is True
         assert entry["command"] == sys.executable and entry["env"] == STDIO["env"]  # what data planes run
-        bundle = (await internal.get("/v1/opa/bundles/gateway")).content
+        bundle = (await internal.get("/v1/opa/bundles/gateway", headers=OPA)).content
         with tarfile.open(fileobj=io.BytesIO(bundle), mode="r:gz") as tar:
             files = b"".join(tar.extractfile(m).read() for m in tar.getmembers() if m.isfile())  # type: ignore[union-attr]
         assert b'"local"' in files and CANARY.encode() not in files and b"stdio_server.py" not in files

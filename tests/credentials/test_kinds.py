@@ -215,3 +215,16 @@ def test_authorization_code_takes_a_public_or_a_configured_client_and_optional_e
     assert CANARY not in repr(confidential.config)
     rotated = validate_rotation("oauth_authorization_code", confidential.config, {"client_secret": "new"})
     assert rotated.config == confidential.config
+
+
+def test_authorization_code_pins_an_issuer_only_for_configured_endpoints() -> None:
+    endpoints = {
+        "authorization_endpoint": "https://as.example.com/authorize",
+        "token_endpoint": "https://as.example.com/token",
+    }
+    pinned = validate_credential("oauth_authorization_code", {**endpoints, "issuer": "https://as.example.com"}, {})
+    assert pinned.config["issuer"] == "https://as.example.com"
+    with pytest.raises(RequestRejected, match="config.issuer pins the issuer of configured endpoints"):
+        validate_credential("oauth_authorization_code", {"issuer": "https://as.example.com"}, {})
+    with pytest.raises(RequestRejected, match="config.issuer"):
+        validate_credential("oauth_authorization_code", {**endpoints, "issuer": "ftp://as.example.com"}, {})

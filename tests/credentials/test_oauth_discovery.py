@@ -6,8 +6,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 
+from gateway.controlplane.egress import allows_private
 from gateway.controlplane.oauth_users import (
     AuthServer,
     DiscoveryError,
@@ -101,14 +103,38 @@ async def test_discovery_finds_the_real_authorization_server_and_registers_a_pub
     real: tuple[str, str],
 ) -> None:
     as_url, mcp_url = real
-    found = await discover(mcp_url)
-    assert found == AuthServer(as_url, f"{as_url}/authorize", f"{as_url}/token", f"{as_url}/register")
-    client = await register_client(found, "http://127.0.0.1:1/v1/oauth/callback")
+    assert await allows_private(mcp_url)  # a loopback server: what its metadata names may be too
+    found = await discover(mcp_url, allow_private=True)
+    assert found == AuthServer(
+        as_url, f"{as_url}/authorize", f"{as_url}/token", f"{as_url}/register", iss_required=True
+    )
+    client = await register_client(found, "http://127.0.0.1:1/v1/oauth/callback/k", allow_private=True)
     assert client.client_id and client.client_secret is None and client.auth_method == "none"
+
+
+@pytest.mark.anyio
+async def test_without_allow_private_discovery_and_registration_reach_no_loopback_address(
+    real: tuple[str, str],
+) -> None:
+    as_url, mcp_url = real
+    before = await _as_requests(as_url)
+    for url in (mcp_url, mcp_url.replace("127.0.0.1", "localhost")):  # a literal, and a name resolving there
+        with pytest.raises(DiscoveryError, match="non-public address"):
+            await discover(url)
+    server = AuthServer(as_url, f"{as_url}/authorize", f"{as_url}/token", f"{as_url}/register")
+    with pytest.raises(DiscoveryError, match="non-public address"):
+        await register_client(server, "http://127.0.0.1:1/v1/oauth/callback/k")
+    assert await _as_requests(as_url) == before  # refused before connecting
+
+
+async def _as_requests(as_url: str) -> Any:
+    async with httpx.AsyncClient(trust_env=False) as http:
+        stats = (await http.get(f"{as_url}/_stats")).json()
+    return stats["registered"]
 
 
 @pytest.mark.anyio
 async def test_discovery_of_a_server_without_metadata_fails_closed(real: tuple[str, str]) -> None:
     as_url, _ = real
     with pytest.raises(DiscoveryError, match="RFC 9728"):
-        await discover(f"{as_url}/mcp")  # the AS itself publishes no protected-resource metadata
+        await discover(f"{as_url}/mcp", allow_private=True)  # the AS itself publishes no protected-resource metadata

@@ -7,7 +7,9 @@ registered once per kind, each refusing (401) any request without its credential
 * ``hdr``: static headers; ``bearer``: a static bearer token (``Authorization``);
 * ``qry``: a query-parameter key; ``envsrv``: a stdio server reading ``SERVICE_TOKEN``;
 * ``cc``: an OAuth client-credentials token (JWT verified with the AS's keys);
-* ``tx``: an RFC 8693 token-exchange token, ``sub`` = the caller.
+* ``tx``: an RFC 8693 token-exchange token, ``sub`` = the caller;
+* ``ccr`` (streamable HTTP), ``ccrs`` (legacy SSE), ``ccb``: client-credentials tokens of
+  ``post-client``, for what happens when the upstream refuses (401) a token the gateway cached.
 
 The upstream reports what it saw as digests (``whoami``, ``/_seen``), so each test checks
 which identity arrived, and that the caller's own token never did.
@@ -22,7 +24,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,7 @@ import httpx
 import pytest
 from mcp.shared.exceptions import MCPError
 
+from gateway.config import OPA_TOKEN_LABEL, Secret, derived_token
 from gateway.devtools.stack import LocalStack, sample_policy_modules
 from tests.e2e.helpers import client
 from tests.support import authed_upstream, oauth_server, pg
@@ -49,6 +52,8 @@ CANARY = {
 }
 """Secrets planted in the store; none may show up anywhere but at the upstream."""
 INTERNAL = "internal-token-for-the-credentials-test"
+REFUSED = ("ccr", "ccrs", "ccb")
+"""Servers whose upstream the tests make refuse the gateway's cached token."""
 
 
 def _sha(value: str) -> str:
@@ -126,6 +131,15 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, pg_admin_url: str, opa_bin: 
             "tx": {"require": ["bearer-jwt"], "jwks_url": jwks, "audience": "upstream-tx", "issuer": iss},
             "open": {"require": ["header:X-Api-Key"]},  # any key; bound per user below
             "qsse": {"require": [f"query:api_key=sha256:{_sha(CANARY['qsse'])}"], "transport": "sse"},
+            "ccr": {"require": ["bearer-jwt"], "jwks_url": jwks, "audience": "upstream-ccr", "issuer": iss},
+            "ccrs": {
+                "require": ["bearer-jwt"],
+                "jwks_url": jwks,
+                "audience": "upstream-ccrs",
+                "issuer": iss,
+                "transport": "sse",
+            },
+            "ccb": {"require": ["bearer-jwt"], "jwks_url": jwks, "audience": "upstream-ccb", "issuer": iss},
         }
         for name, spec in specs.items():
             fleet.upstreams[name] = es.enter_context(authed_upstream.start_subprocess(run_dir, name=name, **spec))
@@ -160,13 +174,18 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, pg_admin_url: str, opa_bin: 
         fleet.credential("tx", "tx-client", "oauth_token_exchange", {"client_secret": "post-client-secret"}, tx)
         fleet.credential("alice", "alice-key", "headers", {"headers": {"X-Api-Key": CANARY["alice"]}})
         fleet.credential("qsse", "qsse-key", "query", {"params": {"api_key": CANARY["qsse"]}})
-        for name in ("hdr", "bearer", "qry", "cc", "qsse"):
+        for name in REFUSED:
+            post = {**tx, "audience": f"upstream-{name}"}
+            fleet.credential(
+                name, f"{name}-client", "oauth_client_credentials", {"client_secret": "post-client-secret"}, post
+            )
+        for name in ("hdr", "bearer", "qry", "cc", "qsse", *REFUSED):
             fleet.bind(name, name, name)
         fleet.bind("env", "envsrv", "env")
         fleet.bind("tx", "tx", "tx", "role", "viewer")
         fleet.bind("open-alice", "open", "alice", "user", "alice")
         fleet.bind("open-hdr", "open", "hdr", "role", "operator")
-        for name in ("hdr", "bearer", "qry", "cc", "qsse"):
+        for name in ("hdr", "bearer", "qry", "cc", "qsse", *REFUSED):
             stack.admin("POST", f"/v1/servers/{name}/approve")  # discovered with its everyone binding
         stack.admin("POST", "/v1/servers/envsrv/approve", {"trust_stdio": True})
         # No everyone binding: discovered with a credential named at approval (for tx, one
@@ -304,7 +323,8 @@ def test_no_secret_appears_in_logs_audit_decision_logs_projection_bundle_or_api(
         feed = http.get("/v1/dataplane/projection", params={"dataplane_id": "canary-check"}, headers=internal)
         texts["projection"] = feed.text
         assert feed.status_code == 200 and '"credentials"' in feed.text  # bindings are there, as metadata
-        bundle = http.get("/v1/opa/bundles/gateway", headers=internal)
+        opa = {"authorization": f"Bearer {derived_token(Secret(INTERNAL), OPA_TOKEN_LABEL).reveal()}"}
+        bundle = http.get("/v1/opa/bundles/gateway", headers=opa)
         assert bundle.status_code == 200
         texts["bundle"] = bundle.content.decode("latin-1")
         for path in ("/v1/credentials", "/v1/credential-bindings", "/v1/projection", "/v1/servers"):
@@ -325,3 +345,69 @@ def test_no_secret_appears_in_logs_audit_decision_logs_projection_bundle_or_api(
         for where, text in texts.items():
             for form in forms:
                 assert form not in text, f"the {name} secret appears in {where}"
+
+
+@contextmanager
+def _long_lived_tokens(fleet: Fleet) -> Iterator[None]:
+    """The AS issues 300 s tokens in the block (then 6 s again), so no token expires mid-test."""
+    fleet.oauth.admin("config", {"token_ttl": 300})
+    try:
+        yield
+    finally:
+        fleet.oauth.admin("config", {"token_ttl": 6})
+
+
+def _post_client_tokens(fleet: Fleet) -> int:
+    return fleet.oauth.issued("client_credentials", "post-client")
+
+
+async def _cache_a_long_lived_token(fleet: Fleet, sub: str, server: str) -> dict[str, Any]:
+    """Call ``server`` until the gateway holds a token issued after the switch to 300 s (the
+    one of approval, or of an earlier call, lives 6 s at most)."""
+    before = _post_client_tokens(fleet)
+    deadline = time.monotonic() + 30
+    while _post_client_tokens(fleet) == before:
+        assert time.monotonic() < deadline, "no new token was fetched"
+        await fleet.whoami(sub, server)
+    return await fleet.whoami(sub, server)
+
+
+@pytest.mark.parametrize("server", ["ccr", "ccrs"])
+async def test_a_token_the_upstream_refuses_is_dropped_and_the_call_retried_once_with_a_new_one(
+    fleet: Fleet, server: str
+) -> None:
+    upstream = fleet.upstreams[server]
+    with _long_lived_tokens(fleet):
+        first = await _cache_a_long_lived_token(fleet, "kim", server)
+        issued, refused = _post_client_tokens(fleet), upstream.rejected()["count"]
+        upstream.revoke()  # as if the AS had revoked it: the upstream answers 401 to the cached token
+        second = await fleet.whoami("kim", server)  # the retried call: nothing reaches the caller
+        assert upstream.rejected()["count"] > refused  # the cached token was sent, and refused
+        assert second["authorization"] != first["authorization"]
+        assert (second["client_id"], second["aud"]) == ("post-client", f"upstream-{server}")
+        assert _post_client_tokens(fleet) == issued + 1  # the token endpoint was asked once more
+        third = await fleet.whoami("kim", server)  # the new token is cached from then on
+        assert third["authorization"] == second["authorization"]
+        assert _post_client_tokens(fleet) == issued + 1
+
+
+async def test_an_upstream_that_refuses_every_token_gets_one_refresh_per_interval_not_one_per_call(
+    fleet: Fleet,
+) -> None:
+    upstream = fleet.upstreams["ccb"]
+    with _long_lived_tokens(fleet):
+        await _cache_a_long_lived_token(fleet, "lena", "ccb")
+        issued, refused = _post_client_tokens(fleet), upstream.rejected()["count"]
+        upstream.revoke(everything=True)
+        try:
+            for _ in range(5):
+                data = await fleet.refusal("lena", "ccb")
+                assert data["category"] == "upstream_credential_rejected"
+            # Each call sent its request (a retry with the one refreshed token included), and
+            # the token endpoint was asked once in all: one forced refresh per interval.
+            assert upstream.rejected()["count"] >= refused + 6
+            assert _post_client_tokens(fleet) == issued + 1
+        finally:
+            upstream.reset()
+        assert (await fleet.whoami("lena", "ccb"))["client_id"] == "post-client"  # the refreshed token, cached
+        assert _post_client_tokens(fleet) == issued + 1

@@ -9,8 +9,10 @@ audience and say whose token they saw (``whoami``):
   gateway discovers the AS (RFC 9728 -> RFC 8414) and registers itself (RFC 7591);
 * ``gh2``: its credential names the endpoints and a pre-registered confidential client.
 
-The consent step is driven programmatically: the connect link (302 to ``/authorize``), the
-AS's test-only ``approve_as=<user>`` auto-consent (302 to the callback), the callback (200).
+The consent step is driven programmatically, as a browser would: the connect link's
+confirmation page (200, a nonce in its form and its cookie), the form's POST (302 to
+``/authorize``), the AS's test-only ``approve_as=<user>`` auto-consent (302 to the callback,
+with RFC 9207 ``iss``), the callback with the same cookie jar (200).
 """
 
 from __future__ import annotations
@@ -43,6 +45,23 @@ INTERNAL = "internal-token-for-the-oauth-user-test"
 GH2_RESOURCE = "https://gh2.example/mcp"
 ACCEPT = "application/json, text/event-stream"
 _LINK = re.compile(r"https?://\S+/v1/oauth/connect/[A-Za-z0-9_-]{43}")
+_NONCE = re.compile(r'name="confirm" value="([A-Za-z0-9_-]{43})"')
+
+
+def browser() -> httpx.Client:
+    """One browser: its own cookie jar, redirects followed by hand."""
+    return httpx.Client(trust_env=False, timeout=30, follow_redirects=False)
+
+
+def confirm(http: httpx.Client, link: str) -> str:
+    """Open the connect page and confirm it; the authorization URL it redirects to."""
+    page = http.get(link)
+    assert page.status_code == 200, page.text
+    match = _NONCE.search(page.text)
+    assert match is not None, page.text
+    to_as = http.post(link, data={"confirm": match.group(1)})
+    assert to_as.status_code == 302, to_as.text
+    return to_as.headers["location"]
 
 
 class Fleet:
@@ -82,20 +101,22 @@ class Fleet:
         assert match is not None, text
         return match.group(0)
 
+    def authorize(self, http: httpx.Client, link: str, sub: str) -> str:
+        """Confirm ``link`` in ``http`` and consent as ``sub``; the callback URL the AS sends back."""
+        authorize = confirm(http, link)
+        assert authorize.startswith(f"{self.oauth.url}/authorize?")
+        for param in ("response_type=code", "code_challenge_method=S256", "code_challenge=", "state="):
+            assert param in authorize
+        back = http.get(authorize + "&approve_as=" + sub)
+        assert back.status_code == 302, back.text
+        callback = back.headers["location"]
+        assert callback.startswith(f"{self.stack.control_url}/v1/oauth/callback/")
+        return str(callback)
+
     def consent(self, link: str, sub: str) -> httpx.Response:
-        """Drive the consent: link -> AS /authorize (auto-consent as ``sub``) -> callback."""
-        with httpx.Client(trust_env=False, timeout=30, follow_redirects=False) as http:
-            to_as = http.get(link)
-            assert to_as.status_code == 302, to_as.text
-            authorize = to_as.headers["location"]
-            assert authorize.startswith(f"{self.oauth.url}/authorize?")
-            for param in ("response_type=code", "code_challenge_method=S256", "code_challenge=", "state="):
-                assert param in authorize
-            back = http.get(authorize + "&approve_as=" + sub)
-            assert back.status_code == 302, back.text
-            callback = back.headers["location"]
-            assert callback.startswith(f"{self.stack.control_url}/v1/oauth/callback?")
-            return http.get(callback)
+        """Drive the consent in one browser: page -> confirm -> AS /authorize (as ``sub``) -> callback."""
+        with browser() as http:
+            return http.get(self.authorize(http, link, sub))
 
     async def connect(self, sub: str, server: str) -> None:
         page = self.consent(await self.connect_link(sub, server), sub)
@@ -174,16 +195,78 @@ async def test_a_user_who_has_not_connected_gets_a_tool_error_with_the_connect_l
     assert len(upstream.seen()) == before  # never sent unauthenticated, nor with the caller's token
 
 
-async def test_the_connect_link_is_single_use_and_unknown_links_are_refused(fleet: Fleet) -> None:
+async def test_the_connect_page_changes_nothing_and_only_a_same_site_confirmation_uses_the_link(fleet: Fleet) -> None:
     link = await fleet.connect_link("una", "gh")
-    with httpx.Client(trust_env=False, timeout=30, follow_redirects=False) as http:
-        assert http.get(link).status_code == 302
-        again = http.get(link)
-        assert again.status_code == 404 and "text/html" in again.headers["content-type"]
+    with browser() as http:
+        for _ in range(2):  # an unfurler or prefetcher opening the page does not use the link up
+            page = http.get(link)
+            assert page.status_code == 200 and "una" in page.text and "gh" in page.text
+            assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+        [cookie] = list(http.cookies.jar)
+        assert cookie.name.startswith("gw_oauth_") and cookie.path == "/v1/oauth/"
+        assert cookie.has_nonstandard_attr("HttpOnly") and cookie.get_nonstandard_attr("SameSite") == "lax"
+        nonce = _NONCE.search(page.text)
+        assert nonce is not None and nonce.group(1) == cookie.value
+        form = {"confirm": nonce.group(1)}
+        with browser() as other:  # the nonce without this browser's cookie (an auto-submitted cross-site form)
+            assert other.post(link, data=form).status_code == 403
+        assert http.post(link, data={"confirm": "A" * 43}).status_code == 403
+        assert http.post(link, data=form, headers={"origin": "https://evil.example"}).status_code == 403
+        assert http.post(link, data=form, headers={"sec-fetch-site": "cross-site"}).status_code == 403
+        assert http.post(link, data=form, headers={"sec-fetch-site": "same-origin"}).status_code == 302
+        for again in (http.get(link), http.post(link, data=form)):  # used up
+            assert again.status_code == 404 and "text/html" in again.headers["content-type"]
         forged = http.get(link[:-4] + "AAAA")
         assert forged.status_code == 404 and "AAAA" not in forged.text
-        callback = http.get(f"{fleet.stack.control_url}/v1/oauth/callback", params={"state": "x" * 43, "code": "c"})
-        assert callback.status_code == 400
+        unknown = http.get(f"{fleet.stack.control_url}/v1/oauth/callback/x", params={"state": "x" * 43, "code": "c"})
+        assert unknown.status_code == 400
+
+
+async def test_a_sign_in_finished_in_another_browser_links_nothing(fleet: Fleet) -> None:
+    """Account-linking CSRF: the attacker starts a connect for their own gateway identity and
+    has a victim finish it; the victim's upstream account must not be linked to the attacker."""
+    link = await fleet.connect_link("mal", "gh")
+    with browser() as attacker:
+        authorize = confirm(attacker, link)
+    with browser() as victim:
+        back = victim.get(authorize + "&approve_as=vera")
+        assert back.status_code == 302
+        page = victim.get(back.headers["location"])
+    assert page.status_code == 400 and "another browser" in page.text
+    assert not await _has_tokens(fleet, "gh-dcr", "mal")
+    result = await fleet.call("mal", "gh")
+    assert result.is_error and _LINK.search(result.content[0].text)  # mal is still not connected
+
+
+async def test_an_answer_without_or_with_a_foreign_iss_or_at_another_issuers_callback_is_refused(fleet: Fleet) -> None:
+    """Mix-up (RFC 9700 section 4.4): the test AS advertises RFC 9207, so ``iss`` is required and
+    must be its issuer, and the redirect URI is the (credential, issuer)'s own."""
+    foreign = fleet.oauth.url.replace("127.0.0.1", "localhost")
+    for tamper in (
+        lambda url: re.sub(r"&?iss=[^&]*", "", url),
+        lambda url: re.sub(r"iss=[^&]*", "iss=" + httpx.QueryParams({"i": foreign})["i"], url),
+        lambda url: re.sub(r"/callback/[A-Za-z0-9_-]+", "/callback/AAAAAAAAAAAAAAAAAAAAAA", url),
+    ):
+        link = await fleet.connect_link("mix", "gh")
+        with browser() as http:
+            callback = fleet.authorize(http, link, "mix")
+            assert "iss=" in callback
+            page = http.get(tamper(callback))
+        assert page.status_code == 400 and "another authorization server" in page.text
+    assert not await _has_tokens(fleet, "gh-dcr", "mix")
+
+
+async def _has_tokens(fleet: Fleet, credential: str, sub: str) -> bool:
+    conn = await asyncpg.connect(fleet.database_url)
+    try:
+        count = await conn.fetchval(
+            "SELECT count(*) FROM credential_user_tokens WHERE credential_id = $1::uuid AND subject_sub = $2",
+            fleet.credentials[credential],
+            sub,
+        )
+    finally:
+        await conn.close()
+    return bool(count)
 
 
 async def test_after_consent_the_upstream_sees_the_user_and_each_user_only_their_own(fleet: Fleet) -> None:
@@ -222,6 +305,20 @@ async def test_an_expired_access_token_is_refreshed_with_the_users_refresh_token
         await asyncio.sleep(0.5)
     assert fleet.oauth.issued("refresh_token") > refreshed
     assert (await fleet.whoami("cal", "gh"))["sub"] == "cal"
+
+
+async def test_an_access_token_the_upstream_refuses_is_replaced_by_a_refreshed_one(fleet: Fleet) -> None:
+    await fleet.connect("ren", "gh")
+    assert (await fleet.whoami("ren", "gh"))["sub"] == "ren"
+    refreshed = fleet.oauth.issued("refresh_token")
+    upstream = fleet.upstreams["gh"]
+    upstream.revoke()  # every token it has seen now gets 401, as if the AS had revoked them
+    try:
+        seen = await fleet.whoami("ren", "gh")  # the 401 forces a refresh; the call is retried once
+        assert seen["sub"] == "ren"
+        assert fleet.oauth.issued("refresh_token") > refreshed
+    finally:
+        upstream.reset()
 
 
 async def test_a_refresh_the_as_refuses_sends_the_user_to_connect_again(fleet: Fleet) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 
+from gateway.config import OPA_TOKEN_LABEL, Secret, derived_token
 from gateway.devtools.stack import LocalStack
 
 __all__ = [
@@ -99,8 +100,15 @@ def admin_get(http: httpx.Client, stack: LocalStack, path: str, params: Any = No
 
 
 def internal_headers(stack: LocalStack) -> dict[str, str]:
-    """The bearer header OPA sidecars and data planes present to the control plane."""
+    """The bearer header data planes present to the control plane."""
     return {"authorization": f"Bearer {stack.extra_env['GATEWAY_INTERNAL_TOKEN']}"}
+
+
+def opa_headers(stack: LocalStack) -> dict[str, str]:
+    """The bearer header OPA sidecars present to the control plane (``/v1/opa/*``): the OPA
+    token the gateway derives from the internal token."""
+    token = derived_token(Secret(stack.extra_env["GATEWAY_INTERNAL_TOKEN"]), OPA_TOKEN_LABEL)
+    return {"authorization": f"Bearer {token.reveal()}"}
 
 
 def assert_bad_request_naming(resp: httpx.Response | tuple[int, bytes], parameter: str) -> None:

@@ -44,7 +44,13 @@ import pytest
 
 from gateway.controlplane.bundle import read_bundle
 from gateway.devtools.stack import LocalStack, free_port
-from tests.security.helpers import ENVELOPE, call_headers, internal_headers, recorded, written_by_gateway
+from tests.security.helpers import (
+    ENVELOPE,
+    call_headers,
+    opa_headers,
+    recorded,
+    written_by_gateway,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.db]
 
@@ -263,7 +269,7 @@ def test_no_canary_in_either_audit_table_or_the_audit_api(
 def test_no_canary_in_the_bundle_opa_downloads_nor_in_any_stored_bundle(
     http: httpx.Client, stack: LocalStack, planted: dict[str, Any]
 ) -> None:
-    served = http.get(f"{stack.control_url}/v1/opa/bundles/gateway", headers=internal_headers(stack))
+    served = http.get(f"{stack.control_url}/v1/opa/bundles/gateway", headers=opa_headers(stack))
     assert served.status_code == 200
     bundles = [served.content] + [r["bundle"] for r in _rows(stack, "SELECT bundle FROM projections ORDER BY version")]
     registry = orjson.loads(read_bundle(served.content)["data.json"])["gateway_runtime"]["registry"]["servers"]

@@ -23,8 +23,8 @@ from tests.security.helpers import (
     assert_bad_request_naming,
     call_body,
     call_headers,
-    internal_headers,
     marker,
+    opa_headers,
     raw_request,
     recorded,
     upstream_saw,
@@ -129,9 +129,9 @@ def test_traversal_in_admin_paths_is_4xx_and_reaches_no_upstream(http: httpx.Cli
 
 
 def test_traversal_in_the_bundle_name_never_serves_a_bundle(stack: LocalStack) -> None:
-    assert raw_request(stack.control_port, "GET", "/v1/opa/bundles/gateway", internal_headers(stack))[0] == 200
+    assert raw_request(stack.control_port, "GET", "/v1/opa/bundles/gateway", opa_headers(stack))[0] == 200
     for target in BUNDLE_TARGETS:
-        status, answer = raw_request(stack.control_port, "GET", target, internal_headers(stack))
+        status, answer = raw_request(stack.control_port, "GET", target, opa_headers(stack))
         assert status == 404, (target, status, answer)
 
 

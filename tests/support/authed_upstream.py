@@ -28,7 +28,10 @@ Tools: ``whoami()`` answers JSON of the identity of the request it arrived on::
 
 ``echo(text)`` answers ``text``. ``GET /_seen`` lists the identity of every accepted HTTP
 request (in order, each with ``method`` and ``path``); ``GET /_rejected`` ``{"count",
-"reasons"}``; ``POST /_reset`` clears both. ``GET /.well-known/oauth-protected-resource``
+"reasons"}``; ``POST /_revoke`` ``{"all"?: bool}`` makes every ``Authorization`` value
+accepted so far fail from then on (as if the authorization server had revoked those
+tokens), or with ``"all": true`` every request fail (a misconfigured upstream); ``POST
+/_reset`` clears the lists and the revocations. ``GET /.well-known/oauth-protected-resource``
 (RFC 9728) names ``--issuer`` as the authorization server when it is given.
 
 No value of a credential is ever logged (uvicorn's access log, which would show query
@@ -139,6 +142,9 @@ class State:
         self.env_identity = env_identity
         self.seen: list[dict[str, Any]] = []
         self.rejected: list[str] = []
+        self.revoked: set[str] = set()
+        """Digests of ``Authorization`` values refused from now on (``/_revoke``)."""
+        self.refuse_all = False
 
     def blank(self) -> dict[str, Any]:
         return {
@@ -160,6 +166,10 @@ class State:
         identity = self.blank()
         if "authorization" in headers:
             identity["authorization"] = digest(headers["authorization"])
+        if self.refuse_all:
+            return None, "every request refused (/_revoke all)"
+        if identity["authorization"] in self.revoked:
+            return None, "revoked authorization"
         for req in self.requirements:
             if req.kind == "bearer-jwt":
                 auth = headers.get("authorization", "")
@@ -249,10 +259,20 @@ def build_server(state: State) -> MCPServer:
     async def rejected(request: Request) -> JSONResponse:
         return JSONResponse({"count": len(state.rejected), "reasons": state.rejected})
 
+    @mcp.custom_route("/_revoke", methods=["POST"])
+    async def revoke(request: Request) -> JSONResponse:
+        body = await request.json() if await request.body() else {}
+        if isinstance(body, dict) and body.get("all") is True:
+            state.refuse_all = True
+        state.revoked.update(s["authorization"] for s in state.seen if s.get("authorization"))
+        return JSONResponse({"revoked": len(state.revoked), "all": state.refuse_all})
+
     @mcp.custom_route("/_reset", methods=["POST"])
     async def reset(request: Request) -> JSONResponse:
         state.seen.clear()
         state.rejected.clear()
+        state.revoked.clear()
+        state.refuse_all = False
         return JSONResponse({"ok": True})
 
     return mcp
@@ -276,6 +296,16 @@ class RunningUpstream:
         with httpx.Client(trust_env=False, timeout=5) as http:
             data: dict[str, Any] = http.get(f"{self.url}/_rejected").raise_for_status().json()
         return data
+
+    def revoke(self, *, everything: bool = False) -> None:
+        """Refuse every ``Authorization`` value accepted so far (``everything``: all requests)."""
+        with httpx.Client(trust_env=False, timeout=5) as http:
+            http.post(f"{self.url}/_revoke", json={"all": everything}).raise_for_status()
+
+    def reset(self) -> None:
+        """Clear the lists and the revocations."""
+        with httpx.Client(trust_env=False, timeout=5) as http:
+            http.post(f"{self.url}/_reset").raise_for_status()
 
 
 @contextlib.contextmanager

@@ -34,7 +34,8 @@ Endpoints:
 * ``GET /jwks.json``: the public signing key;
 * ``GET /authorize``: the authorization endpoint. **Test-only consent:** add
   ``approve_as=<user>`` and the request is approved as that user at once (302 to the
-  ``redirect_uri`` with ``code`` and ``state``); ``deny=1`` answers ``access_denied`` the
+  ``redirect_uri`` with ``code``, ``state`` and RFC 9207 ``iss``, which the metadata
+  advertises); ``deny=1`` answers ``access_denied`` the
   same way; with neither, a 200 JSON ``{"consent_required": true, ...}``;
 * ``POST /token``; ``POST /revoke`` (RFC 7009, refresh and access tokens);
 * ``POST /register``: RFC 7591 dynamic client registration (open, or with
@@ -82,6 +83,7 @@ from urllib.parse import parse_qsl, urlsplit
 import httpx
 import jwt as pyjwt
 import uvicorn
+from authlib.common.urls import add_params_to_uri
 from authlib.oauth2 import rfc6749
 from authlib.oauth2.rfc6749 import (
     AuthorizationServer,
@@ -100,6 +102,7 @@ from authlib.oauth2.rfc7591 import ClientRegistrationEndpoint
 from authlib.oauth2.rfc7636 import CodeChallenge
 from authlib.oauth2.rfc8414 import AuthorizationServerMetadata
 from authlib.oauth2.rfc9068 import JWTBearerTokenGenerator
+from authlib.oauth2.rfc9207 import IssuerParameter
 from joserfc import jwt as jose_jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet, RSAKey
@@ -691,6 +694,21 @@ class _Registration(ClientRegistrationEndpoint):  # type: ignore[misc]
 
 
 # ---------------------------------------------------------------- the app
+class _Issuer(IssuerParameter):  # type: ignore[misc]
+    """RFC 9207: ``iss`` in every authorization response."""
+
+    def __init__(self, issuer: str) -> None:
+        self._issuer = issuer
+
+    def get_issuer(self) -> str:
+        return self._issuer
+
+    def add_issuer_parameter(self, authorization_server: Any, response: Response) -> None:
+        location = response.headers.get("location")
+        if location:  # this server's responses are Starlette ones (authlib's hook expects its own)
+            response.headers["location"] = add_params_to_uri(location, {"iss": self._issuer})
+
+
 def server_metadata(issuer: str) -> dict[str, Any]:
     """RFC 8414 metadata for ``issuer`` (validated by authlib at build time)."""
     base = issuer.rstrip("/")
@@ -706,6 +724,7 @@ def server_metadata(issuer: str) -> dict[str, Any]:
         "token_endpoint_auth_methods_supported": [*_CLIENT_AUTH, "none"],
         "revocation_endpoint_auth_methods_supported": list(_CLIENT_AUTH),
         "code_challenge_methods_supported": ["S256"],
+        "authorization_response_iss_parameter_supported": True,
     }
 
 
@@ -721,6 +740,7 @@ def build_app(config: OAuthServerConfig) -> Starlette:
     server.register_grant(_RefreshTokenGrant)
     server.register_grant(TokenExchangeGrant)
     server.register_endpoint(_Revocation)
+    server.register_extension(_Issuer(config.issuer))
     metadata = server_metadata(config.issuer)
     AuthorizationServerMetadata(metadata).validate()
     server.register_endpoint(_Registration(server, metadata))

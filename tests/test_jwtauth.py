@@ -1,4 +1,4 @@
-"""Tests for gateway.dataplane.auth: bearer JWT verification against the dev IdP's JWKS."""
+"""Tests for gateway.jwtauth (also gateway.dataplane.auth): bearer JWT verification against a JWKS."""
 
 from __future__ import annotations
 
@@ -20,11 +20,11 @@ import httpx
 import jwt
 import pytest
 
-import gateway.dataplane.auth as auth_module
+import gateway.jwtauth as auth_module
 from gateway.config import JwtConfig
-from gateway.dataplane.auth import JwtVerifier, bearer_token
 from gateway.devtools.idp import DevIdentityProvider
 from gateway.errors import AuthenticationFailed
+from gateway.jwtauth import JwtVerifier, bearer_token
 from gateway.policy.input import Subject
 
 pytestmark = pytest.mark.anyio
@@ -611,3 +611,18 @@ async def test_an_unknown_kid_is_remembered_and_not_fetched_for_again(
     clock.offset += 3600  # past the TTL: the issuer may have published it since
     await _rejected(http_verifier, idp.mint("mallory", [], AUDIENCE, kid="never-published"))
     assert jwks_server.fetches == 3
+
+
+async def test_a_verifier_without_a_client_fetches_an_http_jwks_with_a_client_of_its_own(
+    idp: DevIdentityProvider, jwks_server: _JwksServer
+) -> None:
+    verifier = JwtVerifier(JwtConfig(issuer=ISSUER, audience=AUDIENCE, jwks_url=jwks_server.url))
+    assert (await verifier.verify(idp.mint("alice", [], AUDIENCE))).sub == "alice"
+    assert (await verifier.verify(idp.mint("bob", [], AUDIENCE))).sub == "bob"
+    assert jwks_server.fetches == 1
+
+
+def test_the_data_plane_module_still_exports_the_verifier() -> None:
+    import gateway.dataplane.auth as dataplane_auth
+
+    assert dataplane_auth.JwtVerifier is JwtVerifier and dataplane_auth.bearer_token is bearer_token
