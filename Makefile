@@ -24,7 +24,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # .run/database_url). Recipes needing it prefix their command with $(WITH_DB).
 WITH_DB = DATABASE_URL="$$(cat $(RUN)/database_url)"
 
-.PHONY: help venv tools opa postgres test test-unit rego-check lint fmt demo bench fuzz soak conformance clean
+.PHONY: help venv tools opa postgres test test-unit rego-check lint fmt demo bench bench-replay fuzz soak conformance clean
 
 help: ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -76,6 +76,9 @@ fuzz: venv opa postgres ## the fuzzers (schemathesis on the admin API, Hypothesi
 
 bench: venv opa postgres ## run the benchmark
 	$(WITH_DB) $(VENV)/bin/python deploy/bench/bench.py
+
+bench-replay: venv opa postgres ## replay 10,000 recorded decisions against a candidate policy (budget 30 s)
+	$(WITH_DB) $(VENV)/bin/python deploy/bench/bench_replay.py
 
 # `postgres` only ensures the server binaries are installed: the soak runs a cluster of its own.
 soak: venv opa postgres ## deploy/reliability/soak.py: traffic + faults for SOAK_SECONDS (600), audit accounting -> docs/reliability.md

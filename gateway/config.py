@@ -52,12 +52,14 @@ __all__ = [
     "MIB",
     "SECONDS",
     "AuditConfig",
+    "BundleSigningConfig",
     "Config",
     "ControlPlaneConfig",
     "CredentialsConfig",
     "DataPlaneConfig",
     "JwtConfig",
     "OpaConfig",
+    "PolicyGateConfig",
     "Secret",
     "derived_token",
 ]
@@ -167,6 +169,11 @@ class DataPlaneConfig:
     disconnect; then the request is cancelled (the upstream is told) and its events dropped."""
     http_client: str = "aiohttp"
     """Hot-path HTTP client backend to OPA and upstreams: ``aiohttp`` or ``httpx``."""
+    api_key_failure_burst: int = 10
+    """Failed API-key attempts a client address (and, separately, a key id) may make in a
+    row before further attempts are refused unchecked with 429 (:mod:`gateway.dataplane.api_keys`)."""
+    api_key_failure_interval: float = 6 * SECONDS
+    """Seconds after which one more failed attempt is allowed again (the bucket's refill)."""
     allowed_hosts: tuple[str, ...] = ()
     """``Host`` header values (``host[:port]``, case-insensitive) the data plane answers;
     any other gets 421 (DNS-rebinding protection, MCP 2025-11-25 ``basic/transports``
@@ -193,7 +200,11 @@ class JwtConfig:
     jwks_url: str = ""
     """``http(s)://`` or ``file://`` JWKS."""
     roles_claim: str = "roles"
+    """Claim holding the caller's roles: a list of strings, or a space-separated string."""
     scopes_claim: str = "scope"
+    """Claim holding the caller's scopes: a space-separated string (RFC 8693 §4.2) or a list."""
+    groups_claim: str = "groups"
+    """Claim holding the caller's groups: a list of strings, or one string (one group)."""
     algorithms: tuple[str, ...] = ("RS256", "ES256", "PS256", "EdDSA")
     leeway: float = 30 * SECONDS
     cache_size: int = 4096
@@ -238,6 +249,52 @@ class AuditConfig:
 
 
 @dataclass(frozen=True)
+class AdminConfig:
+    """Who may use the admin API, and the control plane's own policy engine
+    (docs/admin-identity.md).
+
+    Admins present either the bootstrap admin token (``control_plane.admin_token``; every role;
+    switched off with ``token_enabled = false``) or a JWT of an admin issuer: ``jwt_issuer``
+    (with ``jwt_audience`` and ``jwks_url``) and optionally a second one (``second_*``). Roles
+    come from the ``roles_claim`` claim and from role grants stored by the control plane.
+    """
+
+    token_enabled: bool = True
+    jwt_issuer: str = ""
+    jwt_audience: str = ""
+    jwks_url: str = ""
+    roles_claim: str = "roles"
+    second_issuer: str = ""
+    second_audience: str = ""
+    second_jwks_url: str = ""
+
+    def issuers(self) -> list[JwtConfig]:
+        """The configured admin JWT issuers (0, 1 or 2), as :class:`JwtConfig`."""
+        out = []
+        for issuer, audience, jwks in (
+            (self.jwt_issuer, self.jwt_audience, self.jwks_url),
+            (self.second_issuer, self.second_audience, self.second_jwks_url),
+        ):
+            if issuer or audience or jwks:
+                out.append(JwtConfig(issuer=issuer, audience=audience, jwks_url=jwks, roles_claim=self.roles_claim))
+        return out
+
+
+@dataclass(frozen=True)
+class PolicyGateConfig:
+    """The gate a policy version must pass to be approved (activated or rolled back to);
+    README "Tested policy versions". Evaluated at approval time against the check results
+    stored with the version at upload, so changing the gate applies to older versions too."""
+
+    min_coverage: float = 0.0
+    """Least coverage of the version's non-test modules by its own tests, in percent (0-100);
+    ``0`` turns the coverage gate off. Above 0, a version without tests fails the gate."""
+    tests_pass: bool = True
+    """A version whose tests failed, errored or did not complete fails the gate; a version
+    without tests passes it."""
+
+
+@dataclass(frozen=True)
 class CredentialsConfig:
     """Where the key-encryption keys (KEKs) of stored upstream credentials come from.
 
@@ -254,6 +311,26 @@ class CredentialsConfig:
     kek_file: str = ""
     kek: Secret = field(default_factory=lambda: Secret(""))
     kek_previous_files: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class BundleSigningConfig:
+    """Signed OPA bundles (:mod:`gateway.policy.bundle_signing`, README "Signed bundles").
+
+    The control plane signs every bundle with the private key from ``key_file``
+    (``GATEWAY_BUNDLE_SIGNING_KEY_FILE``) or ``key`` (``GATEWAY_BUNDLE_SIGNING_KEY``, the PEM
+    itself), never both; with neither it generates a development key under
+    ``<run_dir>/bundle-signing``. RSA >= 2048 bits (RS256), EC P-256/384/521 (ES256/384/512)
+    or Ed25519 (EdDSA). ``key_id`` (``GATEWAY_BUNDLE_SIGNING_KEY_ID``) is the JWS ``kid``;
+    default: the key's RFC 7638 thumbprint. A data plane's OPA trusts ``verification_keys``
+    (``GATEWAY_BUNDLE_VERIFICATION_KEYS``, comma-separated ``<key id>=<PEM file>`` or
+    ``<PEM file>``, id then the thumbprint), else the signing key's public half.
+    """
+
+    key_file: str = ""
+    key: Secret = field(default_factory=lambda: Secret(""))
+    key_id: str = ""
+    verification_keys: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -288,6 +365,9 @@ class Config:
     opa: OpaConfig = field(default_factory=OpaConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
     credentials: CredentialsConfig = field(default_factory=CredentialsConfig)
+    policy_gate: PolicyGateConfig = field(default_factory=PolicyGateConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
+    bundle_signing: BundleSigningConfig = field(default_factory=BundleSigningConfig)
 
     @classmethod
     def from_env(
@@ -338,6 +418,9 @@ class Config:
                 "opa": _build(OpaConfig, data.get("opa", {})),
                 "audit": _build(AuditConfig, data.get("audit", {})),
                 "credentials": _build(CredentialsConfig, data.get("credentials", {})),
+                "policy_gate": _build(PolicyGateConfig, data.get("policy_gate", {})),
+                "admin": _build(AdminConfig, data.get("admin", {})),
+                "bundle_signing": _build(BundleSigningConfig, data.get("bundle_signing", {})),
             }
             top = {k: v for k, v in data.items() if k not in sections}
             cfg: Config = _build(cls, top, extra=sections)
@@ -358,6 +441,8 @@ class Config:
             raise ConfigError("GATEWAY_MAX_HEADER_BYTES must be between 1024 and 16 MiB")
         if not (0 < self.header_timeout < math.inf and 0 < self.body_timeout < math.inf):
             raise ConfigError("GATEWAY_HEADER_TIMEOUT and GATEWAY_BODY_TIMEOUT must be positive seconds")
+        if not 0 <= self.policy_gate.min_coverage <= 100:
+            raise ConfigError("GATEWAY_POLICY_GATE_MIN_COVERAGE must be a percentage between 0 and 100")
         dp = self.data_plane
         if not (
             0 <= dp.sse_poll_interval < math.inf and 0 <= dp.sse_retry <= 3600 and 0 < dp.sse_resume_window < math.inf
@@ -366,9 +451,24 @@ class Config:
                 "GATEWAY_SSE_POLL_INTERVAL (0 = off) and GATEWAY_SSE_RETRY must be seconds >= 0 (retry at most 3600),"
                 " GATEWAY_SSE_RESUME_WINDOW positive seconds"
             )
+        if not (1 <= dp.api_key_failure_burst <= 10_000 and 0 < dp.api_key_failure_interval <= 86_400):
+            raise ConfigError(
+                "GATEWAY_API_KEY_FAILURE_BURST must be 1..10000 attempts, GATEWAY_API_KEY_FAILURE_INTERVAL 0..86400 s"
+            )
         run_dir = self.run_dir or str(PROJECT_ROOT / ".run")
         cp = self.control_plane
         if self.plane in ("both", "control"):
+            for issuer in self.admin.issuers():
+                if not issuer.configured:
+                    raise ConfigError(
+                        "an admin JWT issuer needs its issuer, audience and JWKS URL (GATEWAY_ADMIN_JWT_ISSUER, "
+                        "GATEWAY_ADMIN_JWT_AUDIENCE, GATEWAY_ADMIN_JWKS_URL; GATEWAY_ADMIN_SECOND_*)"
+                    )
+            if not self.admin.token_enabled and not self.admin.issuers():
+                raise ConfigError(
+                    "GATEWAY_ADMIN_TOKEN_ENABLED=false needs an admin JWT issuer (GATEWAY_ADMIN_JWT_ISSUER), "
+                    "else nobody can use the admin API"
+                )
             if not self.database_url:
                 raise ConfigError("DATABASE_URL is required for the control plane")
             if not cp.admin_token:
@@ -395,6 +495,14 @@ class Config:
             id=dp.id or _default_dataplane_id(dp.port),
         )
         dp = _with_default_hosts(dp)
+        data_mcp = f"{dp.public_url}/mcp"
+        for issuer in self.admin.issuers():
+            aud = issuer.audience
+            if aud in (self.jwt.audience, data_mcp) or aud.startswith(data_mcp + "/"):
+                raise ConfigError(
+                    "the admin JWT audience must differ from every audience the data plane accepts "
+                    "(GATEWAY_JWT_AUDIENCE, <public_url>/mcp[/<server>]): else an agent's token could open the admin API"
+                )
         jwt = self.jwt
         missing = [n for n in ("issuer", "audience", "jwks_url") if not getattr(jwt, n)]
         # The control plane alone may run without JWT configuration (then it refuses to resolve
@@ -425,6 +533,8 @@ class Config:
                 "GATEWAY_CREDENTIALS_KEK_PREVIOUS_FILES needs a current key: set GATEWAY_CREDENTIALS_KEK_FILE "
                 "or GATEWAY_CREDENTIALS_KEK"
             )
+        if self.bundle_signing.key_file and self.bundle_signing.key:
+            raise ConfigError("set GATEWAY_BUNDLE_SIGNING_KEY_FILE or GATEWAY_BUNDLE_SIGNING_KEY, not both")
         audit = dataclasses.replace(self.audit, spool_dir=self.audit.spool_dir or str(Path(run_dir) / "audit-spool"))
         return dataclasses.replace(
             self,
@@ -473,6 +583,10 @@ ENV_KEYS: dict[str, str] = {
     "GATEWAY_JWT_AUDIENCE": "jwt.audience",
     "GATEWAY_JWKS_URL": "jwt.jwks_url",
     "GATEWAY_JWT_ROLES_CLAIM": "jwt.roles_claim",
+    "GATEWAY_JWT_SCOPES_CLAIM": "jwt.scopes_claim",
+    "GATEWAY_JWT_GROUPS_CLAIM": "jwt.groups_claim",
+    "GATEWAY_API_KEY_FAILURE_BURST": "data_plane.api_key_failure_burst",
+    "GATEWAY_API_KEY_FAILURE_INTERVAL": "data_plane.api_key_failure_interval",
     "OPA_BIN": "opa.bin",
     "GATEWAY_OPA_ADDR": "opa.addr",
     "GATEWAY_OPA_URL": "opa.url",
@@ -481,6 +595,20 @@ ENV_KEYS: dict[str, str] = {
     "GATEWAY_CREDENTIALS_KEK_FILE": "credentials.kek_file",
     "GATEWAY_CREDENTIALS_KEK": "credentials.kek",
     "GATEWAY_CREDENTIALS_KEK_PREVIOUS_FILES": "credentials.kek_previous_files",
+    "GATEWAY_POLICY_GATE_MIN_COVERAGE": "policy_gate.min_coverage",
+    "GATEWAY_POLICY_GATE_TESTS_PASS": "policy_gate.tests_pass",
+    "GATEWAY_ADMIN_TOKEN_ENABLED": "admin.token_enabled",
+    "GATEWAY_ADMIN_JWT_ISSUER": "admin.jwt_issuer",
+    "GATEWAY_ADMIN_JWT_AUDIENCE": "admin.jwt_audience",
+    "GATEWAY_ADMIN_JWKS_URL": "admin.jwks_url",
+    "GATEWAY_ADMIN_ROLES_CLAIM": "admin.roles_claim",
+    "GATEWAY_ADMIN_SECOND_ISSUER": "admin.second_issuer",
+    "GATEWAY_ADMIN_SECOND_AUDIENCE": "admin.second_audience",
+    "GATEWAY_ADMIN_SECOND_JWKS_URL": "admin.second_jwks_url",
+    "GATEWAY_BUNDLE_SIGNING_KEY_FILE": "bundle_signing.key_file",
+    "GATEWAY_BUNDLE_SIGNING_KEY": "bundle_signing.key",
+    "GATEWAY_BUNDLE_SIGNING_KEY_ID": "bundle_signing.key_id",
+    "GATEWAY_BUNDLE_VERIFICATION_KEYS": "bundle_signing.verification_keys",
 }
 """Environment variable -> dotted config key."""
 

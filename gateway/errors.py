@@ -14,9 +14,13 @@ The tree (class, safe ``category``, HTTP ``status_code``)::
     |  + ArgumentsTooLarge            arguments_too_large       400
     |  + UnexpectedParam              unexpected_param          400
     + AuthenticationFailed            unauthenticated           401
+    |  + DelegationTooDeep            delegation_too_deep       401
+    |  + TooManyFailedAttempts        too_many_failed_attempts  429
     + AdminAuthFailed                 admin_unauthenticated     401
+    + AdminForbidden                  admin_forbidden           403
     + NotFound                        not_found                 404
     + ConflictError                   conflict                  409
+    |  + PolicyGateFailed             policy_gate_failed        409
     + PolicyDenied                    policy_denied             403
     + PolicyUnavailable               policy_unavailable        503
     |  + PolicyRevisionStale          policy_revision_stale     503
@@ -45,11 +49,14 @@ from __future__ import annotations
 from typing import ClassVar
 
 __all__ = [
+    "AdminForbidden",
     "UpstreamCredentialRejected",
     "SubjectUnverified",
     "SubjectVerificationUnconfigured",
     "AdminAuthFailed",
     "AuthenticationFailed",
+    "DelegationTooDeep",
+    "TooManyFailedAttempts",
     "ConfigError",
     "ArgumentsTooDeep",
     "ArgumentsTooLarge",
@@ -64,6 +71,7 @@ __all__ = [
     "NotFound",
     "PolicyDecisionInvalid",
     "PolicyDenied",
+    "PolicyGateFailed",
     "PolicyRejected",
     "PolicyRevisionStale",
     "PolicyUnavailable",
@@ -172,11 +180,43 @@ class AuthenticationFailed(GatewayError):
     status_code = 401
 
 
+class DelegationTooDeep(AuthenticationFailed):
+    """A JWT whose RFC 8693 ``act`` chain nests more actors than the gateway accepts
+    (:data:`gateway.jwtauth.MAX_DELEGATION_DEPTH`)."""
+
+    category = "delegation_too_deep"
+
+
+class TooManyFailedAttempts(AuthenticationFailed):
+    """API-key attempts refused without checking: the caller's address, or the key id,
+    failed too often lately (429 with ``Retry-After``, :mod:`gateway.dataplane.api_keys`).
+
+    Attributes:
+        retry_after: Seconds until one more attempt is allowed (at least 1).
+    """
+
+    category = "too_many_failed_attempts"
+    status_code = 429
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class AdminAuthFailed(GatewayError):
     """The admin or internal bearer token is missing or wrong."""
 
     category = "admin_unauthenticated"
     status_code = 401
+
+
+class AdminForbidden(GatewayError):
+    """The control plane's policy refused an admin request (a role that does not grant the
+    action, or four-eyes: an approver approving what they wrote); the message carries the
+    policy's reasons (403 ``admin_forbidden``)."""
+
+    category = "admin_forbidden"
+    status_code = 403
 
 
 class NotFound(GatewayError):
@@ -191,6 +231,13 @@ class ConflictError(GatewayError):
 
     category = "conflict"
     status_code = 409
+
+
+class PolicyGateFailed(ConflictError):
+    """A policy version fails the approval gate (``policy_gate``: failing tests, or coverage
+    below the minimum); the message names what failed, e.g. ``coverage 42.0 % < 80 %``."""
+
+    category = "policy_gate_failed"
 
 
 class PolicyDenied(GatewayError):

@@ -14,6 +14,13 @@ SHA-256 of the token until they expire, so the hot path pays one dict lookup.
 A 401 carries ``WWW-Authenticate: Bearer ... resource_metadata=...``
 (RFC 6750 §3, RFC 9728 §5.1). The raw token is never logged or stored.
 
+Claims -> :class:`~gateway.policy.input.Subject` (the policy input's ``subject``): ``sub``,
+``iss``; roles, groups and scopes from the configured claims (``roles``, ``groups``,
+``scope`` by default); the agent (``azp``, else ``client_id``) and ``client_id`` (``client_id``,
+else ``azp``); the RFC 8693 ``act`` chain as ``delegation``, outermost first, at most
+:data:`MAX_DELEGATION_DEPTH` actors (deeper: 401 ``delegation_too_deep``); ``credential_kind``
+``jwt``.
+
 Signing keys: the JWKS is fetched once, then again only for a ``kid`` it does
 not hold, and at most once per ``jwks_refresh_interval``. Concurrent requests
 that need a fetch share one (single flight), so a token is never blocked for
@@ -29,7 +36,7 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from urllib.parse import unquote, urlparse
 
 import anyio
@@ -38,11 +45,11 @@ import jwt
 import orjson
 
 from gateway.config import JwtConfig
-from gateway.errors import AuthenticationFailed
+from gateway.errors import AuthenticationFailed, DelegationTooDeep
 from gateway.logredact import redact_url
 from gateway.policy.input import Subject
 
-__all__ = ["JwtVerifier", "bearer_token"]
+__all__ = ["MAX_DELEGATION_DEPTH", "JwtVerifier", "bearer_token", "delegation_chain"]
 
 log = logging.getLogger("gateway.auth")
 
@@ -53,6 +60,9 @@ _UNKNOWN_KIDS_MAX = 1024
 _NUMERIC_DATE_MAX = 253402300800
 """Epoch seconds of 10000-01-01T00:00:00Z: NumericDates must be below it."""
 _NUMERIC_DATES = ("exp", "nbf", "iat")
+MAX_DELEGATION_DEPTH = 8
+"""Most nested RFC 8693 ``act`` actors a token may carry; a deeper chain is refused (401
+``delegation_too_deep``) rather than cut, so a policy never judges a truncated chain."""
 
 
 def bearer_token(authorization: str | None) -> str:
@@ -218,11 +228,17 @@ class JwtVerifier:
         scopes = claims.get(self._config.scopes_claim, "")
         if isinstance(scopes, str):
             scopes = scopes.split()
+        groups = claims.get(self._config.groups_claim, [])
+        if isinstance(groups, str):  # one group (group names may hold spaces)
+            groups = [groups]
         client_id = claims.get("client_id", claims.get("azp"))
+        agent = claims.get("azp", claims.get("client_id"))
         if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
             raise AuthenticationFailed("roles claim must be a list of strings")
         if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
             raise AuthenticationFailed("scope claim must be a string or list of strings")
+        if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
+            raise AuthenticationFailed("groups claim must be a string or list of strings")
         return Subject(
             sub=str(claims["sub"]),
             issuer=str(claims["iss"]),
@@ -230,7 +246,48 @@ class JwtVerifier:
             scopes=tuple(scopes),
             client_id=client_id if isinstance(client_id, str) else None,
             claims=claims,
+            groups=tuple(groups),
+            agent=agent if isinstance(agent, str) else None,
+            delegation=delegation_chain(claims),
+            credential_kind="jwt",
         )
+
+
+def delegation_chain(claims: Mapping[str, object]) -> tuple[dict[str, str], ...]:
+    """The RFC 8693 §4.1 ``act`` chain of ``claims``, outermost (the current actor) first.
+
+    ``{"sub": "alice", "act": {"sub": "agent-1", "act": {"sub": "planner"}}}`` gives
+    ``({"sub": "agent-1"}, {"sub": "planner"})``. Each entry keeps ``sub`` and, when they are
+    strings, ``iss`` and ``client_id``; other actor claims are dropped. At most
+    :data:`MAX_DELEGATION_DEPTH` actors.
+
+    Raises:
+        DelegationTooDeep: More than :data:`MAX_DELEGATION_DEPTH` nested actors (401
+            ``delegation_too_deep``).
+        AuthenticationFailed: An ``act`` that is not an object with a non-blank string ``sub``,
+            or whose ``iss``/``client_id`` is not a string.
+    """
+    chain: list[dict[str, str]] = []
+    act = claims.get("act")
+    while act is not None:
+        if len(chain) == MAX_DELEGATION_DEPTH:
+            raise DelegationTooDeep(f"token rejected: delegation chain deeper than {MAX_DELEGATION_DEPTH} actors")
+        if not isinstance(act, Mapping):
+            raise AuthenticationFailed("token rejected: act claim is not an object")
+        sub = act.get("sub")
+        if not isinstance(sub, str) or not sub.strip():
+            raise AuthenticationFailed("token rejected: act claim without a subject")
+        actor = {"sub": sub}
+        for name in ("iss", "client_id"):
+            value = act.get(name)
+            if value is None:
+                continue
+            if not isinstance(value, str):
+                raise AuthenticationFailed(f"token rejected: act {name} is not a string")
+            actor[name] = value
+        chain.append(actor)
+        act = act.get("act")
+    return tuple(chain)
 
 
 def _check_identity_claims(claims: dict[str, object]) -> None:

@@ -482,3 +482,29 @@ def test_sse_polling_settings_are_read_and_checked() -> None:
         ("GATEWAY_SSE_RESUME_WINDOW", "inf"),
     ]:
         assert "GATEWAY_SSE" in str(_config_error(environ={**BASE_ENV, key: value}))
+
+
+def test_an_admin_audience_the_data_plane_also_accepts_is_refused() -> None:
+    base = {
+        "DATABASE_URL": "postgresql://x",
+        "GATEWAY_ADMIN_TOKEN": "t",
+        "GATEWAY_JWT_ISSUER": "https://idp",
+        "GATEWAY_JWT_AUDIENCE": "agents",
+        "GATEWAY_JWKS_URL": "file:///jwks.json",
+        "GATEWAY_PUBLIC_URL": "https://gw.example",
+        "GATEWAY_ADMIN_JWT_ISSUER": "https://idp",
+        "GATEWAY_ADMIN_JWKS_URL": "file:///jwks.json",
+    }
+    for audience in ("agents", "https://gw.example/mcp", "https://gw.example/mcp/github"):
+        with pytest.raises(ConfigError, match="admin JWT audience must differ"):
+            Config.from_env({**base, "GATEWAY_ADMIN_JWT_AUDIENCE": audience})
+    assert (
+        Config.from_env({**base, "GATEWAY_ADMIN_JWT_AUDIENCE": "gateway-admin"}).admin.jwt_audience == "gateway-admin"
+    )
+    with pytest.raises(ConfigError, match="GATEWAY_ADMIN_TOKEN_ENABLED=false needs an admin JWT issuer"):
+        Config.from_env(
+            {
+                **{k: v for k, v in base.items() if not k.startswith("GATEWAY_ADMIN_J")},
+                "GATEWAY_ADMIN_TOKEN_ENABLED": "false",
+            }
+        )

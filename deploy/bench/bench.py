@@ -178,7 +178,7 @@ def _register_brokered(stack: LocalStack) -> None:
     credential = stack.admin("POST", "/v1/credentials", {"name": "bench-key", "kind": "headers", "secret": secret})
     binding = {"server": "demokey", "subject": {"kind": "everyone"}, "credential_id": credential["id"]}
     stack.admin("POST", "/v1/credential-bindings", binding)
-    stack.admin("POST", "/v1/servers/demokey/approve")
+    stack.admin("POST", "/v1/servers/demokey/approve", {"comment": "reviewed"})
 
 
 def main() -> int:

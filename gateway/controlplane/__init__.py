@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 
-import asyncpg
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -25,8 +24,10 @@ from gateway.config import Config
 from gateway.controlplane._http import JSONResponse, error_body, request_id
 from gateway.controlplane._resources import controlplane_resources
 from gateway.controlplane.middleware import BearerAuthMiddleware, RequestIdMiddleware
+from gateway.controlplane.middleware.admin import AdminAuthorizationMiddleware
 from gateway.controlplane.routes import routes
 from gateway.credentials import load_keyring
+from gateway.db.pool import DATABASE_DOWN
 from gateway.errors import DatabaseUnavailable, GatewayError, UpstreamError
 from gateway.jwtauth import JwtVerifier
 from gateway.policy.reserved import require_assets
@@ -54,15 +55,6 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
     category = _HTTP_CATEGORIES.get(exc.status_code, "bad_request")
     body = {"error": category, "message": category.replace("_", " "), "request_id": request_id(request.scope)}
     return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
-
-
-DATABASE_DOWN: tuple[type[Exception], ...] = (
-    asyncpg.exceptions.PostgresConnectionError,  # class 08: connection exceptions
-    asyncpg.exceptions.OperatorInterventionError,  # class 57: admin shutdown, cannot connect now
-    asyncpg.exceptions.InterfaceError,  # the connection closed under a query (ConnectionDoesNotExistError)
-    ConnectionError,  # refused / reset while (re)connecting
-)
-"""Exceptions meaning PostgreSQL is unreachable or restarting, answered 503 ``database_unavailable``."""
 
 
 async def _database_down(request: Request, exc: Exception) -> Response:
@@ -107,7 +99,11 @@ def create_controlplane_app(config: Config) -> Starlette:
                 admin_token=config.control_plane.admin_token,
                 internal_token=config.control_plane.internal_token,
                 opa_token=config.control_plane.opa_token,
+                admin_token_enabled=config.admin.token_enabled,
+                admin_verifiers=[JwtVerifier(issuer) for issuer in config.admin.issuers()],
+                scope_key=(config.tenant, config.environment),
             ),
+            Middleware(AdminAuthorizationMiddleware, config=config, routes=routes),
         ],
         exception_handlers={
             GatewayError: _gateway_error,

@@ -10,7 +10,9 @@ from typing import Any
 
 import orjson
 
-__all__ = ["BUNDLE_ROOTS", "build_bundle", "bundle_data", "read_bundle"]
+from gateway.policy.bundle_signing import SIGNATURES_FILE, BundleSignatureError, BundleSigner, verify_bundle_files
+
+__all__ = ["BUNDLE_ROOTS", "build_bundle", "bundle_data", "read_bundle", "signature_problem"]
 
 BUNDLE_ROOTS = ("gateway", "gateway_runtime", "system/log")
 """The data paths the bundle owns; user policy lives under ``gateway``."""
@@ -67,12 +69,20 @@ def build_bundle(
     policy_modules: Mapping[str, str],
     reserved_modules: Mapping[str, str],
     data: Mapping[str, Any],
+    signer: BundleSigner | None = None,
 ) -> bytes:
     """Return the gzipped bundle tarball; the same inputs always give the same bytes.
 
     Layout: ``.manifest``, ``data.json``, ``policy/<file>`` (the approved version's
-    modules), ``reserved/<relative path>`` (the gateway's own modules). Entries are
-    sorted, every mtime/uid/gid is 0, and the gzip header carries no timestamp.
+    modules), ``reserved/<relative path>`` (the gateway's own modules), and with ``signer``
+    ``.signatures.json`` (OPA bundle signing over every other file,
+    :meth:`BundleSigner.signatures`). Entries are sorted, every mtime/uid/gid is 0, and the
+    gzip header carries no timestamp; the signature is deterministic too for RSA keys (ECDSA
+    signatures are randomized).
+
+    Raises:
+        gateway.policy.bundle_signing.BundleSignatureError: A structured file is not JSON
+            (cannot happen for the files built here).
     """
     manifest = {
         "revision": revision,
@@ -85,6 +95,8 @@ def build_bundle(
     }
     files.update({f"policy/{name}": src.encode() for name, src in policy_modules.items()})
     files.update({f"reserved/{name}": src.encode() for name, src in reserved_modules.items()})
+    if signer is not None:
+        files[SIGNATURES_FILE] = signer.signatures(files)
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for name in sorted(files):
@@ -107,3 +119,17 @@ def read_bundle(blob: bytes) -> dict[str, bytes]:
             if fh is not None:
                 out[member.name] = fh.read()
     return out
+
+
+def signature_problem(blob: bytes | None, signer: BundleSigner) -> str | None:
+    """Why ``blob`` is not a bundle signed by ``signer`` (its key and key id), or None when it is.
+
+    Checked as OPA checks it (:func:`gateway.policy.bundle_signing.verify_bundle_files`).
+    """
+    if blob is None:
+        return "no bundle"
+    try:
+        verify_bundle_files(read_bundle(blob), [signer.verification_key])
+    except (BundleSignatureError, tarfile.TarError, OSError, EOFError) as exc:
+        return str(exc)
+    return None

@@ -20,6 +20,8 @@ from starlette.responses import Response
 from gateway.controlplane import oauth_users
 from gateway.controlplane._deps import deps
 from gateway.controlplane._http import JSONResponse, check_text, read_json
+from gateway.controlplane.actor import actor_of
+from gateway.controlplane.middleware.admin import record_change
 from gateway.controlplane.projection import mutate_and_compile
 from gateway.credentials import CredentialsDisabled, Keyring, validate_credential, validate_rotation
 from gateway.credentials.bindings import SUBJECT_KINDS
@@ -48,7 +50,6 @@ SERVER_NAME = re.compile(r"[a-z0-9](?:[a-z0-9_-]{0,61}[a-z0-9])?")
 UUID_TEXT = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 MAX_SUBJECT = 1024
 """Longest subject selector value (a ``sub``, role or client id), in characters."""
-ADMIN_ACTOR = "admin"
 """``created_by`` of what the admin API creates: the admin token is its one principal."""
 _CREATE_FIELDS = frozenset({"name", "kind", "config", "secret"})
 _BINDING_FIELDS = frozenset({"server", "subject", "credential_id"})
@@ -122,9 +123,10 @@ async def create_credential(request: Request) -> Response:
             name=name,
             credential=credential,
             keyring=ring,
-            created_by=ADMIN_ACTOR,
+            created_by=actor_of(request).name,
         )
     log.info("credential %s created: kind %s, fingerprint %s", record["id"], record["kind"], record["fingerprint"])
+    record_change(request, kind="credential", resource_id=str(record["id"]), after=record)
     return JSONResponse(_shown(record, d.config.control_plane.public_url), status_code=201)
 
 
@@ -174,6 +176,7 @@ async def rotate_credential(request: Request) -> Response:
         ),
     )
     log.info("credential %s rotated: fingerprint %s", record["id"], record["fingerprint"])
+    record_change(request, kind="credential", resource_id=credential_id, before=current, after=record)
     return JSONResponse(_shown(record, d.config.control_plane.public_url))
 
 
@@ -193,6 +196,9 @@ async def revoke_credential(request: Request) -> Response:
     if tokens is not None:  # its OAuth tokens are dropped too
         tokens.invalidate(credential_id)
     log.info("credential %s revoked", credential_id)
+    record_change(
+        request, kind="credential", resource_id=credential_id, before={"id": credential_id, "status": "active"}
+    )
     return Response(status_code=204)
 
 
@@ -213,6 +219,7 @@ async def rewrap_credentials(request: Request) -> Response:
         result["rewrapped"],
         len(result["failed"]),
     )
+    record_change(request, kind="credentials_kek", resource_id=str(result["current_kek_id"]), after=result)
     return JSONResponse(result)
 
 
@@ -258,9 +265,10 @@ async def create_binding(request: Request) -> Response:
             subject_kind=kind,
             subject_value=value,
             credential_id=credential_id,
-            created_by=ADMIN_ACTOR,
+            created_by=actor_of(request).name,
         ),
     )
+    record_change(request, kind="credential_binding", resource_id=str(record["id"]), after=record)
     return JSONResponse(record, status_code=201)
 
 
@@ -293,6 +301,7 @@ async def delete_binding(request: Request) -> Response:
         d.notifier,
         lambda conn: db_credentials.delete_binding(conn, d.config.tenant, d.config.environment, binding_id),
     )
+    record_change(request, kind="credential_binding", resource_id=binding_id, before={"id": binding_id})
     return Response(status_code=204)
 
 

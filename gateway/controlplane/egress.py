@@ -11,8 +11,10 @@ certificate name (httpx's ``sni_hostname`` request extension), so DNS cannot ans
 differently between the check and the connection (DNS rebinding).
 
 The rule (:func:`allows_private`): discovered endpoints may reach non-public addresses only
-when the registered server itself is on one (an internal deployment; an admin registered
-it). Endpoints an admin configured on the credential are not guarded.
+when the registered server's URL itself names one, literally (an IP literal that is not
+public, or ``localhost``): an internal deployment an admin registered. Never decided from
+live DNS, which a hostile upstream controls. Endpoints an admin configured on the credential
+are not guarded.
 """
 
 from __future__ import annotations
@@ -36,10 +38,35 @@ class EgressRefused(CredentialUnavailable):
     """A discovered endpoint resolves to an address the gateway must not reach."""
 
 
+_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
+
+
+def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address carries: IPv4-mapped, NAT64 (RFC 6052, RFC 8215),
+    6to4 (RFC 3056), Teredo (RFC 4380, the client's), IPv4-compatible (deprecated)."""
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if any(address in net for net in _NAT64) or address in _IPV4_COMPATIBLE:
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address.teredo is not None:
+        return address.teredo[1]
+    return None
+
+
 def is_public(address: IPAddress) -> bool:
-    """True for a globally routable unicast address (IPv4-mapped IPv6 judged as its IPv4)."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    """True for a globally routable unicast address; an IPv6 address carrying an IPv4 one
+    (mapped, NAT64, 6to4, Teredo, compatible) is judged by both, and site-local is refused."""
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.is_site_local:
+            return False
+        embedded = _embedded_ipv4(address)
+        if embedded is not None and not is_public(embedded):
+            return False
+        if address.ipv4_mapped is not None:
+            return True
     return address.is_global and not address.is_multicast
 
 
@@ -77,21 +104,20 @@ async def public_addresses(host: str, port: int) -> list[IPAddress]:
     return found
 
 
-async def allows_private(server_url: str | None) -> bool:
-    """True when the registered server at ``server_url`` resolves, and to a non-public address:
-    then what its metadata names may be too."""
+def allows_private(server_url: str | None) -> bool:
+    """True when the registered server's URL names a non-public address literally (an IP
+    literal that is not public, or ``localhost``): then what its metadata names may be too.
+    Pure: never a DNS lookup (a hostile upstream's DNS could answer privately just then)."""
     try:
-        parts = urlsplit(server_url or "")
-        host, port = parts.hostname, parts.port
+        host = urlsplit(server_url or "").hostname
     except ValueError:
         return False
     if not host:
         return False
-    try:
-        found = await _resolve(host, port or (443 if parts.scheme == "https" else 80))
-    except EgressRefused:
-        return False
-    return not all(is_public(a) for a in found)
+    if host.lower() == "localhost":
+        return True
+    literal = _literal(host)
+    return literal is not None and not is_public(literal)
 
 
 class EgressTransport(BoundedTransport):

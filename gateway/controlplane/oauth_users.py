@@ -614,7 +614,7 @@ async def connect(request: Request) -> Response:
         if auth is None:
             if not server_url:
                 raise DiscoveryError("the server has no URL to discover its authorization server from")
-            allow_private = await allows_private(server_url)
+            allow_private = allows_private(server_url)
             auth = await discover(server_url, allow_private=allow_private)
         redirect = redirect_uri(public, pending.credential_id, auth.issuer)
         client = await _client_for(
@@ -662,22 +662,24 @@ async def callback(request: Request) -> Response:
         return bad
     d = deps(request)
     tenant, env = d.config.tenant, d.config.environment
+    # Only the browser that confirmed the connect can use its state up (its cookie's nonce).
+    nonces = [v for k, v in request.cookies.items() if k.startswith(COOKIE_PREFIX) and v][:16]
     async with d.pool.acquire() as conn:
-        pending = await db.finish_connect(conn, tenant, env, state, ring)
+        pending = await db.finish_connect(conn, tenant, env, state, ring, nonces)
+        elsewhere = pending is None and await db.state_pending(conn, tenant, env, state)
+    if elsewhere:
+        log.warning("connect: a callback reached a browser that did not confirm it")
+        return _page(
+            400,
+            "Not connected",
+            "This sign-in was started in another browser. Retry the tool call and use its link here.",
+        )
     if pending is None or pending.flow is None or pending.browser_hash is None:
         return bad
     flow = pending.flow
     if not isinstance(key, str) or not hmac.compare_digest(key, callback_key(pending.credential_id, flow.issuer)):
         log.warning("connect for credential %s: the answer reached another issuer's callback", pending.credential_id)
         return _page(400, "Not connected", "The answer came from another authorization server.")
-    cookie = request.cookies.get(_cookie_name(pending.key), "")
-    if not hmac.compare_digest(db.digest(cookie), pending.browser_hash):
-        log.warning("connect for credential %s: the callback reached another browser", pending.credential_id)
-        return _page(
-            400,
-            "Not connected",
-            "This sign-in was started in another browser. Retry the tool call and use its link here.",
-        )
     if params.get("error") or not code or len(code) > 4096:
         log.info("connect for credential %s: the authorization server refused", pending.credential_id)
         return _page(400, "Not connected", "The authorization was refused or cancelled. Retry the tool call.")
@@ -701,7 +703,7 @@ async def callback(request: Request) -> Response:
         if resource := _resource(config, server_url):
             extra["resource"] = resource
         where = f"credential {pending.credential_id}: token endpoint {urlsplit(flow.token_endpoint).hostname}"
-        allow_private = _allow_private_token_endpoint(config, flow.token_endpoint, await allows_private(server_url))
+        allow_private = _allow_private_token_endpoint(config, flow.token_endpoint, allows_private(server_url))
         answer = await _token_request(
             client,
             flow.token_endpoint,
@@ -814,6 +816,18 @@ async def refresh_shared(
             return tokens.access_token, tokens.access_expires_at
         if tokens is None or not tokens.refresh_token:
             break
+        # Everything but the token request happens before the lease is taken, so the lease
+        # covers one bounded request (TIMEOUT < REFRESH_LEASE) and the conditional store.
+        auth = AuthServer(tokens.issuer, "", tokens.token_endpoint)
+        try:
+            client = await _client_for(
+                pool, tenant, env, credential_id, config, secret, auth,
+                redirect_uri(public_url, credential_id, tokens.issuer), ring, register=False,
+            )  # fmt: skip
+        except CredentialUnavailable:  # the registered client is gone: the user connects again
+            async with pool.acquire() as conn:
+                await db.delete_tokens(conn, tenant, env, credential_id, subject, tokens.generation)
+            break
         async with pool.acquire() as conn:
             claimed = await db.claim_refresh(
                 conn, tenant, env, credential_id, subject, tokens.generation, REFRESH_LEASE, forced=force
@@ -822,9 +836,7 @@ async def refresh_shared(
             tokens = await _await_refresh(pool, tenant, env, credential_id, subject, ring, tokens.generation)
             continue
         try:
-            return await _refresh(
-                pool, tenant, env, public_url, credential_id, config, secret, server_url, subject, ring, tokens
-            )
+            return await _refresh(pool, tenant, env, credential_id, config, client, server_url, subject, ring, tokens)
         except _RefreshRefused:
             break
     async with pool.acquire() as conn:
@@ -860,10 +872,9 @@ async def _refresh(
     pool: Any,
     tenant: str,
     env: str,
-    public_url: str,
     credential_id: str,
     config: Mapping[str, Any],
-    secret: Mapping[str, Any],
+    client: _Client,
     server_url: str | None,
     subject: tuple[str, str],
     ring: Keyring,
@@ -872,16 +883,11 @@ async def _refresh(
     """Refresh under the lease taken at ``tokens.generation``; store or delete conditionally."""
     assert tokens.refresh_token is not None
     where = f"credential {credential_id}: token endpoint {urlsplit(tokens.token_endpoint).hostname}"
-    auth = AuthServer(tokens.issuer, "", tokens.token_endpoint)
     try:
-        client = await _client_for(
-            pool, tenant, env, credential_id, config, secret, auth,
-            redirect_uri(public_url, credential_id, tokens.issuer), ring, register=False,
-        )  # fmt: skip
         extra: dict[str, str] = {}
         if resource := _resource(config, server_url):
             extra["resource"] = resource
-        allow_private = _allow_private_token_endpoint(config, tokens.token_endpoint, await allows_private(server_url))
+        allow_private = _allow_private_token_endpoint(config, tokens.token_endpoint, allows_private(server_url))
         answer = await _token_request(
             client,
             tokens.token_endpoint,
@@ -893,9 +899,7 @@ async def _refresh(
         )
         fresh = _tokens(answer, tokens.issuer, tokens.token_endpoint, tokens.refresh_token)
     except CredentialUnavailable as exc:
-        refused = exc.oauth_error in ("invalid_grant", "invalid_client", "unauthorized_client") or (
-            "no registered client" in str(exc)
-        )
+        refused = exc.oauth_error in ("invalid_grant", "invalid_client", "unauthorized_client")
         async with pool.acquire() as conn:
             if refused:
                 log.info("%s: refresh refused (%s); the user must connect again", where, exc.oauth_error)

@@ -19,6 +19,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.controlplane._http import MAX_BIGINT, MAX_JSON_BODY, MAX_TEXT
+from gateway.controlplane.actor import ROLES
+from gateway.controlplane.replay import DEFAULT_LIMIT as REPLAY_DEFAULT_LIMIT
+from gateway.controlplane.replay import MAX_LIMIT as REPLAY_MAX_LIMIT
 from gateway.credentials import KINDS
 
 __all__ = ["OPENAPI_PATH", "get_openapi", "openapi_document"]
@@ -258,7 +261,9 @@ _SCHEMAS: dict[str, Any] = {
     "ApprovalOptions": {
         "type": "object",
         "additionalProperties": False,
+        "required": ["comment"],
         "properties": {
+            "comment": _ref("ApprovalComment"),
             "trust_stdio": {
                 "type": "boolean",
                 "description": "Required (true) to approve a `stdio` server: confirms that its command is trusted "
@@ -270,6 +275,107 @@ _SCHEMAS: dict[str, Any] = {
                 "instead of the server's `everyone` binding (docs/credentials.md).",
             },
         },
+    },
+    "ApprovalComment": {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": 2000,
+        "pattern": "\\S",
+        "description": "Why this is approved (required; recorded with the approval and in the control-plane trail).",
+    },
+    "Approval": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["comment"],
+        "properties": {"comment": _ref("ApprovalComment")},
+    },
+    "WhoAmI": {
+        "type": "object",
+        "required": ["subject", "issuer", "roles", "bootstrap", "decision_id"],
+        "properties": {
+            "subject": {"type": "string"},
+            "issuer": {"type": "string"},
+            "roles": {"type": "array", "items": {"type": "string"}},
+            "bootstrap": {"type": "boolean"},
+            "decision_id": {"type": ["string", "null"]},
+        },
+    },
+    "RoleGrantCreate": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["subject", "role", "comment"],
+        "properties": {
+            "subject": {"type": "string", "minLength": 1, "maxLength": 1024, "pattern": "\\S"},
+            "issuer": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 2048,
+                "description": "Default: the admin issuer.",
+            },
+            "role": {"type": "string", "enum": list(ROLES)},
+            "comment": _ref("ApprovalComment"),
+        },
+    },
+    "RoleGrant": {
+        "type": "object",
+        "required": ["id", "issuer", "subject", "role", "granted_by", "comment", "granted_at"],
+        "properties": {
+            "id": _UUID,
+            "issuer": {"type": "string"},
+            "subject": {"type": "string"},
+            "role": {"type": "string", "enum": list(ROLES)},
+            "granted_by": {"type": "string"},
+            "comment": {"type": "string"},
+            "granted_at": TIMESTAMP,
+        },
+    },
+    "RoleGrantList": {
+        "type": "object",
+        "required": ["items"],
+        "properties": {"items": {"type": "array", "items": _ref("RoleGrant")}},
+    },
+    "ControlPlaneAuditRow": {
+        "type": "object",
+        "description": "One admin request: who, the action, the control-plane policy's decision, the status; for a "
+        "change the resource, comment and SHA-256 of its canonical JSON before and after.",
+        "required": [
+            "id",
+            "timestamp",
+            "actor",
+            "actor_issuer",
+            "roles",
+            "action",
+            "method",
+            "path",
+            "allowed",
+            "reasons",
+            "status",
+        ],
+        "properties": {
+            "id": {"type": "integer"},
+            "timestamp": TIMESTAMP,
+            "request_id": {"type": ["string", "null"]},
+            "actor": {"type": "string"},
+            "actor_issuer": {"type": "string"},
+            "roles": {"type": "array", "items": {"type": "string"}},
+            "action": {"type": "string"},
+            "method": {"type": "string"},
+            "path": {"type": "string"},
+            "decision_id": {"type": ["string", "null"]},
+            "allowed": {"type": "boolean"},
+            "reasons": {"type": "array", "items": {"type": "string"}},
+            "status": {"type": "integer"},
+            "resource_kind": {"type": ["string", "null"]},
+            "resource_id": {"type": ["string", "null"]},
+            "comment": {"type": ["string", "null"]},
+            "before_sha256": {"type": ["string", "null"]},
+            "after_sha256": {"type": ["string", "null"]},
+        },
+    },
+    "ControlPlaneAuditPage": {
+        "type": "object",
+        "required": ["items"],
+        "properties": {"items": {"type": "array", "items": _ref("ControlPlaneAuditRow")}},
     },
     "Tool": {
         "type": "object",
@@ -383,8 +489,10 @@ _SCHEMAS: dict[str, Any] = {
                 "type": "object",
                 "minProperties": 1,
                 "maxProperties": 200,
-                "description": "Rego sources by file name (no `..`, no leading `/`, not `*_test.rego`); "
-                "1 MiB in total; checked with `opa check` against the restricted capabilities.",
+                "description": "Rego sources by file name (no `..`, no leading `/`); 1 MiB in total. Files named "
+                "`*_test.rego` are the version's tests: checked, run with `opa test` and coverage on upload, stored "
+                "as `tests` and never bundled. At least one file must not be a test. Everything is checked with "
+                "`opa check --strict` against the restricted capabilities and the schemas.",
                 "propertyNames": {"pattern": "^[A-Za-z0-9_./-]+\\.rego$"},
                 "additionalProperties": {"type": "string", "pattern": NO_NUL},
             },
@@ -402,16 +510,318 @@ _SCHEMAS: dict[str, Any] = {
             "status": {"type": "string", "enum": ["pending_approval", "active", "superseded"]},
             "created_at": TIMESTAMP,
             "approved_at": NULLABLE_TIMESTAMP,
-            "files": {"type": "array", "items": {"type": "string"}},
+            "files": {"type": "array", "items": {"type": "string"}, "description": "The bundled modules."},
+            "test_files": {"type": "array", "items": {"type": "string"}, "description": "The `*_test.rego` files."},
+            "created_by": {"type": "string", "description": "Who uploaded it."},
             "modules": {
                 "type": "object",
                 "additionalProperties": {"type": "string"},
                 "description": "Only in `GET /v1/policies/{version}`.",
             },
+            "tests": {
+                "type": "object",
+                "additionalProperties": {"type": "string"},
+                "description": "Only in `GET /v1/policies/{version}`: the test modules' sources.",
+            },
             "data": {"type": ["object", "null"], "description": "Not in the list."},
+            "checks": {
+                "anyOf": [_ref("PolicyChecks"), {"type": "null"}],
+                "description": "What the upload's checks found; null for versions uploaded before checks were "
+                "stored. The list shows a summary (no `failures`, coverage `files`, `fmt.diff` or `check`).",
+            },
+            "gate": _ref("PolicyGate"),
+            "replay": {
+                "anyOf": [_ref("ReplayApproval"), {"type": "null"}],
+                "description": "Only in `GET /v1/policies/{version}`: the latest finished replay of this version "
+                "against recorded decisions (`POST /v1/policies/{version}/replay`), null when none finished.",
+            },
             "projection_version": {
                 **NULLABLE_VERSION,
                 "description": "Only in the approval answer; null when the version was already active.",
+            },
+        },
+    },
+    "ReplayRequest": {
+        "type": "object",
+        "additionalProperties": False,
+        "description": "Which recorded decisions (OPA decision logs at `gateway_runtime/main/call`) to replay, "
+        "the newest first; every member is optional and the body may be empty.",
+        "properties": {
+            "since": {
+                "type": ["string", "null"],
+                "format": "date-time",
+                "description": "Inclusive lower bound on the decision's timestamp (RFC 3339, with zone).",
+            },
+            "until": {
+                "type": ["string", "null"],
+                "format": "date-time",
+                "description": "Exclusive upper bound on the decision's timestamp (RFC 3339, with zone).",
+            },
+            "limit": {
+                "type": ["integer", "null"],
+                "minimum": 1,
+                "maximum": REPLAY_MAX_LIMIT,
+                "default": REPLAY_DEFAULT_LIMIT,
+                "description": "At most this many decisions.",
+            },
+        },
+    },
+    "ReplayFlips": {
+        "type": "object",
+        "required": ["allow_to_deny", "deny_to_allow"],
+        "properties": {
+            "allow_to_deny": {"type": "integer", "minimum": 0},
+            "deny_to_allow": {"type": "integer", "minimum": 0},
+        },
+    },
+    "ReplaySummary": {
+        "type": "object",
+        "description": 'The outcome of a replay (README "Decision replay"). Groups are keyed by tool name, '
+        "subject (`sub`) and reason (the candidate's for a new deny, the original's for a lifted one); "
+        "`(none)` when absent.",
+        "required": ["total", "evaluated", "unchanged", "flips", "flipped", "errors", "sentence"],
+        "properties": {
+            "total": {"type": "integer", "description": "Decisions replayed."},
+            "evaluated": {"type": "integer", "description": "Decisions OPA evaluated (total minus errors)."},
+            "unchanged": {"type": "integer"},
+            "flips": _ref("ReplayFlips"),
+            "subjects": {**_ref("ReplayFlips"), "description": "Distinct subjects per direction."},
+            "tools": {**_ref("ReplayFlips"), "description": "Distinct tools per direction."},
+            "by_tool": {"type": "object", "additionalProperties": _ref("ReplayFlips")},
+            "by_subject": {"type": "object", "additionalProperties": _ref("ReplayFlips")},
+            "by_reason": {"type": "object", "additionalProperties": _ref("ReplayFlips")},
+            "flipped": {
+                "type": "array",
+                "description": "Each flip (the first 1000, newest first).",
+                "items": {
+                    "type": "object",
+                    "required": ["decision_id", "timestamp", "direction", "original", "candidate"],
+                    "properties": {
+                        "decision_id": {"type": "string"},
+                        "timestamp": TIMESTAMP,
+                        "direction": {"type": "string", "enum": ["allow_to_deny", "deny_to_allow"]},
+                        "action": {"type": ["string", "null"]},
+                        "subject": {"type": ["string", "null"]},
+                        "server": {"type": ["string", "null"]},
+                        "tool": {"type": ["string", "null"]},
+                        "original": {"type": "object", "description": "`{allow, reasons}` as logged."},
+                        "candidate": {"type": "object", "description": "`{allow, reasons}` of the candidate."},
+                    },
+                },
+            },
+            "flipped_truncated": {"type": "boolean"},
+            "invalid_decisions": {
+                "type": "integer",
+                "description": "Inputs for which the candidate's decision was undefined or malformed (a deny).",
+            },
+            "errors": {
+                "type": "object",
+                "description": "Inputs OPA could not evaluate (not flips); the first 100 listed.",
+                "required": ["count", "items"],
+                "properties": {
+                    "count": {"type": "integer"},
+                    "items": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "properties": {"decision_id": {"type": "string"}, "message": {"type": "string"}},
+                        },
+                    },
+                },
+            },
+            "original_revisions": {
+                "type": "object",
+                "additionalProperties": {"type": "integer"},
+                "description": "How many replayed decisions each bundle revision had made.",
+            },
+            "erased_fields": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "JSON pointers the decision-log mask erased (absent in replay).",
+            },
+            "sentence": {"type": "string", "description": "The summary in one sentence."},
+        },
+    },
+    "Replay": {
+        "type": "object",
+        "required": ["replay_id", "policy_version", "status", "total", "done", "created_by", "created_at"],
+        "properties": {
+            "replay_id": _UUID,
+            "policy_version": VERSION,
+            "baseline_version": {**NULLABLE_VERSION, "description": "The active version when it started."},
+            "status": {"type": "string", "enum": ["running", "done", "failed"]},
+            "since": NULLABLE_TIMESTAMP,
+            "until": NULLABLE_TIMESTAMP,
+            "limit": {"type": "integer"},
+            "created_by": {"type": "string", "description": "Who started it."},
+            "created_at": TIMESTAMP,
+            "heartbeat_at": TIMESTAMP,
+            "finished_at": NULLABLE_TIMESTAMP,
+            "total": {"type": ["integer", "null"], "description": "Decisions selected; null until counted."},
+            "done": {"type": "integer", "description": "Decisions replayed so far."},
+            "error": {"type": ["string", "null"], "description": "Why it failed."},
+            "summary": {
+                "anyOf": [_ref("ReplaySummary"), {"type": "null"}],
+                "description": "Only in `GET .../replays/{id}`; null until done.",
+            },
+            "flips": {"anyOf": [_ref("ReplayFlips"), {"type": "null"}], "description": "Only in the list."},
+            "sentence": {"type": ["string", "null"], "description": "Only in the list."},
+        },
+    },
+    "ReplayList": {
+        "type": "object",
+        "required": ["items"],
+        "properties": {"items": {"type": "array", "items": _ref("Replay")}},
+    },
+    "ReplayApproval": {
+        "type": "object",
+        "description": "The latest finished replay, as the approval view shows it.",
+        "required": ["replay_id", "finished_at", "created_by", "total", "flips", "sentence"],
+        "properties": {
+            "replay_id": _UUID,
+            "finished_at": NULLABLE_TIMESTAMP,
+            "created_by": {"type": "string"},
+            "baseline_version": NULLABLE_VERSION,
+            "since": NULLABLE_TIMESTAMP,
+            "until": NULLABLE_TIMESTAMP,
+            "total": {"type": "integer"},
+            "flips": _ref("ReplayFlips"),
+            "subjects": _ref("ReplayFlips"),
+            "tools": _ref("ReplayFlips"),
+            "errors": {"type": "integer"},
+            "sentence": {"type": "string"},
+        },
+    },
+    "PolicyChecks": {
+        "type": "object",
+        "description": 'Stored with the version at upload (README "Tested policy versions").',
+        "properties": {
+            "check": {
+                "type": "object",
+                "properties": {
+                    "strict": {"type": "boolean"},
+                    "capabilities_sha256": {"type": "string"},
+                    "schemas": {"type": ["string", "null"], "description": "The schema directory used, or null."},
+                    "input_schema": {
+                        "type": ["string", "null"],
+                        "description": "`decision_input` when it typed `input` of modules naming no schema.",
+                    },
+                },
+            },
+            "fmt": {
+                "type": "object",
+                "description": "Files `opa fmt` would change: a warning only.",
+                "properties": {
+                    "files": {"type": "array", "items": {"type": "string"}},
+                    "diff": {"type": "string", "description": "Unified diff to the formatted text (64 KiB at most)."},
+                    "truncated": {"type": "boolean"},
+                    "error": {"type": "string"},
+                },
+            },
+            "tests": {
+                "type": ["object", "null"],
+                "description": "null without test modules. `status` `error`: the run did not complete (`message`).",
+                "required": ["status", "total", "passed", "failed", "errors", "skipped"],
+                "properties": {
+                    "status": {"type": "string", "enum": ["passed", "failed", "error"]},
+                    "message": {"type": ["string", "null"]},
+                    "total": {"type": "integer", "minimum": 0},
+                    "passed": {"type": "integer", "minimum": 0},
+                    "failed": {"type": "integer", "minimum": 0},
+                    "errors": {"type": "integer", "minimum": 0},
+                    "skipped": {"type": "integer", "minimum": 0, "description": "`todo_` tests."},
+                    "failures": {
+                        "type": "array",
+                        "description": "At most 100, by file and line.",
+                        "items": {
+                            "type": "object",
+                            "required": ["name", "file", "line", "kind"],
+                            "properties": {
+                                "name": {"type": "string", "description": "e.g. `data.gateway_test.test_x`."},
+                                "file": {"type": "string"},
+                                "line": {"type": "integer"},
+                                "kind": {"type": "string", "enum": ["fail", "error"]},
+                                "message": {"type": ["string", "null"], "description": "OPA's, for an error."},
+                                "duration_ms": {"type": "number", "description": "How long the test ran."},
+                            },
+                        },
+                    },
+                    "failures_truncated": {"type": "boolean"},
+                },
+            },
+            "coverage": {
+                "type": ["object", "null"],
+                "description": "Of the version's own modules (not tests, not reserved Rego); null without tests or "
+                "when a test failed (OPA measures it only when every test passes).",
+                "required": ["percent"],
+                "properties": {
+                    "percent": {"type": ["number", "null"], "minimum": 0, "maximum": 100},
+                    "covered_lines": {"type": "integer", "minimum": 0},
+                    "not_covered_lines": {"type": "integer", "minimum": 0},
+                    "files": {"type": "object", "additionalProperties": {"type": "object"}},
+                    "error": {"type": "string"},
+                },
+            },
+        },
+    },
+    "PolicyGate": {
+        "type": "object",
+        "description": "The approval gate judged now (config `policy_gate`) against the stored checks.",
+        "required": ["passed", "reasons", "min_coverage", "tests_pass"],
+        "properties": {
+            "passed": {"type": "boolean"},
+            "reasons": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "What failed, e.g. `coverage 42.0 % < 80 %`, `2 tests failing`.",
+            },
+            "min_coverage": {"type": "number", "minimum": 0, "maximum": 100},
+            "tests_pass": {"type": "boolean"},
+        },
+    },
+    "PolicyDiff": {
+        "type": "object",
+        "required": ["from", "to", "modules", "unchanged", "data", "summary"],
+        "properties": {
+            "from": VERSION,
+            "to": VERSION,
+            "modules": {
+                "type": "array",
+                "description": "Changed files (modules and tests), by name.",
+                "items": {
+                    "type": "object",
+                    "required": ["file", "test", "status", "diff"],
+                    "properties": {
+                        "file": {"type": "string"},
+                        "test": {"type": "boolean"},
+                        "status": {"type": "string", "enum": ["added", "removed", "changed"]},
+                        "diff": {
+                            "type": "string",
+                            "description": "Unified diff, headers `a/<file>` and `b/<file>` (`/dev/null` when absent).",
+                        },
+                    },
+                },
+            },
+            "unchanged": {"type": "array", "items": {"type": "string"}},
+            "data": {
+                "type": "object",
+                "required": ["changed", "patch", "text"],
+                "properties": {
+                    "changed": {"type": "boolean"},
+                    "patch": {
+                        "type": "array",
+                        "items": {"type": "object"},
+                        "description": "RFC 6902 JSON Patch turning a's data into b's (null data counts as {}).",
+                    },
+                    "text": {"type": "string", "description": "One line per operation."},
+                },
+            },
+            "summary": {
+                "type": "object",
+                "properties": {
+                    k: {"type": "integer", "minimum": 0}
+                    for k in ("added", "removed", "changed", "unchanged", "data_operations")
+                },
             },
         },
     },
@@ -429,7 +839,14 @@ _SCHEMAS: dict[str, Any] = {
             "active_version": NULLABLE_VERSION,
             "policy_version": NULLABLE_VERSION,
             "data_planes": {"type": "array", "items": {"type": "object", "required": ["id", "state", "live"]}},
-            "opa": {"type": "array", "items": {"type": "object", "required": ["id", "state", "live"]}},
+            "opa": {
+                "type": "array",
+                "description": "One entry per OPA, from its status reports. `state` `error` with `code` "
+                "`bundle_error` and `message` (e.g. `.manifest: digest mismatch ...`, `verification key "
+                "corresponding to ID k1 not found`, `bundle missing .signatures.json file`): OPA refused the newest "
+                "bundle and keeps `active_version`, its last good one (docs/signed-bundles.md).",
+                "items": {"type": "object", "required": ["id", "state", "live"]},
+            },
         },
     },
     "Decision": {
@@ -715,6 +1132,79 @@ _SCHEMAS: dict[str, Any] = {
         "required": ["items"],
         "properties": {"items": {"type": "array", "items": _ref("Binding")}},
     },
+    "ApiKeyCreate": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["subject"],
+        "description": "A key for a machine agent. Give `expires_at` or `ttl`, not both; default 90 days, at most "
+        "366 days ahead.",
+        "properties": {
+            "subject": {**_text(), "minLength": 1, "description": "The subject the key authenticates as."},
+            "roles": {
+                "type": "array",
+                "maxItems": 64,
+                "items": {**_text(256), "minLength": 1},
+                "description": "`subject.roles` in the policy input.",
+            },
+            "expires_at": {"type": "string", "format": "date-time", "description": "RFC 3339, with zone."},
+            "ttl": {"type": "integer", "minimum": 1, "maximum": 366 * 86400, "description": "Seconds from now."},
+            "description": _text(),
+        },
+    },
+    "ApiKey": {
+        "type": "object",
+        "required": [
+            "id",
+            "subject",
+            "roles",
+            "description",
+            "created_by",
+            "created_at",
+            "expires_at",
+            "revoked_at",
+            "revoked_by",
+            "status",
+        ],
+        "description": "An API key's metadata: never the key, never its hash.",
+        "properties": {
+            "id": {"type": "string", "pattern": "^[0-9a-f]{16}$"},
+            "subject": {"type": "string"},
+            "roles": {"type": "array", "items": {"type": "string"}},
+            "description": {"type": "string"},
+            "created_by": {"type": "string"},
+            "created_at": TIMESTAMP,
+            "expires_at": TIMESTAMP,
+            "revoked_at": {"type": ["string", "null"], "format": "date-time"},
+            "revoked_by": {"type": ["string", "null"]},
+            "status": {"type": "string", "enum": ["active", "expired", "revoked"]},
+            "projection_version": {
+                "type": "integer",
+                "description": "Create and revoke: the projection that carries the change; data planes accept "
+                "(or refuse) the key once they run it.",
+            },
+        },
+    },
+    "ApiKeyCreated": {
+        "allOf": [
+            _ref("ApiKey"),
+            {
+                "type": "object",
+                "required": ["key", "projection_version"],
+                "properties": {
+                    "key": {
+                        "type": "string",
+                        "pattern": "^gwk_[0-9a-f]{16}_[A-Za-z0-9_-]{43}$",
+                        "description": "The key, shown this once (`Authorization: Bearer <key>` on the data plane).",
+                    }
+                },
+            },
+        ]
+    },
+    "ApiKeyList": {
+        "type": "object",
+        "required": ["items"],
+        "properties": {"items": {"type": "array", "items": _ref("ApiKey")}},
+    },
     "DecisionPage": {
         "type": "object",
         "required": ["items", "next_cursor"],
@@ -730,12 +1220,16 @@ _RESPONSES: dict[str, Any] = {
     for name, text in {
         "BadRequest": "Malformed input: `bad_request` (or a more specific category) naming the parameter.",
         "Unauthorized": "Missing or wrong bearer token (`admin_unauthenticated`, `WWW-Authenticate: Bearer`).",
+        "AdminForbidden": "The control-plane policy refused the request (`admin_forbidden`): no role of the caller "
+        "grants the action, or four-eyes (an approver approving what they wrote); the message has the reasons.",
         "NotFound": "No such record in this control plane's scope (`not_found`).",
         "Conflict": "The record already exists, or is in the wrong state (`conflict`).",
+        "PolicyGateFailed": "The version fails the approval gate (`policy_gate_failed`); the message names what "
+        "failed, e.g. `coverage 42.0 % < 80 %; 2 tests failing`. Nothing changed.",
         "BadGateway": "The upstream could not be listed (`upstream_unavailable`, `upstream_protocol_error`).",
         "GatewayTimeout": "Listing the upstream's tools timed out (`upstream_timeout`).",
-        "ServiceUnavailable": "PostgreSQL is unreachable or restarting (`database_unavailable`); retry after "
-        "`Retry-After` seconds. Nothing was changed.",
+        "ServiceUnavailable": "PostgreSQL is unreachable or restarting (`database_unavailable`), or the control "
+        "plane's own OPA is (`policy_unavailable`); retry after `Retry-After` seconds. Nothing was changed.",
         "CredentialsUnavailable": "No key-encryption key is configured (`credentials_unavailable`: set "
         "`GATEWAY_CREDENTIALS_KEK_FILE` or `GATEWAY_CREDENTIALS_KEK`), or PostgreSQL is unreachable "
         "(`database_unavailable`). Nothing was changed.",
@@ -779,6 +1273,8 @@ def _op(
         "security": _OPA if opa else _INTERNAL if internal else _ADMIN,
         "responses": {**responses, "401": _error("Unauthorized"), "503": _error("ServiceUnavailable")},
     }
+    if not internal:  # every admin request is decided by the control-plane policy
+        op["responses"].setdefault("403", _error("AdminForbidden"))
     if parameters:
         op["parameters"] = parameters
     if body is not None:
@@ -786,6 +1282,12 @@ def _op(
         op["requestBody"] = {"required": True, "content": {"application/json": {"schema": schema}}}
     if internal:
         op["x-internal"] = True
+    return op
+
+
+def _optional_body(op: dict[str, Any]) -> dict[str, Any]:
+    """``op`` with its request body optional (an empty body means every default)."""
+    op["requestBody"]["required"] = False
     return op
 
 
@@ -886,6 +1388,58 @@ _PATHS: dict[str, Any] = {
             "responses": {"200": _HTML_PAGE, "400": _HTML_PAGE},
         }
     },
+    "/v1/admin/whoami": {
+        "get": _op(
+            "whoAmI",
+            "admin",
+            "The caller as the control plane sees it: subject, issuer, roles, and this request's decision id.",
+            {"200": _json(_ref("WhoAmI"), "The caller.")},
+        )
+    },
+    "/v1/admin/roles": {
+        "get": _op(
+            "listRoleGrants",
+            "admin",
+            "Roles granted by the control plane (besides a JWT's roles claim), oldest first.",
+            {"200": _json(_ref("RoleGrantList"), "The grants.")},
+        ),
+        "post": _op(
+            "grantRole",
+            "admin",
+            "Grant a role to a subject of an admin issuer (effective on their next request).",
+            {
+                "201": _json(_ref("RoleGrant"), "Granted."),
+                "400": _error("BadRequest"),
+                "409": _error("Conflict"),
+            },
+        )
+        | {"requestBody": {"required": True, "content": {"application/json": {"schema": _ref("RoleGrantCreate")}}}},
+    },
+    "/v1/admin/roles/{id}": {
+        "delete": _op(
+            "revokeRoleGrant",
+            "admin",
+            "Revoke a role grant.",
+            {"200": _json(_ref("RoleGrant"), "The revoked grant."), "404": _error("NotFound")},
+            parameters=[_path("id", _UUID, "The grant id.")],
+        )
+    },
+    "/v1/audit/control-plane": {
+        "get": _op(
+            "listControlPlaneAudit",
+            "audit",
+            "Every admin request with its decision id, newest first (docs/admin-identity.md).",
+            {"200": _json(_ref("ControlPlaneAuditPage"), "The rows."), "400": _error("BadRequest")},
+            parameters=[
+                _query("actor", _text(1024), "Only this actor."),
+                _query("action", _text(128), "Only this action, e.g. `policies.approve`."),
+                _query("changes", {"type": "string", "enum": ["true", "false"]}, "Only rows naming a resource."),
+                _query("since", {"type": "string", "format": "date-time"}, "RFC 3339, inclusive."),
+                _query("until", {"type": "string", "format": "date-time"}, "RFC 3339, exclusive."),
+                _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "At most this many (100)."),
+            ],
+        )
+    },
     "/v1/control-plane/scope": {
         "get": _op(
             "getScope",
@@ -943,8 +1497,8 @@ _PATHS: dict[str, Any] = {
         )
         | {
             "requestBody": {
-                "required": False,
-                "description": 'None for HTTP transports; `{"trust_stdio": true}` for a `stdio` server (400 without);'
+                "required": True,
+                "description": 'A `comment` (required); `{"trust_stdio": true}` for a `stdio` server (400 without);'
                 " `discovery_credential` for an upstream that needs a credential and has no `everyone` binding.",
                 "content": {"application/json": {"schema": _ref("ApprovalOptions")}},
             }
@@ -978,7 +1532,8 @@ _PATHS: dict[str, Any] = {
         "post": _op(
             "uploadPolicy",
             "policies",
-            "Upload a policy version; compiled with `opa check` before anything is stored.",
+            "Upload a policy version with its tests: `opa check --strict` (a failure stores nothing), `opa fmt` "
+            "(a warning), `opa test` with coverage (stored with the version).",
             {
                 "201": _json(_ref("PolicyVersion"), "Stored, pending approval."),
                 "400": _error("BadRequest"),
@@ -990,7 +1545,7 @@ _PATHS: dict[str, Any] = {
         "get": _op(
             "getPolicy",
             "policies",
-            "One policy version with its modules and data.",
+            "One policy version with its modules, tests, data, checks and gate.",
             {
                 "200": _json(_ref("PolicyVersion"), "The version."),
                 "400": _error("BadRequest"),
@@ -1003,13 +1558,84 @@ _PATHS: dict[str, Any] = {
         "post": _op(
             "approvePolicy",
             "policies",
-            "Make the version active (an older one: rollback) and compile a projection.",
+            "Make the version active (an older one: rollback) and compile a projection; a version that fails "
+            "the approval gate is refused (409).",
             {
                 "200": _json(_ref("PolicyVersion"), "Active."),
                 "400": _error("BadRequest"),
                 "404": _error("NotFound"),
+                "409": _error("PolicyGateFailed"),
             },
             parameters=[_VERSION_PARAM],
+        )
+        | {
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": _ref("Approval")}},
+            }
+        }
+    },
+    "/v1/policies/{a}/diff/{b}": {
+        "get": _op(
+            "diffPolicies",
+            "policies",
+            "What changes from version a to version b: per-file unified diffs and the data as a JSON Patch.",
+            {
+                "200": _json(_ref("PolicyDiff"), "The diff."),
+                "400": _error("BadRequest"),
+                "404": _error("NotFound"),
+            },
+            parameters=[
+                _path("a", VERSION, "The version to compare from."),
+                _path("b", VERSION, "The version to compare to."),
+            ],
+        )
+    },
+    "/v1/policies/{version}/replay": {
+        "post": _optional_body(
+            _op(
+                "replayPolicy",
+                "policies",
+                "Replay recorded decisions against this version in the background (one replay at a time per scope).",
+                {
+                    "202": {
+                        **_json(_ref("Replay"), "Started; poll the `Location`."),
+                        "headers": {
+                            "Location": {
+                                "description": "`/v1/policies/{version}/replays/{replay_id}`.",
+                                "schema": {"type": "string"},
+                            }
+                        },
+                    },
+                    "400": _error("BadRequest"),
+                    "404": _error("NotFound"),
+                    "409": _error("Conflict"),
+                },
+                parameters=[_VERSION_PARAM],
+                body="ReplayRequest",
+            )
+        )
+    },
+    "/v1/policies/{version}/replays": {
+        "get": _op(
+            "listReplays",
+            "policies",
+            "The replays of this version, newest first (at most 100), without their summaries.",
+            {"200": _json(_ref("ReplayList"), "The replays."), "400": _error("BadRequest")},
+            parameters=[_VERSION_PARAM],
+        )
+    },
+    "/v1/policies/{version}/replays/{id}": {
+        "get": _op(
+            "getReplay",
+            "policies",
+            "One replay: its progress (`total`, `done`) while running, its summary when done.",
+            {
+                "200": _json(_ref("Replay"), "The replay."),
+                "400": _error("BadRequest"),
+                "404": _error("NotFound"),
+            },
+            parameters=[_VERSION_PARAM, _path("id", _UUID, "The replay's id.")],
         )
     },
     "/v1/projection": {
@@ -1162,11 +1788,42 @@ _PATHS: dict[str, Any] = {
             parameters=[_path("id", _UUID, "The binding's id.")],
         )
     },
+    "/v1/api-keys": {
+        "get": _op(
+            "listApiKeys",
+            "api-keys",
+            "Every API key's metadata (expired and revoked ones too), oldest first; never a key or a hash.",
+            {"200": _json(_ref("ApiKeyList"), "The keys.")},
+        ),
+        "post": _op(
+            "createApiKey",
+            "api-keys",
+            "Create an API key for a machine agent: bound to a subject, roles and an expiry. The key is in this "
+            "answer only (`Cache-Control: no-store`); only its argon2id hash is stored.",
+            {"201": _json(_ref("ApiKeyCreated"), "Created."), "400": _error("BadRequest")},
+            body="ApiKeyCreate",
+        ),
+    },
+    "/v1/api-keys/{id}": {
+        "delete": _op(
+            "revokeApiKey",
+            "api-keys",
+            "Revoke a key: data planes refuse it from the returned `projection_version` on.",
+            {
+                "200": _json(_ref("ApiKey"), "Revoked."),
+                "400": _error("BadRequest"),
+                "404": _error("NotFound"),
+                "409": _error("Conflict"),
+            },
+            parameters=[_path("id", {"type": "string", "pattern": "^[0-9a-f]{16}$"}, "The key's id.")],
+        )
+    },
     "/v1/opa/bundles/{name}": {
         "get": _op(
             "getBundle",
             "internal",
-            "OPA's bundle protocol: the gzipped bundle, or 304, long-polled.",
+            "OPA's bundle protocol: the gzipped bundle, signed (`.signatures.json`, docs/signed-bundles.md), "
+            "or 304, long-polled.",
             {
                 "200": {
                     "description": "The bundle.",
@@ -1311,7 +1968,9 @@ _DOCUMENT: dict[str, Any] = {
         {"name": "policies"},
         {"name": "projection"},
         {"name": "audit"},
+        {"name": "admin", "description": "Admin identity: who am I, role grants (docs/admin-identity.md)."},
         {"name": "credentials", "description": "Write-only upstream credentials and their bindings."},
+        {"name": "api-keys", "description": "API keys: data-plane credentials of machine agents."},
         {"name": "oauth", "description": "Per-user OAuth connect pages, opened in a user's browser (no token)."},
         {
             "name": "internal",

@@ -11,10 +11,11 @@ import anyio
 import asyncpg
 
 from gateway.config import Config
-from gateway.controlplane.bundle import build_bundle, bundle_data
+from gateway.controlplane.bundle import build_bundle, bundle_data, signature_problem
 from gateway.controlplane.notifier import ProjectionNotifier
-from gateway.db import credentials, instances, policies, projections, servers
+from gateway.db import api_keys, credentials, instances, policies, projections, servers
 from gateway.db.projections import StoredProjection
+from gateway.policy.bundle_signing import BundleSigner, load_signer
 from gateway.policy.reserved import capabilities_summary, load_reserved_modules
 
 __all__ = ["compile_projection", "ensure_initial_projection", "mutate_and_compile", "projection_status", "revision_of"]
@@ -30,13 +31,21 @@ def revision_of(version: int, policy_version: int | None) -> str:
 
 
 async def compile_projection(
-    conn: asyncpg.Connection, config: Config, reserved_modules: Mapping[str, str]
+    conn: asyncpg.Connection,
+    config: Config,
+    reserved_modules: Mapping[str, str],
+    signer: BundleSigner | None = None,
 ) -> StoredProjection:
     """Compile and store the next projection from the current approved state.
 
     Must run inside a transaction that already holds :func:`projections.lock_compiler`,
     so versions are assigned in commit order. ``NOTIFY gateway_projection`` is sent
-    when that transaction commits.
+    when that transaction commits. The bundle is signed at compile time with ``signer``
+    (default :func:`~gateway.policy.bundle_signing.load_signer`), so it is stored and served
+    signed.
+
+    Raises:
+        SigningKeyError: The signing key cannot be loaded (nothing is stored then).
 
     Returns:
         The stored projection (with its bundle).
@@ -57,6 +66,9 @@ async def compile_projection(
         "tenant": tenant,
         "environment": env,
         "servers": [{**srv, "credentials": bindings.get(srv["name"], [])} for srv in approved],
+        # Live API keys (id, subject, roles, argon2id hash, expiry; never a key): data planes
+        # verify keys against it, and a revoked key is gone from the next projection.
+        "api_keys": await api_keys.projection_api_keys(conn, tenant, env),
     }
     data = bundle_data(
         version=version,
@@ -72,6 +84,7 @@ async def compile_projection(
         policy_modules=policy["modules"] if policy else {},
         reserved_modules=reserved_modules,
         data=data,
+        signer=signer or load_signer(config),
     )
     stored = StoredProjection(
         version=version,
@@ -104,27 +117,35 @@ async def mutate_and_compile(
         GatewayError: Whatever ``mutate`` raises; nothing is committed then.
     """
     reserved = await anyio.to_thread.run_sync(load_reserved_modules)
+    signer = await anyio.to_thread.run_sync(load_signer, config)
     async with pool.acquire() as conn, conn.transaction():
         await projections.lock_compiler(conn)
         result = await mutate(conn)
-        stored = await compile_projection(conn, config, reserved)
+        stored = await compile_projection(conn, config, reserved, signer)
     notifier.publish(stored.version)
     return result, stored
 
 
 async def ensure_initial_projection(pool: asyncpg.Pool, config: Config) -> int:
-    """Compile projection 1-of-the-scope (no servers, no policy: deny all) when none exists.
+    """Compile projection 1-of-the-scope (no servers, no policy: deny all) when none exists,
+    and recompile the newest one when its bundle is not signed by the current signing key
+    (a new key or key id: the same state, a new version, signed with the new key).
 
     Returns:
         The desired (newest) projection version.
     """
     reserved = await anyio.to_thread.run_sync(load_reserved_modules)
+    signer = await anyio.to_thread.run_sync(load_signer, config)
     async with pool.acquire() as conn, conn.transaction():
         await projections.lock_compiler(conn)
         latest = await projections.latest_version(conn, config.tenant, config.environment)
         if latest:
-            return latest
-        return (await compile_projection(conn, config, reserved)).version
+            stored = await projections.get_projection(conn, config.tenant, config.environment, latest)
+            why = signature_problem(stored.bundle if stored else None, signer)
+            if why is None:
+                return latest
+            log.warning("projection %s is re-signed with key %s as a new projection: %s", latest, signer.key_id, why)
+        return (await compile_projection(conn, config, reserved, signer)).version
 
 
 async def projection_status(pool: asyncpg.Pool, config: Config) -> dict[str, Any]:

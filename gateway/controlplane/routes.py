@@ -5,6 +5,8 @@ from __future__ import annotations
 from starlette.routing import Route
 
 from gateway.controlplane import (
+    admins,
+    api_keys,
     audit,
     broker,
     credentials,
@@ -13,6 +15,7 @@ from gateway.controlplane import (
     opa,
     openapi,
     policies,
+    replay,
     servers,
     status,
 )
@@ -29,6 +32,11 @@ routes = [
     Route(oauth_users.CALLBACK_PREFIX + "{key}", oauth_users.callback, methods=["GET"]),
     # admin API (bearer admin_token)
     Route("/v1/control-plane/scope", status.get_scope, methods=["GET"]),
+    Route("/v1/admin/whoami", admins.whoami, methods=["GET"]),
+    Route("/v1/admin/roles", admins.list_grants, methods=["GET"]),
+    Route("/v1/admin/roles", admins.create_grant, methods=["POST"]),
+    Route("/v1/admin/roles/{id}", admins.delete_grant, methods=["DELETE"]),
+    Route("/v1/audit/control-plane", admins.list_control_plane_audit, methods=["GET"]),
     Route("/v1/servers", servers.list_servers, methods=["GET"]),
     Route("/v1/servers", servers.create_server, methods=["POST"]),
     Route("/v1/servers/{name}", servers.get_server, methods=["GET"]),
@@ -38,6 +46,10 @@ routes = [
     Route("/v1/policies", policies.create_policy, methods=["POST"]),
     Route("/v1/policies/{version}", policies.get_policy, methods=["GET"]),
     Route("/v1/policies/{version}/approve", policies.approve_policy, methods=["POST"]),
+    Route("/v1/policies/{a}/diff/{b}", policies.diff_policies, methods=["GET"]),
+    Route("/v1/policies/{version}/replay", replay.start_replay, methods=["POST"]),
+    Route("/v1/policies/{version}/replays", replay.list_replays, methods=["GET"]),
+    Route("/v1/policies/{version}/replays/{id}", replay.get_replay, methods=["GET"]),
     Route("/v1/projection", status.get_projection_status, methods=["GET"]),
     Route("/v1/audit/decisions", audit.list_decisions, methods=["GET"]),
     Route("/v1/audit/decisions/{decision_id}", audit.get_decision, methods=["GET"]),
@@ -51,6 +63,9 @@ routes = [
     Route("/v1/credential-bindings", credentials.list_bindings, methods=["GET"]),
     Route("/v1/credential-bindings", credentials.create_binding, methods=["POST"]),
     Route("/v1/credential-bindings/{id}", credentials.delete_binding, methods=["DELETE"]),
+    Route("/v1/api-keys", api_keys.list_api_keys, methods=["GET"]),
+    Route("/v1/api-keys", api_keys.create_api_key, methods=["POST"]),
+    Route("/v1/api-keys/{id}", api_keys.revoke_api_key, methods=["DELETE"]),
     # internal API (bearer internal_token): OPA sidecars and data planes
     Route("/v1/opa/bundles/{name:path}", opa.get_bundle, methods=["GET"]),
     Route("/v1/opa/status", opa.post_status, methods=["POST"]),

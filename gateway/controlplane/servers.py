@@ -11,10 +11,14 @@ from starlette.responses import Response
 
 from gateway.controlplane._deps import deps
 from gateway.controlplane._http import JSONResponse, check_text, read_json
+from gateway.controlplane.actor import actor_of
+from gateway.controlplane.admins import approval_comment
 from gateway.controlplane.broker import discovery_material
 from gateway.controlplane.credentials import uuid_text
 from gateway.controlplane.discovery import Discovery, discover_server, tool_diff
+from gateway.controlplane.middleware.admin import authorize_resource, record_change
 from gateway.controlplane.projection import mutate_and_compile
+from gateway.db import admin as db_admin
 from gateway.db import servers as db_servers
 from gateway.errors import RequestRejected
 from gateway.mcp.stdio import StdioLaunch
@@ -138,8 +142,10 @@ async def create_server(request: Request) -> Response:
             url=url,
             description=description,
             requires_credential=requires_credential,
+            registered_by=actor_of(request).name,
             **launch,
         )
+    record_change(request, kind="server", resource_id=name, after=record)
     return JSONResponse(record, status_code=201)
 
 
@@ -183,9 +189,12 @@ async def approve_server(request: Request) -> Response:
     """
     d = deps(request)
     tenant, env = d.config.tenant, d.config.environment
-    options = await _approval_options(request)
     name = _validate_name(request.path_params["name"])
+    options = await _approval_options(request)
     current, launch = await _current_and_launch(request, name)
+    # Four-eyes: the control-plane policy decides again, now knowing who registered the server.
+    await authorize_resource(request, kind="server", resource_id=name, author=current["registered_by"])
+    approver, comment = actor_of(request).name, str(options["comment"])
     trusted = options.get("trust_stdio") is True
     if launch is not None and not trusted:
         raise RequestRejected(
@@ -195,11 +204,9 @@ async def approve_server(request: Request) -> Response:
     if launch is None and "trust_stdio" in options:
         raise RequestRejected("trust_stdio applies to stdio servers only")
     found = await _discover(request, current, launch, options.get("discovery_credential"))
-    record, stored = await mutate_and_compile(
-        d.pool,
-        d.config,
-        d.notifier,
-        lambda conn: db_servers.approve_server(
+
+    async def approve(conn: Any) -> dict[str, Any]:
+        record: dict[str, Any] = await db_servers.approve_server(
             conn,
             tenant,
             env,
@@ -208,8 +215,12 @@ async def approve_server(request: Request) -> Response:
             prompts=found.prompts,
             capabilities=found.capabilities,
             trusted=launch is not None,
-        ),
-    )
+        )
+        await db_admin.record_server_approval(conn, tenant, env, current["name"], approver, comment)
+        return {**record, "approved_by": approver, "approval_comment": comment}
+
+    record, stored = await mutate_and_compile(d.pool, d.config, d.notifier, approve)
+    record_change(request, kind="server", resource_id=name, before=current, after=record, comment=comment)
     record["projection_version"] = stored.version
     record["diff"] = tool_diff(current["tools"] if current["status"] == "approved" else [], found.tools)
     return JSONResponse(record)
@@ -267,15 +278,14 @@ async def _discover(
 
 
 async def _approval_options(request: Request) -> dict[str, Any]:
-    """The optional approval body: none (or empty), or ``{"trust_stdio": bool, "discovery_credential":
-    <credential id>}`` (either optional); 400 otherwise."""
-    if request.headers.get("content-length", "0") == "0" and "transfer-encoding" not in request.headers:
-        return {}
+    """The approval body ``{"comment", "trust_stdio"?: bool, "discovery_credential"?: <credential
+    id>}``; 400 otherwise (``comment`` is required: :func:`~gateway.controlplane.admins.approval_comment`)."""
     body = await read_json(request)
-    if not isinstance(body, dict) or set(body) - {"trust_stdio", "discovery_credential"}:
+    if not isinstance(body, dict) or set(body) - {"trust_stdio", "discovery_credential", "comment"}:
         raise RequestRejected(
-            'the approval body must be empty or {"trust_stdio": true (stdio servers), "discovery_credential": <id>}'
+            'the approval body must be {"comment", "trust_stdio": true (stdio servers), "discovery_credential": <id>}'
         )
+    body["comment"] = approval_comment(body)
     if "trust_stdio" in body and not isinstance(body["trust_stdio"], bool):
         raise RequestRejected("trust_stdio must be a boolean")
     if "discovery_credential" in body:

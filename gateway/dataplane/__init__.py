@@ -13,7 +13,7 @@ from starlette.routing import Route
 
 from gateway.config import Config
 from gateway.dataplane.audit import AuditShipper
-from gateway.dataplane.auth import JwtVerifier
+from gateway.dataplane.auth import CallerAuthenticator, JwtVerifier
 from gateway.dataplane.credentials import CredentialBroker
 from gateway.dataplane.drift import DriftWatch
 from gateway.dataplane.endpoint import healthz, mcp_endpoint, protected_resource_metadata, readyz
@@ -133,7 +133,9 @@ async def dataplane_resources(config: Config) -> AsyncIterator[dict[str, object]
         try:
             yield {
                 "dp_config": config,
-                "dp_verifier": JwtVerifier(config.jwt, cp_http),
+                "dp_verifier": CallerAuthenticator(
+                    config, JwtVerifier(config.jwt, cp_http), lambda: sync.current.api_keys if sync.current else None
+                ),
                 "dp_sync": sync,
                 "dp_audit": audit,
                 "dp_governor": FeatureGovernor(config, engine, upstreams, audit, drift=drift, broker=broker),

@@ -53,7 +53,7 @@ from mcp.types import HEADER_MISMATCH, UNSUPPORTED_PROTOCOL_VERSION
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from gateway.dataplane.auth import JwtVerifier, bearer_token
+from gateway.dataplane.auth import CallerAuthenticator
 from gateway.dataplane.feature_routing import (
     CAPABILITY_OF,
     SUBSCRIPTION_METHODS,
@@ -121,7 +121,9 @@ def _resource_path(server: str | None) -> str:
 
 def unauthorized(request: Request, server: str | None, exc: AuthenticationFailed) -> Response:
     """401 ``{"error": <category>}`` with ``WWW-Authenticate: Bearer ... resource_metadata``
-    (RFC 6750 §3, RFC 9728 §5.1) pointing at the endpoint's protected resource metadata."""
+    (RFC 6750 §3, RFC 9728 §5.1) pointing at the endpoint's protected resource metadata;
+    429 ``{"error": "too_many_failed_attempts"}`` with ``Retry-After`` (seconds) for API-key
+    attempts refused unchecked."""
     base = request.state.dp_config.data_plane.public_url
     metadata = f"{base}/.well-known/oauth-protected-resource{_resource_path(server)}"
     # RFC 6750 §3.1: no error code when the request had no credentials at all.
@@ -129,6 +131,9 @@ def unauthorized(request: Request, server: str | None, exc: AuthenticationFailed
         challenge = f'Bearer error="invalid_token", error_description="{exc.category}", resource_metadata="{metadata}"'
     else:
         challenge = f'Bearer resource_metadata="{metadata}"'
+    retry_after = getattr(exc, "retry_after", None)
+    if retry_after is not None:  # API-key attempts refused unchecked (gateway.dataplane.api_keys)
+        return _json({"error": exc.category}, 429, {"retry-after": str(retry_after)})
     return _json({"error": exc.category}, 401, {"www-authenticate": challenge})
 
 
@@ -268,15 +273,16 @@ async def _read_body(request: Request, limit: int) -> bytes | None:
 
 
 async def authenticate(request: Request, server: str | None) -> Subject:
-    """The verified caller of ``request`` (bearer JWT; audience the gateway's or the endpoint's URL).
+    """The verified caller of ``request`` (bearer JWT, audience the gateway's or the endpoint's
+    URL; or a gateway API key, :mod:`gateway.dataplane.api_keys`).
 
     Raises:
-        AuthenticationFailed: No, or an invalid, bearer token.
+        AuthenticationFailed: No, or an invalid, bearer credential (``TooManyFailedAttempts``:
+            429, see :func:`unauthorized`).
     """
-    token = bearer_token(request.headers.get("authorization"))
     extra = [f"{request.state.dp_config.data_plane.public_url}{_resource_path(server)}"]
-    verifier: JwtVerifier = request.state.dp_verifier
-    return await verifier.verify(token, audiences=extra)
+    verifier: CallerAuthenticator = request.state.dp_verifier
+    return await verifier.authenticate(request, audiences=extra)
 
 
 def _current(request: Request) -> Any:

@@ -25,6 +25,7 @@ from referencing import Registry, Resource
 from referencing.exceptions import NoSuchResource
 
 from gateway.config import Config
+from gateway.dataplane.api_keys import ApiKeyEntry, compile_api_keys
 from gateway.dataplane.credentials import BindingRef, CredentialBroker, CredentialRef
 from gateway.mcp.pinning import definition_sha256
 from gateway.mcp.stdio import StdioLaunch
@@ -110,6 +111,8 @@ class ActiveProjection:
     servers: Mapping[str, ServerEntry]
     aggregated: Mapping[str, ToolEntry] = field(default_factory=dict)
     aggregated_prompts: Mapping[str, PromptEntry] = field(default_factory=dict)
+    api_keys: Mapping[str, ApiKeyEntry] = field(default_factory=dict)
+    """Live API keys by id (hashes and metadata, never a key: :mod:`gateway.dataplane.api_keys`)."""
 
     def resolve(self, server: str | None, tool_name: str) -> ToolEntry | None:
         """Find a tool by aggregated name (``server`` None) or by original name."""
@@ -196,6 +199,7 @@ def compile_projection(table: Mapping[str, Any], cache: dict[str, Any] | None = 
         table: ``{"version", "policy_version", "revision", "servers": [{"name",
             "transport", "url", "tools": [<wire tool>], ...}]}``; a ``stdio`` server
             has ``url: null`` and ``command``, ``args``, ``cwd``, ``env``, ``trusted``.
+            ``api_keys`` (optional): the live API keys (:func:`~gateway.dataplane.api_keys.compile_api_keys`).
         cache: Validators by tool hash, reused across projections.
 
     Tools whose ``inputSchema`` is not a valid JSON Schema, or references an
@@ -268,6 +272,7 @@ def compile_projection(table: Mapping[str, Any], cache: dict[str, Any] | None = 
         servers=servers,
         aggregated=aggregated,
         aggregated_prompts=aggregated_prompts,
+        api_keys=compile_api_keys(table.get("api_keys")),
     )
 
 

@@ -25,6 +25,7 @@ import logging
 import secrets
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -53,6 +54,7 @@ __all__ = [
     "release_refresh",
     "save_client",
     "server_url",
+    "state_pending",
     "set_connect_state",
     "store_tokens",
 ]
@@ -322,10 +324,15 @@ _SET_STATE = """
 UPDATE oauth_connects SET state = $2, browser_hash = $3, kek_id = $4, wrapped_dek = $5, nonce = $6, ciphertext = $7
 WHERE handle = $1 AND used_at IS NULL
 """
+_OPEN_STATE = """
+SELECT 1 FROM oauth_connects
+WHERE state = $1 AND tenant = $2 AND environment = $3 AND used_at IS NULL AND opened_at IS NOT NULL
+  AND expires_at > now()
+"""
 _FINISH_CONNECT = """
 UPDATE oauth_connects SET used_at = now()
 WHERE state = $1 AND tenant = $2 AND environment = $3 AND used_at IS NULL AND opened_at IS NOT NULL
-  AND expires_at > now()
+  AND expires_at > now() AND browser_hash = ANY($4::text[])
 RETURNING handle, credential_id, server, subject_issuer, subject_sub, browser_hash, kek_id, wrapped_dek, nonce,
     ciphertext
 """
@@ -413,12 +420,26 @@ async def set_connect_state(
     )
 
 
+async def state_pending(conn: asyncpg.Connection, tenant: str, environment: str, state: str) -> bool:
+    """True while an opened, unused, unexpired connect has ``state`` (changes nothing)."""
+    return await conn.fetchval(_OPEN_STATE, digest(state), tenant, environment) is not None
+
+
 async def finish_connect(
-    conn: asyncpg.Connection, tenant: str, environment: str, state: str, keyring: Keyring
+    conn: asyncpg.Connection,
+    tenant: str,
+    environment: str,
+    state: str,
+    keyring: Keyring,
+    browser_nonces: Sequence[str],
 ) -> PendingConnect | None:
-    """Mark the connect of ``state`` used and return it with its flow and browser digest;
-    None when no opened, unused, unexpired connect has that state (or its flow does not open)."""
-    row = await conn.fetchrow(_FINISH_CONNECT, digest(state), tenant, environment)
+    """Mark the connect of ``state`` used and return it with its flow and browser digest, but
+    only for the browser that confirmed it (one of ``browser_nonces`` is its nonce); None
+    otherwise, and then nothing is used up (someone who learnt ``state`` elsewhere cannot burn
+    the user's flow). None too when no opened, unused, unexpired connect has that state, or its
+    flow does not open."""
+    hashes = [digest(n) for n in browser_nonces]
+    row = await conn.fetchrow(_FINISH_CONNECT, digest(state), tenant, environment, hashes)
     if row is None or row["kek_id"] is None:
         return None
     credential_id = str(row["credential_id"])

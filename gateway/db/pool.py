@@ -9,7 +9,16 @@ import orjson
 
 from gateway.config import SECONDS, Secret
 
-__all__ = ["STATEMENT_TIMEOUT", "create_pool"]
+__all__ = ["DATABASE_DOWN", "STATEMENT_TIMEOUT", "create_pool"]
+
+DATABASE_DOWN: tuple[type[Exception], ...] = (
+    asyncpg.exceptions.PostgresConnectionError,  # class 08: connection exceptions
+    asyncpg.exceptions.OperatorInterventionError,  # class 57: admin shutdown, cannot connect now
+    asyncpg.exceptions.InterfaceError,  # the connection closed under a query (ConnectionDoesNotExistError)
+    ConnectionError,  # refused / reset while (re)connecting
+)
+"""Exceptions meaning PostgreSQL is unreachable or restarting (the control plane answers 503
+``database_unavailable``)."""
 
 STATEMENT_TIMEOUT = 15 * SECONDS
 """Server-side bound on any single statement (seconds)."""

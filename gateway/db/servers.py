@@ -24,13 +24,13 @@ __all__ = [
 
 _COLUMNS = (
     "name, transport, url, description, status, tenant, environment, created_at, approved_at, capabilities,"
-    " command, args, cwd, env, trusted_at, requires_credential"
+    " command, args, cwd, env, trusted_at, requires_credential, registered_by, approved_by, approval_comment"
 )
 
 _INSERT = f"""
 INSERT INTO mcp_servers (tenant, environment, name, transport, url, description, command, args, cwd, env,
-                         requires_credential)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                         requires_credential, registered_by)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
 RETURNING {_COLUMNS}
 """
 _SELECT_LAUNCH = "SELECT command, args, cwd, env FROM mcp_servers WHERE tenant = $1 AND environment = $2 AND name = $3"
@@ -115,9 +115,10 @@ async def create_server(
     cwd: str | None = None,
     env: Mapping[str, str] | None = None,
     requires_credential: bool = False,
+    registered_by: str = "admin",
 ) -> dict[str, Any]:
     """Insert a server in ``pending_approval`` (``requires_credential``: every call to it needs
-    a credential binding; see docs/credentials.md).
+    a credential binding; see docs/credentials.md), recording who registered it (four-eyes).
 
     A ``stdio`` server has no ``url`` and a ``command``, ``args`` and ``env`` (``cwd``
     optional); any other transport has a ``url`` and none of those (a CHECK
@@ -145,6 +146,7 @@ async def create_server(
             cwd,
             env_dict,
             requires_credential,
+            registered_by,
         )
     return _record(row, [])
 

@@ -332,7 +332,7 @@ class LocalStack:
             "/v1/servers",
             {"name": name, "transport": "streamable_http", "url": url, "description": description},
         )
-        return self.admin("POST", f"/v1/servers/{name}/approve")  # type: ignore[no-any-return]
+        return self.admin("POST", f"/v1/servers/{name}/approve", {"comment": "reviewed"})  # type: ignore[no-any-return]
 
     def upload_and_approve_policy(self, modules: dict[str, str], data: Any = None) -> int:
         """Upload a policy version, approve it, return its version number."""
@@ -340,7 +340,7 @@ class LocalStack:
         if data is not None:
             body["data"] = data
         version = int(self.admin("POST", "/v1/policies", body)["version"])
-        self.admin("POST", f"/v1/policies/{version}/approve")
+        self.admin("POST", f"/v1/policies/{version}/approve", {"comment": "reviewed"})
         return version
 
     def wait_projection_active(self, timeout: float = 30) -> dict[str, Any]:

@@ -11,23 +11,38 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Candidate", "Subject", "build_discovery_input", "build_input"]
+__all__ = ["API_KEY_ISSUER", "CREDENTIAL_KINDS", "Candidate", "Subject", "build_discovery_input", "build_input"]
+
+API_KEY_ISSUER = "urn:gateway:api-key"
+"""``subject.issuer`` of a caller authenticated by a gateway API key (no JWT issuer names it)."""
+CREDENTIAL_KINDS = ("jwt", "api_key")
+"""The values of ``subject.credential_kind``."""
 
 
 @dataclass(frozen=True, slots=True)
 class Subject:
-    """The authenticated caller, from a verified JWT (RFC 7519 / RFC 9068).
+    """The authenticated caller: from a verified JWT (RFC 7519 / RFC 9068) or a gateway API key.
 
     Attributes:
-        sub: ``sub`` claim.
-        issuer: ``iss`` claim.
-        roles: From the configured roles claim (default ``roles``).
-        scopes: From the space-separated ``scope`` claim.
-        client_id: ``client_id`` (or ``azp``) claim, ``None`` if absent.
-        claims: The whole verified payload (never the token itself).
+        sub: ``sub`` claim (the human, or the service the token was issued for); for an API
+            key, the subject the key was created for.
+        issuer: ``iss`` claim; :data:`API_KEY_ISSUER` for an API key.
+        roles: From the configured roles claim (default ``roles``); for an API key, its roles.
+        scopes: From the configured scopes claim (default ``scope``: a space-separated string
+            or a list of strings).
+        client_id: ``client_id`` (else ``azp``) claim, ``None`` if absent; for an API key
+            ``api_key:<key id>`` (what the runtime audit's ``client_id`` shows).
+        claims: The whole verified payload (never the token itself); ``{}`` for an API key.
+        groups: From the configured groups claim (default ``groups``), a string list.
+        agent: The agent (OAuth client) acting: ``azp`` (else ``client_id``) claim, ``None``
+            if neither; for an API key, the same as ``client_id``.
+        delegation: The RFC 8693 §4.1 ``act`` chain, outermost (the current actor) first:
+            each ``{"sub", "iss"?, "client_id"?}``; ``()`` when the token has no ``act``.
+        credential_kind: What authenticated the caller: ``jwt`` or ``api_key``.
+        key_id: The API key's id (never the key), ``None`` for a JWT.
         token: The verified token itself: only for an ``oauth_token_exchange`` credential
             (RFC 8693 ``subject_token``, sent to the control plane's broker, never upstream);
-            never in the policy input, a ``repr`` or a comparison.
+            never in the policy input, a ``repr`` or a comparison. ``""`` for an API key.
     """
 
     sub: str
@@ -37,9 +52,14 @@ class Subject:
     client_id: str | None = None
     claims: Mapping[str, Any] = field(default_factory=dict)
     token: str = field(default="", repr=False, compare=False)
+    groups: tuple[str, ...] = ()
+    agent: str | None = None
+    delegation: tuple[Mapping[str, str], ...] = ()
+    credential_kind: str = "jwt"
+    key_id: str | None = None
 
     def as_input(self) -> dict[str, Any]:
-        """The ``subject`` member of the input document."""
+        """The ``subject`` member of the input document (``schemas/decision_input.json``)."""
         return {
             "sub": self.sub,
             "issuer": self.issuer,
@@ -47,6 +67,11 @@ class Subject:
             "scopes": list(self.scopes),
             "client_id": self.client_id,
             "claims": dict(self.claims),
+            "groups": list(self.groups),
+            "agent": self.agent,
+            "delegation": [dict(actor) for actor in self.delegation],
+            "credential_kind": self.credential_kind,
+            "key_id": self.key_id,
         }
 
 

@@ -2,8 +2,10 @@
 
 OPA pulls its bundle from the control plane with the bundle protocol (long
 polling), reports status and uploads decision logs there, with the OPA token
-(``control_plane.opa_token``), which opens nothing else. Source: OPA
-configuration reference ("services", "bundles", "status", "decision_logs").
+(``control_plane.opa_token``), which opens nothing else. OPA activates only bundles
+signed by one of the configured verification keys (``keys`` and the bundle's
+``signing`` section, :mod:`gateway.policy.bundle_signing`). Source: OPA
+configuration reference ("services", "bundles", "status", "decision_logs", "keys").
 Readiness is checked by :mod:`gateway.policy.health`.
 """
 
@@ -15,7 +17,7 @@ import os
 import signal
 import subprocess
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ import anyio
 import orjson
 
 from gateway.config import Config
+from gateway.policy.bundle_signing import SigningKeyError, VerificationKey, opa_keys_config, verification_keys
 from gateway.policy.health import OpaHealth
 
 __all__ = ["OPA_TOKEN_FILE", "OpaSidecar", "opa_config", "sidecar_environment"]
@@ -33,7 +36,9 @@ OPA_TOKEN_FILE = "opa-token"
 """Name, in the OPA work directory (mode 0600), of the file holding the OPA token."""
 
 
-def opa_config(config: Config, token_path: str, instance_id: str = "") -> dict[str, Any]:
+def opa_config(
+    config: Config, token_path: str, instance_id: str = "", keys: Iterable[VerificationKey] = ()
+) -> dict[str, Any]:
     """The OPA configuration document (JSON is valid YAML for ``opa run -c``).
 
     Args:
@@ -43,6 +48,10 @@ def opa_config(config: Config, token_path: str, instance_id: str = "") -> dict[s
             broker); re-read by OPA on every request, so it never appears on a command line.
         instance_id: This OPA process's id (label ``gateway_instance``), under which the
             control plane files its status reports; fresh for every (re)start.
+        keys: The bundle verification keys (:func:`gateway.policy.bundle_signing.verification_keys`).
+            The bundle's ``signing`` section is always present, without a ``keyid``: OPA then
+            requires a ``.signatures.json`` and picks the key by the JWS ``kid``, so several keys
+            can be trusted at once (rotation). With no key at all OPA refuses every bundle.
     """
     opa = config.opa
     return {
@@ -52,6 +61,7 @@ def opa_config(config: Config, token_path: str, instance_id: str = "") -> dict[s
             "tenant": config.tenant,
             "environment": config.environment,
         },
+        "keys": opa_keys_config(keys),
         "services": {
             "control_plane": {
                 "url": f"{config.control_plane.url}/v1/opa",
@@ -66,6 +76,7 @@ def opa_config(config: Config, token_path: str, instance_id: str = "") -> dict[s
                 # Not persisted: revisions ("p<N>") are only unique within one database, so a
                 # bundle kept on disk could be mistaken for a different projection of the same N.
                 "persist": False,
+                "signing": {},
                 "polling": {
                     "min_delay_seconds": 1,
                     "max_delay_seconds": 3,
@@ -115,6 +126,10 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child before e
         _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+die_with_parent = _die_with_parent
+"""``preexec_fn`` for supervised children: SIGTERM when the gateway process dies (Linux)."""
+
+
 class OpaSidecar:
     """A supervised ``opa run --server`` process.
 
@@ -134,7 +149,13 @@ class OpaSidecar:
         self.restarts = 0
 
     def _prepare(self) -> list[str]:
-        """Write the token and a configuration for a fresh :attr:`instance_id`; return the argv."""
+        """Write the token and a configuration for a fresh :attr:`instance_id`; return the argv.
+
+        The verification keys are read here, so a (re)start picks up changed key files.
+
+        Raises:
+            SigningKeyError: A configured verification key cannot be read or parsed.
+        """
         self.instance_id = f"{self._config.data_plane.id}/{uuid.uuid4()}"
         work = Path(self._config.opa.work_dir)
         work.mkdir(parents=True, exist_ok=True)
@@ -146,7 +167,14 @@ class OpaSidecar:
         with os.fdopen(fd, "w") as fh:
             fh.write(self._config.control_plane.opa_token.reveal())
         cfg_file = work / "opa-config.json"
-        document = opa_config(self._config, str(token_file), self.instance_id)
+        keys = verification_keys(self._config)
+        if not keys:
+            log.error(
+                "no bundle verification key (GATEWAY_BUNDLE_VERIFICATION_KEYS, or the development key of a control "
+                "plane sharing %s): OPA will refuse every bundle",
+                self._config.run_dir,
+            )
+        document = opa_config(self._config, str(token_file), self.instance_id, keys)
         cfg_file.write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2))
         return [
             self._config.opa.bin,
@@ -177,7 +205,13 @@ class OpaSidecar:
         try:
             while True:
                 self._bundle_active = False
-                argv = self._prepare()
+                try:
+                    argv = self._prepare()
+                except SigningKeyError as exc:  # fail closed (no OPA, every call denied) until it is fixed
+                    log.error("cannot start the opa sidecar: %s; retrying in %.1fs", exc, backoff)
+                    await anyio.sleep(backoff)
+                    backoff = min(backoff * 2, 5.0)
+                    continue
                 if self._on_start is not None:
                     self._on_start(self.instance_id)
                 with open(log_path, "ab") as logf:

@@ -109,7 +109,7 @@ async def test_server_lifecycle_against_a_real_upstream(cp_config: Config, spawn
         dup = await admin.post("/v1/servers", json={"name": "demo", "transport": "streamable_http", "url": url})
         assert dup.status_code == 409 and dup.json()["error"] == "conflict"
 
-        r = await admin.post("/v1/servers/demo/approve")
+        r = await admin.post("/v1/servers/demo/approve", json={"comment": "reviewed"})
         assert r.status_code == 200, r.text
         approved = r.json()
         assert approved["status"] == "approved" and approved["projection_version"] == before + 1
@@ -140,11 +140,11 @@ async def test_approving_an_unreachable_server_is_502_and_leaves_it_pending(cp_c
             "/v1/servers", json={"name": "gone", "transport": "streamable_http", "url": "http://127.0.0.1:9/mcp"}
         )
         before = (await admin.get("/v1/projection")).json()["desired_version"]
-        r = await admin.post("/v1/servers/gone/approve")
+        r = await admin.post("/v1/servers/gone/approve", json={"comment": "reviewed"})
         assert r.status_code == 502 and r.json()["error"] == "upstream_unavailable"
         assert (await admin.get("/v1/servers/gone")).json()["status"] == "pending_approval"
         assert (await admin.get("/v1/projection")).json()["desired_version"] == before
-        assert (await admin.post("/v1/servers/nope/approve")).status_code == 404
+        assert (await admin.post("/v1/servers/nope/approve", json={"comment": "reviewed"})).status_code == 404
 
 
 async def test_a_good_policy_is_stored_pending_then_approval_compiles_a_projection(cp_config: Config) -> None:
@@ -159,10 +159,10 @@ async def test_a_good_policy_is_stored_pending_then_approval_compiles_a_projecti
         assert (await admin.get(f"/v1/policies/{version}")).json()["modules"] == _sample_policy()
 
         before = (await admin.get("/v1/projection")).json()["desired_version"]
-        r = await admin.post(f"/v1/policies/{version}/approve")
+        r = await admin.post(f"/v1/policies/{version}/approve", json={"comment": "reviewed"})
         assert r.status_code == 200
         assert r.json()["status"] == "active" and r.json()["projection_version"] == before + 1
-        again = await admin.post(f"/v1/policies/{version}/approve")
+        again = await admin.post(f"/v1/policies/{version}/approve", json={"comment": "reviewed"})
         assert again.json()["projection_version"] is None
 
         bundle = await opa.get("/v1/opa/bundles/gateway")
@@ -174,7 +174,7 @@ async def test_a_good_policy_is_stored_pending_then_approval_compiles_a_projecti
         assert bundle.headers["etag"] == f'"p{before + 1}"'
 
         r2 = await admin.post("/v1/policies", json={"modules": MINIMAL_POLICY})
-        await admin.post(f"/v1/policies/{r2.json()['version']}/approve")
+        await admin.post(f"/v1/policies/{r2.json()['version']}/approve", json={"comment": "reviewed"})
         statuses = {p["version"]: p["status"] for p in (await admin.get("/v1/policies")).json()["items"]}
         assert statuses == {version: "superseded", r2.json()["version"]: "active"}
         assert (await admin.get("/v1/projection")).json()["desired_version"] == before + 2
@@ -258,8 +258,8 @@ async def test_policy_data_clashing_with_a_rule_is_rejected(cp_config: Config) -
 async def test_unknown_policy_version_is_404_and_a_malformed_one_400(cp_config: Config) -> None:
     async with asgi_controlplane(cp_config) as (admin, _, _):
         assert (await admin.get("/v1/policies/42")).json()["error"] == "not_found"
-        assert (await admin.post("/v1/policies/42/approve")).status_code == 404
-        malformed = await admin.post("/v1/policies/abc/approve")
+        assert (await admin.post("/v1/policies/42/approve", json={"comment": "reviewed"})).status_code == 404
+        malformed = await admin.post("/v1/policies/abc/approve", json={"comment": "reviewed"})
         assert malformed.status_code == 400 and "version" in malformed.json()["message"]
 
 

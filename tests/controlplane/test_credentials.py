@@ -413,14 +413,16 @@ async def test_a_server_that_requires_a_credential_is_never_discovered_without_o
             "requires_credential": True,
         }
         assert (await admin.post("/v1/servers", json=body)).status_code == 201
-        r = await admin.post("/v1/servers/locked/approve")
+        r = await admin.post("/v1/servers/locked/approve", json={"comment": "reviewed"})
         assert r.status_code == 400 and r.json()["message"].startswith("discovery_credential"), r.text
         env = (
             await admin.post(
                 "/v1/credentials", json={"name": "e", "kind": "stdio_env", "secret": {"env": {"T": CANARY}}}
             )
         ).json()
-        r = await admin.post("/v1/servers/locked/approve", json={"discovery_credential": env["id"]})
+        r = await admin.post(
+            "/v1/servers/locked/approve", json={"discovery_credential": env["id"], "comment": "reviewed"}
+        )
         assert r.status_code == 400 and "carries nothing" in r.json()["message"], r.text
         assert CANARY not in r.text
 

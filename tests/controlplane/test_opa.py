@@ -35,7 +35,7 @@ BUNDLE_TYPE = "application/vnd.openpolicyagent.bundles"
 async def _approve_policy(admin: httpx.AsyncClient, modules: dict[str, str] = MINIMAL_POLICY) -> int:
     r = await admin.post("/v1/policies", json={"modules": modules})
     assert r.status_code == 201, r.text
-    r = await admin.post(f"/v1/policies/{r.json()['version']}/approve")
+    r = await admin.post(f"/v1/policies/{r.json()['version']}/approve", json={"comment": "reviewed"})
     assert r.status_code == 200, r.text
     return int(r.json()["projection_version"])
 
@@ -93,7 +93,7 @@ async def test_long_poll_wakes_when_this_process_compiles(cp_config: Config) -> 
             await _parked(state)
             # Bound below the database re-check: only the in-process publish can wake it in time.
             with anyio.fail_after(RECHECK_INTERVAL - 1):
-                r = await admin.post(f"/v1/policies/{policy}/approve")
+                r = await admin.post(f"/v1/policies/{policy}/approve", json={"comment": "reviewed"})
                 while "r" not in result:
                     await anyio.sleep(0.01)
     assert result["r"].status_code == 200 and result["r"].headers["etag"] == f'"p{r.json()["projection_version"]}"'
@@ -119,7 +119,7 @@ async def test_long_poll_wakes_on_notify_from_another_control_plane_process(cp_c
             await _parked(state_a)
             # Bound below the database re-check: only NOTIFY can wake process A in time.
             with anyio.fail_after(RECHECK_INTERVAL - 1):
-                r = await admin_b.post(f"/v1/policies/{policy}/approve")
+                r = await admin_b.post(f"/v1/policies/{policy}/approve", json={"comment": "reviewed"})
                 while "r" not in result:
                     await anyio.sleep(0.01)
     assert result["r"].status_code == 200

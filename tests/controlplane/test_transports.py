@@ -75,16 +75,17 @@ async def test_a_stdio_server_needs_trust_stdio_and_its_env_values_are_never_sho
         assert record["trusted"] is False and record["trusted_at"] is None and "env" not in record
 
         for body, message in [
-            (None, "trust_stdio: approving a stdio server"),
-            ({"trust_stdio": False}, "trust_stdio: approving a stdio server"),
-            ({"trust_stdio": "yes"}, "trust_stdio must be a boolean"),
-            ({"trust": True}, "the approval body must be"),
+            ({"trust_stdio": True}, "comment: an approval needs a comment"),
+            ({"comment": "reviewed"}, "trust_stdio: approving a stdio server"),
+            ({"trust_stdio": False, "comment": "reviewed"}, "trust_stdio: approving a stdio server"),
+            ({"trust_stdio": "yes", "comment": "reviewed"}, "trust_stdio must be a boolean"),
+            ({"trust": True, "comment": "reviewed"}, "the approval body must be"),
         ]:
             refused = await admin.post("/v1/servers/local/approve", json=body)
             assert refused.status_code == 400 and refused.json()["message"].startswith(message), refused.text
         assert (await admin.get("/v1/servers/local")).json()["status"] == "pending_approval"
 
-        approved = await admin.post("/v1/servers/local/approve", json={"trust_stdio": True})
+        approved = await admin.post("/v1/servers/local/approve", json={"trust_stdio": True, "comment": "reviewed"})
         assert approved.status_code == 200, approved.text
         shown = approved.json()
         assert shown["status"] == "approved" and shown["trusted"] is True and shown["trusted_at"] is not None
@@ -117,7 +118,7 @@ async def test_trust_stdio_is_refused_for_other_transports(cp_config: Config) ->
     async with asgi_controlplane(cp_config) as (admin, _, _):
         body = {"name": "web", "transport": "streamable_http", "url": f"http://127.0.0.1:{free_port()}/mcp"}
         assert (await admin.post("/v1/servers", json=body)).status_code == 201
-        r = await admin.post("/v1/servers/web/approve", json={"trust_stdio": True})
+        r = await admin.post("/v1/servers/web/approve", json={"trust_stdio": True, "comment": "reviewed"})
     assert r.status_code == 400 and r.json()["message"] == "trust_stdio applies to stdio servers only"
 
 
@@ -127,13 +128,13 @@ async def test_unreachable_legacy_sse_and_unstartable_stdio_approvals_are_502(cp
         created = await admin.post("/v1/servers", json=sse)
         assert created.status_code == 201 and created.json()["url"] == sse["url"], created.text
         assert created.json()["command"] is None and created.json()["env_keys"] is None
-        r = await admin.post("/v1/servers/old/approve")
+        r = await admin.post("/v1/servers/old/approve", json={"comment": "reviewed"})
         assert r.status_code == 502 and r.json()["error"] == "upstream_unavailable"
         assert "check its SSE URL" in r.json()["message"]
 
         missing = {"name": "gone", "transport": "stdio", "command": "/nonexistent/mcp-server"}
         assert (await admin.post("/v1/servers", json=missing)).status_code == 201
-        r = await admin.post("/v1/servers/gone/approve", json={"trust_stdio": True})
+        r = await admin.post("/v1/servers/gone/approve", json={"trust_stdio": True, "comment": "reviewed"})
         assert r.status_code == 502 and r.json()["error"] == "upstream_unavailable"
         assert "check its command, args, cwd and env" in r.json()["message"]
         assert (await admin.get("/v1/servers/gone")).json()["trusted"] is False

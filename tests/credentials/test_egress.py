@@ -27,6 +27,12 @@ from gateway.controlplane.egress import EgressRefused, allows_private, is_public
         "::ffff:127.0.0.1",  # IPv4-mapped loopback
         "::ffff:169.254.169.254",
         "ff02::1",
+        "64:ff9b::a9fe:a9fe",  # NAT64 of 169.254.169.254
+        "64:ff9b:1::a00:1",  # local-use NAT64 of 10.0.0.1
+        "2002:7f00:1::",  # 6to4 of 127.0.0.1
+        "2001:0:4136:e378:8000:63bf:f5ff:fffe",  # Teredo whose client is 10.0.0.1
+        "::7f00:1",  # IPv4-compatible 127.0.0.1
+        "fec0::1",  # site-local
     ],
 )
 def test_non_public_addresses_are_refused(address: str) -> None:
@@ -48,10 +54,12 @@ async def test_a_name_is_judged_by_what_it_resolves_to_and_literals_as_they_are(
         await public_addresses("no-such-host.invalid", 443)
 
 
-@pytest.mark.anyio
-async def test_a_server_on_a_private_address_allows_private_discovery() -> None:
-    assert await allows_private("http://127.0.0.1:9/mcp")
-    assert await allows_private("http://10.0.0.5/mcp")
-    assert not await allows_private("https://8.8.8.8/mcp")
-    assert not await allows_private(None)
-    assert not await allows_private("https://no-such-host.invalid/mcp")
+def test_only_a_server_url_naming_a_private_address_literally_allows_private_discovery() -> None:
+    assert allows_private("http://127.0.0.1:9/mcp")
+    assert allows_private("http://10.0.0.5/mcp")
+    assert allows_private("http://[::1]:9/mcp") and allows_private("http://localhost:9/mcp")
+    assert not allows_private("https://8.8.8.8/mcp")
+    assert not allows_private(None)
+    # A name is never resolved for this: an upstream's DNS could answer privately just then.
+    assert not allows_private("https://no-such-host.invalid/mcp")
+    assert not allows_private("http://localtest.me/mcp")  # resolves to 127.0.0.1 publicly

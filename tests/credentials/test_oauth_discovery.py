@@ -103,7 +103,7 @@ async def test_discovery_finds_the_real_authorization_server_and_registers_a_pub
     real: tuple[str, str],
 ) -> None:
     as_url, mcp_url = real
-    assert await allows_private(mcp_url)  # a loopback server: what its metadata names may be too
+    assert allows_private(mcp_url)  # a loopback server: what its metadata names may be too
     found = await discover(mcp_url, allow_private=True)
     assert found == AuthServer(
         as_url, f"{as_url}/authorize", f"{as_url}/token", f"{as_url}/register", iss_required=True

@@ -173,6 +173,9 @@ async def test_nothing_that_says_where_tokens_go_or_opens_a_flow_is_stored_in_cl
         )
         for clear in ("token-endpoint", "as.test", "gw/cb/key", "verifier-v", handle, "state-s", "nonce-n"):
             assert clear not in dump, clear
+        # Another browser's nonce neither finishes the flow nor uses it up.
+        assert await db.finish_connect(conn, T, E, "state-s", ring, ["other-nonce"]) is None
+        assert await db.state_pending(conn, T, E, "state-s")
         # A connect row's sealed flow is bound to its subject: moved onto another subject it does not open.
         await conn.execute("UPDATE oauth_connects SET subject_sub = 'mallory'")
-        assert await db.finish_connect(conn, T, E, "state-s", ring) is None
+        assert await db.finish_connect(conn, T, E, "state-s", ring, ["nonce-n"]) is None

@@ -110,7 +110,7 @@ async def test_rewrap_moves_users_tokens_connect_verifiers_and_client_secrets_to
         loaded = await db.load_client(conn, T, E, cid, "https://as.test", only_new)
         assert loaded is not None and loaded.client_secret == "client-secret-x"
         assert await db.load_client(conn, T, E, cid, "https://other.test", only_new) == public
-        finished = await db.finish_connect(conn, T, E, state, only_new)
+        finished = await db.finish_connect(conn, T, E, state, only_new, ["nonce-x"])
         assert finished is not None and finished.flow is not None and finished.flow.verifier == "verifier-x"
         assert await db.load_tokens(conn, T, E, cid, bob, only_new) is None  # the stray row stays as it was
 

@@ -18,7 +18,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from gateway.config import Config
 from gateway.dataplane import create_dataplane_app
-from gateway.dataplane.auth import JwtVerifier
+from gateway.dataplane.auth import CallerAuthenticator, JwtVerifier
 from gateway.dataplane.features import FeatureGovernor
 from gateway.dataplane.held import HeldCalls
 from gateway.dataplane.resumable import Reaper
@@ -73,7 +73,7 @@ class Gateway:
         self.sessions = SessionStore(idle_timeout=60, max_sessions=self.config.data_plane.max_sessions)
         self.state = {
             "dp_config": self.config,
-            "dp_verifier": JwtVerifier(self.config.jwt, cp_http),
+            "dp_verifier": CallerAuthenticator(self.config, JwtVerifier(self.config.jwt, cp_http), self._api_keys),
             "dp_sync": types.SimpleNamespace(current=_projection()),
             "dp_governor": FeatureGovernor(self.config, Engine("p5-pv2"), self.upstreams, self.audit),  # type: ignore[arg-type]
             "dp_sessions": self.sessions,
@@ -82,6 +82,9 @@ class Gateway:
             "dp_sidecar": None,
         }
         self.app = create_dataplane_app(self.config)
+
+    def _api_keys(self) -> Any:
+        return self.state["dp_sync"].current.api_keys  # type: ignore[attr-defined]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # What the root app's lifespan provides; detached work (held calls) runs in a task

@@ -186,14 +186,24 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, pg_admin_url: str, opa_bin: 
         fleet.bind("open-alice", "open", "alice", "user", "alice")
         fleet.bind("open-hdr", "open", "hdr", "role", "operator")
         for name in ("hdr", "bearer", "qry", "cc", "qsse", *REFUSED):
-            stack.admin("POST", f"/v1/servers/{name}/approve")  # discovered with its everyone binding
-        stack.admin("POST", "/v1/servers/envsrv/approve", {"trust_stdio": True})
+            stack.admin(
+                "POST", f"/v1/servers/{name}/approve", {"comment": "reviewed"}
+            )  # discovered with its everyone binding
+        stack.admin("POST", "/v1/servers/envsrv/approve", {"trust_stdio": True, "comment": "reviewed"})
         # No everyone binding: discovered with a credential named at approval (for tx, one
         # that needs no caller: a client-credentials token for the same audience).
-        stack.admin("POST", "/v1/servers/open/approve", {"discovery_credential": fleet.credentials["hdr"]})
+        stack.admin(
+            "POST",
+            "/v1/servers/open/approve",
+            {"discovery_credential": fleet.credentials["hdr"], "comment": "reviewed"},
+        )
         cc_tx = {**cc, "audience": "upstream-tx"}
         fleet.credential("cc-tx", "cc-tx", "oauth_client_credentials", {"client_secret": "basic-client-secret"}, cc_tx)
-        stack.admin("POST", "/v1/servers/tx/approve", {"discovery_credential": fleet.credentials["cc-tx"]})
+        stack.admin(
+            "POST",
+            "/v1/servers/tx/approve",
+            {"discovery_credential": fleet.credentials["cc-tx"], "comment": "reviewed"},
+        )
         stack.upload_and_approve_policy(sample_policy_modules())
         stack.wait_projection_active()
         yield fleet

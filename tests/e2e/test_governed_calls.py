@@ -208,7 +208,7 @@ async def test_approving_a_policy_version_changes_live_decisions_without_restart
         assert not (await c.call_tool("demo__echo", {"text": "before"})).is_error
         version = int(stack.admin("POST", "/v1/policies", {"modules": stricter})["version"])
         approved_at = time.perf_counter()
-        stack.admin("POST", f"/v1/policies/{version}/approve")
+        stack.admin("POST", f"/v1/policies/{version}/approve", {"comment": "reviewed"})
         while True:
             try:
                 await c.call_tool("demo__echo", {"text": "probe"})

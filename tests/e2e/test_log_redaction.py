@@ -60,7 +60,12 @@ async def test_no_log_line_carries_url_credentials_at_debug(stack: LocalStack) -
             await c.call_tool("creds__echo", {"text": "upstream down"})
     down = f"http://{USER}:{PASSWORD}@127.0.0.1:{free_port()}/mcp?apikey={API_KEY}"
     stack.admin("POST", "/v1/servers", {"name": "down", "transport": "streamable_http", "url": down})
-    resp = httpx.post(f"{stack.control_url}/v1/servers/down/approve", headers=stack.admin_headers, timeout=30)
+    resp = httpx.post(
+        f"{stack.control_url}/v1/servers/down/approve",
+        json={"comment": "reviewed"},
+        headers=stack.admin_headers,
+        timeout=30,
+    )
     assert resp.status_code == 502
 
     log = (stack.run_dir / "gateway.log").read_text()

@@ -181,7 +181,9 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, pg_admin_url: str, opa_bin: 
             discovery = fleet.credential(
                 f"{name}-cc", "oauth_client_credentials", {"client_secret": "basic-client-secret"}, cc
             )
-            stack.admin("POST", f"/v1/servers/{name}/approve", {"discovery_credential": discovery})
+            stack.admin(
+                "POST", f"/v1/servers/{name}/approve", {"discovery_credential": discovery, "comment": "reviewed"}
+            )
         stack.upload_and_approve_policy(sample_policy_modules())
         stack.wait_projection_active()
         yield fleet

@@ -67,13 +67,13 @@ def relays(stack: LocalStack) -> Iterator[dict[str, int]]:
             time.sleep(0.05)
         http_url = f"http://127.0.0.1:{ports['streamable-http']}/mcp"
         stack.admin("POST", "/v1/servers", {"name": "relay", "transport": "streamable_http", "url": http_url})
-        stack.admin("POST", "/v1/servers/relay/approve")
+        stack.admin("POST", "/v1/servers/relay/approve", {"comment": "reviewed"})
         sse_url = f"http://127.0.0.1:{ports['sse']}/sse"
         stack.admin("POST", "/v1/servers", {"name": "relaysse", "transport": "legacy_sse", "url": sse_url})
-        stack.admin("POST", "/v1/servers/relaysse/approve")
+        stack.admin("POST", "/v1/servers/relaysse/approve", {"comment": "reviewed"})
         stdio = {"command": sys.executable, "args": [str(RELAY), "--transport", "stdio"]}
         stack.admin("POST", "/v1/servers", {"name": "relaystdio", "transport": "stdio", **stdio})
-        stack.admin("POST", "/v1/servers/relaystdio/approve", {"trust_stdio": True})
+        stack.admin("POST", "/v1/servers/relaystdio/approve", {"trust_stdio": True, "comment": "reviewed"})
         stack.wait_projection_active()
         yield ports
     finally:

@@ -61,7 +61,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, pg_admin_url: str, opa_bin: 
                 time.sleep(0.05)
             url = f"http://127.0.0.1:{port}/mcp"
             s.admin("POST", "/v1/servers", {"name": "relay", "transport": "streamable_http", "url": url})
-            s.admin("POST", "/v1/servers/relay/approve")
+            s.admin("POST", "/v1/servers/relay/approve", {"comment": "reviewed"})
             s.upload_and_approve_policy(sample_policy_modules())
             s.wait_projection_active()
             s.relay_port = port  # type: ignore[attr-defined]

@@ -84,7 +84,8 @@ def upstreams(stack: LocalStack) -> Iterator[None]:
                 path = "/sse" if transport == "legacy_sse" else "/mcp"
                 record = {"transport": transport, "url": f"http://127.0.0.1:{port}{path}"}
             stack.admin("POST", "/v1/servers", {"name": name, **record})
-            stack.admin("POST", f"/v1/servers/{name}/approve", {"trust_stdio": True} if transport == "stdio" else None)
+            trust = {"trust_stdio": True} if transport == "stdio" else {}
+            stack.admin("POST", f"/v1/servers/{name}/approve", {**trust, "comment": "reviewed"})
         stack.wait_projection_active()
         yield
     finally:

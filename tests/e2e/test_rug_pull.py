@@ -150,7 +150,7 @@ async def test_a_rug_pulled_tool_is_hidden_and_refused_until_re_approved(stack: 
             "removed": [],
             "changed": [{"name": "lookup", "fields": ["description", "inputSchema", "outputSchema"]}],
         }
-        approved = stack.admin("POST", "/v1/servers/rp/approve")
+        approved = stack.admin("POST", "/v1/servers/rp/approve", {"comment": "reviewed"})
         assert approved["diff"] == drift
         stack.wait_projection_active()
         await _wait_listed(stack, "after", ["rp__added_later", "rp__lookup", "rp__stable"])

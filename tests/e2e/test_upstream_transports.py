@@ -103,16 +103,16 @@ def upstreams(stack: LocalStack, request: pytest.FixtureRequest) -> Iterator[Ups
             time.sleep(0.05)
         sse_url = f"http://127.0.0.1:{port}/sse"
         stack.admin("POST", "/v1/servers", {"name": "sse", "transport": "legacy_sse", "url": sse_url})
-        stack.admin("POST", "/v1/servers/sse/approve")
+        stack.admin("POST", "/v1/servers/sse/approve", {"comment": "reviewed"})
         home = str(stack.run_dir)  # its get-env tool is read-only: give it nothing worth reading
         evstdio = {"command": node, "args": [str(everything_bin), "stdio"], "env": {"HOME": home}}
         stack.admin("POST", "/v1/servers", {"name": "evstdio", "transport": "stdio", **evstdio})
-        stack.admin("POST", "/v1/servers/evstdio/approve", {"trust_stdio": True})
+        stack.admin("POST", "/v1/servers/evstdio/approve", {"trust_stdio": True, "comment": "reviewed"})
         tiny_env = {"STDIO_MARKER": "visible", "API_TOKEN": CANARY, "LANG": "C.UTF-8"}
         # --stay-after-eof: EOF on stdin alone (the gateway exiting) would not stop it; the gateway must.
         tiny = {"command": sys.executable, "args": [str(TINY), "--stay-after-eof"], "env": tiny_env}
         stack.admin("POST", "/v1/servers", {"name": "tiny", "transport": "stdio", **tiny})
-        stack.admin("POST", "/v1/servers/tiny/approve", {"trust_stdio": True})
+        stack.admin("POST", "/v1/servers/tiny/approve", {"trust_stdio": True, "comment": "reviewed"})
         stack.wait_projection_active()
         yield Upstreams(sse_url, everything_bin)
     finally:
@@ -204,7 +204,7 @@ def test_approving_a_stdio_server_without_trust_stdio_is_refused(stack: LocalSta
     body = {"name": "untrusted", "transport": "stdio", "command": sys.executable, "args": [str(TINY)]}
     stack.admin("POST", "/v1/servers", body)
     with pytest.raises(RuntimeError, match=r'-> 400: .*"trust_stdio: approving a stdio server'):
-        stack.admin("POST", "/v1/servers/untrusted/approve")
+        stack.admin("POST", "/v1/servers/untrusted/approve", {"comment": "reviewed"})
     record = stack.admin("GET", "/v1/servers/untrusted")
     assert record["status"] == "pending_approval" and record["trusted"] is False and record["tools"] == []
 

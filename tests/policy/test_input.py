@@ -46,6 +46,11 @@ def test_subject_as_input_has_every_member_as_json_types() -> None:
         "scopes": ["mcp:tools"],
         "client_id": "demo-agent",
         "claims": {"sub": "alice", "roles": ["viewer", "operator"]},
+        "groups": [],
+        "agent": None,
+        "delegation": [],
+        "credential_kind": "jwt",
+        "key_id": None,
     }
 
 
@@ -57,6 +62,11 @@ def test_subject_defaults_to_no_roles_scopes_client_or_claims() -> None:
         "scopes": [],
         "client_id": None,
         "claims": {},
+        "groups": [],
+        "agent": None,
+        "delegation": [],
+        "credential_kind": "jwt",
+        "key_id": None,
     }
 
 

@@ -153,7 +153,9 @@ def planted(http: httpx.Client, stack: LocalStack) -> dict[str, Any]:
     down_url = f"http://user:{down_canary['down_password']}@127.0.0.1:{free_port()}/mcp?key={down_canary['down_query']}"
     body = {"name": DOWN, "transport": "streamable_http", "url": down_url}
     assert http.post(f"{stack.control_url}/v1/servers", json=body, headers=stack.admin_headers).status_code == 201
-    failed_approval = http.post(f"{stack.control_url}/v1/servers/{DOWN}/approve", headers=stack.admin_headers)
+    failed_approval = http.post(
+        f"{stack.control_url}/v1/servers/{DOWN}/approve", json={"comment": "reviewed"}, headers=stack.admin_headers
+    )
 
     subject = f"canary{tag[:12]}"
     claims = {"note": canary["claim"], "email": f"{canary['email']}@example.com"}

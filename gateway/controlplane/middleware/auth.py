@@ -9,12 +9,22 @@ sidecar, or whoever reads its token file, cannot reach the broker.
 from __future__ import annotations
 
 import hmac
+import logging
+import re
+from collections.abc import Sequence
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.config import Secret
 from gateway.controlplane._http import JSONResponse, error_body, request_id
-from gateway.errors import AdminAuthFailed
+from gateway.controlplane.actor import BOOTSTRAP, ROLES, Actor
+from gateway.db import admin as db_admin
+from gateway.errors import AdminAuthFailed, AuthenticationFailed, RequestRejected
+from gateway.jwtauth import JwtVerifier
+
+log = logging.getLogger(__name__)
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 __all__ = [
     "INTERNAL_PREFIXES",
@@ -57,8 +67,11 @@ class BearerAuthMiddleware:
     """Require ``Authorization: Bearer <token>`` on every HTTP request.
 
     ``/v1/opa/*`` takes the OPA token, the other internal paths (``/v1/dataplane/*``,
-    ``/v1/audit/events``) the internal token, every other path the admin token; no token
-    opens another's paths.
+    ``/v1/audit/events``) the internal token, every other path the admin API's credentials:
+    the bootstrap admin token (unless ``admin_token_enabled`` is off) or a JWT one of
+    ``admin_verifiers`` accepts; no token opens another's paths. An admin caller's
+    :class:`~gateway.controlplane.actor.Actor` goes to ``scope["state"]["actor"]`` (a JWT's
+    roles: its roles claim, known role names only, plus the control plane's role grants).
     ``GET``/``HEAD`` of :data:`PUBLIC_PATHS` (``/v1/openapi.json``) and under
     :data:`PUBLIC_PREFIXES` (the OAuth connect and callback pages), and ``POST`` of a connect
     page, need no token.
@@ -66,17 +79,35 @@ class BearerAuthMiddleware:
     with ``WWW-Authenticate: Bearer``.
     """
 
-    def __init__(self, app: ASGIApp, *, admin_token: Secret, internal_token: Secret, opa_token: Secret) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        admin_token: Secret,
+        internal_token: Secret,
+        opa_token: Secret,
+        admin_token_enabled: bool = True,
+        admin_verifiers: Sequence[JwtVerifier] = (),
+        scope_key: tuple[str, str] = ("", ""),
+    ) -> None:
         self.app = app
-        self._admin = admin_token.reveal().encode()
+        self._admin = admin_token.reveal().encode() if admin_token_enabled else b""
         self._internal = internal_token.reveal().encode()
         self._opa = opa_token.reveal().encode()
+        self._verifiers = tuple(admin_verifiers)
+        self._tenant, self._environment = scope_key
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         path = scope["path"]
+        if _CONTROL.search(path):
+            # Classification is by string; the router's regexes end in `$`, which also matches
+            # before a final newline: a path with control characters is refused before either.
+            bad = RequestRejected("the request path contains control characters")
+            await JSONResponse(error_body(bad, request_id(scope)), status_code=bad.status_code)(scope, receive, send)
+            return
         root = scope.get("root_path", "")
         if root and path.startswith(root):
             path = path[len(root) :] or "/"
@@ -86,23 +117,52 @@ class BearerAuthMiddleware:
         ):
             await self.app(scope, receive, send)
             return
+        admin = False
         if is_opa_path(path):
             expected = self._opa
         elif is_internal_path(path):
             expected = self._internal
         else:
-            expected = self._admin
+            expected, admin = self._admin, True
         presented = b""
         for key, value in scope.get("headers", ()):
             if key == b"authorization":
                 scheme, _, token = value.partition(b" ")
                 if scheme.lower() == b"bearer":
                     presented = token.strip()
-        if not expected or not hmac.compare_digest(presented, expected):
+        if expected and hmac.compare_digest(presented, expected):
+            if admin:
+                scope.setdefault("state", {})["actor"] = BOOTSTRAP
+            await self.app(scope, receive, send)
+            return
+        actor = await self._jwt_actor(scope, presented) if admin and presented else None
+        if actor is None:
             exc = AdminAuthFailed("a valid bearer token is required")
             response = JSONResponse(
                 error_body(exc, request_id(scope)), status_code=exc.status_code, headers={"WWW-Authenticate": "Bearer"}
             )
             await response(scope, receive, send)
             return
+        scope.setdefault("state", {})["actor"] = actor
         await self.app(scope, receive, send)
+
+    async def _jwt_actor(self, scope: Scope, presented: bytes) -> Actor | None:
+        """The actor of an admin JWT one of the verifiers accepts (None: none does)."""
+        try:
+            token = presented.decode("ascii")
+        except UnicodeDecodeError:
+            return None
+        for verifier in self._verifiers:
+            try:
+                subject = await verifier.verify(token)
+            except AuthenticationFailed:
+                continue
+            roles = frozenset(r for r in subject.roles if r in ROLES)
+            pool = (scope.get("state") or {}).get("cp_pool")
+            if pool is not None:
+                async with pool.acquire() as conn:
+                    roles |= await db_admin.granted_roles(
+                        conn, self._tenant, self._environment, subject.issuer, subject.sub
+                    )
+            return Actor(subject.sub, subject.issuer, roles)
+        return None
