@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -157,9 +158,27 @@ def _module_coverage(report: dict[str, Any]) -> tuple[float, int, int]:
 def run_local_tests(opa: str, directory: Path, includes: list[Path]) -> LocalTestReport:
     """Run the tests of ``directory`` (plus the ``includes`` paths, e.g. modules it imports).
 
+    ``directory/data.json`` is mounted at ``data.gateway``, where the control plane mounts a
+    policy version's data (``gatewayctl policies push`` uploads it as the version's data).
+
     Raises:
         CliError: (exit 5) ``opa test`` could not compile or load the files; (usage) opa missing.
     """
+    data = directory / "data.json"
+    if not data.is_file():
+        return _run_local_tests(opa, directory, includes)
+    with tempfile.TemporaryDirectory(prefix="gatewayctl-test-") as tmp:
+        staged = Path(tmp) / "policy"
+        for source in rego_files(directory):
+            target = staged / source.relative_to(directory)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
+        (staged / "gateway").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(data, staged / "gateway" / "data.json")
+        return _run_local_tests(opa, staged, includes)
+
+
+def _run_local_tests(opa: str, directory: Path, includes: list[Path]) -> LocalTestReport:
     paths = [str(directory.resolve())] + [str(p.resolve()) for p in includes]
     res = _run([opa, "test", "--ignore", ".*", "--format", "json", *paths], directory)
     try:

@@ -2,12 +2,12 @@
 
 The policy is ``policies/controlplane/`` (package ``gateway.controlplane.authz``, tests in
 ``rego_tests/controlplane/``), versioned with the gateway. One ``opa run --server`` per
-control-plane process serves it (:class:`ControlPlaneOpa`): started on first use (in a worker
-thread), listening only on a Unix socket in a fresh 0700 directory (no TCP port another local
-process could reach or squat), loaded as a bundle (``-b``) so its REST API refuses policy and
+control-plane process serves it (:class:`ControlPlaneOpa`): started on first use, listening
+only on a Unix socket in a fresh 0700 directory (no TCP port another local process could
+reach or squat), loaded as a bundle (``-b``) so its REST API refuses policy and
 data writes, with decision logging on so every decision has an OPA ``decision_id`` (the
-console log goes to ``<run_dir>/controlplane-opa/<pid>/opa.log``), a minimal environment,
-killed with the process.
+console log is appended to ``<run_dir>/controlplane-opa.log``), a minimal environment,
+killed with the process (its directory, holding the socket and the policy copy, removed).
 
 Decision API (OPA REST API, "Get a Document (with Input)")::
 
@@ -125,20 +125,20 @@ class Decision:
 class ControlPlaneOpa:
     """A supervised ``opa run --server`` serving ``policies/controlplane`` on loopback."""
 
-    def __init__(self, opa_bin: str, work_dir: Path) -> None:
+    def __init__(self, opa_bin: str, log_path: Path) -> None:
         self._bin = opa_bin
-        self._work = work_dir
+        self._log = log_path
         self._proc: subprocess.Popen[bytes] | None = None
         self._socket = ""
         self._lock = threading.Lock()  # not an asyncio one: apps of several event loops share it
+        self._ready = False
         self.restarts = 0
 
     def _start(self) -> None:
-        sock_dir = tempfile.mkdtemp(prefix="gw-cpopa-")  # 0700, fresh: short enough for a socket path
-        self._socket = os.path.join(sock_dir, "opa.sock")
-        policy = self._work / "policy"
-        shutil.rmtree(policy, ignore_errors=True)
-        policy.mkdir(parents=True)
+        work = Path(tempfile.mkdtemp(prefix="gw-cpopa-"))  # 0700, fresh: short enough for a socket path
+        self._socket = str(work / "opa.sock")
+        policy = work / "policy"
+        policy.mkdir()
         for source in sorted(POLICY_DIR.glob("*.rego")):
             if not source.name.endswith("_test.rego"):
                 shutil.copyfile(source, policy / source.name)
@@ -146,13 +146,14 @@ class ControlPlaneOpa:
             self._bin, "run", "--server", "--addr", f"unix://{self._socket}", "--log-level", "error",
             "--disable-telemetry", "--set", "decision_logs.console=true", "--bundle", str(policy),
         ]  # fmt: skip
-        logf = open(self._work / "opa.log", "ab")  # noqa: SIM115 - handed to the child
+        self._log.parent.mkdir(parents=True, exist_ok=True)
+        logf = open(self._log, "ab")  # noqa: SIM115 - handed to the child
         try:
             self._proc = subprocess.Popen(
                 argv,
                 stdout=logf,
                 stderr=subprocess.STDOUT,
-                env=sidecar_environment(str(self._work)),
+                env=sidecar_environment(str(work)),
                 start_new_session=True,
                 preexec_fn=die_with_parent,
             )
@@ -160,30 +161,38 @@ class ControlPlaneOpa:
             logf.close()
         log.info("control-plane opa started pid=%s socket=%s", self._proc.pid, self._socket)
 
-    def _ensure(self) -> str:
-        """The running OPA's socket path, starting (or restarting) it first when needed (blocks
-        for OPA's start-up, tens of ms: call it in a worker thread)."""
+    async def _ensure(self) -> str:
+        """The running OPA's socket path, starting (or restarting) it first when needed.
+
+        The process is started in the calling (event-loop) thread, never a worker thread:
+        ``PR_SET_PDEATHSIG`` fires when the *thread* that forked the child ends, so a child of
+        a pooled worker thread would be killed when that thread is reaped.
+        """
         with self._lock:
-            if self._proc is not None and self._proc.poll() is None:
-                return self._socket
-            if self._proc is not None:
-                self.restarts += 1
-                log.error("control-plane opa exited with %s; restarting", self._proc.returncode)
-                shutil.rmtree(os.path.dirname(self._socket), ignore_errors=True)
-            self._work.mkdir(parents=True, exist_ok=True)
-            self._start()
-            deadline = time.monotonic() + 15
-            transport = httpx.HTTPTransport(uds=self._socket)
-            with httpx.Client(transport=transport, base_url="http://opa", trust_env=False, timeout=1.0) as http:
-                while True:
-                    if self._proc is None or self._proc.poll() is not None or time.monotonic() > deadline:
-                        raise PolicyUnavailable("the control plane's OPA did not start")
-                    try:
-                        if http.get("/health").status_code == 200:
-                            return self._socket
-                    except httpx.HTTPError:
-                        pass
-                    time.sleep(0.01)
+            if self._proc is None or self._proc.poll() is not None:
+                if self._proc is not None:
+                    self.restarts += 1
+                    log.error("control-plane opa exited with %s; restarting", self._proc.returncode)
+                    shutil.rmtree(os.path.dirname(self._socket), ignore_errors=True)
+                self._ready = False
+                self._start()
+            socket_path, proc, ready = self._socket, self._proc, self._ready
+        if ready:
+            return socket_path
+        assert proc is not None
+        deadline = time.monotonic() + 15
+        transport = httpx.AsyncHTTPTransport(uds=socket_path)
+        async with httpx.AsyncClient(transport=transport, base_url="http://opa", trust_env=False, timeout=1.0) as http:
+            while True:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise PolicyUnavailable("the control plane's OPA did not start")
+                try:
+                    if (await http.get("/health")).status_code == 200:
+                        self._ready = True
+                        return socket_path
+                except httpx.HTTPError:
+                    pass
+                await anyio.sleep(0.01)
 
     async def decide(self, input_doc: dict[str, Any]) -> Decision:
         """The decision for ``input_doc`` (module docstring).
@@ -191,10 +200,7 @@ class ControlPlaneOpa:
         Raises:
             PolicyUnavailable: OPA is unreachable or answered no well-formed decision.
         """
-        if self._proc is not None and self._proc.poll() is None:
-            socket_path = self._socket
-        else:
-            socket_path = await anyio.to_thread.run_sync(self._ensure)
+        socket_path = await self._ensure()
         try:
             transport = httpx.AsyncHTTPTransport(uds=socket_path)
             async with httpx.AsyncClient(
@@ -235,10 +241,10 @@ _engines: dict[tuple[str, str], ControlPlaneOpa] = {}
 def shared_engine(config: Config) -> ControlPlaneOpa:
     """This process's engine for ``config``'s OPA binary and run dir (one per process: the
     control plane's apps share it; it stops when the process exits)."""
-    run_dir = Path(config.run_dir or PROJECT_ROOT / ".run") / "controlplane-opa" / str(os.getpid())
-    key = (config.opa.bin, str(run_dir))
+    log_path = Path(config.run_dir or PROJECT_ROOT / ".run") / "controlplane-opa.log"
+    key = (config.opa.bin, str(log_path))
     engine = _engines.get(key)
     if engine is None:
-        engine = _engines[key] = ControlPlaneOpa(config.opa.bin, run_dir)
+        engine = _engines[key] = ControlPlaneOpa(config.opa.bin, log_path)
         atexit.register(engine.stop)
     return engine

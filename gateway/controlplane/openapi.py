@@ -1275,6 +1275,8 @@ def _op(
     }
     if not internal:  # every admin request is decided by the control-plane policy
         op["responses"].setdefault("403", _error("AdminForbidden"))
+    if parameters and any(p.get("in") == "path" for p in parameters):
+        op["responses"].setdefault("400", _error("BadRequest"))  # e.g. control characters in the path
     if parameters:
         op["parameters"] = parameters
     if body is not None:
@@ -1322,6 +1324,10 @@ _LONG_POLL = [
 ]
 
 _HTML_PAGE = {"description": "A small HTML page.", "content": {"text/html": {"schema": {"type": "string"}}}}
+_HTML_OR_JSON_400 = {
+    "description": "A small HTML page; or JSON `bad_request` for a path with control characters.",
+    "content": {"text/html": {"schema": {"type": "string"}}, "application/json": {"schema": _ref("Error")}},
+}
 
 _PATHS: dict[str, Any] = {
     OPENAPI_PATH: {
@@ -1342,7 +1348,7 @@ _PATHS: dict[str, Any] = {
             "and POSTs its nonce back. Changes nothing.",
             "security": [],
             "parameters": [_path("handle", {"type": "string"}, "The connect handle the broker gave the caller.")],
-            "responses": {"200": _HTML_PAGE, "404": _HTML_PAGE},
+            "responses": {"200": _HTML_PAGE, "400": _HTML_OR_JSON_400, "404": _HTML_PAGE},
         },
         "post": {
             "operationId": "oauthConnect",
@@ -1365,6 +1371,7 @@ _PATHS: dict[str, Any] = {
             },
             "responses": {
                 "302": {"description": "To the authorization endpoint.", "headers": {"Location": {"schema": {}}}},
+                "400": _HTML_OR_JSON_400,
                 "403": _HTML_PAGE,
                 "404": _HTML_PAGE,
                 "502": _HTML_PAGE,
@@ -1385,7 +1392,7 @@ _PATHS: dict[str, Any] = {
                 _query("error", {"type": "string"}, "An error code of the authorization server."),
                 _query("iss", {"type": "string"}, "RFC 9207 issuer identifier."),
             ],
-            "responses": {"200": _HTML_PAGE, "400": _HTML_PAGE},
+            "responses": {"200": _HTML_PAGE, "400": _HTML_OR_JSON_400},
         }
     },
     "/v1/admin/whoami": {

@@ -7,7 +7,9 @@
 #   for the requests upstreams make of the caller's client (sampling, elicitation,
 #   roots). The
 #   same rules serve discovery and use: a tool, resource or prompt is listed
-#   exactly when it may be called, read or got.
+#   exactly when it may be called, read or got. Every package under
+#   gateway.library (the policy library, configured through data.gateway.rules)
+#   may add refusals, and grants for tools.
 # scope: subpackages
 # schemas:
 #   - input: schema.decision_input
@@ -40,6 +42,7 @@ default allow := false
 
 allow if {
 	count(actions.deny) == 0
+	count(_library_deny) == 0
 	count(_grants) > 0
 }
 
@@ -47,11 +50,24 @@ _reasons := _grants if allow
 
 else := actions.deny if count(actions.deny) > 0
 
-else := _deny
+else := _library_deny if count(_grants) > 0
+
+else := _deny | _library_deny
+
+# The refusals of every package under gateway.library: a package added there takes
+# part without being named here.
+_library_deny contains category if {
+	some category in data.gateway.library[_].deny
+}
+
+# The grants of the library, for tools only (tool_access.grants).
+_library_grants contains category if {
+	some category in data.gateway.library[_].grants
+}
 
 # The concern package (gateway.actions.concern) that judges this request. Both are
 # undefined for an unsupported action, which actions.deny already refuses.
-_grants := tools.grants if actions.concern == "tools"
+_grants := tools.grants | _library_grants if actions.concern == "tools"
 
 _grants := resources.grants if actions.concern == "resources"
 

@@ -272,3 +272,69 @@ test_allow_ping_for_a_recognised_role if {
 	gateway.decision == {"allow": true, "reasons": ["granted_to_recognised_role"], "obligations": {}} with input as ping
 	gateway.decision == {"allow": false, "reasons": ["no_recognised_role"], "obligations": {}} with input as _with_roles(ping, ["guest"])
 }
+
+# The policy library (gateway.library.*), configured through data.gateway.rules.
+
+_library_rules := {
+	"tool_grants": [{"roles": ["deployer"], "server": "demo", "tools": ["create_ticket"]}],
+	"tool_restrictions": [{"server": "demo", "tools": ["get_weather"], "roles": ["operator", "admin"]}],
+	"delegation": {"max_depth": 1},
+}
+
+test_allow_library_without_configuration_changes_nothing if {
+	empty := {
+		"tool_grants": [], "tool_restrictions": [], "server_tools": {}, "annotations": {},
+		"arguments": [], "time_windows": [], "environments": {}, "delegation": {},
+	}
+	every name in _call_fixtures {
+		without := gateway.decision with input as fixtures[name]
+		without == gateway.decision with input as fixtures[name] with data.gateway.rules as empty
+	}
+	gateway.decision.allow with input as fixtures.tool_call_delegated_agent with data.gateway.rules as empty
+}
+
+test_deny_library_refusal_overrides_a_grant if {
+	gateway.decision == {
+		"allow": false,
+		"reasons": ["tool_restricted_to_roles"],
+		"obligations": {},
+	} with input as fixtures.tool_call_viewer_read_only
+		with data.gateway.rules as _library_rules
+}
+
+test_deny_library_refusals_join_the_concern_refusals if {
+	gateway.decision == {
+		"allow": false,
+		"reasons": ["delegation_depth_exceeded", "tool_not_read_only", "tool_restricted_to_roles"],
+		"obligations": {},
+	} with input as _with_annotations(fixtures.tool_call_delegated_agent, {})
+		with data.gateway.rules as _library_rules
+}
+
+test_deny_library_refusal_of_other_concerns if {
+	delegated_ping := object.union(fixtures.tool_call_delegated_agent, {"action": "ping"})
+	gateway.decision == {
+		"allow": false,
+		"reasons": ["delegation_depth_exceeded"],
+		"obligations": {},
+	} with input as delegated_ping
+		with data.gateway.rules as _library_rules
+}
+
+test_allow_library_grant_to_an_unrecognised_role if {
+	gateway.decision == {
+		"allow": true,
+		"reasons": ["granted_by_tool_grant"],
+		"obligations": {},
+	} with input as _with_roles(fixtures.tool_call_viewer_write, ["deployer"])
+		with data.gateway.rules as _library_rules
+}
+
+test_allow_unsupported_action_reasons_stay_first if {
+	gateway.decision == {
+		"allow": false,
+		"reasons": ["unsupported_action"],
+		"obligations": {},
+	} with input as _with_action(fixtures.tool_call_delegated_agent, "tools/unknown")
+		with data.gateway.rules as _library_rules
+}

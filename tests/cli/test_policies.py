@@ -255,3 +255,14 @@ def test_replay_without_recorded_decisions(gatewayctl, tmp_path: Path) -> None:
     assert "flips: 0 allow -> deny, 0 deny -> allow; 0 unchanged of 0" in run.stdout
     run = gatewayctl("policies", "replay", str(v), "--until", "2020-01-01T00:00:00Z", "--since", "2021-01-01T00:00:00Z")
     assert run.code == ExitCode.API and "400 bad_request" in run.stderr, run
+
+
+def test_local_tests_see_data_json_where_the_control_plane_mounts_it(gatewayctl, tmp_path, opa_bin) -> None:
+    (tmp_path / "p.rego").write_text("package gateway.limits\n\nmax_n := data.gateway.rules.max_n\n")
+    (tmp_path / "p_test.rego").write_text(
+        "package gateway.limits_test\n\nimport data.gateway.limits\n\ntest_max_n_from_data if limits.max_n == 7\n"
+    )
+    (tmp_path / "data.json").write_text('{"rules": {"max_n": 7}}')
+    run = gatewayctl("policies", "test", str(tmp_path), "--opa", str(opa_bin), "-o", "json")
+    assert run.code == 0, run
+    assert json.loads(run.stdout)["tests"]["passed"] == 1

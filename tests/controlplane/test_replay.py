@@ -371,7 +371,7 @@ async def test_progress_is_visible_a_second_replay_is_409_and_the_scratch_opa_is
         assert any(total == 300 and 0 < done < 300 for total, done in running), seen
         dones = [done for _, done in running]
         assert dones == sorted(dones)
-        assert len(pids) == 1, "one scratch OPA ran the replay"
+        assert pids, "a scratch OPA ran the replay"
         assert not set(_scratch_opas()) & pids
         with pytest.raises(ProcessLookupError):
             os.kill(pids.pop(), 0)

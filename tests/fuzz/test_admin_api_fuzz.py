@@ -3,7 +3,7 @@
 Every request generated from ``GET /v1/openapi.json``'s document (positive and
 negative examples) must get: no 5xx, a documented status code, the documented
 content type, and a body matching the documented schema. ``make test`` runs
-:data:`EXAMPLES` examples per operation (default 15); ``make fuzz`` sets
+:data:`EXAMPLES` examples per operation (default 6); ``make fuzz`` sets
 ``GATEWAY_FUZZ_EXAMPLES`` higher.
 
 ``POST /v1/servers/{name}/approve`` (and its dry run ``GET /v1/servers/{name}/drift``)
@@ -42,7 +42,7 @@ from tests.support.procs import ManagedProcess
 
 pytestmark = [pytest.mark.db, pytest.mark.integration]
 
-EXAMPLES = int(os.environ.get("GATEWAY_FUZZ_EXAMPLES", "15"))
+EXAMPLES = int(os.environ.get("GATEWAY_FUZZ_EXAMPLES", "6"))
 """Examples per operation (``make fuzz`` raises it)."""
 ADMIN_TOKEN = "fuzz-admin-token"
 INTERNAL_TOKEN = "fuzz-internal-token"
