@@ -44,7 +44,7 @@ from starlette.routing import compile_path
 
 from gateway.config import PROJECT_ROOT, Config
 from gateway.errors import PolicyUnavailable
-from gateway.policy.sidecar import die_with_parent, sidecar_environment
+from gateway.policy.sidecar import die_with_parent, sidecar_environment, stop_process
 
 __all__ = ["ACTIONS", "ControlPlaneOpa", "Decision", "action_for", "shared_engine"]
 
@@ -224,13 +224,7 @@ class ControlPlaneOpa:
     def stop(self) -> None:
         """Terminate the OPA process (SIGTERM, then SIGKILL after 5 s)."""
         proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc)
         if self._socket:
             shutil.rmtree(os.path.dirname(self._socket), ignore_errors=True)
 

@@ -95,7 +95,7 @@ from gateway.db.replays import LoggedDecision, ReplayWindow
 from gateway.errors import GatewayError, PolicyDecisionInvalid, RequestRejected
 from gateway.policy.decision import parse_call_result
 from gateway.policy.reserved import CAPABILITIES_FILE, load_capabilities, load_reserved_modules
-from gateway.policy.sidecar import die_with_parent, sidecar_environment
+from gateway.policy.sidecar import die_with_parent, sidecar_environment, stop_process
 
 __all__ = [
     "CONCURRENCY",
@@ -442,17 +442,6 @@ async def _opa_check_bundle(opa_bin: str, work: Path) -> None:
         raise GatewayError("the candidate bundle does not compile against the restricted capabilities")
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 @contextlib.asynccontextmanager
 async def scratch_opa(opa_bin: str, bundle: bytes) -> AsyncIterator[ScratchOpa]:
     """Run ``opa run --server`` with ``bundle`` on a private Unix socket until the block exits.
@@ -511,7 +500,7 @@ async def scratch_opa(opa_bin: str, bundle: bytes) -> AsyncIterator[ScratchOpa]:
                 log.info("replay: scratch opa pid=%s ready", proc.pid)
                 yield ScratchOpa(proc, session)
         finally:
-            _stop(proc)
+            stop_process(proc)
 
 
 async def _wait_ready(proc: subprocess.Popen[bytes], session: aiohttp.ClientSession, log_path: Path) -> None:

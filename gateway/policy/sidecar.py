@@ -28,7 +28,7 @@ from gateway.config import Config
 from gateway.policy.bundle_signing import SigningKeyError, VerificationKey, opa_keys_config, verification_keys
 from gateway.policy.health import OpaHealth
 
-__all__ = ["OPA_TOKEN_FILE", "OpaSidecar", "opa_config", "sidecar_environment"]
+__all__ = ["OPA_TOKEN_FILE", "OpaSidecar", "die_with_parent", "opa_config", "sidecar_environment", "stop_process"]
 
 log = logging.getLogger("gateway.opa")
 
@@ -128,6 +128,19 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child before e
 
 die_with_parent = _die_with_parent
 """``preexec_fn`` for supervised children: SIGTERM when the gateway process dies (Linux)."""
+
+
+def stop_process(proc: subprocess.Popen[bytes] | None, grace: float = 5.0) -> None:
+    """Terminate a supervised child: SIGTERM, then SIGKILL after ``grace`` seconds; nothing
+    when it is None or has already exited."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 class OpaSidecar:
@@ -247,11 +260,4 @@ class OpaSidecar:
         """Terminate the OPA process (SIGTERM, then SIGKILL after 5 s)."""
         proc, self._proc = self._proc, None
         self._bundle_active = False
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
