@@ -21,7 +21,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from gateway.errors import UpstreamCredentialRejected, UpstreamError
 
-__all__ = ["UpstreamCredential", "UpstreamCredentialRejected", "renewed", "with_query"]
+__all__ = ["UpstreamCredential", "UpstreamCredentialRejected", "adopt_renewal", "renewed", "with_query"]
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -81,6 +81,23 @@ async def renewed(refused: UpstreamCredential | None) -> UpstreamCredential | No
     if fresh is None or fresh.key != refused.key or fresh.same_material(refused):
         return None
     return fresh
+
+
+async def adopt_renewal(
+    refused: UpstreamCredential,
+    current: Callable[[], UpstreamCredential | None],
+    use: Callable[[UpstreamCredential], None],
+) -> bool:
+    """After a 401 to ``refused``: :func:`renewed` material, given to ``use`` unless a concurrent
+    request already replaced ``refused`` (``current()`` holds other material); False when there
+    is none to try (the caller reports the refusal)."""
+    fresh = await renewed(refused)
+    if fresh is None:
+        return False
+    now = current()
+    if now is None or now.same_material(refused):  # not renewed by a concurrent request
+        use(fresh)
+    return True
 
 
 def with_query(url: str, query: Mapping[str, str]) -> str:

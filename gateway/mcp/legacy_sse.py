@@ -54,7 +54,7 @@ from gateway.mcp.channel import (
     keep_listening,
     listen_on,
 )
-from gateway.mcp.credential import UpstreamCredential, UpstreamCredentialRejected, renewed, with_query
+from gateway.mcp.credential import UpstreamCredential, UpstreamCredentialRejected, adopt_renewal, with_query
 from gateway.mcp.messages import HANDSHAKE_VERSIONS
 
 __all__ = ["LEGACY_SSE_VERSION", "LegacySseUpstream"]
@@ -186,13 +186,9 @@ class LegacySseUpstream:
         material's source (once), and no stream opened with the refused material. False when
         there is none to try."""
         refused = self._credential
-        fresh = await renewed(refused)
-        if fresh is None or refused is None:
+        if refused is None or not await adopt_renewal(refused, lambda: self._credential, self.use_credential):
             return False
         log.info("upstream %s refused a credential (HTTP 401): retrying once with renewed material", self._safe_url)
-        current = self._credential
-        if current is None or current.same_material(refused):  # not renewed by a concurrent request
-            self.use_credential(fresh)
         stream = self._stream
         if stream is not None and stream.material is not None and stream.material.same_material(refused):
             self._drop(stream)

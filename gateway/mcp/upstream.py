@@ -67,7 +67,7 @@ from gateway.mcp.channel import (
     listen_on,
     wanted,
 )
-from gateway.mcp.credential import UpstreamCredential, UpstreamCredentialRejected, renewed, with_query
+from gateway.mcp.credential import UpstreamCredential, UpstreamCredentialRejected, adopt_renewal, with_query
 from gateway.mcp.legacy_sse import LegacySseUpstream
 from gateway.mcp.messages import HANDSHAKE_VERSIONS, MODERN_VERSIONS
 from gateway.mcp.stdio import StdioLaunch, StdioUpstream
@@ -483,13 +483,9 @@ class StreamableHttpUpstream:
         """After a 401: other material from the refused material's source (once), and no
         session opened with the refused material. False when there is none to try."""
         refused = self._credential
-        fresh = await renewed(refused)
-        if fresh is None or refused is None:
+        if refused is None or not await adopt_renewal(refused, lambda: self._credential, self.use_credential):
             return False
         log.info("upstream %s refused a credential (HTTP 401): retrying once with renewed material", self._safe_url)
-        current = self._credential
-        if current is None or current.same_material(refused):  # not renewed by a concurrent request
-            self.use_credential(fresh)
         async with self._lock:
             session = self._session
             if session is not None and session.material is not None and session.material.same_material(refused):
