@@ -20,7 +20,7 @@ from gateway.controlplane._http import (
     read_json,
 )
 from gateway.controlplane._longpoll import current_or_newer
-from gateway.db import audit as db_audit
+from gateway.db import audit_ingest as db_ingest
 from gateway.db import instances as db_instances
 from gateway.db.projections import get_projection
 from gateway.errors import GatewayError, NotFound, RequestRejected
@@ -170,5 +170,5 @@ async def post_decision_logs(request: Request) -> Response:
             }
         )
     if rows:
-        await db_audit.insert_opa_logs(d.pool, d.config.tenant, d.config.environment, rows)
+        await db_ingest.insert_opa_logs(d.pool, d.config.tenant, d.config.environment, rows)
     return Response(status_code=204)

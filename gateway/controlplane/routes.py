@@ -8,6 +8,7 @@ from gateway.controlplane import (
     admins,
     api_keys,
     audit,
+    audit_ingest,
     broker,
     credentials,
     dataplane,
@@ -72,7 +73,7 @@ routes = [
     Route("/v1/opa/logs", opa.post_decision_logs, methods=["POST"]),
     Route("/v1/dataplane/projection", dataplane.get_projection_feed, methods=["GET"]),
     Route("/v1/dataplane/credentials/resolve", broker.resolve_credential, methods=["POST"]),
-    Route("/v1/audit/events", audit.ingest_events, methods=["POST"]),
+    Route("/v1/audit/events", audit_ingest.ingest_events, methods=["POST"]),
 ]
 """Every control-plane route; ``middleware.auth`` decides public, admin or internal by path.
 ``gateway.controlplane.openapi`` describes each one (a test keeps them in step)."""

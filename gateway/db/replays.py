@@ -1,7 +1,7 @@
 """The decision-replay aggregate: replay runs (``policy_replays``) and the decision-log pages they read.
 
 A replay re-evaluates stored OPA decision-log inputs (``opa_decision_logs``, written by
-:func:`gateway.db.audit.insert_opa_logs`) against a candidate policy version; the runner is
+:func:`gateway.db.audit_ingest.insert_opa_logs`) against a candidate policy version; the runner is
 :mod:`gateway.controlplane.replay`.
 """
 

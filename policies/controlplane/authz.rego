@@ -19,7 +19,8 @@ grants := {
 	"admin": {
 		"scope.read", "settings.read", "settings.write", "roles.read", "roles.write",
 		"credentials.read", "credentials.write", "api_keys.read", "api_keys.write",
-		"servers.read", "policies.read", "projection.read", "audit.read",
+		"servers.read", "policies.read", "projection.read", "audit.read", "audit.export",
+		"audit.verify", "audit.retention",
 	},
 	"policy_author": {"scope.read", "policies.read", "policies.upload", "policies.test", "policies.replay"},
 	"approver": {
@@ -27,7 +28,7 @@ grants := {
 		"servers.read", "servers.approve", "projection.read",
 	},
 	"registry_editor": {"scope.read", "servers.read", "servers.register", "credentials.read", "credentials.bind"},
-	"auditor": {"scope.read", "audit.read", "policies.read", "servers.read"},
+	"auditor": {"scope.read", "audit.read", "audit.export", "audit.verify", "policies.read", "servers.read"},
 	"operator": {"scope.read", "projection.read", "servers.read"},
 }
 

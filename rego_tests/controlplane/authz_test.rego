@@ -9,6 +9,8 @@ req(action) := {"method": "POST", "path": "/v1/x", "action": action}
 test_a_role_grants_its_actions if {
 	authz.decision.allow with input as {"actor": actor(["policy_author"]), "request": req("policies.upload")}
 	authz.decision.allow with input as {"actor": actor(["auditor"]), "request": req("audit.read")}
+	authz.decision.allow with input as {"actor": actor(["auditor"]), "request": req("audit.export")}
+	authz.decision.allow with input as {"actor": actor(["auditor"]), "request": req("audit.verify")}
 	authz.decision.allow with input as {"actor": actor(["operator"]), "request": req("projection.read")}
 	authz.decision.allow with input as {"actor": actor(["registry_editor"]), "request": req("servers.register")}
 	authz.decision.allow with input as {"actor": actor(["admin"]), "request": req("roles.write")}
@@ -20,6 +22,8 @@ test_a_role_does_not_grant_another_roles_actions if {
 	d.reasons == [`none of the roles ["policy_author"] grants policies.approve`]
 	not authz.decision.allow with input as {"actor": actor(["auditor"]), "request": req("policies.upload")}
 	not authz.decision.allow with input as {"actor": actor(["operator"]), "request": req("audit.read")}
+	not authz.decision.allow with input as {"actor": actor(["operator"]), "request": req("audit.export")}
+	not authz.decision.allow with input as {"actor": actor(["auditor"]), "request": req("audit.retention")}
 	not authz.decision.allow with input as {"actor": actor(["admin"]), "request": req("policies.approve")}
 }
 
