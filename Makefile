@@ -18,13 +18,15 @@ SOAK_SECONDS ?= 600
 export OPA_VERSION OPA TOOLS PYTHON OPA_COVERAGE_THRESHOLD
 export OPA_BIN := $(OPA)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
+# The console's browser tests drive Debian's chromium; Playwright never downloads one.
+export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 
 # DATABASE_URL: provided by the caller, else the last line printed by
 # deploy/scripts/ensure-postgres.sh (cached by the `postgres` target in
 # .run/database_url). Recipes needing it prefix their command with $(WITH_DB).
 WITH_DB = DATABASE_URL="$$(cat $(RUN)/database_url)"
 
-.PHONY: help venv tools opa postgres test test-unit rego-check lint fmt demo bench bench-replay fuzz soak conformance clean
+.PHONY: help venv tools opa postgres chromium test test-unit rego-check lint fmt demo bench bench-replay bench-audit fuzz soak conformance clean
 
 help: ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -60,7 +62,10 @@ lint: venv ## ruff (lint + format check), mypy --strict, import-linter layer con
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
-test: venv opa postgres ## full suite (lint, rego checks, pytest)
+chromium: ## ensure Debian's chromium for the console's browser tests (apt-get install when missing)
+	bash deploy/scripts/ensure-chromium.sh >/dev/null
+
+test: venv opa postgres chromium ## full suite (lint, rego checks, pytest)
 	$(MAKE) --no-print-directory lint
 	bash deploy/scripts/rego-check.sh
 	$(WITH_DB) $(VENV)/bin/pytest -q
@@ -79,6 +84,11 @@ bench: venv opa postgres ## run the benchmark
 
 bench-replay: venv opa postgres ## replay 10,000 recorded decisions against a candidate policy (budget 30 s)
 	$(WITH_DB) $(VENV)/bin/python deploy/bench/bench_replay.py
+
+# Not part of `make test`: fills a throwaway database (gateway_audit_bench) with AUDIT_EVENTS events.
+AUDIT_EVENTS ?= 10000000
+bench-audit: venv postgres ## the reviewers' trail at AUDIT_EVENTS (10M) events: filter pages, stats, export -> docs/audit.md
+	$(WITH_DB) $(VENV)/bin/python deploy/bench/audit_bench.py --events $(AUDIT_EVENTS) --write docs/audit.md
 
 # `postgres` only ensures the server binaries are installed: the soak runs a cluster of its own.
 soak: venv opa postgres ## deploy/reliability/soak.py: traffic + faults for SOAK_SECONDS (600), audit accounting -> docs/reliability.md

@@ -246,6 +246,19 @@ class AuditConfig:
     queue_max: int = 100_000
     spool_dir: str = ""
     """Where events go when the queue is full or the control plane is down."""
+    partition_interval: str = "day"
+    """Time partitions of the audit tables (control plane): ``day``, ``week`` or ``month``."""
+    retention_days: int = 0
+    """Drop audit partitions wholly older than this many days (0: keep everything)."""
+    checkpoint_interval: float = 60 * SECONDS
+    """How often the control plane signs a checkpoint of the audit chains' heads (when they moved)."""
+    maintenance_interval: float = 300 * SECONDS
+    """How often the control plane creates upcoming partitions and applies retention."""
+    signing_key_file: str = ""
+    """Ed25519 private key (PKCS#8 PEM) that signs checkpoints; default: a development key
+    generated under ``<run_dir>/audit-signing``."""
+    verification_keys: tuple[str, ...] = ()
+    """Public keys (PEM files) of earlier checkpoint signing keys, still trusted by verification."""
 
 
 @dataclass(frozen=True)
@@ -535,6 +548,14 @@ class Config:
             )
         if self.bundle_signing.key_file and self.bundle_signing.key:
             raise ConfigError("set GATEWAY_BUNDLE_SIGNING_KEY_FILE or GATEWAY_BUNDLE_SIGNING_KEY, not both")
+        if self.audit.partition_interval not in ("day", "week", "month"):
+            raise ConfigError(
+                f"GATEWAY_AUDIT_PARTITION_INTERVAL must be day, week or month, not {self.audit.partition_interval!r}"
+            )
+        if self.audit.retention_days < 0:
+            raise ConfigError("GATEWAY_AUDIT_RETENTION_DAYS must be 0 (keep everything) or a number of days")
+        if self.audit.checkpoint_interval <= 0 or self.audit.maintenance_interval <= 0:
+            raise ConfigError("GATEWAY_AUDIT_CHECKPOINT_INTERVAL and _MAINTENANCE_INTERVAL must be positive seconds")
         audit = dataclasses.replace(self.audit, spool_dir=self.audit.spool_dir or str(Path(run_dir) / "audit-spool"))
         return dataclasses.replace(
             self,
@@ -592,6 +613,12 @@ ENV_KEYS: dict[str, str] = {
     "GATEWAY_OPA_URL": "opa.url",
     "GATEWAY_OPA_MANAGE": "opa.manage",
     "GATEWAY_AUDIT_SPOOL_DIR": "audit.spool_dir",
+    "GATEWAY_AUDIT_PARTITION_INTERVAL": "audit.partition_interval",
+    "GATEWAY_AUDIT_RETENTION_DAYS": "audit.retention_days",
+    "GATEWAY_AUDIT_CHECKPOINT_INTERVAL": "audit.checkpoint_interval",
+    "GATEWAY_AUDIT_MAINTENANCE_INTERVAL": "audit.maintenance_interval",
+    "GATEWAY_AUDIT_SIGNING_KEY_FILE": "audit.signing_key_file",
+    "GATEWAY_AUDIT_VERIFICATION_KEYS": "audit.verification_keys",
     "GATEWAY_CREDENTIALS_KEK_FILE": "credentials.kek_file",
     "GATEWAY_CREDENTIALS_KEK": "credentials.kek",
     "GATEWAY_CREDENTIALS_KEK_PREVIOUS_FILES": "credentials.kek_previous_files",

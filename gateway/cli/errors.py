@@ -21,6 +21,8 @@ class ExitCode(IntEnum):
     """A ``--wait`` (projection status, policy replay) ran out of time."""
     CHECKS_FAILED = 5
     """``policies test``: a test failed or errored, or coverage is below ``--min-coverage``."""
+    TAMPERED = 6
+    """``audit verify``: a broken link, or the checkpoint is not signed by the pinned key."""
 
 
 class CliError(Exception):

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from gateway.cli import admin, ops, policies, servers
+from gateway.cli import admin, audit_integrity, ops, policies, servers
 from gateway.cli.client import AdminClient
 from gateway.cli.common import fail, handle_errors, note, settings_of
 from gateway.cli.errors import CliError, ExitCode
@@ -34,6 +34,8 @@ app.add_typer(ops.audit_app, name="audit")
 app.add_typer(ops.keys_app, name="keys")
 app.add_typer(admin.admin_app, name="admin")
 ops.audit_app.command("control-plane")(admin.control_plane_audit)
+ops.audit_app.command("verify")(audit_integrity.verify)
+ops.audit_app.command("checkpoint")(audit_integrity.checkpoint)
 
 
 @app.callback()

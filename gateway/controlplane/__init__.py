@@ -25,7 +25,7 @@ from gateway.controlplane._http import JSONResponse, error_body, request_id
 from gateway.controlplane._resources import controlplane_resources
 from gateway.controlplane.middleware import BearerAuthMiddleware, RequestIdMiddleware
 from gateway.controlplane.middleware.admin import AdminAuthorizationMiddleware
-from gateway.controlplane.routes import routes
+from gateway.controlplane.routes import mounts, routes
 from gateway.credentials import load_keyring
 from gateway.db.pool import DATABASE_DOWN
 from gateway.errors import DatabaseUnavailable, GatewayError, UpstreamError
@@ -91,7 +91,7 @@ def create_controlplane_app(config: Config) -> Starlette:
     """
     require_assets()
     app = Starlette(
-        routes=routes,
+        routes=[*routes, *mounts],
         middleware=[
             Middleware(RequestIdMiddleware),
             Middleware(

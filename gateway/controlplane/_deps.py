@@ -8,6 +8,7 @@ import asyncpg
 from starlette.requests import Request
 
 from gateway.config import Config
+from gateway.controlplane.audit_trail import AuditTrail
 from gateway.controlplane.notifier import ProjectionNotifier
 from gateway.errors import GatewayError
 
@@ -21,6 +22,7 @@ class Deps:
     config: Config
     pool: asyncpg.Pool
     notifier: ProjectionNotifier
+    audit: AuditTrail
 
 
 def deps(request: Request) -> Deps:
@@ -30,7 +32,7 @@ def deps(request: Request) -> Deps:
         GatewayError: The root lifespan did not enter ``controlplane_resources``.
     """
     state = request.scope.get("state") or {}
-    pool, notifier = state.get("cp_pool"), state.get("cp_notifier")
-    if pool is None or notifier is None:
+    pool, notifier, audit = state.get("cp_pool"), state.get("cp_notifier"), state.get("cp_audit")
+    if pool is None or notifier is None or audit is None:
         raise GatewayError("control plane resources are not initialised (root lifespan wiring)")
-    return Deps(config=request.app.state.config, pool=pool, notifier=notifier)
+    return Deps(config=request.app.state.config, pool=pool, notifier=notifier, audit=audit)

@@ -6,7 +6,10 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
+import anyio
+
 from gateway.config import Config
+from gateway.controlplane.audit_trail import AuditTrail
 from gateway.controlplane.notifier import ProjectionNotifier, listen_for_projections
 from gateway.controlplane.oauth_tokens import TokenSource
 from gateway.controlplane.projection import ensure_initial_projection
@@ -21,7 +24,8 @@ log = logging.getLogger(__name__)
 
 @contextlib.asynccontextmanager
 async def controlplane_resources(config: Config) -> AsyncIterator[dict[str, object]]:
-    """Open the pool, migrate, ensure a projection exists, and LISTEN for new projections.
+    """Open the pool, migrate, start the audit trail, ensure a projection exists, and LISTEN for
+    new projections.
 
     The root app's single lifespan enters this and merges the yielded dict into
     its lifespan state; handlers read ``request.state.cp_pool`` and
@@ -36,16 +40,19 @@ async def controlplane_resources(config: Config) -> AsyncIterator[dict[str, obje
 
     Yields:
         ``{"cp_pool": asyncpg.Pool, "cp_notifier": ProjectionNotifier, "cp_tokens":
-        TokenSource}``.
+        TokenSource, "cp_audit": AuditTrail}`` (the trail's checkpoints and maintenance run
+        in a task while the lifespan lasts).
 
     Raises:
         asyncpg.PostgresError | OSError: PostgreSQL is unreachable or a migration failed.
     """
+    trail = AuditTrail(config)
     async with create_pool(config.database_url) as pool:
         async with pool.acquire() as conn:
             applied = await apply_migrations(conn)
         if applied:
             log.info("database migrated: %s", ", ".join(applied))
+        await trail.start(pool)
         await ensure_initial_projection(pool, config)
         notifier = ProjectionNotifier()
 
@@ -57,6 +64,9 @@ async def controlplane_resources(config: Config) -> AsyncIterator[dict[str, obje
             notifier.publish(await latest_version(pool, config.tenant, config.environment))
             tokens = TokenSource()  # OAuth tokens of the credentials broker (gateway.controlplane.broker)
             try:
-                yield {"cp_pool": pool, "cp_notifier": notifier, "cp_tokens": tokens}
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(trail.run, pool)
+                    yield {"cp_pool": pool, "cp_notifier": notifier, "cp_tokens": tokens, "cp_audit": trail}
+                    tg.cancel_scope.cancel()
             finally:
                 await tokens.aclose()

@@ -6,27 +6,26 @@ approval comment every approval requires (docs/admin-identity.md).
   ``{"subject", "issuer"?, "role", "comment"}`` -> 201 grant (409 when held);
   ``DELETE /v1/admin/roles/{id}`` -> the revoked grant. ``issuer`` defaults to the primary
   admin issuer; ``role`` is one of :data:`~gateway.controlplane.actor.ROLES`.
-* ``GET /v1/audit/control-plane?actor=&action=&changes=true&since=&until=&limit=`` ->
-  ``{"items": [row, ...]}`` newest first (``limit`` 1..1000, default 100).
+* The control-plane trail itself (``GET /v1/audit/control-plane``, its filters and its export)
+  is served by :mod:`gateway.controlplane.audit`, with the runtime trail.
 """
 
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.controlplane._deps import deps
-from gateway.controlplane._http import JSONResponse, check_text, parse_int, parse_rfc3339, read_json
+from gateway.controlplane._http import JSONResponse, check_text, read_json
 from gateway.controlplane.actor import ROLES, actor_of
 from gateway.controlplane.middleware.admin import record_change
 from gateway.db import admin as db_admin
 from gateway.errors import AdminForbidden, NotFound, RequestRejected
 
-__all__ = ["approval_comment", "create_grant", "delete_grant", "list_control_plane_audit", "list_grants", "whoami"]
+__all__ = ["approval_comment", "create_grant", "delete_grant", "list_grants", "whoami"]
 
 MAX_COMMENT = 2000
 
@@ -114,32 +113,3 @@ async def delete_grant(request: Request) -> Response:
         grant = await db_admin.delete_grant(conn, d.config.tenant, d.config.environment, grant_id)
     record_change(request, kind="role_grant", resource_id=grant["id"], before=grant)
     return JSONResponse(grant)
-
-
-def _time(value: str | None, name: str) -> datetime | None:
-    return parse_rfc3339(value, field=name) if value is not None else None
-
-
-async def list_control_plane_audit(request: Request) -> Response:
-    """``GET /v1/audit/control-plane`` (module docstring)."""
-    d = deps(request)
-    q = request.query_params
-    unknown = set(q) - {"actor", "action", "changes", "since", "until", "limit"}
-    if unknown:
-        raise RequestRejected(f"unknown query parameter {sorted(unknown)[0]!r}")
-    changes = q.get("changes", "false")
-    if changes not in ("true", "false"):
-        raise RequestRejected("changes must be true or false")
-    async with d.pool.acquire() as conn:
-        items = await db_admin.query_audit(
-            conn,
-            d.config.tenant,
-            d.config.environment,
-            actor=check_text(q.get("actor"), "actor", max_length=1024),
-            action=check_text(q.get("action"), "action", max_length=128),
-            changes_only=changes == "true",
-            since=_time(q.get("since"), "since"),
-            until=_time(q.get("until"), "until"),
-            limit=parse_int(q.get("limit"), "limit", default=100, minimum=1, maximum=1000),
-        )
-    return JSONResponse({"items": items})

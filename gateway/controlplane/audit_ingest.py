@@ -89,5 +89,5 @@ async def ingest_events(request: Request) -> Response:
         raise RequestRejected(f"at most {MAX_BATCH} events per request")
     rows = [validate_event(e, tenant=d.config.tenant, environment=d.config.environment) for e in body]
     if rows:
-        await db_ingest.insert_decision_events(d.pool, rows)
+        await db_ingest.insert_decision_events(d.pool, d.audit.partitions, d.config.tenant, d.config.environment, rows)
     return JSONResponse({"accepted": len(rows)}, status_code=202)

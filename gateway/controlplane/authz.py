@@ -188,7 +188,9 @@ class ControlPlaneOpa:
             return socket_path
         assert proc is not None
         deadline = time.monotonic() + 15
-        transport = httpx.AsyncHTTPTransport(uds=socket_path)
+        transport = httpx.AsyncHTTPTransport(
+            uds=socket_path, verify=False
+        )  # plain HTTP on a Unix socket: no CA bundle to load
         async with httpx.AsyncClient(transport=transport, base_url="http://opa", trust_env=False, timeout=1.0) as http:
             while True:
                 if proc.poll() is not None or time.monotonic() > deadline:
@@ -209,7 +211,9 @@ class ControlPlaneOpa:
         """
         socket_path = await self._ensure()
         try:
-            transport = httpx.AsyncHTTPTransport(uds=socket_path)
+            transport = httpx.AsyncHTTPTransport(
+                uds=socket_path, verify=False
+            )  # plain HTTP on a Unix socket: no CA bundle to load
             async with httpx.AsyncClient(
                 transport=transport, base_url="http://opa", trust_env=False, timeout=TIMEOUT
             ) as http:

@@ -170,5 +170,5 @@ async def post_decision_logs(request: Request) -> Response:
             }
         )
     if rows:
-        await db_ingest.insert_opa_logs(d.pool, d.config.tenant, d.config.environment, rows)
+        await db_ingest.insert_opa_logs(d.pool, d.audit.partitions, d.config.tenant, d.config.environment, rows)
     return Response(status_code=204)

@@ -374,8 +374,179 @@ _SCHEMAS: dict[str, Any] = {
     },
     "ControlPlaneAuditPage": {
         "type": "object",
-        "required": ["items"],
-        "properties": {"items": {"type": "array", "items": _ref("ControlPlaneAuditRow")}},
+        "required": ["items", "next_cursor"],
+        "properties": {
+            "items": {"type": "array", "items": _ref("ControlPlaneAuditRow")},
+            "next_cursor": {"type": ["string", "null"]},
+        },
+    },
+    "AuditVerification": {
+        "type": "object",
+        "required": [
+            "intact",
+            "message",
+            "records",
+            "streams",
+            "partitions",
+            "dropped_partitions",
+            "unprotected_records",
+            "checkpoint",
+            "first_break",
+        ],
+        "properties": {
+            "intact": {"type": "boolean"},
+            "message": {"type": "string", "description": "`intact, N records` or `broken: ...`."},
+            "records": {"type": "integer", "description": "Records whose links were checked."},
+            "streams": {"type": "object", "additionalProperties": {"type": "integer"}},
+            "partitions": {"type": "integer"},
+            "dropped_partitions": {"type": "integer", "description": "Dropped by retention, signed."},
+            "unprotected_records": {
+                "type": "integer",
+                "description": "Records after the newest checkpoint (a tail deletion there is not detectable yet).",
+            },
+            "checkpoint": {
+                "type": ["object", "null"],
+                "properties": {
+                    "id": {"type": "integer"},
+                    "created_at": {"type": "string", "format": "date-time"},
+                    "key_id": {"type": "string"},
+                },
+            },
+            "first_break": {
+                "type": ["object", "null"],
+                "properties": {
+                    "stream": {"type": "string"},
+                    "partition": {"type": ["string", "null"]},
+                    "seq": {"type": ["integer", "null"]},
+                    "decision_id": {"type": ["string", "null"]},
+                    "record_id": {"type": ["string", "null"]},
+                    "problem": {
+                        "type": "string",
+                        "enum": [
+                            "checkpoint_signature",
+                            "checkpoint_link",
+                            "hash_mismatch",
+                            "missing_record",
+                            "unexpected_record",
+                            "unsealed",
+                            "truncated",
+                            "checkpoint_mismatch",
+                            "partition_missing",
+                        ],
+                    },
+                    "detail": {"type": "string"},
+                },
+            },
+        },
+    },
+    "AuditCheckpoint": {
+        "type": "object",
+        "required": ["id", "created_at", "key_id", "body", "signature"],
+        "properties": {
+            "id": {"type": "integer"},
+            "created_at": {"type": "string", "format": "date-time"},
+            "key_id": {"type": "string", "description": "16 hex digits of SHA-256 over the raw public key."},
+            "body": {"type": "string", "description": "The exact signed bytes (canonical JSON)."},
+            "signature": {"type": "string", "description": "Ed25519 signature of `body`, hex."},
+        },
+    },
+    "AuditCheckpointPage": {
+        "type": "object",
+        "required": ["items", "keys"],
+        "properties": {
+            "items": {"type": "array", "items": _ref("AuditCheckpoint")},
+            "keys": {"type": "object", "additionalProperties": {"type": "string"}, "description": "PEM by key id."},
+        },
+    },
+    "AuditPartition": {
+        "type": "object",
+        "required": ["stream", "name", "lower", "upper", "dropped_at"],
+        "properties": {
+            "stream": {"type": "string", "enum": ["decisions", "opa_logs", "control_plane"]},
+            "name": {"type": "string"},
+            "lower": {"type": "string", "format": "date-time"},
+            "upper": {"type": "string", "format": "date-time"},
+            "dropped_at": {"type": ["string", "null"], "format": "date-time"},
+        },
+    },
+    "AuditPartitionList": {
+        "type": "object",
+        "required": ["items", "interval", "retention_days"],
+        "properties": {
+            "items": {"type": "array", "items": _ref("AuditPartition")},
+            "interval": {"type": "string", "enum": ["day", "week", "month"]},
+            "retention_days": {"type": "integer"},
+        },
+    },
+    "AuditStats": {
+        "type": "object",
+        "description": "Aggregates of the decisions matching the filters in `since`..`until` (docs/audit.md). "
+        "Rankings are largest first, at most `top` long.",
+        "required": [
+            "since",
+            "until",
+            "total",
+            "outcomes",
+            "per_hour",
+            "top_denied_tools",
+            "top_denied_subjects",
+            "denials_by_reason",
+            "latency_by_server",
+        ],
+        "properties": {
+            "since": TIMESTAMP,
+            "until": TIMESTAMP,
+            "total": {"type": "integer"},
+            "outcomes": {"type": "object", "additionalProperties": {"type": "integer"}},
+            "per_hour": {
+                "type": "array",
+                "description": "Every UTC hour of the range (zeros included), oldest first.",
+                "items": {
+                    "type": "object",
+                    "required": ["hour", "allowed", "denied", "rejected", "error"],
+                    "properties": {
+                        "hour": TIMESTAMP,
+                        **{k: {"type": "integer"} for k in ("allowed", "denied", "rejected", "error")},
+                    },
+                },
+            },
+            "top_denied_tools": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "server": {"type": ["string", "null"]},
+                        "tool": {"type": ["string", "null"]},
+                        "count": {"type": "integer"},
+                    },
+                },
+            },
+            "top_denied_subjects": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {"subject": {"type": ["string", "null"]}, "count": {"type": "integer"}},
+                },
+            },
+            "denials_by_reason": {
+                "type": "array",
+                "description": "A denial with two reasons counts for both.",
+                "items": {"type": "object", "properties": {"reason": {"type": "string"}, "count": {"type": "integer"}}},
+            },
+            "latency_by_server": {
+                "type": "array",
+                "description": "Continuous percentiles (`percentile_cont`) of `latency_ms`, in milliseconds.",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "server": {"type": ["string", "null"]},
+                        "count": {"type": "integer"},
+                        "p50_ms": {"type": "number"},
+                        "p99_ms": {"type": "number"},
+                    },
+                },
+            },
+        },
     },
     "Tool": {
         "type": "object",
@@ -1239,16 +1410,61 @@ _RESPONSES: dict[str, Any] = {
 _ADMIN: list[dict[str, list[str]]] = [{"adminToken": []}]
 _INTERNAL: list[dict[str, list[str]]] = [{"internalToken": []}]
 _OPA: list[dict[str, list[str]]] = [{"opaToken": []}]
-_AUDIT_FILTERS = [
+_TRAIL_FILTERS = [
     _query("subject", _text(), "Exact subject (JWT `sub`)."),
+    _query("client_id", _text(), "Exact client (agent) id."),
     _query("server", _text(), "Exact server name."),
     _query("tool", _text(), "Exact tool name."),
     _query("allowed", {"type": "boolean"}, "`true` or `false`."),
+    _query(
+        "outcome",
+        {"type": "string", "enum": ["allowed", "denied", "rejected", "error"]},
+        "From `status` and `allowed` (docs/audit.md): `error` and `rejected` by status, else `denied` when not "
+        "allowed, else `allowed`.",
+    ),
     _query("action", _text(), "Exact MCP method, e.g. `tools/call`."),
+    _query("status", _text(), "Exact status: `ok`, `tool_error`, `denied`, `rejected`, `error`."),
+    _query("error_category", _text(), "Exact error category, e.g. `policy_denied`."),
+    _query("policy_revision", _text(), "Exact policy revision the decision was made under."),
+    _query("projection_version", {"type": "integer", "minimum": 0, "maximum": MAX_BIGINT}, "Exact version."),
+    _query("protocol_version", _text(), "Exact MCP protocol version, e.g. `2025-11-25`."),
+    _query("dataplane_id", _text(), "Exact data plane id."),
+    _query(
+        "min_latency_ms",
+        {"type": "string", "pattern": "^[0-9]{1,10}(\\.[0-9]{1,6})?$"},
+        "Only decisions slower than this many milliseconds (strictly greater).",
+    ),
+    _query(
+        "reason",
+        {"type": "string", "minLength": 1, "maxLength": 256, "pattern": "^[^\\u0000\\n\\r]*$"},
+        "Case-insensitive substring of one of the reasons.",
+    ),
+    _query(
+        "q",
+        {"type": "string", "minLength": 1, "maxLength": MAX_TEXT, "pattern": "^[^\\u0000]*$"},
+        "Free-text search over the reasons: 1-8 words, each a case-insensitive substring (trigram index).",
+    ),
     _query("since", {"type": "string", "format": "date-time"}, "Inclusive lower bound (RFC 3339, with zone)."),
     _query("until", {"type": "string", "format": "date-time"}, "Exclusive upper bound (RFC 3339, with zone)."),
+]
+"""The runtime trail's filters: the decisions page, the stats and the export take them all."""
+_ORDER = {"type": "string", "enum": ["desc", "asc"]}
+_AUDIT_FILTERS = [
+    *_TRAIL_FILTERS,
+    _query("order", _ORDER, "`desc` (default): newest first; `asc`: oldest first."),
     _query("limit", {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}, "Page size."),
-    _query("cursor", _text(), "`next_cursor` of the previous page, unchanged."),
+    _query("cursor", _text(), "`next_cursor` of the previous page, unchanged (same `order`)."),
+]
+_CONTROL_PLANE_FILTERS = [
+    _query("actor", _text(1024), "Only this actor (`sub@iss`, or `bootstrap`)."),
+    _query("action", _text(128), "Only this action, e.g. `policies.approve`."),
+    _query("allowed", {"type": "boolean"}, "The control-plane policy's decision."),
+    _query("status", {"type": "integer", "minimum": 100, "maximum": 599}, "The HTTP status answered."),
+    _query("resource_kind", _text(128), "Only changes of this kind, e.g. `server`, `policy`, `role_grant`."),
+    _query("resource_id", _text(), "Only changes of this resource."),
+    _query("changes", {"type": "string", "enum": ["true", "false"]}, "Only rows naming a resource."),
+    _query("since", {"type": "string", "format": "date-time"}, "RFC 3339, inclusive."),
+    _query("until", {"type": "string", "format": "date-time"}, "RFC 3339, exclusive."),
 ]
 
 
@@ -1435,15 +1651,13 @@ _PATHS: dict[str, Any] = {
         "get": _op(
             "listControlPlaneAudit",
             "audit",
-            "Every admin request with its decision id, newest first (docs/admin-identity.md).",
+            "Every admin request with its decision id, newest first, keyset-paginated (docs/audit.md).",
             {"200": _json(_ref("ControlPlaneAuditPage"), "The rows."), "400": _error("BadRequest")},
             parameters=[
-                _query("actor", _text(1024), "Only this actor."),
-                _query("action", _text(128), "Only this action, e.g. `policies.approve`."),
-                _query("changes", {"type": "string", "enum": ["true", "false"]}, "Only rows naming a resource."),
-                _query("since", {"type": "string", "format": "date-time"}, "RFC 3339, inclusive."),
-                _query("until", {"type": "string", "format": "date-time"}, "RFC 3339, exclusive."),
+                *_CONTROL_PLANE_FILTERS,
+                _query("order", _ORDER, "`desc` (default): newest first; `asc`: oldest first."),
                 _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "At most this many (100)."),
+                _query("cursor", _text(), "`next_cursor` of the previous page, unchanged (same `order`)."),
             ],
         )
     },
@@ -1664,6 +1878,61 @@ _PATHS: dict[str, Any] = {
             parameters=_AUDIT_FILTERS,
         )
     },
+    "/v1/audit/stats": {
+        "get": _op(
+            "getAuditStats",
+            "audit",
+            "Aggregates of the runtime trail over a time range (default: the last 24 hours; at most 93 days): "
+            "decisions per hour by outcome, top denied tools and subjects, denials by reason, p50/p99 latency "
+            "by server.",
+            {"200": _json(_ref("AuditStats"), "The aggregates."), "400": _error("BadRequest")},
+            parameters=[
+                *_TRAIL_FILTERS,
+                _query("top", {"type": "integer", "minimum": 1, "maximum": 100, "default": 10}, "Ranking length."),
+            ],
+        )
+    },
+    "/v1/audit/export": {
+        "get": _op(
+            "exportAudit",
+            "audit",
+            "The runtime or control-plane trail as a streamed attachment (server-side cursor, constant memory): "
+            "NDJSON (one object per line) or CSV (header row, RFC 4180 quoting). A failure after the first byte "
+            "ends the body early (an incomplete chunked body).",
+            {
+                "200": {
+                    "description": "The rows, oldest first unless `order=desc`.",
+                    "headers": {
+                        "Content-Disposition": {
+                            "schema": {"type": "string"},
+                            "description": '`attachment; filename="audit-<trail>-<UTC time>.<format>"`.',
+                        }
+                    },
+                    "content": {
+                        "application/x-ndjson": {"schema": {"type": "string"}},
+                        "text/csv": {"schema": {"type": "string"}},
+                    },
+                },
+                "400": _error("BadRequest"),
+            },
+            parameters=[
+                _query("format", {"type": "string", "enum": ["ndjson", "csv"], "default": "ndjson"}, "Encoding."),
+                _query(
+                    "trail",
+                    {"type": "string", "enum": ["decisions", "control-plane"], "default": "decisions"},
+                    "Which trail; each takes its own filters (those of `/v1/audit/decisions` or of "
+                    "`/v1/audit/control-plane`; others are a 400).",
+                ),
+                _query("order", _ORDER, "`asc` (default): oldest first, as SIEMs ingest; `desc`: newest first."),
+                *_TRAIL_FILTERS,
+                *[
+                    p
+                    for p in _CONTROL_PLANE_FILTERS
+                    if p["name"] not in {"action", "allowed", "status", "since", "until"}
+                ],
+            ],
+        )
+    },
     "/v1/audit/decisions/{decision_id}": {
         "get": _op(
             "getDecision",
@@ -1671,6 +1940,60 @@ _PATHS: dict[str, Any] = {
             "One audit event joined with OPA's decision-log event.",
             {"200": _json(_ref("Decision"), "The event."), "400": _error("BadRequest"), "404": _error("NotFound")},
             parameters=[_path("decision_id", _text(256), "The decision id.")],
+        )
+    },
+    "/v1/audit/verify": {
+        "get": _op(
+            "verifyAudit",
+            "audit",
+            "Verify the hash chains of the three audit streams against their records and the signed "
+            "checkpoints (docs/audit-integrity.md): intact with a record count, or the first broken link.",
+            {"200": _json(_ref("AuditVerification"), "The report (also when broken)."), "400": _error("BadRequest")},
+            parameters=[
+                _query("since", {"type": "string", "format": "date-time"}, "Partitions ending after this."),
+                _query("until", {"type": "string", "format": "date-time"}, "Partitions starting before this."),
+            ],
+        )
+    },
+    "/v1/audit/checkpoints": {
+        "get": _op(
+            "listAuditCheckpoints",
+            "audit",
+            "Signed checkpoints of the chain heads, newest first, with the trusted Ed25519 public keys.",
+            {"200": _json(_ref("AuditCheckpointPage"), "The checkpoints."), "400": _error("BadRequest")},
+            parameters=[_query("limit", {"type": "integer", "minimum": 1, "maximum": 500, "default": 20}, "At most.")],
+        ),
+        "post": _op(
+            "createAuditCheckpoint",
+            "audit",
+            "Sign a checkpoint of the chain heads now.",
+            {"201": _json(_ref("AuditCheckpoint"), "The new checkpoint.")},
+        ),
+    },
+    "/v1/audit/partitions": {
+        "get": _op(
+            "listAuditPartitions",
+            "audit",
+            "The audit tables' time partitions (live and dropped by retention), the interval and the retention.",
+            {"200": _json(_ref("AuditPartitionList"), "The partitions.")},
+        )
+    },
+    "/v1/audit/retention": {
+        "post": _op(
+            "applyAuditRetention",
+            "audit",
+            "Drop the partitions wholly older than the retention period now (recorded in the trail and signed "
+            "into a checkpoint).",
+            {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "required": ["dropped"],
+                        "properties": {"dropped": {"type": "array", "items": _ref("AuditPartition")}},
+                    },
+                    "What was dropped.",
+                )
+            },
         )
     },
     "/v1/credentials": {

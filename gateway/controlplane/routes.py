@@ -9,6 +9,7 @@ from gateway.controlplane import (
     api_keys,
     audit,
     audit_ingest,
+    audit_integrity,
     broker,
     credentials,
     dataplane,
@@ -20,8 +21,9 @@ from gateway.controlplane import (
     servers,
     status,
 )
+from gateway.controlplane.console import console_mount
 
-__all__ = ["routes"]
+__all__ = ["mounts", "routes"]
 
 routes = [
     # the OpenAPI 3.1 description of everything below (no token: it holds no data)
@@ -37,7 +39,7 @@ routes = [
     Route("/v1/admin/roles", admins.list_grants, methods=["GET"]),
     Route("/v1/admin/roles", admins.create_grant, methods=["POST"]),
     Route("/v1/admin/roles/{id}", admins.delete_grant, methods=["DELETE"]),
-    Route("/v1/audit/control-plane", admins.list_control_plane_audit, methods=["GET"]),
+    Route("/v1/audit/control-plane", audit.list_control_plane, methods=["GET"]),
     Route("/v1/servers", servers.list_servers, methods=["GET"]),
     Route("/v1/servers", servers.create_server, methods=["POST"]),
     Route("/v1/servers/{name}", servers.get_server, methods=["GET"]),
@@ -54,6 +56,13 @@ routes = [
     Route("/v1/projection", status.get_projection_status, methods=["GET"]),
     Route("/v1/audit/decisions", audit.list_decisions, methods=["GET"]),
     Route("/v1/audit/decisions/{decision_id}", audit.get_decision, methods=["GET"]),
+    Route("/v1/audit/stats", audit.stats, methods=["GET"]),
+    Route("/v1/audit/export", audit.export, methods=["GET"]),
+    Route("/v1/audit/verify", audit_integrity.verify, methods=["GET"]),
+    Route("/v1/audit/checkpoints", audit_integrity.get_checkpoints, methods=["GET"]),
+    Route("/v1/audit/checkpoints", audit_integrity.create_checkpoint, methods=["POST"]),
+    Route("/v1/audit/partitions", audit_integrity.get_partitions, methods=["GET"]),
+    Route("/v1/audit/retention", audit_integrity.apply_retention, methods=["POST"]),
     Route("/v1/credentials", credentials.list_credentials, methods=["GET"]),
     Route("/v1/credentials", credentials.create_credential, methods=["POST"]),
     Route("/v1/credentials/rewrap", credentials.rewrap_credentials, methods=["POST"]),
@@ -77,3 +86,7 @@ routes = [
 ]
 """Every control-plane route; ``middleware.auth`` decides public, admin or internal by path.
 ``gateway.controlplane.openapi`` describes each one (a test keeps them in step)."""
+
+mounts = [console_mount]
+"""Served after :data:`routes`, described by no OpenAPI entry: the web console (HTML pages with
+their own session auth, ``gateway.controlplane.console``)."""

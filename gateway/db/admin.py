@@ -9,12 +9,20 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
-import orjson
 
+from gateway.db.audit_chain import append
+from gateway.db.audit_control_plane import (
+    CONTROL_PLANE_SELECT,
+    ControlPlaneQuery,
+    control_plane_item,
+    control_plane_where,
+)
+from gateway.db.audit_partitions import PartitionMap
+from gateway.db.audit_streams import CONTROL_PLANE, CONTROL_PLANE_FIELDS
 from gateway.errors import ConflictError, NotFound
 
 __all__ = [
@@ -145,90 +153,68 @@ class AuditRow:
     after_sha256: str | None = None
 
 
-async def record_audit(conn: asyncpg.Connection, tenant: str, environment: str, row: AuditRow) -> None:
-    """Append ``row`` to the control-plane audit trail."""
-    await conn.execute(
-        """
-        INSERT INTO control_plane_audit (tenant, environment, request_id, actor, actor_issuer, roles, action, method,
-            path, decision_id, allowed, reasons, status, resource_kind, resource_id, comment, before_sha256,
-            after_sha256)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
-        """,
+async def record_audit(
+    pool: asyncpg.Pool, partitions: PartitionMap, tenant: str, environment: str, row: AuditRow
+) -> None:
+    """Append ``row`` to the control-plane audit trail, chained (:mod:`gateway.db.audit_chain`)."""
+    now = datetime.now(UTC)
+
+    async def take_id(conn: asyncpg.Connection, rows: list[tuple[Any, ...]]) -> None:
+        # The id is committed to by the chain, so it is drawn before the row is linked.
+        rows[0] = (await conn.fetchval("SELECT nextval('control_plane_audit_record_id_seq')"), *rows[0][1:])
+
+    values = {
+        "id": 0,
+        "timestamp": now,
+        "tenant": tenant,
+        "environment": environment,
+        "request_id": row.request_id,
+        "actor": row.actor,
+        "actor_issuer": row.actor_issuer,
+        "roles": sorted(row.roles),
+        "action": row.action,
+        "method": row.method,
+        "path": row.path,
+        "decision_id": row.decision_id,
+        "allowed": row.allowed,
+        "reasons": list(row.reasons),
+        "status": row.status,
+        "resource_kind": row.resource_kind,
+        "resource_id": row.resource_id,
+        "comment": row.comment,
+        "before_sha256": row.before_sha256,
+        "after_sha256": row.after_sha256,
+    }
+    await append(
+        pool,
+        partitions,
+        CONTROL_PLANE,
         tenant,
         environment,
-        row.request_id,
-        row.actor,
-        row.actor_issuer,
-        sorted(row.roles),
-        row.action,
-        row.method,
-        row.path,
-        row.decision_id,
-        row.allowed,
-        orjson.dumps(list(row.reasons)).decode(),
-        row.status,
-        row.resource_kind,
-        row.resource_id,
-        row.comment,
-        row.before_sha256,
-        row.after_sha256,
+        [tuple(values[f] for f in CONTROL_PLANE_FIELDS)],
+        before_insert=take_id,
+        dedupe=False,
     )
 
 
 async def query_audit(
-    conn: asyncpg.Connection,
-    tenant: str,
-    environment: str,
-    *,
-    actor: str | None = None,
-    action: str | None = None,
-    changes_only: bool = False,
-    since: datetime | None = None,
-    until: datetime | None = None,
-    limit: int = 100,
+    conn: asyncpg.Connection, tenant: str, environment: str, q: ControlPlaneQuery | None = None, /, **filters: Any
 ) -> list[dict[str, Any]]:
-    """Rows newest first, filtered; ``changes_only`` keeps rows that name a resource."""
+    """Up to ``q.limit`` trail rows in ``q.order`` (``timestamp``, then ``id``).
+
+    Args:
+        q: The filters; or, without it, ``filters`` are :class:`ControlPlaneQuery`'s fields.
+    """
+    query = q if q is not None else ControlPlaneQuery(**filters)
+    where, args = control_plane_where(tenant, environment, query)
+    args.append(query.limit)
+    direction = "DESC" if query.order == "desc" else "ASC"
     rows = await conn.fetch(
-        """
-        SELECT * FROM control_plane_audit
-        WHERE tenant = $1 AND environment = $2
-          AND ($3::text IS NULL OR actor = $3) AND ($4::text IS NULL OR action = $4)
-          AND (NOT $5 OR resource_kind IS NOT NULL)
-          AND ($6::timestamptz IS NULL OR "timestamp" >= $6) AND ($7::timestamptz IS NULL OR "timestamp" < $7)
-        ORDER BY "timestamp" DESC, id DESC LIMIT $8
-        """,
-        tenant,
-        environment,
-        actor,
-        action,
-        changes_only,
-        since,
-        until,
-        limit,
+        f"SELECT {CONTROL_PLANE_SELECT} FROM control_plane_audit WHERE {where}"
+        f' ORDER BY "timestamp" {direction}, id {direction} LIMIT ${len(args)}',
+        *args,
     )
-    return [
-        {
-            "id": r["id"],
-            "timestamp": _iso(r["timestamp"]),
-            "request_id": r["request_id"],
-            "actor": r["actor"],
-            "actor_issuer": r["actor_issuer"],
-            "roles": list(r["roles"]),
-            "action": r["action"],
-            "method": r["method"],
-            "path": r["path"],
-            "decision_id": r["decision_id"],
-            "allowed": r["allowed"],
-            "reasons": orjson.loads(r["reasons"]) if isinstance(r["reasons"], str) else r["reasons"],
-            "status": r["status"],
-            "resource_kind": r["resource_kind"],
-            "resource_id": r["resource_id"],
-            "comment": r["comment"],
-            "before_sha256": r["before_sha256"],
-            "after_sha256": r["after_sha256"],
-        }
-        for r in rows
-    ]
+    return [control_plane_item(r) for r in rows]
 
 
 async def record_policy_approval(

@@ -28,14 +28,25 @@ MIN_SIZE = 1
 MAX_SIZE = 10
 
 
-def _dumps(value: Any) -> str:
-    return orjson.dumps(value).decode()
+_JSONB_V1 = b"\x01"
+"""The jsonb binary format: a version byte, then the JSON text."""
+
+
+def _jsonb_encode(value: Any) -> bytes:
+    return _JSONB_V1 + orjson.dumps(value)
+
+
+def _jsonb_decode(data: bytes) -> Any:
+    return orjson.loads(data[1:])
 
 
 async def _init(conn: asyncpg.Connection) -> None:
-    # json and jsonb columns map to Python dicts/lists through orjson, both ways.
-    for typename in ("json", "jsonb"):
-        await conn.set_type_codec(typename, encoder=_dumps, decoder=orjson.loads, schema="pg_catalog")
+    # json and jsonb columns map to Python dicts/lists through orjson, both ways, in the binary
+    # format (so binary COPY can carry them). A json column stores orjson's text byte for byte.
+    await conn.set_type_codec("json", encoder=orjson.dumps, decoder=orjson.loads, schema="pg_catalog", format="binary")
+    await conn.set_type_codec(
+        "jsonb", encoder=_jsonb_encode, decoder=_jsonb_decode, schema="pg_catalog", format="binary"
+    )
 
 
 def create_pool(

@@ -10,6 +10,7 @@ import pytest
 
 from gateway.config import Secret
 from gateway.db import apply_migrations, audit, audit_ingest, create_pool, instances, policies, servers
+from gateway.db.audit_partitions import PartitionMap
 from gateway.db.servers import PinnedTool
 from gateway.errors import ConflictError, NotFound
 
@@ -94,7 +95,9 @@ def _event(i: int, ts: datetime, **kw: object) -> tuple:
 
 async def test_audit_events_are_idempotent_and_join_opa_logs(pool: asyncpg.Pool) -> None:
     now = datetime.now(UTC)
-    await audit_ingest.insert_decision_events(pool, [_event(1, now), _event(1, now), _event(2, now)])
+    parts = PartitionMap()
+    await audit_ingest.insert_decision_events(pool, parts, T, E, [_event(1, now), _event(1, now), _event(2, now)])
+    await audit_ingest.insert_decision_events(pool, parts, T, E, [_event(1, now)])  # a replayed batch
     assert await pool.fetchval("select count(*) from audit_decisions") == 2
     log = {
         "decision_id": "d001",
@@ -107,7 +110,7 @@ async def test_audit_events_are_idempotent_and_join_opa_logs(pool: asyncpg.Pool)
         "erased": ["/input/arguments"],
         "masked": None,
     }
-    await audit_ingest.insert_opa_logs(pool, T, E, [log, log])
+    await audit_ingest.insert_opa_logs(pool, parts, T, E, [log, log])
     item = await audit.get_decision(pool, T, E, "d001")
     assert item is not None and item["opa_logged"] is True
     assert item["opa_decision_log"]["erased"] == ["/input/arguments"]
@@ -118,7 +121,9 @@ async def test_audit_events_are_idempotent_and_join_opa_logs(pool: asyncpg.Pool)
 async def test_audit_keyset_pagination_visits_every_row_once(pool: asyncpg.Pool) -> None:
     base = datetime(2026, 1, 1, tzinfo=UTC)
     # pairs share a timestamp, so the decision_id tiebreak matters
-    await audit_ingest.insert_decision_events(pool, [_event(i, base + timedelta(seconds=i // 2)) for i in range(11)])
+    await audit_ingest.insert_decision_events(
+        pool, PartitionMap(), T, E, [_event(i, base + timedelta(seconds=i // 2)) for i in range(11)]
+    )
     seen: list[str] = []
     after = None
     while True:

@@ -81,7 +81,7 @@ async def test_opa_down_denies_with_policy_unavailable_then_recovers(split_stack
         time.sleep(0.1)
     conn = await asyncpg.connect(s.database_url)
     try:
-        assert await conn.fetchval("select count(*) from opa_decision_logs where input ? 'arguments'") == 0
+        assert await conn.fetchval("select count(*) from opa_decision_logs where input::jsonb ? 'arguments'") == 0
         assert await conn.fetchval("select count(*) from opa_decision_logs") >= 1
     finally:
         await conn.close()

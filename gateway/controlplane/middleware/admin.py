@@ -198,8 +198,8 @@ class AdminAuthorizationMiddleware:
         status: int,
     ) -> None:
         state = scope.get("state") or {}
-        pool = state.get("cp_pool")
-        if pool is None:
+        pool, trail = state.get("cp_pool"), state.get("cp_audit")
+        if pool is None or trail is None:
             return
         change = state.get("change") or {}
         row = db_admin.AuditRow(
@@ -219,8 +219,7 @@ class AdminAuthorizationMiddleware:
         try:
             # Shielded: a client that disconnects (cancelling the request) does not lose the row.
             with anyio.CancelScope(shield=True):
-                async with pool.acquire() as conn:
-                    await db_admin.record_audit(conn, self._config.tenant, self._config.environment, row)
+                await db_admin.record_audit(pool, trail.partitions, self._config.tenant, self._config.environment, row)
         except DATABASE_DOWN as exc:
             # The database is down: the request itself could not change anything (it answered
             # 503 database_unavailable, or needed no database); one line, no traceback.

@@ -8,10 +8,13 @@ sidecar, or whoever reads its token file, cannot reach the broker.
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import logging
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -27,11 +30,17 @@ log = logging.getLogger(__name__)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 __all__ = [
+    "CONSOLE_ACTOR",
+    "CONSOLE_PREFIX",
     "INTERNAL_PREFIXES",
     "OPA_PREFIX",
     "PUBLIC_PATHS",
     "PUBLIC_PREFIXES",
+    "AdminLogin",
     "BearerAuthMiddleware",
+    "authenticate_admin",
+    "with_role_grants",
+    "is_console_path",
     "is_internal_path",
     "is_opa_path",
 ]
@@ -51,6 +60,81 @@ its form's POST) and the redirect URIs (GET/HEAD). The single-use connect handle
 OAuth ``state``, each with the browser's binding cookie, are their bearer
 (``gateway.controlplane.oauth_users``)."""
 PUBLIC_POST_PREFIX = "/v1/oauth/connect/"
+CONSOLE_PREFIX = "/console"
+"""The web console (``gateway.controlplane.console``): its own session cookie, not a bearer
+token; every view is built from admin API sub-requests that carry :data:`CONSOLE_ACTOR`."""
+CONSOLE_ACTOR = "gateway.console_actor"
+"""Scope key of an in-process console sub-request: the signed-in session's
+:class:`~gateway.controlplane.actor.Actor` (the roles its token carried). Only code in this
+process can set a scope key (an ASGI server never copies one from a client), so the
+middleware takes it as the request's admin credential and adds the role grants."""
+
+
+def is_console_path(path: str) -> bool:
+    """True when ``path`` (relative to the control-plane mount) is the web console's."""
+    return path == CONSOLE_PREFIX or path.startswith(CONSOLE_PREFIX + "/")
+
+
+@dataclass(frozen=True, slots=True)
+class AdminLogin:
+    """An admin credential that verified: who, and until when (epoch seconds; None: no expiry,
+    the bootstrap token)."""
+
+    actor: Actor
+    expires_at: float | None
+
+
+async def with_role_grants(actor: Actor, pool: Any, scope_key: tuple[str, str]) -> Actor:
+    """``actor`` with the control plane's role grants added (re-read on every call)."""
+    if pool is None or actor.bootstrap:
+        return actor
+    async with pool.acquire() as conn:
+        granted = await db_admin.granted_roles(conn, scope_key[0], scope_key[1], actor.issuer, actor.subject)
+    return dataclasses.replace(actor, roles=actor.roles | granted)
+
+
+async def authenticate_admin(
+    presented: bytes,
+    *,
+    admin_token: bytes,
+    verifiers: Sequence[JwtVerifier],
+    pool: Any = None,
+    scope_key: tuple[str, str] = ("", ""),
+) -> AdminLogin | None:
+    """Verify an admin credential: the bootstrap token or a JWT one of ``verifiers`` accepts.
+
+    Used by :class:`BearerAuthMiddleware` (every admin request) and by the console's sign-in.
+
+    Args:
+        presented: The credential as sent (bytes of the bearer token).
+        admin_token: The bootstrap admin token, or ``b""`` when it is switched off.
+        verifiers: One per configured admin issuer.
+        pool: The control plane's pool (role grants are added when given), or None.
+        scope_key: (tenant, environment) of the grants.
+
+    Returns:
+        The actor (bootstrap: :data:`~gateway.controlplane.actor.BOOTSTRAP`; a JWT: its
+        ``sub``/``iss`` and the known role names of its roles claim plus the grants) and the
+        JWT's ``exp``; None when nothing accepts the credential (the reason is not told).
+    """
+    if not presented:
+        return None
+    if admin_token and hmac.compare_digest(presented, admin_token):
+        return AdminLogin(BOOTSTRAP, None)
+    try:
+        token = presented.decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    for verifier in verifiers:
+        try:
+            subject = await verifier.verify(token)
+        except AuthenticationFailed:
+            continue
+        roles = frozenset(r for r in subject.roles if r in ROLES)
+        actor = await with_role_grants(Actor(subject.sub, subject.issuer, roles), pool, scope_key)
+        exp = subject.claims.get("exp")
+        return AdminLogin(actor, float(exp) if isinstance(exp, int | float) else None)
+    return None
 
 
 def is_internal_path(path: str) -> bool:
@@ -74,7 +158,9 @@ class BearerAuthMiddleware:
     roles: its roles claim, known role names only, plus the control plane's role grants).
     ``GET``/``HEAD`` of :data:`PUBLIC_PATHS` (``/v1/openapi.json``) and under
     :data:`PUBLIC_PREFIXES` (the OAuth connect and callback pages), and ``POST`` of a connect
-    page, need no token.
+    page, need no token. ``GET``/``POST`` under :data:`CONSOLE_PREFIX` are the console's, which
+    checks its own session; an in-process console sub-request is authenticated by its
+    :data:`CONSOLE_ACTOR` scope key (bootstrap: only while the admin token is enabled).
     Tokens are compared in constant time. Failure: 401 ``admin_unauthenticated``
     with ``WWW-Authenticate: Bearer``.
     """
@@ -112,30 +198,42 @@ class BearerAuthMiddleware:
         if root and path.startswith(root):
             path = path[len(root) :] or "/"
         public = path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
-        if public and (
-            scope["method"] in ("GET", "HEAD") or (scope["method"] == "POST" and path.startswith(PUBLIC_POST_PREFIX))
+        if (public or is_console_path(path)) and (
+            scope["method"] in ("GET", "HEAD")
+            or (scope["method"] == "POST" and (path.startswith(PUBLIC_POST_PREFIX) or is_console_path(path)))
         ):
+            # The console authenticates its own requests (session cookie); nothing here is admitted
+            # on the strength of it: its data comes from sub-requests that pass through below.
             await self.app(scope, receive, send)
             return
-        admin = False
-        if is_opa_path(path):
-            expected = self._opa
-        elif is_internal_path(path):
-            expected = self._internal
-        else:
-            expected, admin = self._admin, True
+        console = scope.get(CONSOLE_ACTOR)
+        if isinstance(console, Actor) and not is_internal_path(path):
+            session_actor = await self._console_actor(scope, console)
+            if session_actor is not None:
+                scope.setdefault("state", {})["actor"] = session_actor
+                await self.app(scope, receive, send)
+                return
+        admin = not is_internal_path(path)
+        expected = self._opa if is_opa_path(path) else self._internal
         presented = b""
         for key, value in scope.get("headers", ()):
             if key == b"authorization":
                 scheme, _, token = value.partition(b" ")
                 if scheme.lower() == b"bearer":
                     presented = token.strip()
-        if expected and hmac.compare_digest(presented, expected):
-            if admin:
-                scope.setdefault("state", {})["actor"] = BOOTSTRAP
+        actor: Actor | None = None
+        if admin:
+            login = await authenticate_admin(
+                presented,
+                admin_token=self._admin,
+                verifiers=self._verifiers,
+                pool=(scope.get("state") or {}).get("cp_pool"),
+                scope_key=(self._tenant, self._environment),
+            )
+            actor = login.actor if login is not None else None
+        elif expected and hmac.compare_digest(presented, expected):
             await self.app(scope, receive, send)
             return
-        actor = await self._jwt_actor(scope, presented) if admin and presented else None
         if actor is None:
             exc = AdminAuthFailed("a valid bearer token is required")
             response = JSONResponse(
@@ -146,23 +244,14 @@ class BearerAuthMiddleware:
         scope.setdefault("state", {})["actor"] = actor
         await self.app(scope, receive, send)
 
-    async def _jwt_actor(self, scope: Scope, presented: bytes) -> Actor | None:
-        """The actor of an admin JWT one of the verifiers accepts (None: none does)."""
-        try:
-            token = presented.decode("ascii")
-        except UnicodeDecodeError:
-            return None
-        for verifier in self._verifiers:
-            try:
-                subject = await verifier.verify(token)
-            except AuthenticationFailed:
-                continue
-            roles = frozenset(r for r in subject.roles if r in ROLES)
-            pool = (scope.get("state") or {}).get("cp_pool")
-            if pool is not None:
-                async with pool.acquire() as conn:
-                    roles |= await db_admin.granted_roles(
-                        conn, self._tenant, self._environment, subject.issuer, subject.sub
-                    )
-            return Actor(subject.sub, subject.issuer, roles)
-        return None
+    async def _console_actor(self, scope: Scope, session: Actor) -> Actor | None:
+        """The actor of a console sub-request: the bootstrap admin while its token is enabled,
+        else the session's subject with its token's roles plus the role grants, read now."""
+        if session.bootstrap:
+            return BOOTSTRAP if self._admin else None
+        pool = (scope.get("state") or {}).get("cp_pool")
+        return await with_role_grants(
+            Actor(session.subject, session.issuer, session.roles & frozenset(ROLES)),
+            pool,
+            (self._tenant, self._environment),
+        )

@@ -1,0 +1,383 @@
+"""Verifying the audit chains against the records and the signed checkpoints.
+
+Reads one consistent snapshot (``REPEATABLE READ``): the scope's checkpoints, the partition
+registry and chain heads, then every record of each partition in range in ``chain_seq`` order
+(a server-side cursor: constant memory). Stops at the first broken link. Problems:
+
+* ``checkpoint_signature`` / ``checkpoint_link``: a checkpoint does not verify with a trusted
+  key, or does not commit to its predecessor (a checkpoint was edited, removed or inserted);
+* ``hash_mismatch``: a record's link does not match its content and the previous link (a
+  record was edited, or rows were reordered);
+* ``missing_record``: ``chain_seq`` jumps (records were deleted from the middle);
+* ``unexpected_record``: a sequence number repeats (a record was inserted or duplicated);
+* ``unsealed``: a record has no link;
+* ``truncated``: fewer records than a checkpoint or the chain head recorded (the tail was deleted);
+* ``checkpoint_mismatch``: the record a checkpoint signed has another hash now (the chain was
+  recomputed after an edit);
+* ``partition_missing``: a partition a checkpoint or chain head names is gone, and no signed
+  checkpoint records retention dropping it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import orjson
+
+from gateway.db.audit_chain import canonical_bytes, genesis, link
+from gateway.db.audit_partitions import Partition, list_partitions
+from gateway.db.audit_streams import STREAMS, Stream
+
+__all__ = [
+    "CHECKPOINT_VERSION",
+    "Checkpoint",
+    "chain_heads",
+    "insert_checkpoint",
+    "latest_checkpoint",
+    "list_checkpoints",
+    "verify_chains",
+]
+
+CHECKPOINT_VERSION = "gw-audit-checkpoint/1"
+
+SignatureCheck = Callable[[bytes, bytes, str], bool]
+"""``(body, signature, key_id) -> bool``: True when a trusted key verifies the signature."""
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """One stored checkpoint: ``body`` are the exact signed bytes (canonical JSON)."""
+
+    id: int
+    created_at: datetime
+    body: bytes
+    signature: bytes
+    key_id: str
+
+    def document(self) -> dict[str, Any]:
+        """The parsed body."""
+        parsed: dict[str, Any] = orjson.loads(self.body)
+        return parsed
+
+    def describe(self) -> dict[str, Any]:
+        """JSON shape (``GET /v1/audit/checkpoints``)."""
+        return {
+            "id": self.id,
+            "created_at": self.created_at.isoformat(),
+            "key_id": self.key_id,
+            "body": self.body.decode(),
+            "signature": self.signature.hex(),
+        }
+
+
+def _checkpoint(r: asyncpg.Record) -> Checkpoint:
+    return Checkpoint(r["id"], r["created_at"], r["body"].encode(), bytes(r["signature"]), r["key_id"])
+
+
+async def chain_heads(conn: asyncpg.Connection | asyncpg.Pool, tenant: str, environment: str) -> list[dict[str, Any]]:
+    """The scope's chain heads: ``{stream, partition, seq, hash (hex), dropped_at (datetime|None)}``."""
+    rows = await conn.fetch(
+        "SELECT stream, partition, seq, hash, dropped_at FROM audit_chain_heads"
+        " WHERE tenant = $1 AND environment = $2 ORDER BY stream, partition",
+        tenant,
+        environment,
+    )
+    return [{**dict(r), "hash": bytes(r["hash"]).hex()} for r in rows]
+
+
+async def latest_checkpoint(
+    conn: asyncpg.Connection | asyncpg.Pool, tenant: str, environment: str
+) -> Checkpoint | None:
+    """The scope's newest checkpoint, or None."""
+    row = await conn.fetchrow(
+        "SELECT id, created_at, body, signature, key_id FROM audit_checkpoints"
+        " WHERE tenant = $1 AND environment = $2 ORDER BY id DESC LIMIT 1",
+        tenant,
+        environment,
+    )
+    return _checkpoint(row) if row else None
+
+
+async def list_checkpoints(
+    conn: asyncpg.Connection | asyncpg.Pool, tenant: str, environment: str, limit: int
+) -> list[Checkpoint]:
+    """The scope's newest ``limit`` checkpoints, newest first."""
+    rows = await conn.fetch(
+        "SELECT id, created_at, body, signature, key_id FROM audit_checkpoints"
+        " WHERE tenant = $1 AND environment = $2 ORDER BY id DESC LIMIT $3",
+        tenant,
+        environment,
+        limit,
+    )
+    return [_checkpoint(r) for r in rows]
+
+
+async def insert_checkpoint(
+    conn: asyncpg.Connection,
+    tenant: str,
+    environment: str,
+    created_at: datetime,
+    body: bytes,
+    signature: bytes,
+    kid: str,
+) -> int:
+    """Store a signed checkpoint; return its id."""
+    value: int = await conn.fetchval(
+        "INSERT INTO audit_checkpoints (tenant, environment, created_at, body, signature, key_id)"
+        " VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+        tenant,
+        environment,
+        created_at,
+        body.decode(),
+        signature,
+        kid,
+    )
+    return value
+
+
+class _Broken(Exception):
+    def __init__(self, report: dict[str, Any]) -> None:
+        self.report = report
+
+
+def _break(
+    stream: str, partition: str | None, seq: int | None, problem: str, detail: str, record: Any = None
+) -> _Broken:
+    rid = None if record is None else str(record)
+    return _Broken(
+        {
+            "stream": stream,
+            "partition": partition,
+            "seq": seq,
+            "decision_id": rid if stream in ("decisions", "opa_logs") else None,
+            "record_id": rid,
+            "problem": problem,
+            "detail": detail,
+        }
+    )
+
+
+async def _check_checkpoints(
+    conn: asyncpg.Connection,
+    tenant: str,
+    environment: str,
+    since: datetime | None,
+    until: datetime | None,
+    check: SignatureCheck,
+) -> Checkpoint | None:
+    rows = await conn.fetch(
+        "SELECT id, created_at, body, signature, key_id FROM audit_checkpoints"
+        " WHERE tenant = $1 AND environment = $2 ORDER BY id",
+        tenant,
+        environment,
+    )
+    cps = [_checkpoint(r) for r in rows]
+    previous: str | None = None
+    for i, cp in enumerate(cps):
+        doc = cp.document()
+        if doc.get("previous") != previous:
+            raise _break("checkpoints", None, cp.id, "checkpoint_link", "does not commit to the checkpoint before it")
+        previous = hashlib.sha256(cp.body).hexdigest()
+        in_range = (since is None or cp.created_at >= since) and (until is None or cp.created_at < until)
+        if (in_range or i == len(cps) - 1) and not check(cp.body, cp.signature, cp.key_id):
+            raise _break(
+                "checkpoints", None, cp.id, "checkpoint_signature", f"does not verify with trusted key {cp.key_id!r}"
+            )
+    return cps[-1] if cps else None
+
+
+async def _walk(
+    conn: asyncpg.Connection,
+    tenant: str,
+    environment: str,
+    stream: Stream,
+    partition: str,
+    signed: tuple[int, str] | None,
+    head: int,
+) -> tuple[int, int]:
+    """Check one partition's chain; return ``(records, records after the checkpoint)``."""
+    columns = ", ".join(
+        f'"{f}"' if f == "timestamp" else f"{f}::text AS {f}" if f in stream.json_fields else f for f in stream.fields
+    )
+    sql = (
+        f'SELECT chain_seq, chain_hash, {columns} FROM "{partition}"'
+        " WHERE tenant = $1 AND environment = $2 ORDER BY chain_seq"
+    )
+    previous = genesis(tenant, environment, stream.name, partition)
+    expected = 1
+    signed_seen = False
+    async for r in conn.cursor(sql, tenant, environment, prefetch=5000):
+        record = r[stream.record_id]
+        seq = r["chain_seq"]
+        if seq is None:
+            raise _break(stream.name, partition, None, "unsealed", "a record has no chain link", record)
+        if seq > expected:
+            raise _break(
+                stream.name,
+                partition,
+                expected,
+                "missing_record",
+                f"records {expected}..{seq - 1} are missing (deleted) before this one",
+                record,
+            )
+        if seq < expected:
+            raise _break(stream.name, partition, seq, "unexpected_record", "a sequence number repeats", record)
+        values = tuple(r[f] for f in stream.fields)
+        digest = link(previous, canonical_bytes(stream, seq, values))
+        if bytes(r["chain_hash"]) != digest:
+            raise _break(
+                stream.name,
+                partition,
+                seq,
+                "hash_mismatch",
+                "the record's content or position does not match its link (edited or reordered)",
+                record,
+            )
+        if signed is not None and seq == signed[0]:
+            signed_seen = True
+            if digest.hex() != signed[1]:
+                raise _break(
+                    stream.name,
+                    partition,
+                    seq,
+                    "checkpoint_mismatch",
+                    "the chain was recomputed after the signed checkpoint (records were rewritten)",
+                    record,
+                )
+        previous = digest
+        expected += 1
+    count = expected - 1
+    if signed is not None and not signed_seen:
+        raise _break(
+            stream.name,
+            partition,
+            count + 1,
+            "truncated",
+            f"a signed checkpoint recorded {signed[0]} records; {count} remain (the tail was deleted)",
+        )
+    if head > count:
+        raise _break(
+            stream.name,
+            partition,
+            count + 1,
+            "truncated",
+            f"the chain head recorded {head} records; {count} remain (the tail was deleted)",
+        )
+    return count, count - (signed[0] if signed else 0)
+
+
+def _overlaps(p: Partition, since: datetime | None, until: datetime | None) -> bool:
+    return (since is None or p.upper > since) and (until is None or p.lower < until)
+
+
+async def verify_chains(
+    pool: asyncpg.Pool,
+    tenant: str,
+    environment: str,
+    *,
+    since: datetime | None,
+    until: datetime | None,
+    check_signature: SignatureCheck,
+) -> dict[str, Any]:
+    """Verify the scope's chains in the partitions overlapping ``[since, until)`` (module docstring).
+
+    Returns:
+        ``{"intact", "message", "records", "streams": {name: n}, "partitions", "dropped_partitions",
+        "unprotected_records", "checkpoint": {id, created_at, key_id}|None, "first_break": {...}|None}``.
+    """
+    counts = {s.name: 0 for s in STREAMS}
+    walked = dropped_ok = unprotected = 0
+    latest: Checkpoint | None = None
+    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+        try:
+            latest = await _check_checkpoints(conn, tenant, environment, since, until, check_signature)
+            doc = latest.document() if latest else {}
+            signed = {(h["stream"], h["partition"]): (h["seq"], h["hash"]) for h in doc.get("heads", [])}
+            signed_drops = {(h["stream"], h["partition"]) for h in doc.get("dropped", [])}
+            heads = {(h["stream"], h["partition"]): h for h in await chain_heads(conn, tenant, environment)}
+            registry = await list_partitions(conn)
+            known = {(p.stream, p.name) for p in registry}
+            present = {
+                r["relname"]
+                for r in await conn.fetch(
+                    "SELECT relname FROM pg_class WHERE relname = ANY($1::text[]) AND relkind = 'r'",
+                    [p.name for p in registry],
+                )
+            }
+            for stream_name, name in sorted(set(signed) - known - signed_drops):
+                raise _break(stream_name, name, None, "partition_missing", "a signed checkpoint names it; it is gone")
+            by_name = {s.name: s for s in STREAMS}
+            for p in registry:
+                if not _overlaps(p, since, until):
+                    continue
+                key = (p.stream, p.name)
+                if key in signed_drops:
+                    dropped_ok += 1
+                    continue
+                head = heads.get(key)
+                if p.name not in present:
+                    if key in signed or (head is not None and head["seq"] > 0):
+                        reason = (
+                            "dropped by retention but no signed checkpoint records the drop yet"
+                            if p.dropped_at
+                            else "the partition's table is gone"
+                        )
+                        raise _break(p.stream, p.name, None, "partition_missing", reason)
+                    continue
+                n, after = await _walk(
+                    conn,
+                    tenant,
+                    environment,
+                    by_name[p.stream],
+                    p.name,
+                    signed.get(key),
+                    head["seq"] if head is not None else 0,
+                )
+                counts[p.stream] += n
+                walked += 1
+                unprotected += after
+        except _Broken as broken:
+            b = broken.report
+            where = f"{b['stream']}/{b['partition']}" if b["partition"] else b["stream"]
+            at = f" at seq {b['seq']}" if b["seq"] is not None else ""
+            rid = f" ({'decision ' + b['decision_id'] if b['decision_id'] else 'record ' + str(b['record_id'])})"
+            return _report(
+                counts,
+                walked,
+                dropped_ok,
+                unprotected,
+                latest,
+                b,
+                f"broken: {b['problem']} in {where}{at}{rid if b['record_id'] else ''}: {b['detail']}",
+            )
+    total = sum(counts.values())
+    return _report(counts, walked, dropped_ok, unprotected, latest, None, f"intact, {total} records")
+
+
+def _report(
+    counts: dict[str, int],
+    partitions: int,
+    dropped: int,
+    unprotected: int,
+    latest: Checkpoint | None,
+    first_break: dict[str, Any] | None,
+    message: str,
+) -> dict[str, Any]:
+    return {
+        "intact": first_break is None,
+        "message": message,
+        "records": sum(counts.values()),
+        "streams": counts,
+        "partitions": partitions,
+        "dropped_partitions": dropped,
+        "unprotected_records": unprotected,
+        "checkpoint": (
+            {"id": latest.id, "created_at": latest.created_at.isoformat(), "key_id": latest.key_id} if latest else None
+        ),
+        "first_break": first_break,
+    }

@@ -1,0 +1,119 @@
+"""Web console sessions (migration 0015): stored by the SHA-256 of their id, never the id.
+
+The console (``gateway.controlplane.console``) creates a row at sign-in, reads it (and
+touches ``last_seen_at``) on every request, and deletes it at sign-out. A session names who
+signed in (subject, issuer, the known roles its token carried, the bootstrap flag) and holds
+its CSRF synchronizer token; it never holds the admin credential that was pasted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+__all__ = ["ConsoleSession", "create_session", "delete_session", "load_session", "session_digest"]
+
+_INSERT = """
+INSERT INTO console_sessions (id_sha256, tenant, environment, subject, issuer, token_roles, bootstrap, csrf_token,
+                              expires_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+RETURNING created_at, expires_at
+"""
+_PURGE = "DELETE FROM console_sessions WHERE expires_at <= now()"
+_TOUCH = """
+UPDATE console_sessions SET last_seen_at = now()
+WHERE id_sha256 = $1 AND tenant = $2 AND environment = $3 AND expires_at > now()
+RETURNING subject, issuer, token_roles, bootstrap, csrf_token, created_at, expires_at
+"""
+_DELETE = "DELETE FROM console_sessions WHERE id_sha256 = $1 AND tenant = $2 AND environment = $3"
+
+
+@dataclass(frozen=True, slots=True)
+class ConsoleSession:
+    """A live console session (never its id)."""
+
+    subject: str
+    issuer: str
+    token_roles: tuple[str, ...]
+    bootstrap: bool
+    csrf_token: str
+    created_at: datetime
+    expires_at: datetime
+
+
+def session_digest(session_id: str) -> bytes:
+    """The stored key of a session id: SHA-256 of its UTF-8 bytes (32 bytes)."""
+    return hashlib.sha256(session_id.encode()).digest()
+
+
+async def create_session(
+    conn: asyncpg.Connection,
+    tenant: str,
+    environment: str,
+    *,
+    subject: str,
+    issuer: str,
+    token_roles: tuple[str, ...],
+    bootstrap: bool,
+    expires_at: datetime,
+) -> tuple[str, ConsoleSession]:
+    """Store a new session and return (its id for the cookie, the session).
+
+    Expired sessions of every scope are purged first (indexed on ``expires_at``).
+
+    Args:
+        expires_at: When the session ends (timezone-aware; after now).
+
+    Returns:
+        The session id (43 URL-safe characters, 256 random bits: the cookie's value, stored
+        only as :func:`session_digest`) and the stored session.
+    """
+    session_id = secrets.token_urlsafe(32)
+    csrf = secrets.token_urlsafe(32)
+    async with conn.transaction():
+        await conn.execute(_PURGE)
+        row = await conn.fetchrow(
+            _INSERT,
+            session_digest(session_id),
+            tenant,
+            environment,
+            subject,
+            issuer,
+            sorted(token_roles),
+            bootstrap,
+            csrf,
+            expires_at,
+        )
+    assert row is not None
+    return session_id, ConsoleSession(
+        subject, issuer, tuple(sorted(token_roles)), bootstrap, csrf, row["created_at"], row["expires_at"]
+    )
+
+
+async def load_session(
+    conn: asyncpg.Connection, tenant: str, environment: str, session_id: str
+) -> ConsoleSession | None:
+    """The live session with id ``session_id`` (its ``last_seen_at`` set to now); None when
+    unknown, expired, signed out or of another scope."""
+    row = await conn.fetchrow(_TOUCH, session_digest(session_id), tenant, environment)
+    if row is None:
+        return None
+    return ConsoleSession(
+        row["subject"],
+        row["issuer"],
+        tuple(row["token_roles"]),
+        row["bootstrap"],
+        row["csrf_token"],
+        row["created_at"],
+        row["expires_at"],
+    )
+
+
+async def delete_session(conn: asyncpg.Connection, tenant: str, environment: str, session_id: str) -> bool:
+    """Delete a session (sign-out); True when one was deleted."""
+    status = await conn.execute(_DELETE, session_digest(session_id), tenant, environment)
+    return bool(status.endswith(" 1"))
