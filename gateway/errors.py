@@ -60,6 +60,7 @@ __all__ = [
     "ConfigError",
     "ArgumentsTooDeep",
     "ArgumentsTooLarge",
+    "AuditChainBroken",
     "ConflictError",
     "CredentialDecryptError",
     "CredentialNotConnected",
@@ -231,6 +232,14 @@ class ConflictError(GatewayError):
 
     category = "conflict"
     status_code = 409
+
+
+class AuditChainBroken(ConflictError):
+    """The audit hash chains no longer match the newest signed checkpoint (a signed record
+    was rewritten or deleted, or a partition vanished outside retention): the control plane
+    signs nothing more and drops nothing, so verification keeps showing the break."""
+
+    category = "audit_chain_broken"
 
 
 class PolicyGateFailed(ConflictError):

@@ -146,6 +146,14 @@ def main() -> int:
             f"\nthe upstream received {len(recorded)} call(s): {', '.join(c['tool'] for c in recorded)} (denied and invalid calls never reached it)"
         )
         print_audit(stack, expected=5)
+        checkpoint = stack.admin("POST", "/v1/audit/checkpoints")
+        report = stack.admin("GET", "/v1/audit/verify")
+        print(
+            f"\n== audit integrity: checkpoint {checkpoint['id']} signed (Ed25519, key {checkpoint['key_id']}); "
+            f"GET /v1/audit/verify: {report['message']} "
+            f"(decisions {report['streams']['decisions']}, OPA logs {report['streams']['opa_logs']}, "
+            f"control plane {report['streams']['control_plane']})"
+        )
     print("\ndemo finished: everything it started is stopped")
     return 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from starlette.requests import Request
@@ -13,10 +14,12 @@ from gateway.db import audit_ingest as db_ingest
 from gateway.db.audit_ingest import EVENT_FIELDS
 from gateway.errors import RequestRejected
 
-__all__ = ["MAX_BATCH", "ingest_events", "validate_event"]
+__all__ = ["MAX_BATCH", "MAX_CLOCK_AHEAD", "ingest_events", "validate_event"]
 
 MAX_BATCH = 10_000
 """Most events accepted in one ingest request."""
+MAX_CLOCK_AHEAD = timedelta(days=1)
+"""An event dated further ahead than this is refused (it would create partitions in the future)."""
 MAX_STR = 1024
 MAX_DECISION_ID = 256
 """Longest decision id, in characters."""
@@ -36,8 +39,9 @@ def validate_event(event: Any, *, tenant: str, environment: str) -> tuple[Any, .
     ``latency_ms`` a number (milliseconds); every other field a string or null.
 
     Raises:
-        RequestRejected: A type is wrong, a required field is missing, or the event's
-            tenant/environment is not this control plane's scope.
+        RequestRejected: A type is wrong, a required field is missing, the event's
+            tenant/environment is not this control plane's scope, or it is dated more than
+            :data:`MAX_CLOCK_AHEAD` ahead.
     """
     if not isinstance(event, dict):
         raise RequestRejected("each audit event must be an object")
@@ -47,6 +51,8 @@ def validate_event(event: Any, *, tenant: str, environment: str) -> tuple[Any, .
         raise RequestRejected(f"decision_id must be a non-empty string of at most {MAX_DECISION_ID} characters")
     values["decision_id"] = decision_id
     values["timestamp"] = parse_rfc3339(event.get("timestamp"), field="timestamp")
+    if values["timestamp"] > datetime.now(UTC) + MAX_CLOCK_AHEAD:
+        raise RequestRejected("timestamp is more than a day in the future (the data plane's clock is wrong)")
     if event.get("tenant") != tenant or event.get("environment") != environment:
         raise RequestRejected("the event's tenant/environment is not this control plane's scope")
     values["tenant"], values["environment"] = tenant, environment

@@ -28,9 +28,18 @@ from gateway.config import Config
 from gateway.controlplane.audit_signing import CheckpointKeys, load_checkpoint_keys
 from gateway.db import admin as db_admin
 from gateway.db.audit_chain import seal_unchained
-from gateway.db.audit_partitions import Partition, PartitionMap, interval_bounds, list_partitions, mark_dropped
+from gateway.db.audit_partitions import (
+    Partition,
+    PartitionMap,
+    catalog_partitions,
+    interval_bounds,
+    mark_dropped,
+    partition_date,
+)
+from gateway.db.audit_streams import STREAMS
 from gateway.db.audit_verify import CHECKPOINT_VERSION, Checkpoint, chain_heads, insert_checkpoint, latest_checkpoint
 from gateway.db.pool import DATABASE_DOWN
+from gateway.errors import AuditChainBroken
 
 __all__ = ["RETENTION_ACTOR", "AuditTrail"]
 
@@ -75,23 +84,27 @@ class AuditTrail:
     async def apply_retention(self, pool: asyncpg.Pool, now: datetime) -> list[Partition]:
         """Drop partitions wholly older than the retention period (none when it is 0).
 
-        Each drop is recorded in the control-plane trail with the partition's final chain head
-        of this scope (``before_sha256``), then one checkpoint signs every dropped head.
+        Which partitions, and their bounds, come from PostgreSQL's catalog, never from the
+        ``audit_partitions`` registry (a row there proves nothing). Each drop is one transaction
+        under the checkpoint lock: the chain still matches the newest checkpoint (else nothing is
+        dropped: the trail was tampered with, and the drop would hide it), the table is dropped,
+        and a checkpoint signing the partition's final head is stored. Then a control-plane trail
+        record names the partition, with this scope's final head as ``before_sha256``.
         """
         days = self.config.audit.retention_days
         if days <= 0:
             return []
         horizon = now - timedelta(days=days)
         dropped: list[Partition] = []
-        for p in await list_partitions(pool):
-            if p.dropped_at is not None or p.upper > horizon:
+        for p in await catalog_partitions(pool):
+            if p.upper > horizon:
                 continue
             async with pool.acquire() as conn, conn.transaction():
-                still = await conn.fetchval(
-                    "SELECT dropped_at IS NULL FROM audit_partitions WHERE name = $1 FOR UPDATE", p.name
+                await conn.execute(
+                    "SELECT pg_advisory_xact_lock($1)", _lock(self.config.tenant, self.config.environment)
                 )
-                if not still:
-                    continue  # another control-plane process dropped it
+                if not await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", f'"{p.name}"'):
+                    continue  # another control-plane process dropped it meanwhile
                 head = await conn.fetchval(
                     "SELECT hash FROM audit_chain_heads WHERE tenant = $1 AND environment = $2 AND partition = $3",
                     self.config.tenant,
@@ -99,6 +112,8 @@ class AuditTrail:
                     p.name,
                 )
                 await mark_dropped(conn, p, now)
+                # raises AuditChainBroken (and the drop is rolled back) when the chain was tampered with
+                await self._checkpoint_in(conn, now, dropped_now={(p.stream, p.name)}, force=True)
             dropped.append(p)
             await db_admin.record_audit(
                 pool,
@@ -126,50 +141,119 @@ class AuditTrail:
             log.info("audit retention: dropped partition %s ([%s, %s))", p.name, p.lower, p.upper)
         if dropped:
             self.partitions.invalidate()
-            await self.checkpoint(pool, force=True)
         return dropped
 
     async def checkpoint(self, pool: asyncpg.Pool, *, force: bool = False) -> Checkpoint | None:
         """Sign and store a checkpoint of the scope's chain heads; None when nothing moved
-        since the last one (unless ``force``)."""
-        tenant, environment = self.config.tenant, self.config.environment
+        since the last one (unless ``force``).
+
+        Raises:
+            AuditChainBroken: The chain no longer matches the previous checkpoint (a signed record
+                was rewritten or deleted, or a partition vanished outside retention); nothing
+                is signed, so the tampering stays visible to verification.
+        """
         async with pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", _lock(tenant, environment))
-            previous = await latest_checkpoint(conn, tenant, environment)
-            heads = await chain_heads(conn, tenant, environment)
-            live = [
-                {"stream": h["stream"], "partition": h["partition"], "seq": h["seq"], "hash": h["hash"]}
-                for h in heads
-                if h["dropped_at"] is None
-            ]
-            dropped = [
-                {
-                    "stream": h["stream"],
-                    "partition": h["partition"],
-                    "seq": h["seq"],
-                    "hash": h["hash"],
-                    "dropped_at": h["dropped_at"].isoformat(),
-                }
-                for h in heads
-                if h["dropped_at"] is not None
-            ]
-            if previous is not None and not force:
-                doc = previous.document()
-                if doc.get("heads") == live and doc.get("dropped") == dropped:
-                    return None
-            now = datetime.now(UTC)
-            body: dict[str, Any] = {
-                "version": CHECKPOINT_VERSION,
-                "tenant": tenant,
-                "environment": environment,
-                "created_at": now.isoformat(),
-                "previous": hashlib.sha256(previous.body).hexdigest() if previous else None,
-                "heads": live,
-                "dropped": dropped,
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _lock(self.config.tenant, self.config.environment))
+            return await self._checkpoint_in(conn, datetime.now(UTC), dropped_now=set(), force=force)
+
+    async def _continuity(
+        self, conn: asyncpg.Connection, previous: dict[str, Any], live: dict[tuple[str, str], dict[str, Any]],
+        dropped_now: set[tuple[str, str]], now: datetime,
+    ) -> str | None:  # fmt: skip
+        """Why the current heads do not extend ``previous`` (None: they do).
+
+        Every head the previous checkpoint signed must still be there, at least as long, and
+        its record (found by its primary key) must still carry the signed hash; or its
+        partition was dropped by retention (this call's, or, for a partition another scope's
+        retention dropped, one wholly past this scope's retention by its name's date).
+        """
+        streams = {s.name: s for s in STREAMS}
+        days = self.config.audit.retention_days
+        horizon = now - timedelta(days=days) if days > 0 else None
+        longest = timedelta(days={"day": 1, "week": 7, "month": 31}[self.partitions.interval])
+        for h in previous.get("heads", []):
+            key = (h["stream"], h["partition"])
+            if key in dropped_now:
+                continue
+            cur = live.get(key)
+            if cur is None:
+                lower = partition_date(h["partition"])
+                if horizon is not None and lower is not None and lower + longest <= horizon:
+                    continue  # past retention: another scope sharing the database dropped it
+                return f"{h['stream']}/{h['partition']} signed at seq {h['seq']} is gone"
+            if cur["seq"] < h["seq"]:
+                return f"{h['stream']}/{h['partition']} was signed at seq {h['seq']}; the head is at {cur['seq']}"
+            stream = streams[h["stream"]]
+            if h.get("key") is None or h.get("ts") is None:
+                return f"{h['stream']}/{h['partition']}: the signed head names no record"
+            numeric = stream.key[0] == "id"
+            row = await conn.fetchrow(
+                f"SELECT chain_seq, chain_hash FROM {stream.table} WHERE {stream.key[0]} = $1"
+                ' AND "timestamp" = $2 AND tenant = $3 AND environment = $4',
+                int(h["key"]) if numeric else h["key"],
+                datetime.fromisoformat(h["ts"]),
+                self.config.tenant,
+                self.config.environment,
+            )
+            if row is None or row["chain_seq"] != h["seq"] or bytes(row["chain_hash"]).hex() != h["hash"]:
+                return f"{h['stream']}/{h['partition']}: the record signed at seq {h['seq']} was rewritten or deleted"
+        return None
+
+    async def _checkpoint_in(
+        self, conn: asyncpg.Connection, now: datetime, *, dropped_now: set[tuple[str, str]], force: bool
+    ) -> Checkpoint | None:
+        """:meth:`checkpoint` inside the caller's transaction, which holds the checkpoint lock."""
+        tenant, environment = self.config.tenant, self.config.environment
+        previous = await latest_checkpoint(conn, tenant, environment)
+        heads = await chain_heads(conn, tenant, environment)
+        present = {p.name for p in await catalog_partitions(conn)}
+        live = {
+            (h["stream"], h["partition"]): {
+                "stream": h["stream"],
+                "partition": h["partition"],
+                "seq": h["seq"],
+                "hash": h["hash"],
+                "key": h["record_key"],
+                "ts": h["record_ts"].isoformat() if h["record_ts"] else None,
             }
-            raw = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
-            signature = self.keys.sign(raw)
-            new_id = await insert_checkpoint(conn, tenant, environment, now, raw, signature, self.keys.signing_id)
+            for h in heads
+            if h["partition"] in present and h["seq"] > 0
+        }
+        doc = previous.document() if previous else {}
+        problem = await self._continuity(conn, doc, live, dropped_now, now) if previous else None
+        if problem is not None:
+            log.error("audit checkpoint refused: %s (since checkpoint %s)", problem, previous.id if previous else "-")
+            raise AuditChainBroken(
+                f"the audit trail no longer matches checkpoint {previous.id if previous else '-'}: {problem}"
+            )
+        dropped = list(doc.get("dropped", []))
+        known = {(d["stream"], d["partition"]) for d in dropped}
+        gone = [h for h in doc.get("heads", []) if (h["stream"], h["partition"]) not in live]
+        for h in heads:  # dropped now, possibly never signed before
+            key = (h["stream"], h["partition"])
+            if key in dropped_now and h["seq"] > 0 and key not in {(g["stream"], g["partition"]) for g in gone}:
+                ts = h["record_ts"].isoformat() if h["record_ts"] else None
+                gone.append(
+                    {**{k: h[k] for k in ("stream", "partition", "seq", "hash")}, "key": h["record_key"], "ts": ts}
+                )
+        for h in gone:
+            if (h["stream"], h["partition"]) not in known:
+                dropped.append({**h, "dropped_at": now.isoformat()})
+        heads_out = [live[k] for k in sorted(live)]
+        if previous is not None and not force and doc.get("heads") == heads_out and doc.get("dropped") == dropped:
+            return None
+        body: dict[str, Any] = {
+            "version": CHECKPOINT_VERSION,
+            "tenant": tenant,
+            "environment": environment,
+            "created_at": now.isoformat(),
+            "previous": hashlib.sha256(previous.body).hexdigest() if previous else None,
+            "heads": heads_out,
+            "dropped": dropped,
+        }
+        raw = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+        signature = self.keys.sign(raw)
+        new_id = await insert_checkpoint(conn, tenant, environment, now, raw, signature, self.keys.signing_id)
         return Checkpoint(new_id, now, raw, signature, self.keys.signing_id)
 
     async def run(self, pool: asyncpg.Pool) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from starlette.requests import Request
@@ -20,6 +20,7 @@ from gateway.controlplane._http import (
     read_json,
 )
 from gateway.controlplane._longpoll import current_or_newer
+from gateway.controlplane.audit_ingest import MAX_CLOCK_AHEAD
 from gateway.db import audit_ingest as db_ingest
 from gateway.db import instances as db_instances
 from gateway.db.projections import get_projection
@@ -153,6 +154,10 @@ async def post_decision_logs(request: Request) -> Response:
         if not isinstance(decision_id, str) or not decision_id or len(decision_id) > MAX_ID:
             log.warning("skipping an OPA decision-log event without decision_id")
             continue
+        decided_at = _opt_time(event.get("timestamp"))
+        if decided_at is not None and decided_at > datetime.now(UTC) + MAX_CLOCK_AHEAD:
+            log.warning("skipping an OPA decision-log event dated more than a day ahead")
+            continue
         bundles = event.get("bundles") if isinstance(event.get("bundles"), dict) else {}
         info = bundles.get(d.config.opa.bundle_name)
         labels = event.get("labels") if isinstance(event.get("labels"), dict) else {}
@@ -162,7 +167,7 @@ async def post_decision_logs(request: Request) -> Response:
                 "opa_id": _opt_str(labels.get("id"), MAX_ID),
                 "path": _opt_str(event.get("path"), 1024),
                 "revision": _opt_str(info.get("revision"), 256) if isinstance(info, dict) else None,
-                "timestamp": _opt_time(event.get("timestamp")),
+                "timestamp": decided_at,
                 "input": event.get("input"),
                 "result": event.get("result"),
                 "erased": event.get("erased"),

@@ -432,6 +432,7 @@ _SCHEMAS: dict[str, Any] = {
                             "truncated",
                             "checkpoint_mismatch",
                             "partition_missing",
+                            "checkpoint_regression",
                         ],
                     },
                     "detail": {"type": "string"},

@@ -108,29 +108,35 @@ def _as_text(stream: Stream, row: Sequence[Any]) -> tuple[Any, ...]:
     )
 
 
+Head = tuple[int, bytes, str | None, datetime | None]
+"""A chain head: ``(seq, hash, key of the last record, its timestamp)`` (key None: empty chain)."""
+
+
 async def _heads(
     conn: asyncpg.Connection, tenant: str, environment: str, stream: Stream, partitions: set[str]
-) -> dict[str, tuple[int, bytes]]:
+) -> dict[str, Head]:
     rows = await conn.fetch(
-        "SELECT partition, seq, hash FROM audit_chain_heads"
+        "SELECT partition, seq, hash, record_key, record_ts FROM audit_chain_heads"
         " WHERE tenant = $1 AND environment = $2 AND stream = $3 AND partition = ANY($4::text[])",
         tenant,
         environment,
         stream.name,
         sorted(partitions),
     )
-    return {r["partition"]: (r["seq"], bytes(r["hash"])) for r in rows}
+    return {r["partition"]: (r["seq"], bytes(r["hash"]), r["record_key"], r["record_ts"]) for r in rows}
 
 
 async def _save_heads(
-    conn: asyncpg.Connection, tenant: str, environment: str, stream: Stream, heads: dict[str, tuple[int, bytes]]
+    conn: asyncpg.Connection, tenant: str, environment: str, stream: Stream, heads: dict[str, Head]
 ) -> None:
     names = sorted(heads)
     await conn.execute(
         """
-        INSERT INTO audit_chain_heads (tenant, environment, stream, partition, seq, hash)
-        SELECT $1, $2, $3, p, s, h FROM unnest($4::text[], $5::bigint[], $6::bytea[]) AS u(p, s, h)
-        ON CONFLICT (tenant, environment, stream, partition) DO UPDATE SET seq = EXCLUDED.seq, hash = EXCLUDED.hash
+        INSERT INTO audit_chain_heads (tenant, environment, stream, partition, seq, hash, record_key, record_ts)
+        SELECT $1, $2, $3, p, s, h, k, t
+        FROM unnest($4::text[], $5::bigint[], $6::bytea[], $7::text[], $8::timestamptz[]) AS u(p, s, h, k, t)
+        ON CONFLICT (tenant, environment, stream, partition) DO UPDATE
+        SET seq = EXCLUDED.seq, hash = EXCLUDED.hash, record_key = EXCLUDED.record_key, record_ts = EXCLUDED.record_ts
         """,
         tenant,
         environment,
@@ -138,6 +144,8 @@ async def _save_heads(
         names,
         [heads[n][0] for n in names],
         [heads[n][1] for n in names],
+        [heads[n][2] for n in names],
+        [heads[n][3] for n in names],
     )
 
 
@@ -147,21 +155,23 @@ def _chain(
     stream: Stream,
     rows: Sequence[tuple[Any, ...]],
     partitions: Sequence[Partition],
-    heads: dict[str, tuple[int, bytes]],
+    heads: dict[str, Head],
     *,
     json_is_text: bool,
 ) -> list[tuple[Any, ...]]:
     """Link ``rows`` after ``heads``, advancing them; rows + (seq, hash). ``json_is_text``:
     the rows' ``json`` values are already the stored text (read back), else Python values."""
     linked = []
+    key_index, ts_index = stream.fields.index(stream.key[0]), stream.fields.index("timestamp")
     for row, part in zip(rows, partitions, strict=True):
-        seq, previous = heads.get(part.name, (0, genesis(tenant, environment, stream.name, part.name)))
+        head = heads.get(part.name)
+        seq, previous = (head[0], head[1]) if head else (0, genesis(tenant, environment, stream.name, part.name))
         seq += 1
         digest = link(
             previous,
             canonical_bytes(stream, seq, row if json_is_text or not stream.json_fields else _as_text(stream, row)),
         )
-        heads[part.name] = (seq, digest)
+        heads[part.name] = (seq, digest, str(row[key_index]), row[ts_index])
         linked.append((*row, seq, digest))
     return linked
 
@@ -211,6 +221,23 @@ async def append(
     live = [(r, p) for r, p in zip(candidates, placed, strict=True) if p.dropped_at is None]
     if not live:
         return 0
+    try:
+        return await _insert(pool, stream, tenant, environment, live, before_insert, dedupe, key_index)
+    except (asyncpg.UndefinedTableError, asyncpg.CheckViolationError):
+        partitions.invalidate()  # a partition this process knew was dropped elsewhere: reload next time
+        raise
+
+
+async def _insert(
+    pool: asyncpg.Pool,
+    stream: Stream,
+    tenant: str,
+    environment: str,
+    live: list[tuple[tuple[Any, ...], Partition]],
+    before_insert: Callable[[asyncpg.Connection, list[tuple[Any, ...]]], Any] | None,
+    dedupe: bool,
+    key_index: int,
+) -> int:
     async with pool.acquire() as conn:
         if dedupe:
             try:
@@ -247,10 +274,13 @@ async def _link_and_copy(
                 f"""
                 SELECT k.id, k.ts FROM unnest($1::text[], $2::timestamptz[]) AS k(id, ts)
                 WHERE EXISTS (SELECT 1 FROM {stream.table} t
-                              WHERE t.{stream.key[0]}::text = k.id AND t."timestamp" = k.ts)
+                              WHERE t.{stream.key[0]}::text = k.id AND t."timestamp" = k.ts
+                                AND t.tenant = $3 AND t.environment = $4)
                 """,
                 [str(r[key_index]) for r, _ in live],
                 [r[ts_index] for r, _ in live],
+                tenant,
+                environment,
             )
             seen = {(r["id"], r["ts"]) for r in existing}
             fresh = [(r, p) for r, p in live if (str(r[key_index]), r[ts_index]) not in seen]
@@ -269,15 +299,24 @@ async def _link_and_copy(
 
 
 async def seal_unchained(pool: asyncpg.Pool, tenant: str, environment: str) -> int:
-    """Link the scope's records that have no link yet (rows moved by migration 0013), in
-    (timestamp, key) order after each partition's head; return how many were linked."""
+    """Link the scope's records that migration 0013 moved into the partitioned tables, once.
+
+    Only when the migration left the scope a row in ``audit_seal_pending`` (deleted in the same
+    transaction): any other unlinked record is a break for verification, never linked here.
+    Linked in (timestamp, key) order after each partition's head; returns how many.
+    """
     total = 0
-    for stream in STREAMS:
-        columns = ", ".join(
-            f'"{f}"' if f == "timestamp" else f"{f}::text AS {f}" if f in stream.json_fields else f
-            for f in stream.fields
+    async with pool.acquire() as conn, conn.transaction():
+        pending = await conn.fetchval(
+            "DELETE FROM audit_seal_pending WHERE tenant = $1 AND environment = $2 RETURNING 1", tenant, environment
         )
-        async with pool.acquire() as conn, conn.transaction():
+        if not pending:
+            return 0
+        for stream in STREAMS:
+            columns = ", ".join(
+                f'"{f}"' if f == "timestamp" else f"{f}::text AS {f}" if f in stream.json_fields else f
+                for f in stream.fields
+            )
             await conn.execute("SELECT pg_advisory_xact_lock($1)", lock_key(tenant, environment, stream.name))
             rows = await conn.fetch(
                 f"SELECT tableoid::regclass::text AS part, {columns} FROM {stream.table}"

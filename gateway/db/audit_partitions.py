@@ -11,6 +11,7 @@ locks the parent table), ahead of time by the maintenance task and on demand by 
 from __future__ import annotations
 
 import bisect
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -20,7 +21,16 @@ import asyncpg
 
 from gateway.db.audit_streams import STREAMS, Stream
 
-__all__ = ["INTERVALS", "Partition", "PartitionMap", "interval_bounds", "list_partitions", "mark_dropped"]
+__all__ = [
+    "INTERVALS",
+    "Partition",
+    "PartitionMap",
+    "catalog_partitions",
+    "interval_bounds",
+    "list_partitions",
+    "mark_dropped",
+    "partition_date",
+]
 
 INTERVALS = ("day", "week", "month")
 """Partition intervals (``GATEWAY_AUDIT_PARTITION_INTERVAL``)."""
@@ -59,6 +69,17 @@ def interval_bounds(ts: datetime, interval: str) -> tuple[datetime, datetime]:
     return _midnight(start), _midnight(end)
 
 
+def partition_date(name: str) -> datetime | None:
+    """The lower bound a partition's name gives (``<table>_pYYYYMMDD``, UTC midnight), or None."""
+    m = re.search(r"_p(\d{8})$", name)
+    if m is None:
+        return None
+    try:
+        return datetime.strptime(m.group(1), "%Y%m%d").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+
+
 def _midnight(d: date) -> datetime:
     return datetime(d.year, d.month, d.day, tzinfo=UTC)
 
@@ -75,6 +96,36 @@ async def list_partitions(conn: asyncpg.Connection | asyncpg.Pool, stream: str |
         stream,
     )
     return [_row(r) for r in rows]
+
+
+_CATALOG = """
+SELECT parent.relname AS parent, child.relname AS name, pg_get_expr(child.relpartbound, child.oid) AS bound
+FROM pg_inherits i
+JOIN pg_class parent ON parent.oid = i.inhparent
+JOIN pg_class child ON child.oid = i.inhrelid
+WHERE parent.relname = ANY($1::text[]) AND parent.relnamespace = child.relnamespace
+  AND parent.relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = current_schema())
+"""
+_BOUND = re.compile(r"FOR VALUES FROM \('([^']+)'\) TO \('([^']+)'\)")
+
+
+async def catalog_partitions(conn: asyncpg.Connection | asyncpg.Pool) -> list[Partition]:
+    """The audit tables' partitions as PostgreSQL itself knows them (``pg_inherits`` and each
+    partition's bound), by stream then lower bound.
+
+    The source of truth for retention and verification: the ``audit_partitions`` registry is
+    a cache for ingest, and a row of it proves nothing (anyone who can write the database
+    could have changed it).
+    """
+    by_table = {s.table: s.name for s in STREAMS}
+    out = []
+    for r in await conn.fetch(_CATALOG, list(by_table)):
+        m = _BOUND.fullmatch(r["bound"] or "")
+        if m is None:
+            continue  # not a range partition of ours (e.g. a DEFAULT partition someone attached)
+        lower, upper = (datetime.fromisoformat(v).astimezone(UTC) for v in m.groups())
+        out.append(Partition(by_table[r["parent"]], r["name"], lower, upper))
+    return sorted(out, key=lambda p: (p.stream, p.lower))
 
 
 async def mark_dropped(conn: asyncpg.Connection, partition: Partition, at: datetime) -> None:
@@ -159,34 +210,42 @@ class PartitionMap:
                     await self._create(pool, stream, missing)
 
     async def _create(self, pool: asyncpg.Pool, stream: Stream, timestamps: list[datetime]) -> None:
-        """Create the partitions of ``timestamps`` (caller holds :meth:`_mutex`)."""
-        async with pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", _CREATE_LOCK & 0x7FFF_FFFF_FFFF_FFFF)
-            await self._load(conn)  # another process may have created them meanwhile
+        """Create the partitions of ``timestamps`` (caller holds :meth:`_mutex`), each in its
+        own transaction (so a batch spanning many days never holds many locks at once) and
+        added to this map only once committed. Any failure forgets the map (reloaded next)."""
+        try:
             for ts in sorted(timestamps):
                 if self._find(stream.name, ts) is not None:
                     continue
-                lower, upper = interval_bounds(ts, self.interval)
+                async with pool.acquire() as conn, conn.transaction():
+                    await conn.execute("SELECT pg_advisory_xact_lock($1)", _CREATE_LOCK & 0x7FFF_FFFF_FFFF_FFFF)
+                    await self._load(conn)  # another process may have created it meanwhile
+                    if self._find(stream.name, ts) is not None:
+                        continue
+                    lower, upper = interval_bounds(ts, self.interval)
+                    for p in self._by_stream.get(stream.name, []):  # clip to the neighbours
+                        if p.upper <= ts:
+                            lower = max(lower, p.upper)
+                        elif p.lower > ts:
+                            upper = min(upper, p.lower)
+                    name = f"{stream.table}_p{lower.strftime('%Y%m%d')}"
+                    await conn.execute(
+                        f'CREATE TABLE "{name}" PARTITION OF {stream.table} FOR VALUES FROM ($$'
+                        f"{lower.isoformat()}$$) TO ($${upper.isoformat()}$$)"
+                    )
+                    await conn.execute(
+                        "INSERT INTO audit_partitions (name, stream, lower_bound, upper_bound) VALUES ($1, $2, $3, $4)",
+                        name,
+                        stream.name,
+                        lower,
+                        upper,
+                    )
                 parts = self._by_stream.setdefault(stream.name, [])
-                for p in parts:  # clip to the neighbours (the interval may have changed)
-                    if p.upper <= ts:
-                        lower = max(lower, p.upper)
-                    elif p.lower > ts:
-                        upper = min(upper, p.lower)
-                name = f"{stream.table}_p{lower.strftime('%Y%m%d')}"
-                await conn.execute(
-                    f'CREATE TABLE "{name}" PARTITION OF {stream.table} FOR VALUES FROM ($$'
-                    f"{lower.isoformat()}$$) TO ($${upper.isoformat()}$$)"
-                )
-                await conn.execute(
-                    "INSERT INTO audit_partitions (name, stream, lower_bound, upper_bound) VALUES ($1, $2, $3, $4)",
-                    name,
-                    stream.name,
-                    lower,
-                    upper,
-                )
                 parts.append(Partition(stream.name, name, lower, upper))
                 parts.sort(key=lambda p: p.lower)
+        except BaseException:
+            self.invalidate()
+            raise
 
 
 def describe(p: Partition) -> dict[str, Any]:

@@ -15,14 +15,19 @@ registry and chain heads, then every record of each partition in range in ``chai
 * ``checkpoint_mismatch``: the record a checkpoint signed has another hash now (the chain was
   recomputed after an edit);
 * ``partition_missing``: a partition a checkpoint or chain head names is gone, and no signed
-  checkpoint records retention dropping it.
+  checkpoint records retention dropping it;
+* ``checkpoint_regression``: a checkpoint signs a shorter chain than the one before it, or
+  leaves a partition out without recording a drop.
+
+Partitions and their bounds come from PostgreSQL's catalog (``pg_inherits``), never from the
+``audit_partitions`` registry: a row there proves nothing.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -30,7 +35,7 @@ import asyncpg
 import orjson
 
 from gateway.db.audit_chain import canonical_bytes, genesis, link
-from gateway.db.audit_partitions import Partition, list_partitions
+from gateway.db.audit_partitions import Partition, catalog_partitions
 from gateway.db.audit_streams import STREAMS, Stream
 
 __all__ = [
@@ -80,9 +85,10 @@ def _checkpoint(r: asyncpg.Record) -> Checkpoint:
 
 
 async def chain_heads(conn: asyncpg.Connection | asyncpg.Pool, tenant: str, environment: str) -> list[dict[str, Any]]:
-    """The scope's chain heads: ``{stream, partition, seq, hash (hex), dropped_at (datetime|None)}``."""
+    """The scope's chain heads: ``{stream, partition, seq, hash (hex), record_key, record_ts,
+    dropped_at (datetime|None)}``."""
     rows = await conn.fetch(
-        "SELECT stream, partition, seq, hash, dropped_at FROM audit_chain_heads"
+        "SELECT stream, partition, seq, hash, record_key, record_ts, dropped_at FROM audit_chain_heads"
         " WHERE tenant = $1 AND environment = $2 ORDER BY stream, partition",
         tenant,
         environment,
@@ -162,6 +168,17 @@ def _break(
     )
 
 
+@dataclass
+class _Signed:
+    """What the checkpoints sign, gathered from all of them."""
+
+    latest: Checkpoint | None = None
+    hashes: dict[tuple[str, str], dict[int, str]] = field(default_factory=dict)
+    """``(stream, partition) -> {seq: hash}`` of every head any checkpoint signed."""
+    dropped: set[tuple[str, str]] = field(default_factory=set)
+    """Partitions the newest checkpoint records as dropped by retention."""
+
+
 async def _check_checkpoints(
     conn: asyncpg.Connection,
     tenant: str,
@@ -169,26 +186,57 @@ async def _check_checkpoints(
     since: datetime | None,
     until: datetime | None,
     check: SignatureCheck,
-) -> Checkpoint | None:
-    rows = await conn.fetch(
+) -> _Signed:
+    """Walk every checkpoint oldest first (a cursor): scope, version, the link to the one
+    before, the signature (the newest's and those made in the range), and that each extends
+    the one before (a signed partition never vanishes outside a signed drop; its seq never
+    decreases); gather the signed heads."""
+    out = _Signed()
+    previous: str | None = None
+    before: dict[tuple[str, str], int] = {}
+    last: Checkpoint | None = None
+    newest_id = await conn.fetchval(
+        "SELECT max(id) FROM audit_checkpoints WHERE tenant = $1 AND environment = $2", tenant, environment
+    )
+    async for r in conn.cursor(
         "SELECT id, created_at, body, signature, key_id FROM audit_checkpoints"
         " WHERE tenant = $1 AND environment = $2 ORDER BY id",
         tenant,
         environment,
-    )
-    cps = [_checkpoint(r) for r in rows]
-    previous: str | None = None
-    for i, cp in enumerate(cps):
-        doc = cp.document()
+        prefetch=100,
+    ):
+        cp = _checkpoint(r)
+        try:
+            doc = cp.document()
+            heads = doc["heads"]
+            dropped = {(d["stream"], d["partition"]) for d in doc["dropped"]}
+        except (ValueError, KeyError, TypeError):
+            raise _break("checkpoints", None, cp.id, "checkpoint_signature", "the body is not a checkpoint") from None
+        if (doc.get("version"), doc.get("tenant"), doc.get("environment")) != (CHECKPOINT_VERSION, tenant, environment):
+            raise _break("checkpoints", None, cp.id, "checkpoint_signature", "the body is for another scope or version")
         if doc.get("previous") != previous:
             raise _break("checkpoints", None, cp.id, "checkpoint_link", "does not commit to the checkpoint before it")
         previous = hashlib.sha256(cp.body).hexdigest()
         in_range = (since is None or cp.created_at >= since) and (until is None or cp.created_at < until)
-        if (in_range or i == len(cps) - 1) and not check(cp.body, cp.signature, cp.key_id):
+        if (in_range or cp.id == newest_id) and not check(cp.body, cp.signature, cp.key_id):
             raise _break(
                 "checkpoints", None, cp.id, "checkpoint_signature", f"does not verify with trusted key {cp.key_id!r}"
             )
-    return cps[-1] if cps else None
+        now_heads = {(h["stream"], h["partition"]): h["seq"] for h in heads}
+        for key, seq in before.items():
+            if key not in dropped and now_heads.get(key, -1) < seq:
+                raise _break(
+                    "checkpoints",
+                    None,
+                    cp.id,
+                    "checkpoint_regression",
+                    f"{key[0]}/{key[1]} was signed at seq {seq} and is shorter or gone here, without a signed drop",
+                )
+        for h in heads:
+            out.hashes.setdefault((h["stream"], h["partition"]), {})[h["seq"]] = h["hash"]
+        before, out.dropped, last = now_heads, dropped, cp
+    out.latest = last
+    return out
 
 
 async def _walk(
@@ -197,7 +245,7 @@ async def _walk(
     environment: str,
     stream: Stream,
     partition: str,
-    signed: tuple[int, str] | None,
+    signed: dict[int, str],
     head: int,
 ) -> tuple[int, int]:
     """Check one partition's chain; return ``(records, records after the checkpoint)``."""
@@ -210,7 +258,6 @@ async def _walk(
     )
     previous = genesis(tenant, environment, stream.name, partition)
     expected = 1
-    signed_seen = False
     async for r in conn.cursor(sql, tenant, environment, prefetch=5000):
         record = r[stream.record_id]
         seq = r["chain_seq"]
@@ -238,9 +285,9 @@ async def _walk(
                 "the record's content or position does not match its link (edited or reordered)",
                 record,
             )
-        if signed is not None and seq == signed[0]:
-            signed_seen = True
-            if digest.hex() != signed[1]:
+        expected_hash = signed.get(seq)
+        if expected_hash is not None:
+            if digest.hex() != expected_hash:
                 raise _break(
                     stream.name,
                     partition,
@@ -252,13 +299,14 @@ async def _walk(
         previous = digest
         expected += 1
     count = expected - 1
-    if signed is not None and not signed_seen:
+    top = max(signed, default=0)
+    if top > count:
         raise _break(
             stream.name,
             partition,
             count + 1,
             "truncated",
-            f"a signed checkpoint recorded {signed[0]} records; {count} remain (the tail was deleted)",
+            f"a signed checkpoint recorded {top} records; {count} remain (the tail was deleted)",
         )
     if head > count:
         raise _break(
@@ -268,7 +316,7 @@ async def _walk(
             "truncated",
             f"the chain head recorded {head} records; {count} remain (the tail was deleted)",
         )
-    return count, count - (signed[0] if signed else 0)
+    return count, count - top
 
 
 def _overlaps(p: Partition, since: datetime | None, until: datetime | None) -> bool:
@@ -295,47 +343,30 @@ async def verify_chains(
     latest: Checkpoint | None = None
     async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
         try:
-            latest = await _check_checkpoints(conn, tenant, environment, since, until, check_signature)
-            doc = latest.document() if latest else {}
-            signed = {(h["stream"], h["partition"]): (h["seq"], h["hash"]) for h in doc.get("heads", [])}
-            signed_drops = {(h["stream"], h["partition"]) for h in doc.get("dropped", [])}
+            signed = await _check_checkpoints(conn, tenant, environment, since, until, check_signature)
+            latest = signed.latest
             heads = {(h["stream"], h["partition"]): h for h in await chain_heads(conn, tenant, environment)}
-            registry = await list_partitions(conn)
-            known = {(p.stream, p.name) for p in registry}
-            present = {
-                r["relname"]
-                for r in await conn.fetch(
-                    "SELECT relname FROM pg_class WHERE relname = ANY($1::text[]) AND relkind = 'r'",
-                    [p.name for p in registry],
+            live = await catalog_partitions(conn)
+            present = {(p.stream, p.name) for p in live}
+            expected = (set(signed.hashes) | {k for k, h in heads.items() if h["seq"] > 0}) - signed.dropped
+            for stream_name, name in sorted(expected - present):
+                raise _break(
+                    stream_name, name, None, "partition_missing", "its chain was recorded; no signed drop; it is gone"
                 )
-            }
-            for stream_name, name in sorted(set(signed) - known - signed_drops):
-                raise _break(stream_name, name, None, "partition_missing", "a signed checkpoint names it; it is gone")
+            dropped_ok = sum(1 for p in signed.dropped if p not in present)
             by_name = {s.name: s for s in STREAMS}
-            for p in registry:
+            for p in live:
                 if not _overlaps(p, since, until):
                     continue
                 key = (p.stream, p.name)
-                if key in signed_drops:
-                    dropped_ok += 1
-                    continue
                 head = heads.get(key)
-                if p.name not in present:
-                    if key in signed or (head is not None and head["seq"] > 0):
-                        reason = (
-                            "dropped by retention but no signed checkpoint records the drop yet"
-                            if p.dropped_at
-                            else "the partition's table is gone"
-                        )
-                        raise _break(p.stream, p.name, None, "partition_missing", reason)
-                    continue
                 n, after = await _walk(
                     conn,
                     tenant,
                     environment,
                     by_name[p.stream],
                     p.name,
-                    signed.get(key),
+                    signed.hashes.get(key, {}),
                     head["seq"] if head is not None else 0,
                 )
                 counts[p.stream] += n

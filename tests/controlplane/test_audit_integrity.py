@@ -76,3 +76,19 @@ async def test_partitions_are_created_ahead_and_retention_drops_old_ones(databas
         report = (await admin.get("/v1/audit/verify")).json()
         assert report["intact"] is True and report["dropped_partitions"] == 1, report["message"]
         assert await state["cp_pool"].fetchval("SELECT count(*) FROM audit_decisions") == 0
+
+
+async def test_an_event_dated_more_than_a_day_ahead_is_refused(cp_config: Config) -> None:
+    async with asgi_controlplane(cp_config) as (_admin, internal, state):
+        ahead = datetime.now(UTC) + timedelta(days=2)
+        event = {
+            "decision_id": "ahead-1",
+            "timestamp": ahead.isoformat(),
+            "tenant": cp_config.tenant,
+            "environment": cp_config.environment,
+            "allowed": True,
+        }
+        r = await internal.post("/v1/audit/events", json=[event])
+        assert r.status_code == 400 and "a day in the future" in r.json()["message"]
+        partition = f"audit_decisions_p{ahead.strftime('%Y%m%d')}"
+        assert await state["cp_pool"].fetchval("SELECT to_regclass($1)", partition) is None

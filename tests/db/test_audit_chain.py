@@ -21,6 +21,7 @@ from gateway.db.audit_chain import canonical_bytes, genesis, link
 from gateway.db.audit_streams import DECISIONS, EVENT_FIELDS
 from gateway.db.audit_verify import verify_chains
 from gateway.db.migrate import available_migrations
+from gateway.errors import AuditChainBroken
 
 pytestmark = [pytest.mark.anyio, pytest.mark.db]
 
@@ -217,6 +218,62 @@ async def test_a_chain_recomputed_after_an_edit_is_caught_by_the_checkpoint(
     await pool.execute("UPDATE audit_chain_heads SET hash = $1 WHERE partition = $2", previous, name)
     b = (await verify(pool, trail))["first_break"]
     assert (b["problem"], b["seq"], b["partition"]) == ("checkpoint_mismatch", 10, name)
+    # and the control plane refuses to sign the rewritten chain (the periodic checkpoint would
+    # otherwise launder it): the break stays visible
+    with pytest.raises(AuditChainBroken, match="rewritten or deleted"):
+        await trail.checkpoint(pool, force=True)
+    assert (await verify(pool, trail))["first_break"]["problem"] == "checkpoint_mismatch"
+
+
+async def test_a_deleted_tail_with_its_head_moved_back_is_never_signed(pool: asyncpg.Pool, trail: AuditTrail) -> None:
+    await fill(pool, trail)
+    await trail.checkpoint(pool)
+    await pool.execute("DELETE FROM audit_decisions WHERE decision_id = 'd0019'")
+    await pool.execute(
+        "UPDATE audit_chain_heads SET seq = 9, hash = (SELECT chain_hash FROM audit_decisions WHERE decision_id = 'd0018')"
+        " WHERE partition = $1",
+        partition(DAY2),
+    )
+    with pytest.raises(AuditChainBroken, match="signed at seq 10"):
+        await trail.checkpoint(pool)
+    assert (await verify(pool, trail))["first_break"]["problem"] == "truncated"
+
+
+async def test_the_registry_cannot_make_retention_drop_or_verification_skip_a_partition(
+    pool: asyncpg.Pool, database_url: str, tmp_path: Path
+) -> None:
+    trail = make_trail(database_url, tmp_path, retention_days=30)
+    recent = datetime.now(UTC) - timedelta(days=2)
+    await audit_ingest.insert_decision_events(pool, trail.partitions, T, E, [event(i, recent) for i in range(5)])
+    await trail.checkpoint(pool)
+    # the registry is only a cache: moving a recent partition's bounds into the past there ...
+    await pool.execute(
+        "UPDATE audit_partitions SET lower_bound = '2000-01-01', upper_bound = '2000-01-02' WHERE name = $1",
+        partition(recent),
+    )
+    assert await trail.apply_retention(pool, datetime.now(UTC)) == []  # ... drops nothing
+    assert await pool.fetchval("SELECT to_regclass($1)", partition(recent)) is not None
+    # ... and hides nothing from a verification of that day
+    await pool.execute("UPDATE audit_decisions SET subject = 'mallory' WHERE decision_id = 'd0002'")
+    day = await verify(pool, trail, since=recent - timedelta(hours=1), until=recent + timedelta(hours=1))
+    assert (day["first_break"]["problem"], day["first_break"]["decision_id"]) == ("hash_mismatch", "d0002")
+
+
+async def test_a_record_inserted_without_a_link_is_never_linked_by_a_restart(
+    pool: asyncpg.Pool, trail: AuditTrail
+) -> None:
+    await fill(pool, trail)
+    await trail.start(pool)
+    await pool.execute(
+        """INSERT INTO audit_decisions (decision_id, tenant, environment, "timestamp", subject, allowed, reasons)
+           VALUES ('forged-1', $1, $2, $3, 'mallory', true, '["granted"]')""",
+        T,
+        E,
+        DAY1 + timedelta(seconds=30),
+    )
+    await trail.start(pool)  # a restart
+    b = (await verify(pool, trail))["first_break"]
+    assert (b["problem"], b["decision_id"]) == ("unsealed", "forged-1")
 
 
 async def test_a_dropped_partition_is_missing_unless_retention_signed_it(pool: asyncpg.Pool, trail: AuditTrail) -> None:

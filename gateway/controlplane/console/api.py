@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.types import Message, Receive, Scope, Send
 
 from gateway.controlplane.actor import Actor
-from gateway.controlplane.middleware.auth import CONSOLE_ACTOR, CONSOLE_PREFIX
+from gateway.controlplane.middleware.auth import CONSOLE_ACTOR, CONSOLE_ADMIN_TOKEN_HMAC, CONSOLE_PREFIX
 
 __all__ = ["ApiResult", "call_api", "forward_api", "subrequest_scope"]
 
@@ -89,7 +89,10 @@ def subrequest_scope(
 
     Inherits the console request's server, client, scheme, lifespan state (pool, notifier)
     and request id (sent as ``X-Request-Id``); carries ``actor`` under
-    :data:`~gateway.controlplane.middleware.auth.CONSOLE_ACTOR` and no ``Authorization``.
+    :data:`~gateway.controlplane.middleware.auth.CONSOLE_ACTOR` and no ``Authorization``; a
+    bootstrap session's admin-token digest, put into the console request's scope by
+    ``session.current``, is carried under
+    :data:`~gateway.controlplane.middleware.auth.CONSOLE_ADMIN_TOKEN_HMAC`.
     """
     outer = request.scope
     root = _control_plane_root(outer)
@@ -101,7 +104,7 @@ def subrequest_scope(
     if body:
         headers += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     full = root + path
-    return {
+    sub: Scope = {
         "type": "http",
         "asgi": {"version": "3.0", "spec_version": "2.4"},
         "http_version": "1.1",
@@ -118,6 +121,10 @@ def subrequest_scope(
         "app": outer.get("app"),
         CONSOLE_ACTOR: actor,
     }
+    bound = outer.get(CONSOLE_ADMIN_TOKEN_HMAC)
+    if actor.bootstrap and isinstance(bound, bytes):
+        sub[CONSOLE_ADMIN_TOKEN_HMAC] = bound
+    return sub
 
 
 def _receiver(body: bytes, done: anyio.Event) -> Receive:

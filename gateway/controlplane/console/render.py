@@ -7,6 +7,7 @@ default style), so no ``style`` attribute reaches the page and the strict CSP ho
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections.abc import Mapping
@@ -22,16 +23,20 @@ from markupsafe import Markup
 from pygments import highlight
 from pygments.formatters import HtmlFormatter
 from pygments.lexers import DiffLexer, JsonLexer, RegoLexer
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, Response
+from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.config import Config
+from gateway.controlplane._http import request_id
 from gateway.controlplane.actor import Actor
 from gateway.controlplane.authz import shared_engine
 from gateway.controlplane.console.session import CSRF_FIELD, SignedIn
 from gateway.controlplane.middleware.auth import with_role_grants
 from gateway.errors import GatewayError
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "CSP",
@@ -83,7 +88,14 @@ _REVISION = re.compile(r"p[0-9]+-pv([0-9]+)")
 
 class SecurityHeadersMiddleware:
     """Put :data:`SECURITY_HEADERS` on every response of the wrapped (console) app, replacing
-    any value the app set for the same names."""
+    any value the app set for the same names.
+
+    Errors are answered here, before any response has started, so their answers carry the
+    headers too: an ``HTTPException`` escaping the console's router (405 for a method a route
+    does not serve, with ``Allow``) as plain text with its status; any other exception as a
+    plain-text 500 naming the request id (logged with its traceback, not re-raised). An
+    exception after the response started (a streamed export) propagates.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -93,14 +105,29 @@ class SecurityHeadersMiddleware:
             await self.app(scope, receive, send)
             return
         names = {name for name, _ in SECURITY_HEADERS}
+        started = False
 
         async def with_headers(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 kept = [(k, v) for k, v in message.get("headers", ()) if k.lower() not in names]
                 message = {**message, "headers": kept + list(SECURITY_HEADERS)}
             await send(message)
 
-        await self.app(scope, receive, with_headers)
+        try:
+            await self.app(scope, receive, with_headers)
+        except HTTPException as exc:
+            if started:
+                raise
+            answer = PlainTextResponse(str(exc.detail), status_code=exc.status_code, headers=exc.headers)
+            await answer(scope, receive, with_headers)
+        except Exception as exc:
+            if started:
+                raise
+            rid = request_id(scope)
+            log.error("unexpected console error (request %s)", rid, exc_info=exc)
+            await PlainTextResponse(f"internal error (request {rid})", status_code=500)(scope, receive, with_headers)
 
 
 def revision_policy_version(revision: Any) -> int | None:

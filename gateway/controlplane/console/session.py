@@ -5,6 +5,13 @@
   :func:`~gateway.controlplane.middleware.auth.authenticate_admin`. The credential is never
   stored: the session row (``gateway.db.console_sessions``) keeps who it named, the known
   roles its token carried and the bootstrap flag; role grants are re-read on every request.
+* **A bootstrap session** (signed in with ``GATEWAY_ADMIN_TOKEN``) also keeps
+  :func:`~gateway.controlplane.middleware.auth.admin_token_hmac` of that token (a one-way
+  digest, never the token). Every request refuses it unless the admin token configured now is
+  enabled and gives the same digest: rotating the token (restarting the control plane with a
+  new one) or switching it off ends its sessions. Its sub-requests carry the digest
+  (:data:`~gateway.controlplane.middleware.auth.CONSOLE_ADMIN_TOKEN_HMAC`), which the bearer
+  middleware checks again.
 * **The cookie** :data:`COOKIE` holds a 256-bit random session id (only its SHA-256 is stored):
   ``HttpOnly; SameSite=Strict; Path=/console`` and ``Secure``. The session ends at the
   JWT's ``exp`` or after :data:`SESSION_HOURS` hours, whichever is first; sign-out deletes it.
@@ -27,7 +34,12 @@ from starlette.requests import ClientDisconnect, Request
 
 from gateway.config import Config
 from gateway.controlplane.actor import BOOTSTRAP, BOOTSTRAP_ISSUER, Actor
-from gateway.controlplane.middleware.auth import AdminLogin, authenticate_admin
+from gateway.controlplane.middleware.auth import (
+    CONSOLE_ADMIN_TOKEN_HMAC,
+    AdminLogin,
+    admin_token_hmac,
+    authenticate_admin,
+)
 from gateway.db import console_sessions as db_sessions
 from gateway.db.console_sessions import ConsoleSession
 from gateway.jwtauth import JwtVerifier
@@ -136,8 +148,31 @@ def _actor(session: ConsoleSession) -> Actor:
     return Actor(session.subject, session.issuer, frozenset(session.token_roles))
 
 
+def _admin_token(request: Request) -> bytes:
+    """The bootstrap admin token configured now (UTF-8), ``b""`` when it is switched off."""
+    config: Config = request.app.state.config
+    return config.control_plane.admin_token.reveal().encode() if config.admin.token_enabled else b""
+
+
+def _bootstrap_valid(request: Request, session: ConsoleSession) -> bool:
+    """True when a bootstrap ``session`` was signed in with the admin token configured now."""
+    token = _admin_token(request)
+    if not token or session.admin_token_hmac is None:
+        return False  # switched off since (its sessions end with it), or no binding at all
+    return hmac.compare_digest(session.admin_token_hmac, admin_token_hmac(token))
+
+
+def _signed_in(request: Request, session_id: str, session: ConsoleSession) -> SignedIn:
+    """The request's :class:`SignedIn`; a bootstrap session's digest goes to the request's scope
+    (:data:`CONSOLE_ADMIN_TOKEN_HMAC`), whence its sub-requests carry it."""
+    if session.bootstrap and session.admin_token_hmac is not None:
+        request.scope[CONSOLE_ADMIN_TOKEN_HMAC] = session.admin_token_hmac
+    return SignedIn(session_id, session, _actor(session))
+
+
 async def current(request: Request) -> SignedIn | None:
-    """The console request's live session, or None (no cookie, unknown, expired, signed out)."""
+    """The console request's live session, or None (no cookie, unknown, expired, signed out, or
+    a bootstrap session whose admin token was rotated or switched off since)."""
     session_id = request.cookies.get(COOKIE)
     pool = _pool(request)
     if not session_id or len(session_id) > 128 or pool is None:
@@ -147,10 +182,9 @@ async def current(request: Request) -> SignedIn | None:
         session = await db_sessions.load_session(conn, tenant, environment, session_id)
     if session is None:
         return None
-    config: Config = request.app.state.config
-    if session.bootstrap and not config.admin.token_enabled:
-        return None  # the bootstrap token was switched off since: its sessions end with it
-    return SignedIn(session_id, session, _actor(session))
+    if session.bootstrap and not _bootstrap_valid(request, session):
+        return None  # the bootstrap token was rotated or switched off since: its sessions end with it
+    return _signed_in(request, session_id, session)
 
 
 async def sign_in(request: Request, credential: str) -> SignedIn | None:
@@ -159,8 +193,7 @@ async def sign_in(request: Request, credential: str) -> SignedIn | None:
     pool = _pool(request)
     if not credential or len(credential) > MAX_CREDENTIAL or pool is None:
         return None
-    config: Config = request.app.state.config
-    admin_token = config.control_plane.admin_token.reveal().encode() if config.admin.token_enabled else b""
+    admin_token = _admin_token(request)
     login: AdminLogin | None = await authenticate_admin(
         credential.encode("utf-8", "replace"), admin_token=admin_token, verifiers=_verifiers(request)
     )
@@ -174,6 +207,7 @@ async def sign_in(request: Request, credential: str) -> SignedIn | None:
         return None  # about to expire: no session worth having
     tenant, environment = _scope(request)
     actor = login.actor
+    bootstrap = actor.issuer == BOOTSTRAP_ISSUER
     async with pool.acquire() as conn:  # type: ignore[attr-defined]
         session_id, session = await db_sessions.create_session(
             conn,
@@ -182,10 +216,11 @@ async def sign_in(request: Request, credential: str) -> SignedIn | None:
             subject=actor.subject,
             issuer=actor.issuer,
             token_roles=tuple(sorted(actor.roles)) if not actor.bootstrap else (),
-            bootstrap=actor.issuer == BOOTSTRAP_ISSUER,
+            bootstrap=bootstrap,
+            admin_token_hmac=admin_token_hmac(admin_token) if bootstrap else None,
             expires_at=expires,
         )
-    return SignedIn(session_id, session, _actor(session))
+    return _signed_in(request, session_id, session)
 
 
 async def sign_out(request: Request, signed_in: SignedIn) -> None:

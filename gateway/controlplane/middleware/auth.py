@@ -9,6 +9,7 @@ sidecar, or whoever reads its token file, cannot reach the broker.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import hmac
 import logging
 import re
@@ -31,6 +32,7 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 __all__ = [
     "CONSOLE_ACTOR",
+    "CONSOLE_ADMIN_TOKEN_HMAC",
     "CONSOLE_PREFIX",
     "INTERNAL_PREFIXES",
     "OPA_PREFIX",
@@ -38,6 +40,7 @@ __all__ = [
     "PUBLIC_PREFIXES",
     "AdminLogin",
     "BearerAuthMiddleware",
+    "admin_token_hmac",
     "authenticate_admin",
     "with_role_grants",
     "is_console_path",
@@ -68,6 +71,26 @@ CONSOLE_ACTOR = "gateway.console_actor"
 :class:`~gateway.controlplane.actor.Actor` (the roles its token carried). Only code in this
 process can set a scope key (an ASGI server never copies one from a client), so the
 middleware takes it as the request's admin credential and adds the role grants."""
+CONSOLE_ADMIN_TOKEN_HMAC = "gateway.console_admin_token_hmac"
+"""Scope key of a console request and its sub-requests when the session is a bootstrap one: the
+session's :func:`admin_token_hmac` (bytes). A bootstrap sub-request is admitted only while it
+equals the digest of the admin token configured now (a rotated token ends its sessions)."""
+_ADMIN_TOKEN_HMAC_LABEL = b"gateway-console-bootstrap-session"
+
+
+def admin_token_hmac(admin_token: bytes) -> bytes:
+    """The digest binding a console bootstrap session to the admin token it signed in with.
+
+    HMAC-SHA256 keyed by ``admin_token`` (its UTF-8 bytes) over the fixed label
+    ``gateway-console-bootstrap-session``: 32 bytes, stored with the session instead of the
+    token (one way; a label no derived token uses, see ``gateway.config.derived_token``).
+
+    Raises:
+        ValueError: ``admin_token`` is empty (the bootstrap token is switched off).
+    """
+    if not admin_token:
+        raise ValueError("no admin token to bind a console session to")
+    return hmac.new(admin_token, _ADMIN_TOKEN_HMAC_LABEL, hashlib.sha256).digest()
 
 
 def is_console_path(path: str) -> bool:
@@ -158,9 +181,11 @@ class BearerAuthMiddleware:
     roles: its roles claim, known role names only, plus the control plane's role grants).
     ``GET``/``HEAD`` of :data:`PUBLIC_PATHS` (``/v1/openapi.json``) and under
     :data:`PUBLIC_PREFIXES` (the OAuth connect and callback pages), and ``POST`` of a connect
-    page, need no token. ``GET``/``POST`` under :data:`CONSOLE_PREFIX` are the console's, which
-    checks its own session; an in-process console sub-request is authenticated by its
-    :data:`CONSOLE_ACTOR` scope key (bootstrap: only while the admin token is enabled).
+    page, need no token. Every request under :data:`CONSOLE_PREFIX` is the console's, which
+    checks its own session (and answers 405, with its security headers, to a method other than
+    ``GET``/``HEAD``/``POST``); an in-process console sub-request is authenticated by its
+    :data:`CONSOLE_ACTOR` scope key (bootstrap: only while the admin token is enabled and its
+    :data:`CONSOLE_ADMIN_TOKEN_HMAC` is the configured token's).
     Tokens are compared in constant time. Failure: 401 ``admin_unauthenticated``
     with ``WWW-Authenticate: Bearer``.
     """
@@ -178,6 +203,7 @@ class BearerAuthMiddleware:
     ) -> None:
         self.app = app
         self._admin = admin_token.reveal().encode() if admin_token_enabled else b""
+        self._admin_hmac = admin_token_hmac(self._admin) if self._admin else b""
         self._internal = internal_token.reveal().encode()
         self._opa = opa_token.reveal().encode()
         self._verifiers = tuple(admin_verifiers)
@@ -198,12 +224,16 @@ class BearerAuthMiddleware:
         if root and path.startswith(root):
             path = path[len(root) :] or "/"
         public = path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
-        if (public or is_console_path(path)) and (
-            scope["method"] in ("GET", "HEAD")
-            or (scope["method"] == "POST" and (path.startswith(PUBLIC_POST_PREFIX) or is_console_path(path)))
+        if is_console_path(path) or (
+            public
+            and (
+                scope["method"] in ("GET", "HEAD")
+                or (scope["method"] == "POST" and path.startswith(PUBLIC_POST_PREFIX))
+            )
         ):
-            # The console authenticates its own requests (session cookie); nothing here is admitted
-            # on the strength of it: its data comes from sub-requests that pass through below.
+            # The console authenticates its own requests (session cookie) and its router serves only
+            # GET/HEAD/POST (405 otherwise); nothing here is admitted on the strength of it: its
+            # data comes from sub-requests that pass through below.
             await self.app(scope, receive, send)
             return
         console = scope.get(CONSOLE_ACTOR)
@@ -245,10 +275,14 @@ class BearerAuthMiddleware:
         await self.app(scope, receive, send)
 
     async def _console_actor(self, scope: Scope, session: Actor) -> Actor | None:
-        """The actor of a console sub-request: the bootstrap admin while its token is enabled,
-        else the session's subject with its token's roles plus the role grants, read now."""
+        """The actor of a console sub-request: the bootstrap admin while its token is enabled
+        and is the one the session signed in with (:data:`CONSOLE_ADMIN_TOKEN_HMAC`), else the
+        session's subject with its token's roles plus the role grants, read now."""
         if session.bootstrap:
-            return BOOTSTRAP if self._admin else None
+            bound = scope.get(CONSOLE_ADMIN_TOKEN_HMAC)
+            if not self._admin_hmac or not isinstance(bound, bytes):
+                return None
+            return BOOTSTRAP if hmac.compare_digest(bound, self._admin_hmac) else None
         pool = (scope.get("state") or {}).get("cp_pool")
         return await with_role_grants(
             Actor(session.subject, session.issuer, session.roles & frozenset(ROLES)),

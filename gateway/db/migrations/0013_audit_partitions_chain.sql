@@ -27,9 +27,26 @@ CREATE TABLE audit_chain_heads (
     partition   text        NOT NULL,
     seq         bigint      NOT NULL,
     hash        bytea       NOT NULL,
+    record_key  text,
+    record_ts   timestamptz,
     dropped_at  timestamptz,
     PRIMARY KEY (tenant, environment, stream, partition)
 );
+-- (record_key, record_ts): the last record's key (decision id, or the trail's id) and timestamp,
+-- so a checkpoint can find the record it signed through the primary key.
+
+-- The scopes whose rows this migration moves (below) and that wait for their links: each
+-- scope's control plane links them on its next start and deletes its row. No other unlinked
+-- row is ever linked (one is reported as a break).
+CREATE TABLE audit_seal_pending (
+    tenant      text NOT NULL,
+    environment text NOT NULL,
+    PRIMARY KEY (tenant, environment)
+);
+INSERT INTO audit_seal_pending
+SELECT tenant, environment FROM audit_decisions
+UNION SELECT tenant, environment FROM opa_decision_logs
+UNION SELECT tenant, environment FROM control_plane_audit;
 
 -- Signed checkpoints: the exact body bytes (canonical JSON text) and an Ed25519 signature.
 CREATE TABLE audit_checkpoints (
