@@ -152,6 +152,10 @@ def decision_where(
     reasons = REASONS_TEXT_SQL.format(a=a)
     for term in ((q.reason,) if q.reason is not None else ()) + q.terms:
         add(f"{reasons} ILIKE {{p}}", like_pattern(term))
+        if not any(c in term for c in '"\\') and all(c >= " " for c in term):
+            # A cheap prefilter first (the jsonb text holds every reason verbatim when the term
+            # has no character JSON escapes); the exact match above decides.
+            where.insert(len(where) - 1, f"{a}reasons::text ILIKE ${len(args)}")
     if q.outcome is not None:
         where.append(_OUTCOME_WHERE[q.outcome].format(a=a))
     if q.since is not None:

@@ -41,6 +41,9 @@ __all__ = [
     "seal_unchained",
 ]
 
+Hook = Callable[[asyncpg.Connection, list[tuple[Any, ...]]], Any]
+"""A callback run inside an append's transaction with the connection and the new rows."""
+
 VERSION = "gw-audit/1"
 """The canonical form's version tag (first element of every canonical record)."""
 
@@ -185,6 +188,7 @@ async def append(
     rows: Sequence[Sequence[Any]],
     *,
     before_insert: Callable[[asyncpg.Connection, list[tuple[Any, ...]]], Any] | None = None,
+    after_copy: Callable[[asyncpg.Connection, list[tuple[Any, ...]]], Any] | None = None,
     dedupe: bool = True,
 ) -> int:
     """Chain and insert records of one scope; records already stored (by ``stream.key``) are skipped.
@@ -199,6 +203,8 @@ async def append(
             Python values, stored as orjson text).
         before_insert: Awaited inside the transaction with the connection and the new rows
             (stored form), before they are copied.
+        after_copy: Awaited inside the transaction with the connection and the rows copied
+            (stored form, without the link columns), after the copy (e.g. rollups).
         dedupe: Look for records already stored by ``stream.key`` (off for records whose key
             is fresh by construction, e.g. a sequence value).
 
@@ -222,7 +228,7 @@ async def append(
     if not live:
         return 0
     try:
-        return await _insert(pool, stream, tenant, environment, live, before_insert, dedupe, key_index)
+        return await _insert(pool, stream, tenant, environment, live, (before_insert, after_copy), dedupe, key_index)
     except (asyncpg.UndefinedTableError, asyncpg.CheckViolationError):
         partitions.invalidate()  # a partition this process knew was dropped elsewhere: reload next time
         raise
@@ -234,7 +240,7 @@ async def _insert(
     tenant: str,
     environment: str,
     live: list[tuple[tuple[Any, ...], Partition]],
-    before_insert: Callable[[asyncpg.Connection, list[tuple[Any, ...]]], Any] | None,
+    hooks: tuple[Hook | None, Hook | None],
     dedupe: bool,
     key_index: int,
 ) -> int:
@@ -244,11 +250,11 @@ async def _insert(
                 # Optimistic: a batch is almost always new; the primary key refuses it whole
                 # when one of its records is stored already (a batch sent again), and then
                 # the duplicates are looked up and left out.
-                return await _link_and_copy(conn, stream, tenant, environment, live, before_insert)
+                return await _link_and_copy(conn, stream, tenant, environment, live, hooks)
             except asyncpg.UniqueViolationError:
                 pass
         return await _link_and_copy(
-            conn, stream, tenant, environment, live, before_insert, skip_stored=dedupe, key_index=key_index
+            conn, stream, tenant, environment, live, hooks, skip_stored=dedupe, key_index=key_index
         )
 
 
@@ -258,7 +264,7 @@ async def _link_and_copy(
     tenant: str,
     environment: str,
     live: list[tuple[tuple[Any, ...], Partition]],
-    before_insert: Callable[[asyncpg.Connection, list[tuple[Any, ...]]], Any] | None,
+    hooks: tuple[Hook | None, Hook | None],
     *,
     skip_stored: bool = False,
     key_index: int = 0,
@@ -287,6 +293,7 @@ async def _link_and_copy(
             if not fresh:
                 return 0
         new_rows = [r for r, _ in fresh]
+        before_insert, after_copy = hooks
         if before_insert is not None:
             await before_insert(conn, new_rows)
         heads = await _heads(conn, tenant, environment, stream, {p.name for _, p in fresh})
@@ -295,6 +302,8 @@ async def _link_and_copy(
             stream.table, records=linked, columns=[*stream.fields, "chain_seq", "chain_hash"]
         )
         await _save_heads(conn, tenant, environment, stream, heads)
+        if after_copy is not None:
+            await after_copy(conn, new_rows)
         return len(linked)
 
 
