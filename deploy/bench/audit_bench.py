@@ -1,13 +1,15 @@
 """`make bench-audit`: the reviewers' trail at 10 million events (docs/audit.md).
 
-Fills a throwaway database (``gateway_audit_bench``, re-created each run unless ``--reuse``)
-with ``--events`` synthetic runtime events spread over ``--days`` days (daily partitions,
-``INSERT ... SELECT generate_series`` in chunks, the query indexes of migration 0014 built after
-the fill), ANALYZEs, then measures:
+Fills a throwaway database (``--database``, default ``gateway_audit_bench``, re-created each run
+unless ``--reuse``) with ``--events`` synthetic runtime events spread over ``--days`` days (daily
+partitions, ``INSERT ... SELECT generate_series`` in chunks, the query indexes of migration 0014
+built after the fill), builds the hourly rollups of migration 0016 (the fill bypasses ingest,
+which keeps them otherwise), ANALYZEs, then measures:
 
 * every reviewer filter of ``GET /v1/audit/decisions`` (one page of 50, newest first), with
   values drawn from the data, without and with a 24 h range: p50/p95 in ms;
-* every aggregate of ``GET /v1/audit/stats`` over the last 1 h, 24 h and 7 days: p50/p95;
+* every aggregate of ``GET /v1/audit/stats`` over the last 1 h, 24 h, 7, 30 and 93 days, without
+  and with a server filter (both read the rollups): p50/p95, and how the percentiles were computed;
 * the export: rows/s and MB/s of NDJSON encoded from the server-side cursor
   (:func:`gateway.db.audit_export.stream_decisions`, the route's code path minus HTTP);
 * ingest: :func:`bench_ingest`, events/s on one connection through the real ingest path (chained,
@@ -44,7 +46,7 @@ import asyncpg
 import orjson
 
 from gateway.config import PROJECT_ROOT, Secret
-from gateway.db import apply_migrations, audit, audit_export, audit_stats, create_pool
+from gateway.db import apply_migrations, audit, audit_export, audit_rollups, audit_stats, create_pool
 from gateway.db.audit import DecisionQuery
 from gateway.db.audit_ingest import EVENT_FIELDS, insert_decision_events
 from gateway.db.audit_partitions import PartitionMap
@@ -116,23 +118,42 @@ async def fill(pool: asyncpg.Pool, events: int, days: int) -> dict[str, float]:
         await conn.execute(INDEX_FILE.read_text(), timeout=None)
         timings["index_s"] = time.perf_counter() - t0
         print(f"  indexes built ({timings['index_s']:.0f} s)", file=sys.stderr, flush=True)
+        timings["rollups_s"] = await build_rollups(conn, start)
         t0 = time.perf_counter()
         await conn.execute("VACUUM (ANALYZE) audit_decisions", timeout=None)
         timings["vacuum_analyze_s"] = time.perf_counter() - t0
     return timings
 
 
+async def build_rollups(conn: asyncpg.Connection, start: datetime) -> float:
+    """Rebuild the hourly rollups of ``[start, END)`` from the filled events (SQL
+    ``audit_rollups_rebuild``), then ANALYZE them; returns the seconds taken."""
+    t0 = time.perf_counter()
+    events = await audit_rollups.rebuild(conn, T, E, start, END)
+    for table in ("audit_rollup_outcomes", "audit_rollup_latency", "audit_rollup_denials", "audit_rollup_reasons"):
+        await conn.execute(f"ANALYZE {table}", timeout=None)
+    elapsed = time.perf_counter() - t0
+    print(f"  rollups built in {elapsed:.0f} s ({events:,} events)", file=sys.stderr, flush=True)
+    return elapsed
+
+
 async def build_indexes(pool: asyncpg.Pool) -> dict[str, float]:
-    """``--reuse``: create the indexes of 0014 a previous run did not finish, then ANALYZE."""
+    """``--reuse``: create the indexes of 0014 a previous run did not finish, the rollups when
+    there are none (migration 0016 backfills them when it is first applied), then ANALYZE."""
     async with pool.acquire() as conn:
         await conn.execute("SET statement_timeout = 0")
         await conn.execute("SET maintenance_work_mem = '512MB'")
         t0 = time.perf_counter()
         await conn.execute(INDEX_FILE.read_text(), timeout=None)
         index_s = time.perf_counter() - t0
+        timings = {"index_s": index_s}
+        if not await conn.fetchval("SELECT EXISTS (SELECT 1 FROM audit_rollup_outcomes WHERE tenant = $1)", T):
+            oldest = await conn.fetchval('SELECT min("timestamp") FROM audit_decisions WHERE tenant = $1', T)
+            timings["rollups_s"] = await build_rollups(conn, oldest or END)
         t0 = time.perf_counter()
         await conn.execute("VACUUM (ANALYZE) audit_decisions", timeout=None)
-        return {"index_s": index_s, "vacuum_analyze_s": time.perf_counter() - t0}
+        timings["vacuum_analyze_s"] = time.perf_counter() - t0
+        return timings
 
 
 INGEST_EVENTS = 200_000
@@ -270,17 +291,32 @@ async def measure_filters(pool: asyncpg.Pool, runs: int) -> list[tuple[str, floa
     return results
 
 
+STATS_RANGES = (
+    ("1 h", timedelta(hours=1)),
+    ("24 h", timedelta(days=1)),
+    ("7 days", timedelta(days=7)),
+    ("30 days", timedelta(days=30)),
+    ("93 days", timedelta(days=93)),
+)
+
+
 async def measure_stats(pool: asyncpg.Pool, runs: int) -> list[tuple[str, float, float]]:
-    """(range, p50, p95) in ms of the whole ``decision_stats`` (five queries, concurrently)."""
+    """(range and percentile method, p50, p95) in ms of the whole ``decision_stats`` (the
+    aggregates concurrently), over ranges ending at :data:`END` (whole hours: rollups)."""
     results = []
-    for label, span in (("1 h", timedelta(hours=1)), ("24 h", timedelta(days=1)), ("7 days", timedelta(days=7))):
+    for label, span in STATS_RANGES:
         for filt_name, q in (("", DecisionQuery()), (" + server", DecisionQuery(server="srv-3"))):
-            p50, p95 = await _timed(
-                lambda span=span, q=q: audit_stats.decision_stats(pool, T, E, q, since=END - span, until=END),
-                runs,
-            )
-            results.append((label + filt_name, p50, p95))
-            print(f"  stats {label}{filt_name}: {p50:.0f}/{p95:.0f} ms", file=sys.stderr)
+
+            def stats(span: timedelta = span, q: DecisionQuery = q) -> Awaitable[dict[str, Any]]:
+                return audit_stats.decision_stats(pool, T, E, q, since=END - span, until=END)
+
+            try:
+                method = (await stats())["latency_method"]
+            except asyncpg.QueryCanceledError:
+                method = "timeout"
+            p50, p95 = await _timed(stats, runs)
+            results.append((f"{label}{filt_name} ({method} percentiles)", p50, p95))
+            print(f"  stats {label}{filt_name}: {p50:.0f}/{p95:.0f} ms ({method})", file=sys.stderr)
     return results
 
 
@@ -306,7 +342,8 @@ def render(args: argparse.Namespace, total: int, fill_t: dict[str, float], filte
         f"--days {args.days}`) on {platform.machine()}, {os.cpu_count()} CPUs, PostgreSQL "
         f"{args.server_version} (shared_buffers {args.shared_buffers}); {total:,} events over {args.days} daily "
         f"partitions; {args.runs} runs per line. Fill {fill_t.get('fill_s', 0):.0f} s, indexes "
-        f"{fill_t.get('index_s', 0):.0f} s, VACUUM ANALYZE {fill_t.get('vacuum_analyze_s', 0):.0f} s.",
+        f"{fill_t.get('index_s', 0):.0f} s, rollups built in {fill_t.get('rollups_s', 0):.0f} s, VACUUM ANALYZE "
+        f"{fill_t.get('vacuum_analyze_s', 0):.0f} s.",
         "",
         "| filter (page of 50, newest first) | p50 ms | p95 ms | p50 ms, last 24 h | p95 ms, last 24 h |",
         "|---|---:|---:|---:|---:|",
@@ -356,13 +393,16 @@ def main() -> int:
         "--reuse", action="store_true", help="Measure the database of the previous run (indexes completed first)."
     )
     parser.add_argument("--write", type=Path, help="Replace the marked section of this Markdown file.")
+    parser.add_argument(
+        "--database", default=DB_NAME, help=f"Name of the throwaway database (default {DB_NAME}; re-created)."
+    )
     args = parser.parse_args()
     random.seed(7)
     admin_url = os.environ.get("DATABASE_URL")
     if not admin_url:
         print("DATABASE_URL is required (make bench-audit sets it)", file=sys.stderr)
         return 2
-    url = with_database(admin_url, DB_NAME) if args.reuse else fresh_database(admin_url, DB_NAME)
+    url = with_database(admin_url, args.database) if args.reuse else fresh_database(admin_url, args.database)
     section = asyncio.run(run(args, url))
     print(section)
     if args.write:

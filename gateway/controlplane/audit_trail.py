@@ -36,6 +36,7 @@ from gateway.db.audit_partitions import (
     mark_dropped,
     partition_date,
 )
+from gateway.db.audit_rollups import forget_before
 from gateway.db.audit_streams import STREAMS
 from gateway.db.audit_verify import CHECKPOINT_VERSION, Checkpoint, chain_heads, insert_checkpoint, latest_checkpoint
 from gateway.db.pool import DATABASE_DOWN
@@ -112,6 +113,8 @@ class AuditTrail:
                     p.name,
                 )
                 await mark_dropped(conn, p, now)
+                if p.stream == "decisions":  # the stats' rollups of what was dropped go with it
+                    await forget_before(conn, self.config.tenant, self.config.environment, p.upper)
                 # raises AuditChainBroken (and the drop is rolled back) when the chain was tampered with
                 await self._checkpoint_in(conn, now, dropped_now={(p.stream, p.name)}, force=True)
             dropped.append(p)

@@ -493,6 +493,7 @@ _SCHEMAS: dict[str, Any] = {
             "top_denied_subjects",
             "denials_by_reason",
             "latency_by_server",
+            "latency_method",
         ],
         "properties": {
             "since": TIMESTAMP,
@@ -536,7 +537,8 @@ _SCHEMAS: dict[str, Any] = {
             },
             "latency_by_server": {
                 "type": "array",
-                "description": "Continuous percentiles (`percentile_cont`) of `latency_ms`, in milliseconds.",
+                "description": "Continuous percentiles (`percentile_cont`) of `latency_ms`, in milliseconds: exact, "
+                "or estimated from hourly histograms (`latency_method`).",
                 "items": {
                     "type": "object",
                     "properties": {
@@ -546,6 +548,13 @@ _SCHEMAS: dict[str, Any] = {
                         "p99_ms": {"type": "number"},
                     },
                 },
+            },
+            "latency_method": {
+                "type": "string",
+                "enum": ["exact", "histogram"],
+                "description": "`exact`: computed from the events. `histogram`: estimated from the hourly rollups' "
+                "log-scale histograms (no filter but `server`, and more than 50,000 events with a latency in the "
+                "range), within 4.9 % of the exact value (0.05 ms below 0.1 ms). Counts are always exact.",
             },
         },
     },

@@ -15,6 +15,7 @@ import asyncpg
 
 from gateway.db.audit_chain import append, pg_safe
 from gateway.db.audit_partitions import PartitionMap
+from gateway.db.audit_rollups import record_ingested
 from gateway.db.audit_streams import DECISIONS, EVENT_FIELDS, OPA_LOG_FIELDS, OPA_LOGS
 
 __all__ = ["EVENT_FIELDS", "insert_decision_events", "insert_opa_logs", "pg_safe"]
@@ -29,10 +30,13 @@ async def insert_decision_events(
 ) -> int:
     """Chain and insert validated events of one scope (tuples ordered as :data:`EVENT_FIELDS`).
 
+    The hourly rollups of the new events (:func:`gateway.db.audit_rollups.record_ingested`) are
+    updated in the same transaction.
+
     Returns:
         How many were new (duplicates and events past retention are skipped).
     """
-    return await append(pool, partitions, DECISIONS, tenant, environment, events)
+    return await append(pool, partitions, DECISIONS, tenant, environment, events, after_copy=record_ingested)
 
 
 async def insert_opa_logs(

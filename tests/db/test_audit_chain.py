@@ -296,6 +296,9 @@ async def test_retention_drops_old_partitions_records_and_signs_the_drop(
     await trail.checkpoint(pool)
     dropped = await trail.apply_retention(pool, now)
     assert [p.name for p in dropped] == [partition(old)]  # the OPA log/trail partitions of that day were empty
+    # the stats' rollups of the dropped events go with them; the recent ones stay
+    hours = [r["hour"] for r in await pool.fetch("SELECT hour FROM audit_rollup_outcomes")]
+    assert hours and all(h >= dropped[0].upper for h in hours)
     assert await pool.fetchval("SELECT to_regclass($1)", partition(old)) is None
     trail_row = await pool.fetchrow("SELECT * FROM control_plane_audit WHERE action = 'audit.retention.drop'")
     assert trail_row["resource_id"] == partition(old) and trail_row["actor"] == "retention"
