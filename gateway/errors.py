@@ -21,6 +21,7 @@ The tree (class, safe ``category``, HTTP ``status_code``)::
     + NotFound                        not_found                 404
     + ConflictError                   conflict                  409
     |  + PolicyGateFailed             policy_gate_failed        409
+    |  + AuditChainBroken             audit_chain_broken        409
     + PolicyDenied                    policy_denied             403
     + PolicyUnavailable               policy_unavailable        503
     |  + PolicyRevisionStale          policy_revision_stale     503
