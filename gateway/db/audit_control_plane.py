@@ -10,6 +10,8 @@ from typing import Any
 import asyncpg
 import orjson
 
+from gateway.db.audit_streams import CONTROL_PLANE_FIELDS
+
 __all__ = [
     "CONTROL_PLANE_COLUMNS",
     "CONTROL_PLANE_SELECT",
@@ -71,26 +73,7 @@ def control_plane_where(
     return " AND ".join(where), args
 
 
-CONTROL_PLANE_COLUMNS = (
-    "id",
-    "timestamp",
-    "request_id",
-    "actor",
-    "actor_issuer",
-    "roles",
-    "action",
-    "method",
-    "path",
-    "decision_id",
-    "allowed",
-    "reasons",
-    "status",
-    "resource_kind",
-    "resource_id",
-    "comment",
-    "before_sha256",
-    "after_sha256",
-)
+CONTROL_PLANE_COLUMNS = tuple(f for f in CONTROL_PLANE_FIELDS if f not in ("tenant", "environment"))
 """The columns of a control-plane trail row, in page and export order."""
 CONTROL_PLANE_SELECT = ", ".join(f'"{c}"' if c == "timestamp" else c for c in CONTROL_PLANE_COLUMNS)
 """:data:`CONTROL_PLANE_COLUMNS` as a SQL select list."""

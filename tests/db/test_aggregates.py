@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
 
-from gateway.config import Secret
-from gateway.db import apply_migrations, audit, audit_ingest, create_pool, instances, policies, servers
+from gateway.db import audit, audit_ingest, instances, policies, servers
 from gateway.db.audit_partitions import PartitionMap
 from gateway.db.servers import PinnedTool
 from gateway.errors import ConflictError, NotFound
@@ -17,14 +15,6 @@ from gateway.errors import ConflictError, NotFound
 pytestmark = [pytest.mark.anyio, pytest.mark.db]
 
 T, E = "tenant_local", "prod"
-
-
-@pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    async with create_pool(Secret(database_url)) as pool:
-        async with pool.acquire() as conn:
-            await apply_migrations(conn)
-        yield pool
 
 
 async def test_duplicate_server_maps_to_conflict_and_missing_to_not_found(pool: asyncpg.Pool) -> None:

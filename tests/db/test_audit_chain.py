@@ -4,7 +4,6 @@ database is reported as the first broken link, and retention is told apart from 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -28,14 +27,6 @@ pytestmark = [pytest.mark.anyio, pytest.mark.db]
 T, E = "tenant_local", "prod"
 DAY1 = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)
 DAY2 = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    async with create_pool(Secret(database_url)) as pool:
-        async with pool.acquire() as conn:
-            await apply_migrations(conn)
-        yield pool
 
 
 def make_trail(database_url: str, run_dir: Path, **audit: Any) -> AuditTrail:

@@ -7,15 +7,13 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 import pytest
 
-from gateway.config import Secret
-from gateway.db import apply_migrations, audit_ingest, audit_rollups, create_pool
+from gateway.db import audit_ingest, audit_rollups
 from gateway.db.audit import DecisionQuery
 from gateway.db.audit_partitions import PartitionMap
 from gateway.db.audit_stats import decision_stats
@@ -29,14 +27,6 @@ HOURS = 6
 TABLES = ("audit_rollup_outcomes", "audit_rollup_latency", "audit_rollup_denials", "audit_rollup_reasons")
 REL_ERROR = math.sqrt(audit_rollups.HIST_RATIO) - 1  # a bucket's middle vs any value in it
 ABS_ERROR = audit_rollups.HIST_MIN_MS / 2  # the first bucket [0, 0.1) ms read as 0.05 ms
-
-
-@pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    async with create_pool(Secret(database_url)) as pool:
-        async with pool.acquire() as conn:
-            await apply_migrations(conn)
-        yield pool
 
 
 def random_events(rng: random.Random, n: int) -> list[tuple[Any, ...]]:

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import asyncpg
 import pytest
 
-from gateway.config import Secret
-from gateway.db import apply_migrations, create_pool, servers
+from gateway.db import servers
 from gateway.db.servers import PinnedPrompt, PinnedTool
 from gateway.errors import ConflictError
 
@@ -16,14 +13,6 @@ pytestmark = [pytest.mark.anyio, pytest.mark.db]
 
 T, E = "tenant_local", "prod"
 CAPS = {"tools": {"listChanged": False}, "prompts": {"listChanged": False}, "resources": {}, "logging": {}}
-
-
-@pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    async with create_pool(Secret(database_url)) as pool:
-        async with pool.acquire() as conn:
-            await apply_migrations(conn)
-        yield pool
 
 
 def _prompt(name: str, *args: str) -> PinnedPrompt:

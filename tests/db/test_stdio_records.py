@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
 import pytest
 
-from gateway.config import Secret
-from gateway.db import apply_migrations, create_pool, servers
+from gateway.db import servers
 from gateway.db.servers import PinnedTool
 from gateway.errors import RequestRejected
 
@@ -17,14 +15,6 @@ pytestmark = [pytest.mark.anyio, pytest.mark.db]
 
 T, E = "tenant_local", "prod"
 TOOLS = [PinnedTool({"name": "t", "inputSchema": {"type": "object"}}, "0" * 64)]
-
-
-@pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    async with create_pool(Secret(database_url)) as pool:
-        async with pool.acquire() as conn:
-            await apply_migrations(conn)
-        yield pool
 
 
 async def test_a_stdio_record_shows_env_keys_and_reaches_the_projection_only_when_trusted(pool: asyncpg.Pool) -> None:

@@ -9,8 +9,9 @@ that shows the result (post/redirect/get).
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -68,6 +69,21 @@ def _to_sign_in(request: Request) -> Response:
     if request.headers.get("hx-request"):
         return Response(status_code=401, headers={"HX-Redirect": "/console/signin"})
     return RedirectResponse("/console/signin", status_code=303)
+
+
+def _signed_in(view: Callable[[Request, SignedIn], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    """The view with the signed-in actor (``me``); without a session, the sign-in page (303, or
+    401 with ``HX-Redirect`` for htmx)."""
+
+    @functools.wraps(view)
+    async def signed_in_view(request: Request) -> Response:
+        try:
+            me = await _me(request)
+        except _NotSignedIn:
+            return _to_sign_in(request)
+        return await view(request, me)
+
+    return signed_in_view
 
 
 async def _failed(request: Request, me: SignedIn, result: ApiResult, what: str) -> Response:
@@ -140,12 +156,9 @@ async def sign_in(request: Request) -> Response:
     return response
 
 
-async def sign_out(request: Request) -> Response:
+@_signed_in
+async def sign_out(request: Request, me: SignedIn) -> Response:
     """``POST /console/signout`` (CSRF-checked): delete the session and clear the cookie."""
-    try:
-        me = await _me(request)
-    except _NotSignedIn:
-        return _to_sign_in(request)
     form = await sessions.read_form(request)
     if not sessions.csrf_ok(request, me, form):
         return await _csrf_refused(request, me)
@@ -168,12 +181,9 @@ async def _csrf_refused(request: Request, me: SignedIn) -> Response:
 # ---------------------------------------------------------------- home
 
 
-async def home(request: Request) -> Response:
+@_signed_in
+async def home(request: Request, me: SignedIn) -> Response:
     """``GET /console/``: who you are (``GET /v1/admin/whoami``) and what you may open."""
-    try:
-        me = await _me(request)
-    except _NotSignedIn:
-        return _to_sign_in(request)
     whoami = await call_api(request, me.actor, "GET", "/v1/admin/whoami")
     if not whoami.ok:
         return await _failed(request, me, whoami, "who you are")
@@ -183,12 +193,9 @@ async def home(request: Request) -> Response:
 # ---------------------------------------------------------------- servers
 
 
-async def servers(request: Request) -> Response:
+@_signed_in
+async def servers(request: Request, me: SignedIn) -> Response:
     """``GET /console/servers``: pending and approved servers (``GET /v1/servers``)."""
-    try:
-        me = await _me(request)
-    except _NotSignedIn:
-        return _to_sign_in(request)
     result = await call_api(request, me.actor, "GET", "/v1/servers")
     if not result.ok:
         return await _failed(request, me, result, "the servers")
@@ -198,12 +205,9 @@ async def servers(request: Request) -> Response:
     return await page(request, "servers.html", me, {"pending": pending, "others": others})
 
 
-async def server(request: Request) -> Response:
+@_signed_in
+async def server(request: Request, me: SignedIn) -> Response:
     """``GET /console/servers/{name}``: one server, its pinned tools (schemas, annotations)."""
-    try:
-        me = await _me(request)
-    except _NotSignedIn:
-        return _to_sign_in(request)
     name = request.path_params["name"]
     if not _SERVER.fullmatch(name):
         return await page(
@@ -215,13 +219,10 @@ async def server(request: Request) -> Response:
     return await page(request, "server.html", me, {"server": result.body, "done": request.query_params.get("done")})
 
 
-async def approve_server(request: Request) -> Response:
+@_signed_in
+async def approve_server(request: Request, me: SignedIn) -> Response:
     """``POST /console/servers/{name}/approve`` ``comment`` (CSRF-checked) ->
     ``POST /v1/servers/{name}/approve``; 303 to the server's page."""
-    try:
-        me = await _me(request)
-    except _NotSignedIn:
-        return _to_sign_in(request)
     form = await sessions.read_form(request)
     if not sessions.csrf_ok(request, me, form):
         return await _csrf_refused(request, me)
@@ -245,12 +246,9 @@ def _version(value: str) -> int | None:
     return int(value) if _VERSION.fullmatch(value) and int(value) > 0 else None
 
 
-async def policies(request: Request) -> Response:
+@_signed_in
+async def policies(request: Request, me: SignedIn) -> Response:
     """``GET /console/policies``: every policy version, newest first (``GET /v1/policies``)."""
-    try:
-        me = await _me(request)
-    except _NotSignedIn:
-        return _to_sign_in(request)
     result = await call_api(request, me.actor, "GET", "/v1/policies")
     if not result.ok:
         return await _failed(request, me, result, "the policy versions")
@@ -258,13 +256,10 @@ async def policies(request: Request) -> Response:
     return await page(request, "policies.html", me, {"items": items})
 
 
-async def policy(request: Request) -> Response:
+@_signed_in
+async def policy(request: Request, me: SignedIn) -> Response:
     """``GET /console/policies/{version}``: modules (highlighted), tests and their results,
     replay results, the approve / roll back form, and links to diffs against other versions."""
-    try:
-        me = await _me(request)
-    except _NotSignedIn:
-        return _to_sign_in(request)
     version = _version(request.path_params["version"])
     if version is None:
         return await page(
@@ -292,13 +287,10 @@ async def policy(request: Request) -> Response:
     )
 
 
-async def policy_diff(request: Request) -> Response:
+@_signed_in
+async def policy_diff(request: Request, me: SignedIn) -> Response:
     """``GET /console/policies/{a}/diff/{b}`` (or ``/console/policies/{b}/diff?against=a``):
     what changes from ``a`` to ``b`` (``GET /v1/policies/{a}/diff/{b}``)."""
-    try:
-        me = await _me(request)
-    except _NotSignedIn:
-        return _to_sign_in(request)
     a = _version(request.path_params.get("a") or request.query_params.get("against", ""))
     b = _version(request.path_params.get("b") or request.path_params.get("version", ""))
     if a is None or b is None:
@@ -313,16 +305,13 @@ async def policy_diff(request: Request) -> Response:
     return await page(request, "diff.html", me, {"a": a, "b": b, "diff": result.body})
 
 
-async def approve_policy(request: Request) -> Response:
+@_signed_in
+async def approve_policy(request: Request, me: SignedIn) -> Response:
     """``POST /console/policies/{version}/approve`` ``comment`` (CSRF-checked) ->
     ``POST /v1/policies/{version}/approve`` (approving an older version rolls back); 303 to it.
 
     Four-eyes, the gate and the comment rule are the API's: a refusal renders its message.
     """
-    try:
-        me = await _me(request)
-    except _NotSignedIn:
-        return _to_sign_in(request)
     form = await sessions.read_form(request)
     if not sessions.csrf_ok(request, me, form):
         return await _csrf_refused(request, me)
@@ -342,25 +331,19 @@ async def approve_policy(request: Request) -> Response:
 # ---------------------------------------------------------------- projection
 
 
-async def projection(request: Request) -> Response:
+@_signed_in
+async def projection(request: Request, me: SignedIn) -> Response:
     """``GET /console/projection``: desired vs active, per data plane and OPA; the table
     refreshes itself every 2 s (htmx polling :func:`projection_live`)."""
-    try:
-        me = await _me(request)
-    except _NotSignedIn:
-        return _to_sign_in(request)
     result = await call_api(request, me.actor, "GET", "/v1/projection")
     if not result.ok:
         return await _failed(request, me, result, "the projection status")
     return await page(request, "projection.html", me, {"status": result.body, "now": datetime.now(UTC).isoformat()})
 
 
-async def projection_live(request: Request) -> Response:
+@_signed_in
+async def projection_live(request: Request, me: SignedIn) -> Response:
     """``GET /console/projection/live``: the status table alone (an htmx fragment)."""
-    try:
-        me = await _me(request)
-    except _NotSignedIn:
-        return _to_sign_in(request)
     result = await call_api(request, me.actor, "GET", "/v1/projection")
     if not result.ok:
         return fragment("_message.html", {"message": result.message}, status_code=200)
@@ -370,13 +353,10 @@ async def projection_live(request: Request) -> Response:
 # ---------------------------------------------------------------- audit
 
 
-async def audit(request: Request) -> Response:
+@_signed_in
+async def audit(request: Request, me: SignedIn) -> Response:
     """``GET /console/audit?subject=&allowed=&tool=&server=&reason=&since=&until=&cursor=``:
     the search form and a page of results (``GET /v1/audit/decisions``)."""
-    try:
-        me = await _me(request)
-    except _NotSignedIn:
-        return _to_sign_in(request)
     filters = _filters(request.query_params)
     query = dict(filters)
     cursor = request.query_params.get("cursor")
@@ -403,13 +383,10 @@ async def audit(request: Request) -> Response:
     )
 
 
-async def audit_record(request: Request) -> Response:
+@_signed_in
+async def audit_record(request: Request, me: SignedIn) -> Response:
     """``GET /console/audit/decisions/{decision_id}``: the runtime event and OPA's decision log
     side by side, the reasons, and the policy revision linked to that version's source."""
-    try:
-        me = await _me(request)
-    except _NotSignedIn:
-        return _to_sign_in(request)
     decision_id = request.path_params["decision_id"]
     result = await call_api(request, me.actor, "GET", "/v1/audit/decisions/" + quote(decision_id, safe=""))
     if not result.ok:
@@ -436,13 +413,10 @@ class _Export(Response):
         await forward_api(self._request, self._me.actor, "/v1/audit/export", self._query, send, on_start=on_start)
 
 
-async def audit_export(request: Request) -> Response:
+@_signed_in
+async def audit_export(request: Request, me: SignedIn) -> Response:
     """``GET /console/audit/export?format=csv|ndjson&<filters>``: the matching trail as a
     download, streamed from ``GET /v1/audit/export`` (refusal page without ``audit.export``)."""
-    try:
-        me = await _me(request)
-    except _NotSignedIn:
-        return _to_sign_in(request)
     fmt = request.query_params.get("format", "csv")
     if fmt not in ("csv", "ndjson"):
         return await page(
@@ -465,13 +439,10 @@ async def audit_export(request: Request) -> Response:
     return _Export(request, me, {**_filters(request.query_params), "format": fmt}, f"audit-{stamp}.{fmt}")
 
 
-async def stats(request: Request) -> Response:
+@_signed_in
+async def stats(request: Request, me: SignedIn) -> Response:
     """``GET /console/stats?since=&until=&<filters>``: the aggregates as charts
     (``GET /v1/audit/stats``; the numbers travel in a JSON ``<script>`` read by console.js)."""
-    try:
-        me = await _me(request)
-    except _NotSignedIn:
-        return _to_sign_in(request)
     filters = _filters(request.query_params)
     result = await call_api(request, me.actor, "GET", "/v1/audit/stats", filters)
     if not result.ok and result.status != 400:
@@ -485,13 +456,10 @@ async def stats(request: Request) -> Response:
     )
 
 
-async def verify(request: Request) -> Response:
+@_signed_in
+async def verify(request: Request, me: SignedIn) -> Response:
     """``GET /console/verify?since=&until=&run=1``: verify the hash chain of the trail
     (``GET /v1/audit/verify``) and show the latest signed checkpoint."""
-    try:
-        me = await _me(request)
-    except _NotSignedIn:
-        return _to_sign_in(request)
     form = {name: request.query_params.get(name, "") for name in ("since", "until")}
     report: Any = None
     error = None
