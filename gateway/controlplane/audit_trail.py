@@ -38,7 +38,14 @@ from gateway.db.audit_partitions import (
 )
 from gateway.db.audit_rollups import forget_before
 from gateway.db.audit_streams import STREAMS
-from gateway.db.audit_verify import CHECKPOINT_VERSION, Checkpoint, chain_heads, insert_checkpoint, latest_checkpoint
+from gateway.db.audit_verify import (
+    CHECKPOINT_VERSION,
+    Checkpoint,
+    chain_heads,
+    insert_checkpoint,
+    latest_checkpoint,
+    verify_partition,
+)
 from gateway.db.pool import DATABASE_DOWN
 from gateway.errors import AuditChainBroken
 
@@ -69,11 +76,15 @@ class AuditTrail:
         self.keys: CheckpointKeys = load_checkpoint_keys(config.audit, config.run_dir)
 
     async def start(self, pool: asyncpg.Pool) -> None:
-        """Link rows left unlinked by migration 0013, create upcoming partitions, apply retention."""
+        """Link rows left unlinked by migration 0013, create upcoming partitions, apply retention
+        (a failure of the last two is logged, not raised)."""
         sealed = await seal_unchained(pool, self.config.tenant, self.config.environment)
         if sealed:
             log.info("audit: linked %d records moved by the partitioning migration", sealed)
-        await self.maintain(pool)
+        # Never fatal: a trail that no longer matches its checkpoint must not keep the control
+        # plane from starting (it is logged, and verification shows it); ingest creates any
+        # partition it needs on demand.
+        await self._guarded("maintenance", self.maintain(pool))
 
     async def maintain(self, pool: asyncpg.Pool) -> list[Partition]:
         """Create the next two intervals' partitions; apply retention; return what was dropped."""
@@ -106,6 +117,13 @@ class AuditTrail:
                 )
                 if not await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", f'"{p.name}"'):
                     continue  # another control-plane process dropped it meanwhile
+                # A drop must never hide tampering: the partition's chain must be whole (every
+                # link of this scope's records) and the other chains must extend the checkpoint.
+                problem = await verify_partition(conn, self.config.tenant, self.config.environment, p.stream, p.name)
+                if problem is not None:
+                    log.error("audit retention refused: %s", problem)
+                    raise AuditChainBroken(f"retention of {p.name} refused: {problem}")
+                await self._checkpoint_in(conn, now, dropped_now=set(), force=False)  # raises when broken
                 head = await conn.fetchval(
                     "SELECT hash FROM audit_chain_heads WHERE tenant = $1 AND environment = $2 AND partition = $3",
                     self.config.tenant,
@@ -279,5 +297,7 @@ class AuditTrail:
             await work
         except DATABASE_DOWN as exc:
             log.warning("audit %s skipped: database unavailable (%s)", what, type(exc).__name__)
+        except AuditChainBroken:
+            pass  # logged where it was found ("audit checkpoint refused: ..."), every interval
         except Exception:
             log.exception("audit %s failed", what)

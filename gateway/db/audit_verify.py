@@ -46,6 +46,7 @@ __all__ = [
     "latest_checkpoint",
     "list_checkpoints",
     "verify_chains",
+    "verify_partition",
 ]
 
 CHECKPOINT_VERSION = "gw-audit-checkpoint/1"
@@ -317,6 +318,34 @@ async def _walk(
             f"the chain head recorded {head} records; {count} remain (the tail was deleted)",
         )
     return count, count - top
+
+
+async def verify_partition(
+    conn: asyncpg.Connection, tenant: str, environment: str, stream_name: str, partition: str
+) -> str | None:
+    """Check the scope's whole chain in one partition (links, no gaps or repeats, as long as its
+    head and the newest checkpoint say); None when intact, else the problem. Inside the
+    caller's transaction (retention runs it right before dropping the partition)."""
+    stream = {s.name: s for s in STREAMS}[stream_name]
+    head = await conn.fetchval(
+        "SELECT seq FROM audit_chain_heads WHERE tenant = $1 AND environment = $2 AND stream = $3 AND partition = $4",
+        tenant,
+        environment,
+        stream_name,
+        partition,
+    )
+    latest = await latest_checkpoint(conn, tenant, environment)
+    signed = {
+        h["seq"]: h["hash"]
+        for h in (latest.document().get("heads", []) if latest else [])
+        if (h["stream"], h["partition"]) == (stream_name, partition)
+    }
+    try:
+        await _walk(conn, tenant, environment, stream, partition, signed, head or 0)
+    except _Broken as broken:
+        b = broken.report
+        return f"{b['problem']} in {stream_name}/{partition} at seq {b['seq']}: {b['detail']}"
+    return None
 
 
 def _overlaps(p: Partition, since: datetime | None, until: datetime | None) -> bool:

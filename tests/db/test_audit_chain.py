@@ -399,3 +399,20 @@ def test_the_canonical_bytes_are_the_documented_ones(repo_root: Path) -> None:
     first = link(genesis(T, E, "decisions", "audit_decisions_p20260301"), canonical)
     assert first.hex() in doc
     assert hashlib.sha256(b"x").hexdigest()  # sanity: hashlib is SHA-256 here
+
+
+async def test_retention_drops_nothing_from_a_tampered_trail_and_start_still_succeeds(
+    pool: asyncpg.Pool, database_url: str, tmp_path: Path
+) -> None:
+    trail = make_trail(database_url, tmp_path, retention_days=30)
+    old = datetime.now(UTC) - timedelta(days=40)
+    await audit_ingest.insert_decision_events(pool, trail.partitions, T, E, [event(i, old) for i in range(4)])
+    await trail.checkpoint(pool)
+    # a record in the middle of the old partition is deleted (its signed head stays intact);
+    # retention would hide that by dropping the partition
+    await pool.execute("DELETE FROM audit_decisions WHERE decision_id = 'd0001'")
+    await trail.start(pool)  # logged, not raised: the control plane still starts
+    assert await pool.fetchval("SELECT to_regclass($1)", partition(old)) is not None
+    with pytest.raises(AuditChainBroken, match="missing_record"):
+        await trail.apply_retention(pool, datetime.now(UTC))
+    assert (await verify(pool, trail))["first_break"]["problem"] == "missing_record"
