@@ -27,7 +27,7 @@ import orjson
 from gateway.config import Config
 from gateway.controlplane.audit_signing import CheckpointKeys, load_checkpoint_keys
 from gateway.db import admin as db_admin
-from gateway.db.audit_chain import seal_unchained
+from gateway.db.audit_chain import lock_key, seal_unchained
 from gateway.db.audit_partitions import (
     Partition,
     PartitionMap,
@@ -59,8 +59,20 @@ _SYSTEM_ISSUER = "urn:gateway:control-plane"
 
 
 def _lock(tenant: str, environment: str) -> int:
-    digest = hashlib.sha256(orjson.dumps(["gw-audit-checkpoint", tenant, environment])).digest()
-    return int.from_bytes(digest[:8], "big", signed=True)
+    """The scope's checkpoint lock (no stream is named ``checkpoints``, so it is no stream's)."""
+    return lock_key(tenant, environment, "checkpoints")
+
+
+def _signed_head(h: dict[str, Any]) -> dict[str, Any]:
+    """A chain head (:func:`~gateway.db.audit_verify.chain_heads`) as a checkpoint signs it."""
+    return {
+        "stream": h["stream"],
+        "partition": h["partition"],
+        "seq": h["seq"],
+        "hash": h["hash"],
+        "key": h["record_key"],
+        "ts": h["record_ts"].isoformat() if h["record_ts"] else None,
+    }
 
 
 class AuditTrail:
@@ -118,12 +130,12 @@ class AuditTrail:
                 if not await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", f'"{p.name}"'):
                     continue  # another control-plane process dropped it meanwhile
                 # A drop must never hide tampering: the partition's chain must be whole (every
-                # link of this scope's records) and the other chains must extend the checkpoint.
+                # link of this scope's records); the other chains must extend the checkpoint,
+                # which the checkpoint signed below checks (raising rolls the drop back).
                 problem = await verify_partition(conn, self.config.tenant, self.config.environment, p.stream, p.name)
                 if problem is not None:
                     log.error("audit retention refused: %s", problem)
                     raise AuditChainBroken(f"retention of {p.name} refused: {problem}")
-                await self._checkpoint_in(conn, now, dropped_now=set(), force=False)  # raises when broken
                 head = await conn.fetchval(
                     "SELECT hash FROM audit_chain_heads WHERE tenant = $1 AND environment = $2 AND partition = $3",
                     self.config.tenant,
@@ -229,16 +241,7 @@ class AuditTrail:
         heads = await chain_heads(conn, tenant, environment)
         present = {p.name for p in await catalog_partitions(conn)}
         live = {
-            (h["stream"], h["partition"]): {
-                "stream": h["stream"],
-                "partition": h["partition"],
-                "seq": h["seq"],
-                "hash": h["hash"],
-                "key": h["record_key"],
-                "ts": h["record_ts"].isoformat() if h["record_ts"] else None,
-            }
-            for h in heads
-            if h["partition"] in present and h["seq"] > 0
+            (h["stream"], h["partition"]): _signed_head(h) for h in heads if h["partition"] in present and h["seq"] > 0
         }
         doc = previous.document() if previous else {}
         problem = await self._continuity(conn, doc, live, dropped_now, now) if previous else None
@@ -249,16 +252,12 @@ class AuditTrail:
             )
         dropped = list(doc.get("dropped", []))
         known = {(d["stream"], d["partition"]) for d in dropped}
-        gone = [h for h in doc.get("heads", []) if (h["stream"], h["partition"]) not in live]
+        gone = {(h["stream"], h["partition"]): h for h in doc.get("heads", [])}
         for h in heads:  # dropped now, possibly never signed before
-            key = (h["stream"], h["partition"])
-            if key in dropped_now and h["seq"] > 0 and key not in {(g["stream"], g["partition"]) for g in gone}:
-                ts = h["record_ts"].isoformat() if h["record_ts"] else None
-                gone.append(
-                    {**{k: h[k] for k in ("stream", "partition", "seq", "hash")}, "key": h["record_key"], "ts": ts}
-                )
-        for h in gone:
-            if (h["stream"], h["partition"]) not in known:
+            if (h["stream"], h["partition"]) in dropped_now and h["seq"] > 0:
+                gone.setdefault((h["stream"], h["partition"]), _signed_head(h))
+        for key, h in gone.items():
+            if key not in live and key not in known:
                 dropped.append({**h, "dropped_at": now.isoformat()})
         heads_out = [live[k] for k in sorted(live)]
         if previous is not None and not force and doc.get("heads") == heads_out and doc.get("dropped") == dropped:

@@ -322,10 +322,7 @@ async def seal_unchained(pool: asyncpg.Pool, tenant: str, environment: str) -> i
         if not pending:
             return 0
         for stream in STREAMS:
-            columns = ", ".join(
-                f'"{f}"' if f == "timestamp" else f"{f}::text AS {f}" if f in stream.json_fields else f
-                for f in stream.fields
-            )
+            columns = stream.stored_columns()
             await conn.execute("SELECT pg_advisory_xact_lock($1)", lock_key(tenant, environment, stream.name))
             rows = await conn.fetch(
                 f"SELECT tableoid::regclass::text AS part, {columns} FROM {stream.table}"

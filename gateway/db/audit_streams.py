@@ -97,6 +97,12 @@ class Stream:
     key: tuple[str, str]
     record_id: str
 
+    def stored_columns(self) -> str:
+        """SQL select list of :attr:`fields` as stored: ``json`` columns as their exact text."""
+        return ", ".join(
+            f'"{f}"' if f == "timestamp" else f"{f}::text AS {f}" if f in self.json_fields else f for f in self.fields
+        )
+
 
 DECISIONS = Stream(
     "decisions", "audit_decisions", EVENT_FIELDS, frozenset(), ("decision_id", "timestamp"), "decision_id"

@@ -250,9 +250,7 @@ async def _walk(
     head: int,
 ) -> tuple[int, int]:
     """Check one partition's chain; return ``(records, records after the checkpoint)``."""
-    columns = ", ".join(
-        f'"{f}"' if f == "timestamp" else f"{f}::text AS {f}" if f in stream.json_fields else f for f in stream.fields
-    )
+    columns = stream.stored_columns()
     sql = (
         f'SELECT chain_seq, chain_hash, {columns} FROM "{partition}"'
         " WHERE tenant = $1 AND environment = $2 ORDER BY chain_seq"
