@@ -26,7 +26,7 @@ export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 # .run/database_url). Recipes needing it prefix their command with $(WITH_DB).
 WITH_DB = DATABASE_URL="$$(cat $(RUN)/database_url)"
 
-.PHONY: help venv tools opa postgres chromium test test-unit rego-check lint fmt demo bench bench-replay bench-audit fuzz soak conformance clean
+.PHONY: help venv tools opa opa-embedded postgres chromium test test-unit rego-check lint fmt demo bench bench-replay bench-audit fuzz soak conformance clean
 
 help: ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -36,10 +36,13 @@ venv: $(VENV)/.installed ## create .venv and pip install -e '.[dev]'
 $(VENV)/.installed: pyproject.toml
 	bash deploy/scripts/ensure-venv.sh
 
-tools: opa ## install pinned tools into .tools/bin
+tools: opa opa-embedded ## install pinned tools into .tools/bin (and the embedded engine into .tools/lib)
 
 opa: ## ensure the pinned OPA (OPA_VERSION) at OPA
 	bash deploy/scripts/ensure-opa.sh
+
+opa-embedded: ## build the embedded OPA engine (the pinned OPA's SDK, c-shared) at .tools/lib/libopa-embedded.so
+	bash deploy/scripts/ensure-opa-embedded.sh
 
 postgres: ## ensure a local PostgreSQL (or check DATABASE_URL) and cache its URL
 	@mkdir -p $(RUN)
@@ -65,21 +68,21 @@ lint: venv ## ruff (lint + format check), mypy --strict, import-linter layer con
 chromium: ## ensure Debian's chromium for the console's browser tests (apt-get install when missing)
 	bash deploy/scripts/ensure-chromium.sh >/dev/null
 
-test: venv opa postgres chromium ## full suite (lint, rego checks, pytest)
+test: venv opa opa-embedded postgres chromium ## full suite (lint, rego checks, pytest)
 	$(MAKE) --no-print-directory lint
 	bash deploy/scripts/rego-check.sh
 	$(WITH_DB) $(VENV)/bin/pytest -q
 
-test-unit: venv opa ## pytest without db/integration tests
+test-unit: venv opa opa-embedded ## pytest without db/integration tests
 	$(VENV)/bin/pytest -q -m "not db and not integration"
 
-demo: venv opa postgres ## run the end-to-end demo
+demo: venv opa opa-embedded postgres ## run the end-to-end demo
 	$(WITH_DB) $(VENV)/bin/python deploy/demo/run_demo.py
 
 fuzz: venv opa postgres ## the fuzzers (schemathesis on the admin API, Hypothesis on JSON-RPC) with GATEWAY_FUZZ_EXAMPLES (default 500)
 	GATEWAY_FUZZ_EXAMPLES=$${GATEWAY_FUZZ_EXAMPLES:-500} $(WITH_DB) $(VENV)/bin/pytest -q tests/fuzz
 
-bench: venv opa postgres ## run the benchmark
+bench: venv opa opa-embedded postgres ## run the benchmark
 	$(WITH_DB) $(VENV)/bin/python deploy/bench/bench.py
 
 bench-replay: venv opa postgres ## replay 10,000 recorded decisions against a candidate policy (budget 30 s)

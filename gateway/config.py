@@ -72,6 +72,9 @@ MIB = 1024 * 1024
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 """The source checkout (for the default ``.run`` directory and ``.tools/bin/opa``)."""
 
+EMBEDDED_OPA_LIB = PROJECT_ROOT / ".tools" / "lib" / "libopa-embedded.so"
+"""Where ``make tools`` builds the embedded OPA engine (``deploy/opa/embedded``)."""
+
 
 class Secret:
     """A string whose ``repr``/``str`` never shows the value.
@@ -222,8 +225,13 @@ class JwtConfig:
 
 @dataclass(frozen=True)
 class OpaConfig:
-    """The OPA sidecar the data plane asks for decisions."""
+    """The OPA engine the data plane asks for decisions: a sidecar process or in-process."""
 
+    engine: str = "sidecar"
+    """``sidecar`` (``opa run --server``, asked over HTTP) or ``embedded`` (the same OPA, built
+    as a shared library and loaded into the gateway process: :mod:`gateway.policy.embedded`)."""
+    embedded_lib: str = ""
+    """The embedded engine's shared library (default ``.tools/lib/libopa-embedded.so``)."""
     bin: str = ""
     manage: bool = True
     """Start and supervise ``opa run`` as a child process of the gateway."""
@@ -535,6 +543,18 @@ class Config:
             work_dir=opa.work_dir or str(Path(run_dir) / f"opa-{dp.id}"),
         )
         # The data plane runs the sidecar; the control plane validates uploaded policies with it.
+        if opa.engine not in ("sidecar", "embedded"):
+            raise ConfigError(f"GATEWAY_DECISION_ENGINE must be sidecar or embedded, not {opa.engine!r}")
+        embedded = opa.engine == "embedded" and self.plane in ("both", "data")
+        if embedded:
+            lib = os.path.abspath(opa.embedded_lib) if opa.embedded_lib else str(EMBEDDED_OPA_LIB)
+            if not Path(lib).is_file():
+                raise ConfigError(
+                    f"GATEWAY_DECISION_ENGINE=embedded needs the embedded OPA library at {lib!r}: "
+                    "run `make tools` or set GATEWAY_OPA_EMBEDDED_LIB"
+                )
+            # One engine per data plane: the in-process OPA replaces the supervised sidecar.
+            opa = dataclasses.replace(opa, embedded_lib=lib, manage=False)
         needs_opa = self.plane in ("both", "control") or opa.manage
         if needs_opa and not (opa_bin and Path(opa_bin).is_file()):
             raise ConfigError(f"no opa binary at {opa_bin!r}: set OPA_BIN, put opa on PATH, or run `make tools`")
@@ -609,6 +629,8 @@ ENV_KEYS: dict[str, str] = {
     "GATEWAY_API_KEY_FAILURE_BURST": "data_plane.api_key_failure_burst",
     "GATEWAY_API_KEY_FAILURE_INTERVAL": "data_plane.api_key_failure_interval",
     "OPA_BIN": "opa.bin",
+    "GATEWAY_DECISION_ENGINE": "opa.engine",
+    "GATEWAY_OPA_EMBEDDED_LIB": "opa.embedded_lib",
     "GATEWAY_OPA_ADDR": "opa.addr",
     "GATEWAY_OPA_URL": "opa.url",
     "GATEWAY_OPA_MANAGE": "opa.manage",

@@ -3,6 +3,7 @@
 Fixtures:
   anyio_backend     "asyncio" (session) - for @pytest.mark.anyio tests
   opa_bin           Path to the pinned OPA binary (fails, never skips, if absent)
+  embedded_opa_lib  Path to the embedded OPA engine (`make opa-embedded`; fails, never skips, if absent)
   pg_admin_url      URL of a role allowed to CREATE DATABASE ($DATABASE_URL or
                     deploy/scripts/ensure-postgres.sh)
   database_url      fresh throwaway database gwtest_<hex> per test, dropped after
@@ -58,6 +59,16 @@ def opa_bin() -> Path:
             f"{REPO_ROOT / '.tools/bin/opa'}, PATH). Run `make tools` (or `make test`).",
             pytrace=False,
         )
+    return path
+
+
+@pytest.fixture(scope="session")
+def embedded_opa_lib() -> Path:
+    from gateway.config import EMBEDDED_OPA_LIB
+
+    path = Path(os.environ.get("GATEWAY_OPA_EMBEDDED_LIB", "").strip() or EMBEDDED_OPA_LIB)
+    if not path.is_file():
+        pytest.fail(f"embedded OPA engine not found at {path}. Run `make tools` (or `make test`).", pytrace=False)
     return path
 
 

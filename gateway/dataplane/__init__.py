@@ -27,8 +27,9 @@ from gateway.dataplane.sessions import SessionStore
 from gateway.dataplane.sse_transport import sse_connect, sse_message
 from gateway.httpclient import create_http_client
 from gateway.mcp.upstream import UpstreamPool
+from gateway.policy.embedded import EmbeddedHealth, EmbeddedOpa, EmbeddedPolicyEngine
 from gateway.policy.health import OpaHealth
-from gateway.policy.opa import OpaPolicyEngine
+from gateway.policy.opa import OpaPolicyEngine, PolicyEngine
 from gateway.policy.sidecar import OpaSidecar
 
 __all__ = ["create_dataplane_app", "dataplane_resources"]
@@ -80,7 +81,8 @@ async def dataplane_resources(config: Config) -> AsyncIterator[dict[str, object]
     hot-path client shared by OPA and the upstreams, one httpx client for the
     control plane (projection long-poll, audit shipping, JWKS),
     the JWT verifier, projection sync, audit shipper, session store and the
-    supervised OPA sidecar (when ``opa.manage``).
+    decision engine: the supervised OPA sidecar (when ``opa.manage``) or, with
+    ``opa.engine = "embedded"``, the in-process OPA (:mod:`gateway.policy.embedded`).
     """
     limits = httpx.Limits(max_connections=20, max_keepalive_connections=10, keepalive_expiry=60)
     hot = create_http_client(config.data_plane.http_client)
@@ -110,11 +112,18 @@ async def dataplane_resources(config: Config) -> AsyncIterator[dict[str, object]
             broker=broker,
         )
         audit = AuditShipper(config, cp_http)
-        opa_health = OpaHealth(config.opa.url)
-        sidecar = OpaSidecar(config, on_start=sync.opa_started) if config.opa.manage else None
-        engine = OpaPolicyEngine(
-            hot, config.opa.url, timeout=config.opa.timeout, ready=sidecar.bundle_active if sidecar else None
-        )
+        sidecar: OpaSidecar | EmbeddedOpa | None
+        engine: PolicyEngine
+        opa_health: OpaHealth | EmbeddedHealth
+        if config.opa.engine == "embedded":
+            sidecar = EmbeddedOpa(config, on_start=sync.opa_started)
+            engine, opa_health = EmbeddedPolicyEngine(sidecar), EmbeddedHealth(sidecar)
+        else:
+            sidecar = OpaSidecar(config, on_start=sync.opa_started) if config.opa.manage else None
+            opa_health = OpaHealth(config.opa.url)
+            engine = OpaPolicyEngine(
+                hot, config.opa.url, timeout=config.opa.timeout, ready=sidecar.bundle_active if sidecar else None
+            )
         await tg.start(upstreams.run)  # hosts legacy-SSE stream readers and stdio supervisors
         hub = Hub(upstreams, tg)
         watch = ServerWatch(lambda: sync.current, upstreams, hub, on_tools_changed=drift.request_check, broker=broker)

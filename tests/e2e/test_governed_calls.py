@@ -1,13 +1,15 @@
 """End to end, with real parts only: ``gateway serve`` (both planes), the real
-``opa`` sidecar it supervises, a real PostgreSQL, the sample upstream MCP
-server (recording what it receives) and the ``mcp`` SDK ``Client`` in both
-protocol eras, all over loopback."""
+OPA — the ``opa`` sidecar it supervises, then the same OPA embedded in the gateway process
+(``GATEWAY_DECISION_ENGINE=embedded``): every test runs against both engines —, a real
+PostgreSQL, the sample upstream MCP server (recording what it receives) and the ``mcp`` SDK
+``Client`` in both protocol eras, all over loopback."""
 
 from __future__ import annotations
 
 import json
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +20,35 @@ from mcp.shared.exceptions import MCPError
 
 from gateway.devtools.stack import LocalStack, sample_policy_modules
 from tests.e2e.helpers import audit_item, client, recorded
+from tests.support import pg
 from tests.support.logs import files_containing
 
 pytestmark = [pytest.mark.integration, pytest.mark.db, pytest.mark.anyio]
 
 CANARY = "CANARY-7f3a9c-do-not-store"
+
+
+@pytest.fixture(scope="module", params=["sidecar", "embedded"])
+def stack(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    pg_admin_url: str,
+    opa_bin: Path,
+    embedded_opa_lib: Path,
+) -> Iterator[LocalStack]:
+    """The e2e stack (``tests/e2e/conftest.py``), once per decision engine."""
+    run_dir = tmp_path_factory.mktemp(f"stack-{request.param}")
+    with (
+        pg.throwaway_database(pg_admin_url) as database_url,
+        LocalStack.create(run_dir, database_url=database_url, opa_bin=str(opa_bin)) as s,
+    ):
+        s.extra_env["GATEWAY_DECISION_ENGINE"] = request.param
+        s.start_upstream()
+        s.start_gateway()
+        s.register_and_approve_server("demo", s.upstream_url, "sample upstream")
+        s.upload_and_approve_policy(sample_policy_modules())
+        s.wait_projection_active()
+        yield s
 
 
 def test_no_token_gets_401_with_rfc9728_resource_metadata(stack: LocalStack) -> None:

@@ -1,0 +1,279 @@
+"""The embedded decision engine: the pinned OPA, in the gateway process (``GATEWAY_DECISION_ENGINE=embedded``).
+
+``deploy/opa/embedded`` builds the pinned OPA's own SDK (``github.com/open-policy-agent/opa/v1/sdk``)
+as a C shared library (``make opa-embedded`` → ``.tools/lib/libopa-embedded.so``); this module
+loads it with :mod:`ctypes` and starts one SDK instance with the *same* configuration document
+as the sidecar (:func:`gateway.policy.sidecar.opa_config`). So the same plugins run: the bundle
+is long-polled from the control plane and activated only when signed, the status is reported
+and every decision is logged (``system.log.mask`` applied) under the decision id the data
+plane audits. What is gone is the HTTP round trip to ``opa run --server``: a decision is one
+foreign call (OPA's ``sdk.Decision``; ctypes releases the GIL while it runs).
+
+Not a re-implementation of Rego, and not Wasm: OPA's Wasm target compiled the policy library
+into an invalid module and the Python Wasm runtime cost more per decision than the sidecar's
+round trip (``docs/performance.md``, "Choosing the embedded engine").
+
+Sandbox: before the first instance starts, the library keeps only the builtins of the
+restricted capabilities (:data:`gateway.policy.reserved.CAPABILITIES_FILE`), so a bundle that
+calls any other builtin fails to activate (OPA status error ``undefined function ...``, shown in
+``GET /v1/projection``) while the previous bundle keeps serving; and ``opa.runtime()`` carries
+no ``env`` (the sidecar runs with an empty environment; the gateway's holds secrets).
+
+Costs: one Go runtime per process (~30 MB RSS); the call blocks the event loop for the time of
+the evaluation (~0.1–0.5 ms for a typical input), so inputs above :data:`THREAD_THRESHOLD`
+bytes are evaluated in a worker thread. The process must not ``fork`` without ``exec`` after
+the library is loaded (Go's runtime does not survive it); the gateway never does.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import threading
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import orjson
+
+from gateway.config import Config
+from gateway.errors import ConfigError, PolicyUnavailable
+from gateway.policy.bundle_signing import SigningKeyError, verification_keys
+from gateway.policy.decision import Decision, ListDecision, parse_call_result, parse_list_result
+from gateway.policy.reserved import load_capabilities
+from gateway.policy.sidecar import OPA_TOKEN_FILE, opa_config
+
+__all__ = ["THREAD_THRESHOLD", "EmbeddedHealth", "EmbeddedOpa", "EmbeddedPolicyEngine", "load_library"]
+
+log = logging.getLogger("gateway.opa")
+
+THREAD_THRESHOLD = 64 * 1024
+"""Inputs larger than this (bytes of JSON) are evaluated in a worker thread, off the event loop."""
+
+_CALL_PATH = b"gateway_runtime/main/call"
+_LIST_PATH = b"gateway_runtime/main/list"
+
+_lock = threading.Lock()
+_library: _Library | None = None
+
+
+class _Library:
+    """The loaded shared library with its C signatures (one per process)."""
+
+    def __init__(self, path: str) -> None:
+        lib = ctypes.CDLL(path)  # CDLL (not PyDLL): the GIL is released during every call
+        vp, cp, ci, cll = ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int, ctypes.c_longlong
+        lib.opa_restrict.argtypes, lib.opa_restrict.restype = [cp, ci], vp
+        lib.opa_new.argtypes, lib.opa_new.restype = [cp, ci, cp, cp], vp
+        lib.opa_ready.argtypes, lib.opa_ready.restype = [cll], ci
+        lib.opa_decide.argtypes = [cll, cp, cp, ci, ci, ctypes.POINTER(ci)]
+        lib.opa_decide.restype = vp
+        lib.opa_stop.argtypes, lib.opa_stop.restype = [cll, ci], None
+        lib.opa_free.argtypes, lib.opa_free.restype = [vp], None
+        self._lib = lib
+        self.path = path
+
+    def _take(self, ptr: int | None, length: int | None = None) -> Any:
+        """Decode and free a JSON buffer the library returned (None for a NULL pointer)."""
+        if not ptr:
+            return None
+        try:
+            raw = ctypes.string_at(ptr, length) if length is not None else ctypes.string_at(ptr)
+        finally:
+            self._lib.opa_free(ptr)
+        return orjson.loads(raw)
+
+    def restrict(self, capabilities: bytes) -> None:
+        problem = self._take(self._lib.opa_restrict(capabilities, len(capabilities)))
+        if problem is not None:
+            raise ConfigError(f"the embedded OPA engine refused the capabilities: {problem['error']['message']}")
+
+    def new(self, document: bytes, instance_id: str, log_path: str) -> int:
+        answer = self._take(self._lib.opa_new(document, len(document), instance_id.encode(), log_path.encode()))
+        if "error" in answer:
+            raise PolicyUnavailable(f"the embedded OPA engine did not start: {answer['error']['message']}")
+        return int(answer["handle"])
+
+    def ready(self, handle: int) -> bool:
+        return bool(self._lib.opa_ready(handle) == 1)
+
+    def decide(self, handle: int, path: bytes, body: bytes, timeout_ms: int) -> Any:
+        length = ctypes.c_int(0)
+        ptr = self._lib.opa_decide(handle, path, body, len(body), timeout_ms, ctypes.byref(length))
+        return self._take(ptr, length.value)
+
+    def stop(self, handle: int, timeout_ms: int) -> None:
+        self._lib.opa_stop(handle, timeout_ms)
+
+
+def load_library(path: str) -> _Library:
+    """Load the embedded engine once per process and restrict its builtins.
+
+    Args:
+        path: The shared library (``Config.opa.embedded_lib``).
+
+    Raises:
+        ConfigError: It cannot be loaded, or refused the restricted capabilities.
+    """
+    global _library
+    with _lock:
+        if _library is None:
+            try:
+                lib = _Library(path)
+            except (OSError, AttributeError) as exc:
+                raise ConfigError(f"cannot load the embedded OPA engine {path!r}: {exc} (run `make tools`)") from exc
+            lib.restrict(load_capabilities())
+            _library = lib
+        elif _library.path != path:
+            raise ConfigError(f"the embedded OPA engine is already loaded from {_library.path!r}")
+        return _library
+
+
+class EmbeddedOpa:
+    """One in-process OPA instance, with the sidecar's lifecycle (:class:`~gateway.policy.sidecar.OpaSidecar`).
+
+    ``run()`` starts it and keeps it until cancelled; it registers each start under a fresh
+    :attr:`instance_id` (``<dataplane id>/<uuid>``, label ``gateway_instance``) like the
+    sidecar, so ``GET /v1/projection`` lists it. A start that fails (an unreadable
+    verification key) is retried with backoff; meanwhile every call is denied
+    (``policy_unavailable``).
+    """
+
+    def __init__(self, config: Config, on_start: Callable[[str], None] | None = None) -> None:
+        self._config = config
+        self._on_start = on_start
+        self._lib = load_library(config.opa.embedded_lib)
+        self.instance_id = ""
+        self.handle: int | None = None
+        self._active = False
+        self.restarts = 0
+
+    def _document(self) -> bytes:
+        """Write the OPA token (mode 0600) and return this start's configuration document.
+
+        Raises:
+            SigningKeyError: A configured verification key cannot be read or parsed.
+        """
+        self.instance_id = f"{self._config.data_plane.id}/{uuid.uuid4()}"
+        work = Path(self._config.opa.work_dir)
+        work.mkdir(parents=True, exist_ok=True)
+        token_file = work / OPA_TOKEN_FILE
+        fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(self._config.control_plane.opa_token.reveal())
+        keys = verification_keys(self._config)
+        if not keys:
+            log.error("no bundle verification key: the embedded OPA engine will refuse every bundle")
+        document = opa_config(self._config, str(token_file), self.instance_id, keys)
+        document["decision_logs"]["console"] = False
+        return orjson.dumps(document)
+
+    def bundle_active(self) -> bool:
+        """True once this instance has activated a bundle (before that, no decision is asked)."""
+        if self._active:
+            return True
+        if self.handle is not None and self._lib.ready(self.handle):
+            self._active = True
+            log.info("embedded opa %s activated its bundle", self.instance_id)
+        return self._active
+
+    def decide_raw(self, path: bytes, body: bytes) -> Any:
+        """Evaluate ``data.<path>`` for a JSON input (blocking); the library's answer.
+
+        Raises:
+            PolicyUnavailable: No instance, or its bundle is not active yet.
+        """
+        handle = self.handle
+        if handle is None or not self.bundle_active():
+            raise PolicyUnavailable("the embedded OPA engine has not activated its bundle yet")
+        return self._lib.decide(handle, path, body, int(self._config.opa.timeout * 1000))
+
+    async def run(self) -> None:
+        """Start the instance and keep it until cancelled; then stop it (flushing decision logs)."""
+        backoff = 0.2
+        log_path = str(Path(self._config.opa.work_dir) / "opa.log")
+        try:
+            while self.handle is None:
+                try:
+                    document = self._document()
+                    if self._on_start is not None:
+                        self._on_start(self.instance_id)
+                    self.handle = self._lib.new(document, self.instance_id, log_path)
+                except (SigningKeyError, PolicyUnavailable) as exc:
+                    log.error("cannot start the embedded opa: %s; retrying in %.1fs", exc, backoff)
+                    self.restarts += 1
+                    await anyio.sleep(backoff)
+                    backoff = min(backoff * 2, 5.0)
+            log.info("embedded opa %s started (%s)", self.instance_id, self._lib.path)
+            while not self.bundle_active():
+                await anyio.sleep(0.01)
+            await anyio.sleep_forever()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.stop()
+
+    async def stop(self) -> None:
+        """Stop the instance (decision logs flushed for up to 5 s, in a worker thread)."""
+        handle, self.handle = self.handle, None
+        self._active = False
+        if handle is not None:
+            await anyio.to_thread.run_sync(self._lib.stop, handle, 5000)
+
+
+class EmbeddedPolicyEngine:
+    """:class:`~gateway.policy.opa.PolicyEngine` backed by the in-process OPA.
+
+    The answers have the Data API's shape (``{"result": ..., "decision_id": ...}``), parsed by
+    the same functions as the sidecar's, so both engines accept exactly the same decisions.
+    """
+
+    def __init__(self, opa: EmbeddedOpa) -> None:
+        self._opa = opa
+
+    async def _ask(self, path: bytes, input_doc: dict[str, Any]) -> Any:
+        body = orjson.dumps(input_doc)
+        if len(body) > THREAD_THRESHOLD:
+            answer = await anyio.to_thread.run_sync(self._opa.decide_raw, path, body)
+        else:
+            answer = self._opa.decide_raw(path, body)
+        error = answer.get("error")
+        if error is None:
+            return answer
+        if error.get("code") == "opa_undefined_error":  # the Data API's 200 without "result"
+            return {"decision_id": answer.get("decision_id")}
+        raise PolicyUnavailable(f"the embedded OPA engine failed: {error.get('code')}: {error.get('message')}")
+
+    async def decide(self, input_doc: dict[str, Any]) -> Decision:
+        """Ask ``data.gateway_runtime.main.call`` for one request.
+
+        Raises:
+            PolicyUnavailable: Not ready, timed out (``opa.timeout``) or an engine error.
+            PolicyDecisionInvalid: Undefined or malformed decision.
+        """
+        return parse_call_result(await self._ask(_CALL_PATH, input_doc))
+
+    async def visible(self, input_doc: dict[str, Any]) -> ListDecision:
+        """Filter ``input_doc["candidates"]`` in one query (``data.gateway_runtime.main.list``).
+
+        Raises:
+            PolicyUnavailable: Not ready, timed out or an engine error.
+            PolicyDecisionInvalid: Malformed result.
+        """
+        return parse_list_result(await self._ask(_LIST_PATH, input_doc))
+
+
+class EmbeddedHealth:
+    """``/readyz``'s OPA probe for the embedded engine (the interface of :class:`~gateway.policy.health.OpaHealth`)."""
+
+    def __init__(self, opa: EmbeddedOpa) -> None:
+        self._opa = opa
+
+    async def bundles_ready(self) -> bool:
+        """True once the in-process OPA has activated its bundle."""
+        return self._opa.bundle_active()
+
+    def close(self) -> None:
+        """Nothing to close (the instance is stopped by :meth:`EmbeddedOpa.run`)."""
