@@ -191,36 +191,45 @@ class EmbeddedOpa:
             raise PolicyUnavailable("the embedded OPA engine has not activated its bundle yet")
         return self._lib.decide(handle, path, body, int(self._config.opa.timeout * 1000))
 
+    def start(self) -> None:
+        """Start an instance (non-blocking: :meth:`bundle_active` tells when it has a bundle).
+
+        Raises:
+            SigningKeyError: A configured verification key cannot be read or parsed.
+            PolicyUnavailable: The library refused the configuration.
+        """
+        document = self._document()
+        if self._on_start is not None:
+            self._on_start(self.instance_id)
+        log_path = str(Path(self._config.opa.work_dir) / "opa.log")
+        self.handle = self._lib.new(document, self.instance_id, log_path)
+        log.info("embedded opa %s started (%s)", self.instance_id, self._lib.path)
+
     async def run(self) -> None:
         """Start the instance and keep it until cancelled; then stop it (flushing decision logs)."""
         backoff = 0.2
-        log_path = str(Path(self._config.opa.work_dir) / "opa.log")
         try:
             while self.handle is None:
                 try:
-                    document = self._document()
-                    if self._on_start is not None:
-                        self._on_start(self.instance_id)
-                    self.handle = self._lib.new(document, self.instance_id, log_path)
+                    self.start()
                 except (SigningKeyError, PolicyUnavailable) as exc:
                     log.error("cannot start the embedded opa: %s; retrying in %.1fs", exc, backoff)
                     self.restarts += 1
                     await anyio.sleep(backoff)
                     backoff = min(backoff * 2, 5.0)
-            log.info("embedded opa %s started (%s)", self.instance_id, self._lib.path)
             while not self.bundle_active():
                 await anyio.sleep(0.01)
             await anyio.sleep_forever()
         finally:
             with anyio.CancelScope(shield=True):
-                await self.stop()
+                await anyio.to_thread.run_sync(self.close)
 
-    async def stop(self) -> None:
-        """Stop the instance (decision logs flushed for up to 5 s, in a worker thread)."""
+    def close(self) -> None:
+        """Stop the instance, flushing its decision logs for up to 5 s (blocking; idempotent)."""
         handle, self.handle = self.handle, None
         self._active = False
         if handle is not None:
-            await anyio.to_thread.run_sync(self._lib.stop, handle, 5000)
+            self._lib.stop(handle, 5000)
 
 
 class EmbeddedPolicyEngine:
