@@ -47,7 +47,9 @@ def opa_config(
             control plane's ``/v1/opa/*`` only, never the data planes' API nor the credential
             broker); re-read by OPA on every request, so it never appears on a command line.
         instance_id: This OPA process's id (label ``gateway_instance``), under which the
-            control plane files its status reports; fresh for every (re)start.
+            control plane files its status reports; fresh for every (re)start. The label
+            ``decision_engine`` (``sidecar`` or ``embedded``) rides on every status report and
+            decision log.
         keys: The bundle verification keys (:func:`gateway.policy.bundle_signing.verification_keys`).
             The bundle's ``signing`` section is always present, without a ``keyid``: OPA then
             requires a ``.signatures.json`` and picks the key by the JWS ``kid``, so several keys
@@ -58,6 +60,7 @@ def opa_config(
         "labels": {
             "gateway_instance": instance_id,
             "gateway_dataplane": config.data_plane.id,
+            "decision_engine": config.opa.engine,
             "tenant": config.tenant,
             "environment": config.environment,
         },

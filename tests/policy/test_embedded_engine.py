@@ -186,7 +186,8 @@ async def test_decisions_come_from_the_signed_bundle_with_its_revision(
     # OPA's own decision-log plugin shipped it, arguments erased by the reserved system.log.mask.
     logged = _wait(lambda: [e for e in control_plane.logs if e["decision_id"] == decision.decision_id], "the log")
     assert "/input/arguments" in logged[0]["erased"] and "arguments" not in logged[0]["input"]
-    assert logged[0]["labels"]["gateway_dataplane"] and logged[0]["bundles"]["gateway"]["revision"] == revision
+    assert logged[0]["labels"]["decision_engine"] == "embedded" and logged[0]["labels"]["gateway_dataplane"]
+    assert logged[0]["bundles"]["gateway"]["revision"] == revision
 
 
 async def test_a_bundle_calling_a_builtin_outside_the_capabilities_is_refused_and_the_previous_keeps_serving(
