@@ -14,6 +14,9 @@
 //	opa_stop(h, timeout_ms)
 //	opa_free(p)
 //
+// Diagnostics: with OPA_EMBEDDED_CPUPROFILE=<file> in the environment, a Go CPU profile of the
+// process runs from the first opa_new to opa_stop (`go tool pprof <library> <file>`).
+//
 // Errors carry OPA's SDK error codes (opa_undefined_error, ...) or one of ours
 // (engine_panic, bad_handle, invalid_input, restrict_failed); a panic never crosses the ABI.
 package main
@@ -30,6 +33,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime/pprof"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -157,6 +161,11 @@ func opa_new(cfg *C.char, cfgLen C.int, id *C.char, logPath *C.char) (ret *C.cha
 		logFile.Close()
 		return fail("opa_new", err.Error(), nil)
 	}
+	if path := os.Getenv("OPA_EMBEDDED_CPUPROFILE"); path != "" {
+		if f, err := os.Create(path); err == nil {
+			_ = pprof.StartCPUProfile(f)
+		}
+	}
 	h := nextHandle.Add(1)
 	mu.Lock()
 	instances[h] = &instance{opa: o, ready: ready, log: logFile}
@@ -235,6 +244,9 @@ func opa_stop(h C.longlong, timeoutMs C.int) {
 	defer cancel()
 	i.opa.Stop(ctx)
 	i.log.Close()
+	if os.Getenv("OPA_EMBEDDED_CPUPROFILE") != "" {
+		pprof.StopCPUProfile()
+	}
 }
 
 //export opa_free
