@@ -94,8 +94,8 @@ bench-audit: venv postgres ## the reviewers' trail at AUDIT_EVENTS (10M) events:
 	$(WITH_DB) $(VENV)/bin/python deploy/bench/audit_bench.py --events $(AUDIT_EVENTS) --write docs/audit.md
 
 # `postgres` only ensures the server binaries are installed: the soak runs a cluster of its own.
-soak: venv opa postgres ## deploy/reliability/soak.py: traffic + faults for SOAK_SECONDS (600), audit accounting -> docs/reliability.md
-	$(VENV)/bin/python deploy/reliability/soak.py --seconds $(SOAK_SECONDS)
+soak: venv opa opa-embedded postgres ## deploy/reliability/soak.py: traffic + faults for SOAK_SECONDS (600) with SOAK_ENGINE (sidecar|embedded), audit accounting, memory/FD steadiness -> docs/reliability.md
+	$(VENV)/bin/python deploy/reliability/soak.py --seconds $(SOAK_SECONDS) --engine $(or $(SOAK_ENGINE),sidecar)
 
 # Node 22 + @modelcontextprotocol/conformance are pinned by deploy/conformance/package-lock.json
 # and installed (npm ci, once) into .tools/conformance; the runner starts its own stack.
