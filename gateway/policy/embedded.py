@@ -192,15 +192,29 @@ class EmbeddedOpa:
         return self._lib.decide(handle, path, body, int(self._config.opa.timeout * 1000))
 
     def start(self) -> None:
-        """Start an instance (non-blocking: :meth:`bundle_active` tells when it has a bundle).
+        """Start an instance; :meth:`bundle_active` tells when it has a bundle.
+
+        Blocking: OPA's plugin manager reports each plugin's state to the status plugin while
+        it starts, which may wait for a status upload to the control plane. Never call it on
+        an event loop that serves the control plane (:meth:`run` runs :meth:`_launch` in a
+        worker thread). Decisions do not wait on the network: a decision-log event is queued
+        without blocking (OPA drops the oldest when its buffer is full, as the sidecar does)
+        and uploaded by OPA's own goroutine.
 
         Raises:
             SigningKeyError: A configured verification key cannot be read or parsed.
             PolicyUnavailable: The library refused the configuration.
         """
+        self._launch(self._announce())
+
+    def _announce(self) -> bytes:
+        """This start's configuration document, with the instance registered (``on_start``)."""
         document = self._document()
         if self._on_start is not None:
             self._on_start(self.instance_id)
+        return document
+
+    def _launch(self, document: bytes) -> None:
         log_path = str(Path(self._config.opa.work_dir) / "opa.log")
         self.handle = self._lib.new(document, self.instance_id, log_path)
         log.info("embedded opa %s started (%s)", self.instance_id, self._lib.path)
@@ -211,7 +225,11 @@ class EmbeddedOpa:
         try:
             while self.handle is None:
                 try:
-                    self.start()
+                    document = self._announce()  # on the loop: on_start touches the projection sync
+                    # Off the event loop: starting the plugins waits on OPA's status plugin, whose
+                    # report goes to the control plane — served by this very loop when both planes
+                    # share the process (it deadlocked, now and then, when this ran on the loop).
+                    await anyio.to_thread.run_sync(self._launch, document)
                 except (SigningKeyError, PolicyUnavailable) as exc:
                     log.error("cannot start the embedded opa: %s; retrying in %.1fs", exc, backoff)
                     self.restarts += 1

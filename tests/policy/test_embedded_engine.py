@@ -270,3 +270,34 @@ async def test_a_one_megabyte_input_is_decided_off_the_event_loop(
     assert (await engine.decide(_input({"text": "x" * 1_000_000}))).reasons == ("big",)
     assert (await engine.decide(_input({"text": "small"}))).reasons == ("big",)
     assert threads[0] != threading.main_thread().name and threads[1] == threading.main_thread().name
+
+
+async def test_run_starts_the_library_off_the_event_loop_and_stops_it_on_cancel(
+    control_plane: FakeControlPlane, engine_for: Callable[..., EmbeddedOpa], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Starting OPA's plugins waits on its status upload to the control plane; with both planes in
+    one process that upload is served by this loop, so a start on the loop could deadlock."""
+    import anyio
+
+    import gateway.policy.embedded as embedded
+
+    control_plane.publish(1, ALLOW_V.format(tag="v1"))
+    opa = engine_for(wait=False)
+    opa.close()  # the fixture's own start; run() makes a fresh one
+    launched_on: list[str] = []
+    real = embedded.EmbeddedOpa._launch
+
+    def spy(self: EmbeddedOpa, document: bytes) -> None:
+        launched_on.append(threading.current_thread().name)
+        real(self, document)
+
+    monkeypatch.setattr(embedded.EmbeddedOpa, "_launch", spy)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(opa.run)
+        with anyio.fail_after(20):
+            while not opa.bundle_active():
+                await anyio.sleep(0.01)
+        assert (await EmbeddedPolicyEngine(opa).decide(_input())).reasons == ("v1",)
+        tg.cancel_scope.cancel()
+    assert launched_on and launched_on[0] != threading.main_thread().name
+    assert opa.handle is None and not opa.bundle_active()
