@@ -19,7 +19,8 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from types import TracebackType
+from typing import Any, Protocol
 
 import aiohttp
 import aiohttp.http_exceptions
@@ -182,6 +183,8 @@ async def _read_capped(chunks: AsyncIterator[bytes]) -> bytes:
 
 
 class _AiohttpResponse:
+    __slots__ = ("_resp", "headers", "status")
+
     def __init__(self, resp: aiohttp.ClientResponse) -> None:
         self._resp = resp
         self.status = resp.status
@@ -195,6 +198,69 @@ class _AiohttpResponse:
 
     def aiter_sse(self) -> AsyncIterator[SseEvent]:
         return iter_sse(split_lines(self._resp.content.iter_any()))
+
+
+def _transport_error(exc: BaseException) -> HttpTransportError | None:
+    """The port's error for an aiohttp failure (None: not one; it propagates as is)."""
+    if isinstance(exc, TimeoutError):
+        return HttpTimeout("timed out")
+    if isinstance(exc, aiohttp.ClientError | aiohttp.http_exceptions.HttpProcessingError):
+        return HttpTransportError(type(exc).__name__)
+    return None
+
+
+class _AiohttpExchange:
+    """One request's context (what :meth:`AiohttpClient.request` returns): sends on enter,
+    releases the connection on exit; aiohttp's failures, on enter or inside the block,
+    leave as :class:`HttpTimeout`/:class:`HttpTransportError` (``from`` the original).
+
+    A plain class rather than ``contextlib.asynccontextmanager``: no generator and no
+    wrapper object per request on the hot path.
+    """
+
+    __slots__ = ("_client", "_ctx", "_request")
+
+    def __init__(
+        self,
+        client: aiohttp.ClientSession,
+        request: tuple[str, str, bytes | None, Mapping[str, str], aiohttp.ClientTimeout],
+    ) -> None:
+        self._client = client
+        self._request = request
+        self._ctx: Any = None
+
+    async def __aenter__(self) -> HttpResponse:
+        method, url, body, headers, timeout = self._request
+        try:
+            self._ctx = self._client.request(
+                method, url, data=body, headers=headers, timeout=timeout, allow_redirects=False
+            )
+            resp = await self._ctx.__aenter__()
+        except BaseException as exc:
+            mapped = _transport_error(exc)
+            if mapped is None:
+                raise
+            raise _with_timeout(mapped, timeout) from exc
+        return _AiohttpResponse(resp)
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        try:
+            await self._ctx.__aexit__(exc_type, exc, tb)
+        except BaseException as failure:
+            mapped = _transport_error(failure)
+            if mapped is None:
+                raise
+            raise _with_timeout(mapped, self._request[4]) from failure
+        if exc is not None:
+            mapped = _transport_error(exc)
+            if mapped is not None:
+                raise _with_timeout(mapped, self._request[4]) from exc
+
+
+def _with_timeout(error: HttpTransportError, timeout: aiohttp.ClientTimeout) -> HttpTransportError:
+    return HttpTimeout(f"timed out after {timeout.total}s") if isinstance(error, HttpTimeout) else error
 
 
 class AiohttpClient:
@@ -212,25 +278,22 @@ class AiohttpClient:
             auto_decompress=True,
             skip_auto_headers=("User-Agent",),
         )
+        self._timeouts: dict[float | None, aiohttp.ClientTimeout] = {}
 
-    @contextlib.asynccontextmanager
-    async def request(
+    def _timeout(self, seconds: float | None) -> aiohttp.ClientTimeout:
+        """One immutable ``ClientTimeout`` per distinct value (a handful: OPA's, each upstream's)."""
+        timeout = self._timeouts.get(seconds)
+        if timeout is None:
+            if len(self._timeouts) >= 64:  # bounded, whatever the callers pass
+                self._timeouts.clear()
+            timeout = self._timeouts[seconds] = aiohttp.ClientTimeout(total=seconds)
+        return timeout
+
+    def request(
         self, method: str, url: str, *, body: bytes | None, headers: Mapping[str, str], timeout: float | None
-    ) -> AsyncIterator[HttpResponse]:
-        try:
-            async with self._session.request(
-                method,
-                url,
-                data=body,
-                headers=dict(headers),
-                timeout=aiohttp.ClientTimeout(total=timeout),
-                allow_redirects=False,
-            ) as resp:
-                yield _AiohttpResponse(resp)
-        except TimeoutError as exc:
-            raise HttpTimeout(f"timed out after {timeout}s") from exc
-        except (aiohttp.ClientError, aiohttp.http_exceptions.HttpProcessingError) as exc:
-            raise HttpTransportError(type(exc).__name__) from exc
+    ) -> contextlib.AbstractAsyncContextManager[HttpResponse]:
+        # aiohttp copies the headers into its own multidict: no copy of ours is needed.
+        return _AiohttpExchange(self._session, (method, url, body, headers, self._timeout(timeout)))
 
     async def aclose(self) -> None:
         await self._session.close()

@@ -76,6 +76,15 @@ async def _slow(request: Request) -> Response:
     return Response(b"{}")
 
 
+async def _stall(request: Request) -> Response:
+    async def body() -> AsyncIterator[bytes]:
+        yield b"{"
+        await anyio.sleep(5)
+        yield b"}"
+
+    return StreamingResponse(body(), media_type="application/json")
+
+
 async def _echo(request: Request) -> Response:
     return Response(await request.body(), media_type="application/json", headers={"x-method": request.method})
 
@@ -87,6 +96,7 @@ def server() -> Iterator[str]:
         Route("/long-line", _long_line),
         Route("/big", _big),
         Route("/slow", _slow),
+        Route("/stall", _stall),
         Route("/echo", _echo, methods=["POST"]),
     ]
     port = free_port()
@@ -192,3 +202,22 @@ async def test_a_post_sends_its_body_and_headers(client: HttpClient, server: str
     headers = {"content-type": "application/json"}
     async with client.request("POST", f"{server}/echo", body=b'{"a":1}', headers=headers, timeout=5) as resp:
         assert (resp.status, await resp.read(), resp.headers["X-Method"]) == (200, b'{"a":1}', "POST")
+
+
+async def test_a_body_that_stalls_inside_the_block_is_a_timeout(client: HttpClient, server: str) -> None:
+    started = time.monotonic()
+    with pytest.raises(HttpTimeout):
+        async with client.request("GET", f"{server}/stall", body=None, headers={}, timeout=0.5) as resp:
+            assert resp.status == 200  # the head arrived in time; the body does not
+            await resp.read()
+    assert time.monotonic() - started < 3
+
+
+async def test_an_error_of_the_caller_inside_the_block_propagates_unchanged(client: HttpClient, server: str) -> None:
+    headers = {"content-type": "application/json"}
+    with pytest.raises(LookupError):
+        async with client.request("POST", f"{server}/echo", body=b"{}", headers=headers, timeout=5):
+            raise LookupError("the caller's own")
+    # The connection was released: the client still works.
+    async with client.request("POST", f"{server}/echo", body=b"[]", headers=headers, timeout=5) as resp:
+        assert await resp.read() == b"[]"

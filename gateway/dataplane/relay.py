@@ -264,13 +264,17 @@ class RelayResponse(Response):
         return {"type": "http.response.start", "status": status, "headers": raw}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        done = False  # the whole answer was handed to the server
         async with anyio.create_task_group() as tg:
 
             async def watch_disconnect() -> None:
                 # From the start: a client that leaves before anything was relayed cancels too.
                 while (await receive())["type"] != "http.disconnect":
                     pass
-                log.info("client closed its connection: the request is cancelled")
+                # A server may report the end of the exchange as a disconnect once the answer is
+                # complete (uvicorn does): that is no client leaving, and nothing is left to cancel.
+                if not done:
+                    log.info("client closed its connection: the request is cancelled")
                 tg.cancel_scope.cancel()
 
             tg.start_soon(watch_disconnect)
@@ -284,6 +288,7 @@ class RelayResponse(Response):
                 start = self._start(self._status(first), b"application/json")
                 start["headers"].append((b"content-length", str(len(body)).encode()))
                 await send(start)
+                done = True
                 await send({"type": "http.response.body", "body": body})
                 tg.cancel_scope.cancel()
                 return
@@ -297,6 +302,7 @@ class RelayResponse(Response):
                 final, message = await self._outbox.receive.receive()
                 if message:
                     await send({"type": "http.response.body", "body": _event(message), "more_body": True})
+            done = True
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             tg.cancel_scope.cancel()
 
