@@ -26,7 +26,7 @@ export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 # .run/database_url). Recipes needing it prefix their command with $(WITH_DB).
 WITH_DB = DATABASE_URL="$$(cat $(RUN)/database_url)"
 
-.PHONY: help venv tools opa opa-embedded postgres chromium test test-unit rego-check lint fmt demo bench bench-replay bench-audit fuzz soak conformance clean
+.PHONY: help venv tools opa opa-embedded postgres chromium test test-unit rego-check lint fmt demo bench bench-quick bench-replay bench-audit fuzz soak conformance clean
 
 help: ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -82,8 +82,12 @@ demo: venv opa opa-embedded postgres ## run the end-to-end demo
 fuzz: venv opa postgres ## the fuzzers (schemathesis on the admin API, Hypothesis on JSON-RPC) with GATEWAY_FUZZ_EXAMPLES (default 500)
 	GATEWAY_FUZZ_EXAMPLES=$${GATEWAY_FUZZ_EXAMPLES:-500} $(WITH_DB) $(VENV)/bin/pytest -q tests/fuzz
 
-bench: venv opa opa-embedded postgres ## run the benchmark
-	$(WITH_DB) $(VENV)/bin/python deploy/bench/bench.py
+# BENCH_ARGS, e.g. --engines sidecar,embedded --servers uvicorn (see deploy/bench/bench.py --help).
+bench: venv opa opa-embedded postgres ## governed vs direct MCP calls (both eras, raw + SDK clients) -> .run/bench/results.json, docs/performance.md
+	$(WITH_DB) $(VENV)/bin/python deploy/bench/bench.py $(BENCH_ARGS)
+
+bench-quick: venv opa postgres ## the same, a few seconds per case, one server and engine (what the test runs)
+	$(WITH_DB) $(VENV)/bin/python deploy/bench/bench.py --quick $(BENCH_ARGS)
 
 bench-replay: venv opa postgres ## replay 10,000 recorded decisions against a candidate policy (budget 30 s)
 	$(WITH_DB) $(VENV)/bin/python deploy/bench/bench_replay.py

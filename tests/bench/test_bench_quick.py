@@ -1,0 +1,130 @@
+"""`deploy/bench/bench.py --quick` runs against a real stack and writes every section of its JSON.
+
+Not a timed test: it never asserts on a latency or a rate, only that each number was measured
+(a positive count, a positive latency, a finite added latency -- that one may be negative on a
+noisy machine).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from gateway.devtools.stack import drop_database
+
+pytestmark = [pytest.mark.db, pytest.mark.integration]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+BENCH = REPO_ROOT / "deploy" / "bench" / "bench.py"
+ERAS = ("2026-07-28", "2025-11-25")
+CLIENTS = ("raw", "sdk")
+
+
+@pytest.fixture
+def bench_database(pg_admin_url: str) -> Iterator[str]:
+    """A database name for the bench to (re)create; dropped afterwards."""
+    name = f"gwtest_bench_{uuid.uuid4().hex[:10]}"
+    yield name
+
+    async def _drop() -> None:
+        conn = await asyncpg.connect(pg_admin_url)
+        try:
+            await drop_database(conn, name)
+        finally:
+            await conn.close()
+
+    asyncio.run(_drop())
+
+
+def _positive(value: Any, where: str) -> None:
+    assert isinstance(value, int | float) and value > 0, f"{where}: {value!r}"
+
+
+def _finite(value: Any, where: str) -> None:
+    assert isinstance(value, int | float) and math.isfinite(value), f"{where}: {value!r}"
+
+
+def _latency(res: dict[str, Any], where: str) -> None:
+    for key in ("p50_ms", "p99_ms", "mean_ms", "n"):
+        _positive(res[key], f"{where}.{key}")
+
+
+def _added(res: dict[str, Any], where: str) -> None:
+    for key in ("added_p50_ms", "added_p99_ms", "added_p50_rtt", "added_p99_rtt"):
+        _finite(res[key], f"{where}.{key}")
+
+
+@pytest.mark.timeout(400)
+def test_quick_bench_writes_every_section(tmp_path: Path, pg_admin_url: str, bench_database: str) -> None:
+    env = {**os.environ, "DATABASE_URL": pg_admin_url}
+    proc = subprocess.run(
+        [sys.executable, str(BENCH), "--quick", "--run-dir", str(tmp_path), "--database", bench_database],
+        env=env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=380,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "results.json").read_text())
+    assert len(summary["machine"]["loadavg_start"]) == 3
+    assert list(summary["runs"]) == ["sidecar/uvicorn"]
+    run = summary["runs"]["sidecar/uvicorn"]
+    assert "error" not in run, run.get("traceback", run.get("error"))
+
+    _positive(run["rtt_ms"]["p50"], "rtt_ms.p50")
+    cases = ["rtt", "opa", f"raw/{ERAS[0]}/brokered"]
+    cases += [f"{k}/{e}/{t}" for e in ERAS for k in CLIENTS for t in ("direct", "gateway")]
+    assert sorted(run["latency"]) == sorted(cases)
+    for case in cases:
+        _latency(run["latency"][case], f"latency[{case}]")
+    for case in [c for c in cases if c.endswith(("/gateway", "/brokered"))]:
+        _added(run["added"][case], f"added[{case}]")
+
+    for era in ERAS:
+        for kind in CLIENTS:
+            tput = run["throughput_c8"][f"{kind}/{era}"]
+            for key in ("direct_rps", "gateway_rps", "ratio"):
+                _positive(tput[key], f"throughput_c8[{kind}/{era}].{key}")
+            rec = run["reconciliation"][era][kind]
+            _positive(rec["gateway_over_direct_p50"], f"reconciliation[{era}][{kind}]")
+        _finite(run["reconciliation"][era]["sdk_client_cost_p50_ms"], f"reconciliation[{era}]")
+
+    assert sorted(run["arg_sizes"]) == ["100B", "10KB", "1MB"]
+    for label, res in run["arg_sizes"].items():
+        _positive(res["bytes"], f"arg_sizes[{label}].bytes")
+        _latency(res["direct"], f"arg_sizes[{label}].direct")
+        _latency(res["gateway"], f"arg_sizes[{label}].gateway")
+        _added(res, f"arg_sizes[{label}]")
+
+    assert sorted(run["tools_list"], key=int) == ["10", "100"]
+    for n, res in run["tools_list"].items():
+        _latency(res["direct"], f"tools_list[{n}].direct")
+        _latency(res["gateway"], f"tools_list[{n}].gateway")
+        _added(res, f"tools_list[{n}]")
+        _positive(res["policy_queries_per_list"], f"tools_list[{n}].policy_queries_per_list")
+
+    steps = run["saturation"]["steps"]
+    assert steps and all(s["rps"] > 0 for s in steps)
+    peak = run["saturation"]["peak"]
+    for key in ("rps", "gateway_plus_opa_cores", "rps_per_core", "concurrency"):
+        _positive(peak[key], f"saturation.peak.{key}")
+
+    assert run["stage_cpu"] == {"skipped": "--quick"}
+    _positive(run["peak_rss_kib"]["gateway"], "peak_rss_kib.gateway")
+    _positive(run["peak_rss_kib"]["opa"], "peak_rss_kib.opa")
+    reload = run["reload"]
+    assert reload["n"] == len(reload["samples_ms"]) == 2
+    for i, sample in enumerate(reload["samples_ms"]):
+        _positive(sample, f"reload.samples_ms[{i}]")
