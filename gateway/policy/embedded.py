@@ -19,9 +19,10 @@ calls any other builtin fails to activate (OPA status error ``undefined function
 ``GET /v1/projection``) while the previous bundle keeps serving; and ``opa.runtime()`` carries
 no ``env`` (the sidecar runs with an empty environment; the gateway's holds secrets).
 
-Costs: one Go runtime per process (~30 MB RSS); the call blocks the event loop for the time of
-the evaluation (~0.1–0.5 ms for a typical input), so inputs above :data:`THREAD_THRESHOLD`
-bytes are evaluated in a worker thread. The process must not ``fork`` without ``exec`` after
+Costs: one Go runtime per process (~30 MB RSS); a decision is made on the event loop (a typical
+one takes 0.1–0.5 ms), for at most :data:`LOOP_BUDGET`: a slower one is cut off and evaluated
+again in a worker thread, and inputs above :data:`THREAD_THRESHOLD` bytes go to a worker thread
+at once. The process must not ``fork`` without ``exec`` after
 the library is loaded (Go's runtime does not survive it); the gateway never does.
 """
 
@@ -41,7 +42,7 @@ import orjson
 
 from gateway.config import Config
 from gateway.errors import ConfigError, PolicyUnavailable
-from gateway.policy.bundle_signing import SigningKeyError, verification_keys
+from gateway.policy.bundle_signing import verification_keys
 from gateway.policy.decision import Decision, ListDecision, parse_call_result, parse_list_result
 from gateway.policy.reserved import load_capabilities
 from gateway.policy.sidecar import OPA_TOKEN_FILE, opa_config
@@ -52,6 +53,14 @@ log = logging.getLogger("gateway.opa")
 
 THREAD_THRESHOLD = 64 * 1024
 """Inputs larger than this (bytes of JSON) are evaluated in a worker thread, off the event loop."""
+
+LOOP_BUDGET = 0.010
+"""Seconds a decision may hold the event loop. Evaluation cost does not follow input size (a
+policy can be slow on a small input), so a decision made on the loop is cut off at this
+deadline and, when the configured ``opa.timeout`` is longer, evaluated again in a worker thread
+with the rest of it: the loop is never blocked for longer, and only slow decisions pay twice."""
+
+_MAX_BODY = 2**31 - 1  # the C ABI's int length
 
 _CALL_PATH = b"gateway_runtime/main/call"
 _LIST_PATH = b"gateway_runtime/main/list"
@@ -77,7 +86,10 @@ class _Library:
         self.path = path
 
     def _take(self, ptr: int | None, length: int | None = None) -> Any:
-        """Decode and free a JSON buffer the library returned (None for a NULL pointer)."""
+        """Decode and free a JSON buffer the library returned (None for a NULL pointer).
+
+        Every buffer is NUL-terminated; ``length``, when the call gives one, is used instead.
+        """
         if not ptr:
             return None
         try:
@@ -101,6 +113,9 @@ class _Library:
         return bool(self._lib.opa_ready(handle) == 1)
 
     def decide(self, handle: int, path: bytes, body: bytes, timeout_ms: int) -> Any:
+        if len(body) > _MAX_BODY:  # ctypes would wrap the length silently
+            return {"error": {"code": "invalid_input", "message": f"input of {len(body)} bytes is too large"}}
+        timeout_ms = max(1, min(timeout_ms, 2**31 - 1))
         length = ctypes.c_int(0)
         ptr = self._lib.opa_decide(handle, path, body, len(body), timeout_ms, ctypes.byref(length))
         return self._take(ptr, length.value)
@@ -155,7 +170,7 @@ class EmbeddedOpa:
         """Write the OPA token (mode 0600) and return this start's configuration document.
 
         Raises:
-            SigningKeyError: A configured verification key cannot be read or parsed.
+            gateway.policy.bundle_signing.SigningKeyError: A verification key cannot be read or parsed.
         """
         self.instance_id = f"{self._config.data_plane.id}/{uuid.uuid4()}"
         work = Path(self._config.opa.work_dir)
@@ -180,8 +195,12 @@ class EmbeddedOpa:
             log.info("embedded opa %s activated its bundle", self.instance_id)
         return self._active
 
-    def decide_raw(self, path: bytes, body: bytes) -> Any:
+    def decide_raw(self, path: bytes, body: bytes, timeout: float | None = None) -> Any:
         """Evaluate ``data.<path>`` for a JSON input (blocking); the library's answer.
+
+        Args:
+            timeout: Seconds (default ``opa.timeout``); past it the answer is the error
+                ``{"code": "timeout"}``.
 
         Raises:
             PolicyUnavailable: No instance, or its bundle is not active yet.
@@ -189,7 +208,13 @@ class EmbeddedOpa:
         handle = self.handle
         if handle is None or not self.bundle_active():
             raise PolicyUnavailable("the embedded OPA engine has not activated its bundle yet")
-        return self._lib.decide(handle, path, body, int(self._config.opa.timeout * 1000))
+        seconds = self._config.opa.timeout if timeout is None else timeout
+        return self._lib.decide(handle, path, body, int(seconds * 1000))
+
+    @property
+    def timeout(self) -> float:
+        """Seconds one decision may take (``opa.timeout``)."""
+        return self._config.opa.timeout
 
     def start(self) -> None:
         """Start an instance; :meth:`bundle_active` tells when it has a bundle.
@@ -202,7 +227,7 @@ class EmbeddedOpa:
         and uploaded by OPA's own goroutine.
 
         Raises:
-            SigningKeyError: A configured verification key cannot be read or parsed.
+            gateway.policy.bundle_signing.SigningKeyError: A verification key cannot be read or parsed.
             PolicyUnavailable: The library refused the configuration.
         """
         self._launch(self._announce())
@@ -230,7 +255,7 @@ class EmbeddedOpa:
                     # report goes to the control plane — served by this very loop when both planes
                     # share the process (it deadlocked, now and then, when this ran on the loop).
                     await anyio.to_thread.run_sync(self._launch, document)
-                except (SigningKeyError, PolicyUnavailable) as exc:
+                except Exception as exc:  # noqa: BLE001 - any failure to start is retried (fail closed meanwhile)
                     log.error("cannot start the embedded opa: %s; retrying in %.1fs", exc, backoff)
                     self.restarts += 1
                     await anyio.sleep(backoff)
@@ -262,10 +287,14 @@ class EmbeddedPolicyEngine:
 
     async def _ask(self, path: bytes, input_doc: dict[str, Any]) -> Any:
         body = orjson.dumps(input_doc)
+        full = self._opa.timeout
         if len(body) > THREAD_THRESHOLD:
             answer = await anyio.to_thread.run_sync(self._opa.decide_raw, path, body)
         else:
-            answer = self._opa.decide_raw(path, body)
+            budget = min(LOOP_BUDGET, full)
+            answer = self._opa.decide_raw(path, body, budget)
+            if full > budget and (answer.get("error") or {}).get("code") == "timeout":
+                answer = await anyio.to_thread.run_sync(self._opa.decide_raw, path, body, full - budget)
         error = answer.get("error")
         if error is None:
             return answer

@@ -247,9 +247,76 @@ async def test_an_undefined_decision_is_invalid_and_a_slow_one_times_out_fail_cl
     control_plane.publish(2, SLOW)
     slow = EmbeddedPolicyEngine(engine_for(timeout=0.05))
     started = time.monotonic()
-    with pytest.raises(PolicyUnavailable, match="embedded OPA engine failed"):
+    with pytest.raises(PolicyUnavailable, match="embedded OPA engine failed: timeout"):
         await slow.decide(_input())
     assert time.monotonic() - started < 5  # cancelled at its deadline, not run to the end
+
+
+async def test_a_slow_decision_leaves_the_event_loop_at_the_loop_budget_and_finishes_in_a_thread(
+    control_plane: FakeControlPlane, engine_for: Callable[..., EmbeddedOpa], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Evaluation cost does not follow input size: a small input may be slow. It holds the loop
+    for LOOP_BUDGET at most, then gets the rest of opa.timeout in a worker thread."""
+    import gateway.policy.embedded as embedded
+
+    control_plane.publish(1, SLOW)
+    opa = engine_for(timeout=0.3)
+    calls: list[tuple[bool, float | None, str]] = []
+    real = embedded.EmbeddedOpa.decide_raw
+
+    def spy(self: EmbeddedOpa, path: bytes, body: bytes, timeout: float | None = None) -> Any:
+        answer = real(self, path, body, timeout)
+        on_loop = threading.current_thread() is threading.main_thread()
+        calls.append((on_loop, timeout, answer.get("error", {}).get("code")))
+        return answer
+
+    monkeypatch.setattr(embedded.EmbeddedOpa, "decide_raw", spy)
+    with pytest.raises(PolicyUnavailable, match="timeout"):
+        await EmbeddedPolicyEngine(opa).decide(_input())
+    assert calls == [
+        (True, embedded.LOOP_BUDGET, "timeout"),
+        (False, pytest.approx(0.3 - embedded.LOOP_BUDGET), "timeout"),
+    ]
+
+
+def test_an_error_from_the_library_is_decoded_whatever_its_length(embedded_opa_lib: Path, tmp_path: Path) -> None:
+    """Every buffer the library returns is NUL-terminated (a long error once read past its end)."""
+    from gateway.policy.embedded import load_library
+
+    lib = load_library(str(embedded_opa_lib))
+    name = "s" + "x" * 5000
+    config = json.dumps({"bundles": {"b": {"service": name, "resource": "r"}}}).encode()
+    for _ in range(20):
+        with pytest.raises(PolicyUnavailable, match="did not start"):
+            lib.new(config, "id", str(tmp_path / "opa.log"))
+
+
+async def test_run_retries_a_start_that_fails_in_any_way(
+    control_plane: FakeControlPlane, engine_for: Callable[..., EmbeddedOpa], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import anyio
+
+    import gateway.policy.embedded as embedded
+
+    control_plane.publish(1, ALLOW_V.format(tag="v1"))
+    opa = engine_for(wait=False)
+    opa.close()
+    real = embedded.EmbeddedOpa._launch
+    failures = [OSError("the work directory is gone")]
+
+    def flaky(self: EmbeddedOpa, document: bytes) -> None:
+        if failures:
+            raise failures.pop()
+        real(self, document)
+
+    monkeypatch.setattr(embedded.EmbeddedOpa, "_launch", flaky)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(opa.run)
+        with anyio.fail_after(20):
+            while not opa.bundle_active():
+                await anyio.sleep(0.01)
+        tg.cancel_scope.cancel()
+    assert not failures and opa.restarts == 1
 
 
 async def test_a_one_megabyte_input_is_decided_off_the_event_loop(
@@ -262,9 +329,9 @@ async def test_a_one_megabyte_input_is_decided_off_the_event_loop(
     threads: list[str] = []
     real = embedded.EmbeddedOpa.decide_raw
 
-    def spy(self: EmbeddedOpa, path: bytes, body: bytes) -> Any:
+    def spy(self: EmbeddedOpa, path: bytes, body: bytes, timeout: float | None = None) -> Any:
         threads.append(threading.current_thread().name)
-        return real(self, path, body)
+        return real(self, path, body, timeout)
 
     monkeypatch.setattr(embedded.EmbeddedOpa, "decide_raw", spy)
     assert (await engine.decide(_input({"text": "x" * 1_000_000}))).reasons == ("big",)

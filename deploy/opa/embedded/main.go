@@ -18,7 +18,8 @@
 // process runs from the first opa_new to opa_stop (`go tool pprof <library> <file>`).
 //
 // Errors carry OPA's SDK error codes (opa_undefined_error, ...) or one of ours
-// (engine_panic, bad_handle, invalid_input, restrict_failed); a panic never crosses the ABI.
+// (timeout, engine_panic, bad_handle, invalid_input, restrict_failed); a panic never crosses
+// the ABI. Every returned buffer is NUL-terminated.
 package main
 
 /*
@@ -78,7 +79,7 @@ func out(v any, outLen *C.int) *C.char {
 	if outLen != nil {
 		*outLen = C.int(len(b))
 	}
-	return (*C.char)(C.CBytes(b))
+	return (*C.char)(C.CBytes(append(b, 0))) // NUL-terminated too: a C string as well as pointer + length
 }
 
 func fail(code, msg string, outLen *C.int) *C.char {
@@ -217,7 +218,9 @@ func opa_decide(h C.longlong, path *C.char, input *C.char, inputLen C.int, timeo
 	}
 	if err != nil {
 		var se *sdk.Error
-		if errors.As(err, &se) {
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			o.Error = &engineError{"timeout", fmt.Sprintf("no decision within %d ms", int(timeoutMs))}
+		} else if errors.As(err, &se) {
 			o.Error = &engineError{se.Code, se.Message}
 		} else {
 			o.Error = &engineError{"internal_error", err.Error()}
