@@ -85,7 +85,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     import uvicorn
 
-    uvicorn.run(build_app(args.tools, args.host), host=args.host, port=args.port, log_level="warning")
+    uvicorn.run(
+        build_app(args.tools, args.host),
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        timeout_graceful_shutdown=1,
+    )
 
 
 if __name__ == "__main__":

@@ -373,7 +373,9 @@ def main(argv: list[str] | None = None) -> None:
     app = mcp.sse_app() if args.transport == "sse" else mcp.streamable_http_app()
     metadata = f"{base}/.well-known/oauth-protected-resource" if args.issuer else None
     wrapped = RequireCredentials(app, state, metadata)
-    uvicorn.run(wrapped, host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
+    uvicorn.run(
+        wrapped, host="127.0.0.1", port=args.port, log_level="warning", access_log=False, timeout_graceful_shutdown=1
+    )
 
 
 if __name__ == "__main__":

@@ -994,7 +994,7 @@ def main(argv: list[str] | None = None) -> None:
         clients=tuple(args.client) if args.client else DEFAULT_CLIENTS,
         registration_token=args.registration_token,
     )
-    uvicorn.run(build_app(config), host="127.0.0.1", port=args.port, log_level="warning")
+    uvicorn.run(build_app(config), host="127.0.0.1", port=args.port, log_level="warning", timeout_graceful_shutdown=1)
 
 
 if __name__ == "__main__":
