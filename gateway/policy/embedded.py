@@ -60,6 +60,9 @@ policy can be slow on a small input), so a decision made on the loop is cut off 
 deadline and, when the configured ``opa.timeout`` is longer, evaluated again in a worker thread
 with the rest of it: the loop is never blocked for longer, and only slow decisions pay twice."""
 
+LIST_ON_LOOP = 8
+"""A discovery filter with more candidates than this is evaluated in a worker thread at once."""
+
 _MAX_BODY = 2**31 - 1  # the C ABI's int length
 
 _CALL_PATH = b"gateway_runtime/main/call"
@@ -285,10 +288,10 @@ class EmbeddedPolicyEngine:
     def __init__(self, opa: EmbeddedOpa) -> None:
         self._opa = opa
 
-    async def _ask(self, path: bytes, input_doc: dict[str, Any]) -> Any:
+    async def _ask(self, path: bytes, input_doc: dict[str, Any], *, slow: bool = False) -> Any:
         body = orjson.dumps(input_doc)
         full = self._opa.timeout
-        if len(body) > THREAD_THRESHOLD:
+        if slow or len(body) > THREAD_THRESHOLD:
             answer = await anyio.to_thread.run_sync(self._opa.decide_raw, path, body)
         else:
             budget = min(LOOP_BUDGET, full)
@@ -318,7 +321,10 @@ class EmbeddedPolicyEngine:
             PolicyUnavailable: Not ready, timed out or an engine error.
             PolicyDecisionInvalid: Malformed result.
         """
-        return parse_list_result(await self._ask(_LIST_PATH, input_doc))
+        # One evaluation of the decision per candidate: past a few, straight to a worker thread
+        # (cut off at the loop budget, a long list would be evaluated twice).
+        slow = len(input_doc.get("candidates") or ()) > LIST_ON_LOOP
+        return parse_list_result(await self._ask(_LIST_PATH, input_doc, slow=slow))
 
 
 class EmbeddedHealth:

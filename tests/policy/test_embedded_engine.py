@@ -368,3 +368,36 @@ async def test_run_starts_the_library_off_the_event_loop_and_stops_it_on_cancel(
         tg.cancel_scope.cancel()
     assert launched_on and launched_on[0] != threading.main_thread().name
     assert opa.handle is None and not opa.bundle_active()
+
+
+async def test_a_long_discovery_list_is_filtered_in_a_worker_thread_at_once(
+    control_plane: FakeControlPlane, engine_for: Callable[..., EmbeddedOpa], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One evaluation per candidate: a long list would overrun the loop budget and run twice."""
+    import gateway.policy.embedded as embedded
+
+    control_plane.publish(1, ALLOW_V.format(tag="v1"))
+    engine = EmbeddedPolicyEngine(engine_for())
+    calls: list[tuple[bool, float | None]] = []
+    real = embedded.EmbeddedOpa.decide_raw
+
+    def spy(self: EmbeddedOpa, path: bytes, body: bytes, timeout: float | None = None) -> Any:
+        calls.append((threading.current_thread() is threading.main_thread(), timeout))
+        return real(self, path, body, timeout)
+
+    monkeypatch.setattr(embedded.EmbeddedOpa, "decide_raw", spy)
+
+    def listing(n: int) -> dict[str, Any]:
+        doc = _input()
+        doc["action"] = "tools/list"
+        del doc["tool"]
+        doc["candidates"] = [
+            {"key": f"demo__t{i}", "server": doc["server"], "tool": {"name": f"t{i}", "annotations": {}}}
+            for i in range(n)
+        ]
+        return doc
+
+    short = await engine.visible(listing(embedded.LIST_ON_LOOP))
+    long = await engine.visible(listing(embedded.LIST_ON_LOOP + 1))
+    assert len(short.allowed) == embedded.LIST_ON_LOOP and len(long.allowed) == embedded.LIST_ON_LOOP + 1
+    assert calls == [(True, embedded.LOOP_BUDGET), (False, None)]

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from gateway.config import Config
@@ -194,8 +194,45 @@ def engines(tmp_path_factory: pytest.TempPathFactory, pg_admin_url: str, opa_bin
             embedded.close()
 
 
+def _call(
+    roles: list[str],
+    server: str,
+    tool: str,
+    annotations: dict[str, bool] | None = None,
+    arguments: dict[str, Any] | None = None,
+    environment: str = "prod",
+    delegation: int = 0,
+) -> dict[str, Any]:
+    """A tools/call input that names one library rule's case (the corpus below always has these)."""
+    return {
+        "tenant": "tenant_local",
+        "environment": environment,
+        "action": "tools/call",
+        "subject": {
+            "sub": "alice", "issuer": "http://127.0.0.1/dev-idp", "roles": roles, "scopes": [], "client_id": None,
+            "claims": {}, "groups": [], "agent": None, "delegation": [{"sub": "research-agent"}] * delegation,
+            "credential_kind": "jwt", "key_id": None,
+        },
+        "server": {"name": server, "transport": "streamable_http"},
+        "tool": {"name": tool, "annotations": annotations or {}},
+        "arguments": arguments or {},
+        "session": {"id": None, "protocol_version": "2026-07-28"},
+        "projection": {"version": 1},
+    }  # fmt: skip
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(doc=call_inputs())
+@example(doc=_call(["deployer"], "ci", "deploy_prod"))  # granted_by_tool_grant
+@example(doc=_call(["viewer"], "demo", "search_docs"))  # tool_restricted_to_roles
+@example(doc=_call(["viewer"], "github", "create_ticket"))  # tool_not_allowed_on_server
+@example(doc=_call(["viewer"], "demo", "echo", {"openWorldHint": True}))  # open_world_tool_requires_role
+@example(doc=_call(["viewer"], "demo", "echo", {"idempotentHint": False}))  # non_idempotent_tool_requires_role
+@example(doc=_call(["admin"], "demo", "run_sql", arguments={"query": "DROP TABLE t", "database": "dev"}))
+@example(doc=_call(["oncall"], "demo", "echo"))  # outside_time_window
+@example(doc=_call(["viewer"], "demo", "delete_record", {"destructiveHint": True}))  # destructive in prod
+@example(doc=_call(["operator"], "payments", "echo", delegation=1))  # delegation_depth_exceeded
+@example(doc=_call(["viewer"], "demo", "debug_dump"))  # tool_refused_in_environment
 def test_every_generated_call_gets_the_same_decision_from_both_engines(engines: Engines, doc: dict[str, Any]) -> None:
     sidecar, embedded = engines.both("/gateway_runtime/main/call", doc)
     assert embedded == sidecar
