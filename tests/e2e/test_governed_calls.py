@@ -20,8 +20,8 @@ from mcp.shared.exceptions import MCPError
 
 from gateway.devtools.stack import LocalStack, sample_policy_modules
 from tests.e2e.helpers import audit_item, client, recorded
-from tests.support import pg
 from tests.support.logs import files_containing
+from tests.support.stacks import sample_stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.db, pytest.mark.anyio]
 
@@ -38,16 +38,7 @@ def stack(
 ) -> Iterator[LocalStack]:
     """The e2e stack (``tests/e2e/conftest.py``), once per decision engine."""
     run_dir = tmp_path_factory.mktemp(f"stack-{request.param}")
-    with (
-        pg.throwaway_database(pg_admin_url) as database_url,
-        LocalStack.create(run_dir, database_url=database_url, opa_bin=str(opa_bin)) as s,
-    ):
-        s.extra_env["GATEWAY_DECISION_ENGINE"] = request.param
-        s.start_upstream()
-        s.start_gateway()
-        s.register_and_approve_server("demo", s.upstream_url, "sample upstream")
-        s.upload_and_approve_policy(sample_policy_modules())
-        s.wait_projection_active()
+    with sample_stack(run_dir, pg_admin_url, opa_bin, env={"GATEWAY_DECISION_ENGINE": request.param}) as s:
         yield s
 
 

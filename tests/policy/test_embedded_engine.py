@@ -57,6 +57,23 @@ def _input(arguments: dict[str, Any] | None = None) -> dict[str, Any]:
     }
 
 
+def _record_decisions(monkeypatch: pytest.MonkeyPatch) -> list[tuple[bool, float | None, str | None]]:
+    """Record each evaluation: (on the event loop's thread?, its timeout, its error code)."""
+    import gateway.policy.embedded as embedded
+
+    calls: list[tuple[bool, float | None, str | None]] = []
+    real = embedded.EmbeddedOpa.decide_raw
+
+    def spy(self: EmbeddedOpa, path: bytes, body: bytes, timeout: float | None = None) -> Any:
+        answer = real(self, path, body, timeout)
+        on_loop = threading.current_thread() is threading.main_thread()
+        calls.append((on_loop, timeout, (answer.get("error") or {}).get("code")))
+        return answer
+
+    monkeypatch.setattr(embedded.EmbeddedOpa, "decide_raw", spy)
+    return calls
+
+
 class FakeControlPlane:
     """``/v1/opa/bundles/gateway`` (ETag, 304), ``/v1/opa/status`` and ``/v1/opa/logs``, recorded."""
 
@@ -261,16 +278,7 @@ async def test_a_slow_decision_leaves_the_event_loop_at_the_loop_budget_and_fini
 
     control_plane.publish(1, SLOW)
     opa = engine_for(timeout=0.3)
-    calls: list[tuple[bool, float | None, str]] = []
-    real = embedded.EmbeddedOpa.decide_raw
-
-    def spy(self: EmbeddedOpa, path: bytes, body: bytes, timeout: float | None = None) -> Any:
-        answer = real(self, path, body, timeout)
-        on_loop = threading.current_thread() is threading.main_thread()
-        calls.append((on_loop, timeout, answer.get("error", {}).get("code")))
-        return answer
-
-    monkeypatch.setattr(embedded.EmbeddedOpa, "decide_raw", spy)
+    calls = _record_decisions(monkeypatch)
     with pytest.raises(PolicyUnavailable, match="timeout"):
         await EmbeddedPolicyEngine(opa).decide(_input())
     assert calls == [
@@ -326,17 +334,10 @@ async def test_a_one_megabyte_input_is_decided_off_the_event_loop(
 
     control_plane.publish(1, ALLOW_V.format(tag="big"))
     engine = EmbeddedPolicyEngine(engine_for())
-    threads: list[str] = []
-    real = embedded.EmbeddedOpa.decide_raw
-
-    def spy(self: EmbeddedOpa, path: bytes, body: bytes, timeout: float | None = None) -> Any:
-        threads.append(threading.current_thread().name)
-        return real(self, path, body, timeout)
-
-    monkeypatch.setattr(embedded.EmbeddedOpa, "decide_raw", spy)
+    calls = _record_decisions(monkeypatch)
     assert (await engine.decide(_input({"text": "x" * 1_000_000}))).reasons == ("big",)
     assert (await engine.decide(_input({"text": "small"}))).reasons == ("big",)
-    assert threads[0] != threading.main_thread().name and threads[1] == threading.main_thread().name
+    assert calls == [(False, None, None), (True, embedded.LOOP_BUDGET, None)]
 
 
 async def test_run_starts_the_library_off_the_event_loop_and_stops_it_on_cancel(
@@ -378,14 +379,7 @@ async def test_a_long_discovery_list_is_filtered_in_a_worker_thread_at_once(
 
     control_plane.publish(1, ALLOW_V.format(tag="v1"))
     engine = EmbeddedPolicyEngine(engine_for())
-    calls: list[tuple[bool, float | None]] = []
-    real = embedded.EmbeddedOpa.decide_raw
-
-    def spy(self: EmbeddedOpa, path: bytes, body: bytes, timeout: float | None = None) -> Any:
-        calls.append((threading.current_thread() is threading.main_thread(), timeout))
-        return real(self, path, body, timeout)
-
-    monkeypatch.setattr(embedded.EmbeddedOpa, "decide_raw", spy)
+    calls = _record_decisions(monkeypatch)
 
     def listing(n: int) -> dict[str, Any]:
         doc = _input()
@@ -400,4 +394,4 @@ async def test_a_long_discovery_list_is_filtered_in_a_worker_thread_at_once(
     short = await engine.visible(listing(embedded.LIST_ON_LOOP))
     long = await engine.visible(listing(embedded.LIST_ON_LOOP + 1))
     assert len(short.allowed) == embedded.LIST_ON_LOOP and len(long.allowed) == embedded.LIST_ON_LOOP + 1
-    assert calls == [(True, embedded.LOOP_BUDGET), (False, None)]
+    assert calls == [(True, embedded.LOOP_BUDGET, None), (False, None, None)]

@@ -25,9 +25,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from gateway.config import Config
-from gateway.devtools.stack import LocalStack, sample_policy_modules
+from gateway.devtools.stack import LocalStack
 from gateway.policy.embedded import EmbeddedOpa
-from tests.support import pg
+from tests.support.stacks import sample_stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.db]
 
@@ -163,14 +163,7 @@ class Engines:
 @pytest.fixture(scope="module")
 def engines(tmp_path_factory: pytest.TempPathFactory, pg_admin_url: str, opa_bin: Path, embedded_opa_lib: Path) -> Iterator[Engines]:  # fmt: skip
     run_dir = tmp_path_factory.mktemp("parity")
-    with (
-        pg.throwaway_database(pg_admin_url) as database_url,
-        LocalStack.create(run_dir, database_url=database_url, opa_bin=str(opa_bin)) as stack,
-    ):
-        stack.start_upstream()
-        stack.start_gateway()
-        stack.register_and_approve_server("demo", stack.upstream_url, "sample upstream")
-        stack.upload_and_approve_policy(sample_policy_modules(), data=RULES)
+    with sample_stack(run_dir, pg_admin_url, opa_bin, policy_data=RULES) as stack:
         desired = stack.wait_projection_active()["desired_version"]
         env = stack.gateway_env() | {
             "GATEWAY_PLANE": "data",
