@@ -299,34 +299,6 @@ def test_an_error_from_the_library_is_decoded_whatever_its_length(embedded_opa_l
             lib.new(config, "id", str(tmp_path / "opa.log"))
 
 
-async def test_run_retries_a_start_that_fails_in_any_way(
-    control_plane: FakeControlPlane, engine_for: Callable[..., EmbeddedOpa], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import anyio
-
-    import gateway.policy.embedded as embedded
-
-    control_plane.publish(1, ALLOW_V.format(tag="v1"))
-    opa = engine_for(wait=False)
-    opa.close()
-    real = embedded.EmbeddedOpa._launch
-    failures = [OSError("the work directory is gone")]
-
-    def flaky(self: EmbeddedOpa, document: bytes) -> None:
-        if failures:
-            raise failures.pop()
-        real(self, document)
-
-    monkeypatch.setattr(embedded.EmbeddedOpa, "_launch", flaky)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(opa.run)
-        with anyio.fail_after(20):
-            while not opa.bundle_active():
-                await anyio.sleep(0.01)
-        tg.cancel_scope.cancel()
-    assert not failures and opa.restarts == 1
-
-
 async def test_a_one_megabyte_input_is_decided_off_the_event_loop(
     control_plane: FakeControlPlane, engine_for: Callable[..., EmbeddedOpa], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -340,7 +312,7 @@ async def test_a_one_megabyte_input_is_decided_off_the_event_loop(
     assert calls == [(False, None, None), (True, embedded.LOOP_BUDGET, None)]
 
 
-async def test_run_starts_the_library_off_the_event_loop_and_stops_it_on_cancel(
+async def test_run_starts_the_library_off_the_event_loop_retries_a_failed_start_and_stops_on_cancel(
     control_plane: FakeControlPlane, engine_for: Callable[..., EmbeddedOpa], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Starting OPA's plugins waits on its status upload to the control plane; with both planes in
@@ -354,9 +326,12 @@ async def test_run_starts_the_library_off_the_event_loop_and_stops_it_on_cancel(
     opa.close()  # the fixture's own start; run() makes a fresh one
     launched_on: list[str] = []
     real = embedded.EmbeddedOpa._launch
+    failures = [OSError("the work directory is gone")]  # any failure to start is retried
 
     def spy(self: EmbeddedOpa, document: bytes) -> None:
         launched_on.append(threading.current_thread().name)
+        if failures:
+            raise failures.pop()
         real(self, document)
 
     monkeypatch.setattr(embedded.EmbeddedOpa, "_launch", spy)
@@ -367,7 +342,8 @@ async def test_run_starts_the_library_off_the_event_loop_and_stops_it_on_cancel(
                 await anyio.sleep(0.01)
         assert (await EmbeddedPolicyEngine(opa).decide(_input())).reasons == ("v1",)
         tg.cancel_scope.cancel()
-    assert launched_on and launched_on[0] != threading.main_thread().name
+    assert len(launched_on) == 2 and threading.main_thread().name not in launched_on
+    assert not failures and opa.restarts == 1
     assert opa.handle is None and not opa.bundle_active()
 
 
