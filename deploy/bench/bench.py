@@ -577,7 +577,7 @@ def main() -> int:
         "requests": 30 if quick else 1000,
         "warmup": 5 if quick else 100,
         "rounds": 2 if quick else 10,
-        "seconds": 0.6 if quick else 4.0,
+        "seconds": 0.25 if quick else 4.0,
     }
     for key, value in defaults.items():
         if getattr(args, key) is None:

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from .ports import port_open
 
-STOP_GRACE_SECONDS = 5.0
+STOP_GRACE_SECONDS = 2.0
+"""SIGKILL after this: test servers built on the SDK wait for open streams on SIGTERM, never exiting by themselves."""
 _POLL_INTERVAL = 0.05
 _MAX_POLL_INTERVAL = 0.25
 
