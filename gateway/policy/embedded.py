@@ -121,7 +121,13 @@ class _Library:
         timeout_ms = max(1, min(timeout_ms, 2**31 - 1))
         length = ctypes.c_int(0)
         ptr = self._lib.opa_decide(handle, path, body, len(body), timeout_ms, ctypes.byref(length))
-        return self._take(ptr, length.value)
+        try:
+            answer = self._take(ptr, length.value)
+        except orjson.JSONDecodeError:
+            answer = None
+        if not isinstance(answer, dict):  # fail closed on anything but the documented shape
+            return {"error": {"code": "internal_error", "message": "the library's answer is not a JSON object"}}
+        return answer
 
     def stop(self, handle: int, timeout_ms: int) -> None:
         self._lib.opa_stop(handle, timeout_ms)

@@ -371,3 +371,16 @@ async def test_a_long_discovery_list_is_filtered_in_a_worker_thread_at_once(
     long = await engine.visible(listing(embedded.LIST_ON_LOOP + 1))
     assert len(short.allowed) == embedded.LIST_ON_LOOP and len(long.allowed) == embedded.LIST_ON_LOOP + 1
     assert calls == [(True, embedded.LOOP_BUDGET, None), (False, None, None)]
+
+
+async def test_an_answer_that_is_not_a_json_object_is_a_deny(
+    control_plane: FakeControlPlane, engine_for: Callable[..., EmbeddedOpa], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    control_plane.publish(1, ALLOW_V.format(tag="v1"))
+    opa = engine_for()
+    engine = EmbeddedPolicyEngine(opa)
+    assert opa.handle is not None
+    for raw in (b"[]", b"null", b"{not json"):
+        monkeypatch.setattr(opa._lib, "_take", lambda ptr, length=None, raw=raw: __import__("orjson").loads(raw))
+        with pytest.raises(PolicyUnavailable, match="not a JSON object"):
+            await engine.decide(_input())
