@@ -290,14 +290,14 @@ class LocalStack:
         return None
 
     def stop(self, name: str) -> None:
-        """SIGTERM one process (SIGKILL after 5 s: the gateway drains within 2 s, while an
-        SDK-built upstream with open streams would wait for them forever)."""
+        """SIGTERM one process (SIGKILL after 10 s: a gateway stops its stdio upstreams, each
+        with a grace of its own, before it exits)."""
         proc = self.procs.pop(name, None)
         if proc is None or proc.poll() is not None:
             return
         os.killpg(proc.pid, signal.SIGTERM)
         try:
-            proc.wait(timeout=5)
+            proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
