@@ -7,7 +7,6 @@ noisy machine).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import os
@@ -18,10 +17,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 
-from gateway.devtools.stack import drop_database
+from tests.support import pg
 
 pytestmark = [pytest.mark.db, pytest.mark.integration]
 
@@ -36,15 +34,7 @@ def bench_database(pg_admin_url: str) -> Iterator[str]:
     """A database name for the bench to (re)create; dropped afterwards."""
     name = f"gwtest_bench_{uuid.uuid4().hex[:10]}"
     yield name
-
-    async def _drop() -> None:
-        conn = await asyncpg.connect(pg_admin_url)
-        try:
-            await drop_database(conn, name)
-        finally:
-            await conn.close()
-
-    asyncio.run(_drop())
+    pg.drop_database(pg_admin_url, name)
 
 
 def _positive(value: Any, where: str) -> None:
