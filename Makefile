@@ -26,7 +26,7 @@ export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 # .run/database_url). Recipes needing it prefix their command with $(WITH_DB).
 WITH_DB = DATABASE_URL="$$(cat $(RUN)/database_url)"
 
-.PHONY: help venv tools opa opa-embedded postgres chromium test test-unit rego-check lint fmt demo bench bench-quick bench-replay bench-audit fuzz soak conformance clean
+.PHONY: help venv tools opa opa-embedded postgres chromium deploy-tools deploy-check test test-unit rego-check lint fmt demo bench bench-quick bench-replay bench-audit fuzz soak conformance clean
 
 help: ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -65,10 +65,16 @@ lint: venv ## ruff (lint + format check), mypy --strict, import-linter layer con
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
+deploy-tools: venv ## pinned deploy validators into .tools (helm, kubeconform + Kubernetes schemas, dockerfile-lint, compose-validate)
+	bash deploy/scripts/ensure-deploy-tools.sh
+
+deploy-check: deploy-tools ## helm lint, helm template | kubeconform, Dockerfile lint, compose validation (offline)
+	bash deploy/scripts/deploy-check.sh
+
 chromium: ## ensure Debian's chromium for the console's browser tests (apt-get install when missing)
 	bash deploy/scripts/ensure-chromium.sh >/dev/null
 
-test: venv opa opa-embedded postgres chromium ## full suite (lint, rego checks, pytest)
+test: venv opa opa-embedded postgres chromium deploy-tools ## full suite (lint, rego checks, pytest)
 	$(MAKE) --no-print-directory lint
 	bash deploy/scripts/rego-check.sh
 	$(WITH_DB) $(VENV)/bin/pytest -q

@@ -3,6 +3,7 @@
 Usage::
 
     gateway serve [--plane both|control|data] [--config gateway.toml]
+    gateway migrate [--status] [--config gateway.toml]
 
 Both servers get the request-head size and time limits and the body-read timeout
 of :mod:`gateway.serving`, and every log handler gets the credential filter of
@@ -118,11 +119,17 @@ async def _serve_hypercorn(config: Config, make_app: Callable[[], ASGIApp]) -> N
 
 
 def configure_logging(config: Config) -> None:
-    """Apply ``config.log_level`` to the root logger (``basicConfig`` must have run)."""
+    """Apply ``config.log_level`` and ``config.log_format`` to the root logger (``basicConfig``
+    must have run): ``json`` gives its handlers :class:`~gateway.observability.logjson.JsonFormatter`
+    (their redaction filters stay and run first)."""
     level = config.log_level.upper()
     logging.getLogger().setLevel(level)
     if level != "DEBUG":
         logging.getLogger("httpx").setLevel(logging.WARNING)
+    if config.log_format == "json":
+        from gateway.observability.logjson import use_json
+
+        use_json()
 
 
 def run(config: Config, make_app: Callable[[], ASGIApp]) -> None:
@@ -136,6 +143,42 @@ def run(config: Config, make_app: Callable[[], ASGIApp]) -> None:
         asyncio.run(_serve_hypercorn(config, make_app))
 
 
+def _migrate(toml_path: str | None, *, status_only: bool) -> int:
+    """``gateway migrate [--status]``: print ``{"applied", "pending", "unknown"}`` as JSON (after
+    applying the pending ones, unless ``--status``); exit 0, 2 on a configuration error, 1
+    when PostgreSQL is unreachable or a migration failed (rolled back)."""
+    import asyncpg
+    import orjson
+
+    from gateway.db.migrate import apply_migrations, migration_status
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    install_log_redaction()
+    try:
+        config = Config.from_env(toml_path=toml_path, overrides={"plane": "control"})
+    except ConfigError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 2
+
+    async def go() -> dict[str, list[str]]:
+        conn = await asyncpg.connect(config.database_url.reveal(), timeout=10)
+        try:
+            if not status_only:
+                await apply_migrations(conn)
+            st = await migration_status(conn)
+            return {"applied": st.applied, "pending": st.pending, "unknown": st.unknown}
+        finally:
+            await conn.close()
+
+    try:
+        report = asyncio.run(go())
+    except (OSError, asyncpg.PostgresError) as exc:
+        print(f"gateway: migration failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    print(orjson.dumps(report).decode())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``gateway`` command."""
     parser = argparse.ArgumentParser(prog="gateway")
@@ -143,7 +186,14 @@ def main(argv: list[str] | None = None) -> int:
     serve = sub.add_parser("serve", help="run the control and/or data plane")
     serve.add_argument("--plane", choices=["both", "control", "data"])
     serve.add_argument("--config", help="TOML configuration file")
+    migrate = sub.add_parser(
+        "migrate", help="apply the schema migrations this version ships to DATABASE_URL, then exit"
+    )
+    migrate.add_argument("--status", action="store_true", help="only print applied, pending and unknown versions")
+    migrate.add_argument("--config", help="TOML configuration file")
     args = parser.parse_args(argv)
+    if args.command == "migrate":
+        return _migrate(args.config, status_only=args.status)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     install_log_redaction()
     try:

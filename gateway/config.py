@@ -30,6 +30,8 @@ key is given in :data:`ENV_KEYS`)::
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import hashlib
 import hmac
@@ -62,6 +64,7 @@ __all__ = [
     "PolicyGateConfig",
     "Secret",
     "derived_token",
+    "session_key_bytes",
 ]
 
 SECONDS = 1.0
@@ -157,7 +160,20 @@ class DataPlaneConfig:
     """Seconds between re-lists of each approved server's tools to detect drift from the
     pinned definitions (:mod:`gateway.dataplane.drift`); ``0`` turns the check off."""
     session_idle_timeout: float = 30 * 60 * SECONDS
+    """Seconds a quiet handshake-era session's local state (listener, subscriptions) is kept;
+    a sealed session's next request resumes it (:mod:`gateway.dataplane.sessions`)."""
     max_sessions: int = 10_000
+    session_key: Secret = field(default_factory=lambda: Secret(""))
+    """Base64 of 32 random bytes sealing session ids (AES-256-GCM,
+    :mod:`gateway.dataplane.session_seal`); every data plane of a deployment needs the same one
+    to resume the others' sessions. Default: derived from the internal token (HMAC-SHA256,
+    label ``gateway-session-seal``). Changing it ends every session (clients get 404 and
+    initialize again)."""
+    session_max_age: float = 24 * 3600 * SECONDS
+    """Seconds after ``initialize`` a sealed session's id stops opening: the session is over."""
+    session_events_interval: float = 1 * SECONDS
+    """Seconds between polls of the session events feed (how soon a ``DELETE`` taken by another
+    data plane holds here: :mod:`gateway.dataplane.session_events`)."""
     sse_poll_interval: float = 0.0
     """Seconds a handshake-era request's SSE stream stays open before the gateway closes it
     and lets the client poll (reconnect with ``GET`` + ``Last-Event-ID``, MCP 2025-11-25
@@ -235,6 +251,11 @@ class OpaConfig:
     bin: str = ""
     manage: bool = True
     """Start and supervise ``opa run`` as a child process of the gateway."""
+    instance_id: str = ""
+    """With ``manage = false``: the id of the OPA this data plane asks (its ``gateway_instance``
+    label, e.g. the Kubernetes pod name). Reported to the control plane at start, which
+    registers it as an instance that has activated nothing yet, so ``GET /v1/projection`` never
+    shows a version active before that OPA has loaded it (``GATEWAY_OPA_INSTANCE_ID``)."""
     addr: str = "127.0.0.1:8181"
     url: str = ""
     timeout: float = 2 * SECONDS
@@ -370,6 +391,18 @@ class Config:
     log_level: str = "INFO"
     """``DEBUG``, ``INFO``, ``WARNING`` or ``ERROR``; ``DEBUG`` also lets the HTTP client and
     server libraries log (every line still passes :mod:`gateway.logredact`)."""
+    log_format: str = "text"
+    """``text`` (one human-readable line per record) or ``json`` (one JSON object per record
+    with ``ts``, ``level``, ``logger``, ``msg``, plus one access line per request carrying its
+    decision id and trace id: :mod:`gateway.observability.logjson`)."""
+    metrics_token: Secret = field(default_factory=lambda: Secret(""))
+    """Bearer token ``GET /metrics`` requires on both planes (then the data plane's ``Host``
+    check is skipped for it); empty: ``/metrics`` is open, behind the data plane's ``Host``
+    check (docs/operations.md "Metrics and traces")."""
+    otlp_endpoint: str = ""
+    """OTLP/HTTP collector base URL (``http://collector:4318``; ``/v1/traces`` is appended unless
+    present) the data plane exports traces to; empty: tracing off, at no cost
+    (``GATEWAY_OTLP_ENDPOINT``, else the standard ``OTEL_EXPORTER_OTLP_ENDPOINT``)."""
     max_header_bytes: int = 32 * 1024
     """Bytes (request line plus header fields) a request head may take on either server;
     a larger head gets 431 and the connection is closed."""
@@ -458,6 +491,11 @@ class Config:
             raise ConfigError(f"GATEWAY_SERVER must be hypercorn or uvicorn, not {self.server!r}")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(f"GATEWAY_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, not {self.log_level!r}")
+        if self.log_format not in ("text", "json"):
+            raise ConfigError(f"GATEWAY_LOG_FORMAT must be text or json, not {self.log_format!r}")
+        otlp = urlsplit(self.otlp_endpoint) if self.otlp_endpoint else None
+        if otlp is not None and (otlp.scheme not in ("http", "https") or not otlp.hostname):
+            raise ConfigError("GATEWAY_OTLP_ENDPOINT (or OTEL_EXPORTER_OTLP_ENDPOINT) must be an http(s) URL")
         if not 1024 <= self.max_header_bytes <= 16 * MIB:
             raise ConfigError("GATEWAY_MAX_HEADER_BYTES must be between 1024 and 16 MiB")
         if not (0 < self.header_timeout < math.inf and 0 < self.body_timeout < math.inf):
@@ -514,7 +552,13 @@ class Config:
             dp,
             public_url=(dp.public_url or f"http://{_bracketed(dp.host)}:{dp.port}").rstrip("/"),
             id=dp.id or _default_dataplane_id(dp.port),
+            session_key=dp.session_key or _derived_key(internal, "gateway-session-seal"),
         )
+        session_key_bytes(dp.session_key)
+        if not (math.isfinite(dp.session_max_age) and dp.session_max_age > 0):
+            raise ConfigError("GATEWAY_SESSION_MAX_AGE must be positive seconds")
+        if not (math.isfinite(dp.session_events_interval) and 0 < dp.session_events_interval <= 3600):
+            raise ConfigError("GATEWAY_SESSION_EVENTS_INTERVAL must be seconds in (0, 3600]")
         dp = _with_default_hosts(dp)
         data_mcp = f"{dp.public_url}/mcp"
         for issuer in self.admin.issuers():
@@ -555,6 +599,10 @@ class Config:
                 )
             # One engine per data plane: the in-process OPA replaces the supervised sidecar.
             opa = dataclasses.replace(opa, embedded_lib=lib, manage=False)
+        if opa.instance_id and (opa.manage or opa.engine != "sidecar"):
+            raise ConfigError("GATEWAY_OPA_INSTANCE_ID names an OPA you run: it needs GATEWAY_OPA_MANAGE=false")
+        if opa.instance_id and not re.fullmatch(r"[A-Za-z0-9_.:/-]{1,256}", opa.instance_id):
+            raise ConfigError("GATEWAY_OPA_INSTANCE_ID must match ^[A-Za-z0-9_.:/-]{1,256}$")
         needs_opa = self.plane in ("both", "control") or opa.manage
         if needs_opa and not (opa_bin and Path(opa_bin).is_file()):
             raise ConfigError(f"no opa binary at {opa_bin!r}: set OPA_BIN, put opa on PATH, or run `make tools`")
@@ -596,6 +644,11 @@ ENV_KEYS: dict[str, str] = {
     "GATEWAY_SERVER": "server",
     "GATEWAY_RUN_DIR": "run_dir",
     "GATEWAY_LOG_LEVEL": "log_level",
+    "GATEWAY_LOG_FORMAT": "log_format",
+    "GATEWAY_METRICS_TOKEN": "metrics_token",
+    # Both name one key: the gateway's own variable (later) wins over the standard one.
+    "OTEL_EXPORTER_OTLP_ENDPOINT": "otlp_endpoint",
+    "GATEWAY_OTLP_ENDPOINT": "otlp_endpoint",
     "GATEWAY_MAX_HEADER_BYTES": "max_header_bytes",
     "GATEWAY_HEADER_TIMEOUT": "header_timeout",
     "GATEWAY_BODY_TIMEOUT": "body_timeout",
@@ -610,6 +663,11 @@ ENV_KEYS: dict[str, str] = {
     "GATEWAY_DATA_PORT": "data_plane.port",
     "GATEWAY_PUBLIC_URL": "data_plane.public_url",
     "GATEWAY_DATAPLANE_ID": "data_plane.id",
+    "GATEWAY_SESSION_KEY": "data_plane.session_key",
+    "GATEWAY_SESSION_IDLE_TIMEOUT": "data_plane.session_idle_timeout",
+    "GATEWAY_MAX_SESSIONS": "data_plane.max_sessions",
+    "GATEWAY_SESSION_MAX_AGE": "data_plane.session_max_age",
+    "GATEWAY_SESSION_EVENTS_INTERVAL": "data_plane.session_events_interval",
     "GATEWAY_UPSTREAM_TIMEOUT": "data_plane.upstream_timeout",
     "GATEWAY_UPSTREAM_MAX_DURATION": "data_plane.upstream_max_duration",
     "GATEWAY_UPSTREAM_SESSIONS": "data_plane.upstream_sessions",
@@ -634,6 +692,7 @@ ENV_KEYS: dict[str, str] = {
     "GATEWAY_OPA_ADDR": "opa.addr",
     "GATEWAY_OPA_URL": "opa.url",
     "GATEWAY_OPA_MANAGE": "opa.manage",
+    "GATEWAY_OPA_INSTANCE_ID": "opa.instance_id",
     "GATEWAY_AUDIT_SPOOL_DIR": "audit.spool_dir",
     "GATEWAY_AUDIT_PARTITION_INTERVAL": "audit.partition_interval",
     "GATEWAY_AUDIT_RETENTION_DAYS": "audit.retention_days",
@@ -674,6 +733,29 @@ def derived_token(parent: Secret, label: str) -> Secret:
     internal token (``gateway-opa-token``), each only when not configured.
     """
     return Secret(hmac.new(parent.reveal().encode(), label.encode(), hashlib.sha256).hexdigest())
+
+
+def _derived_key(parent: Secret, label: str) -> Secret:
+    """Base64 of HMAC-SHA256(key=parent, msg=label): 32 bytes of key for ``label``."""
+    return Secret(
+        base64.b64encode(hmac.new(parent.reveal().encode(), label.encode(), hashlib.sha256).digest()).decode()
+    )
+
+
+def session_key_bytes(key: Secret) -> bytes:
+    """The 32 bytes of a session key given as standard or URL-safe base64.
+
+    Raises:
+        ConfigError: Not base64 of exactly 32 bytes.
+    """
+    text = key.reveal().strip()
+    try:
+        raw = base64.b64decode(text.replace("-", "+").replace("_", "/") + "=" * (-len(text) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raw = b""
+    if len(raw) != 32:
+        raise ConfigError("GATEWAY_SESSION_KEY must be the base64 of 32 random bytes (openssl rand -base64 32)")
+    return raw
 
 
 def _find_opa() -> str:

@@ -36,7 +36,7 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from urllib.parse import unquote, urlparse
 
 import anyio
@@ -88,11 +88,19 @@ class JwtVerifier:
         http: Client used to fetch an ``http(s)`` JWKS; None: a short-lived client per
             fetch (fetches are rare: once, then only for an unknown ``kid``), so a verifier
             that owns no connection pool needs no closing.
+        on_fetch: Called with ``"ok"`` or ``"error"`` after each JWKS fetch (a metric).
     """
 
-    def __init__(self, config: JwtConfig, http: httpx.AsyncClient | None = None) -> None:
+    def __init__(
+        self,
+        config: JwtConfig,
+        http: httpx.AsyncClient | None = None,
+        *,
+        on_fetch: Callable[[str], None] | None = None,
+    ) -> None:
         self._config = config
         self._http = http
+        self._on_fetch = on_fetch
         self._jwks: jwt.PyJWKSet | None = None
         self._jwks_loaded_at = 0.0
         self._fetches = 0
@@ -169,10 +177,14 @@ class JwtVerifier:
                 jwks = await self._load_jwks()
             except AuthenticationFailed:
                 self._failed_at = now
+                if self._on_fetch is not None:
+                    self._on_fetch("error")
                 raise
             else:
                 # Remembered unknown kids stay: the key set is searched before them.
                 self._jwks, self._jwks_loaded_at, self._failed_at = jwks, now, None
+                if self._on_fetch is not None:
+                    self._on_fetch("ok")
             finally:
                 self._fetches += 1  # counted once done, so tasks queued behind it share it
 

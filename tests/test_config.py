@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import gateway.config as config_module
-from gateway.config import ENV_KEYS, Config, Secret
+from gateway.config import ENV_KEYS, Config, Secret, session_key_bytes
 from gateway.errors import ConfigError
 
 ADMIN = "admin-token-s3cr3t-value"
@@ -508,3 +510,36 @@ def test_an_admin_audience_the_data_plane_also_accepts_is_refused() -> None:
                 "GATEWAY_ADMIN_TOKEN_ENABLED": "false",
             }
         )
+
+
+@pytest.mark.parametrize(
+    ("changes", "names"),
+    [
+        pytest.param({"GATEWAY_SESSION_KEY": "c2hvcnQ="}, "GATEWAY_SESSION_KEY", id="session-key-short"),
+        pytest.param({"GATEWAY_SESSION_KEY": "not base64 at all!"}, "GATEWAY_SESSION_KEY", id="session-key-garbage"),
+        pytest.param({"GATEWAY_SESSION_MAX_AGE": "0"}, "GATEWAY_SESSION_MAX_AGE", id="session-max-age-zero"),
+        pytest.param({"GATEWAY_SESSION_EVENTS_INTERVAL": "0"}, "GATEWAY_SESSION_EVENTS_INTERVAL", id="events-zero"),
+        pytest.param({"GATEWAY_OPA_INSTANCE_ID": "pod-1"}, "GATEWAY_OPA_MANAGE=false", id="instance-id-managed"),
+        pytest.param(
+            {"GATEWAY_OPA_INSTANCE_ID": "pod 1", "GATEWAY_OPA_MANAGE": "false"},
+            "GATEWAY_OPA_INSTANCE_ID must match",
+            id="instance-id-malformed",
+        ),
+    ],
+)
+def test_session_and_opa_instance_settings_are_checked(changes: dict[str, str], names: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(names)):
+        Config.from_env(_env(**changes))
+
+
+def test_data_planes_sharing_an_internal_token_share_a_session_key_and_another_token_gives_another() -> None:
+    first = Config.from_env(_env(GATEWAY_PLANE="data", GATEWAY_INTERNAL_TOKEN="shared"))
+    second = Config.from_env(_env(GATEWAY_PLANE="data", GATEWAY_INTERNAL_TOKEN="shared", GATEWAY_DATA_PORT="9000"))
+    other = Config.from_env(_env(GATEWAY_PLANE="data", GATEWAY_INTERNAL_TOKEN="another"))
+    key = session_key_bytes(first.data_plane.session_key)
+    assert len(key) == 32 and key == session_key_bytes(second.data_plane.session_key)
+    assert key != session_key_bytes(other.data_plane.session_key)
+    explicit = base64.urlsafe_b64encode(bytes(range(32))).decode()
+    assert session_key_bytes(Config.from_env(_env(GATEWAY_SESSION_KEY=explicit)).data_plane.session_key) == bytes(
+        range(32)
+    )

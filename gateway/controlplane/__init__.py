@@ -30,6 +30,7 @@ from gateway.credentials import load_keyring
 from gateway.db.pool import DATABASE_DOWN
 from gateway.errors import DatabaseUnavailable, GatewayError, UpstreamError
 from gateway.jwtauth import JwtVerifier
+from gateway.observability.asgi import MetricsEndpoint, RequestObserver
 from gateway.policy.reserved import require_assets
 
 __all__ = ["controlplane_resources", "create_controlplane_app"]
@@ -82,7 +83,8 @@ def create_controlplane_app(config: Config) -> Starlette:
 
     Returns:
         A Starlette app serving the admin API (admin token), the data-plane API (internal
-        token) and the OPA API (OPA token).
+        token) and the OPA API (OPA token); and ``GET /metrics`` before any of their auth
+        (``GATEWAY_METRICS_TOKEN`` when set, else open: :mod:`gateway.observability.asgi`).
 
     Raises:
         ConfigError: The reserved Rego or the restricted capabilities are not installed
@@ -93,6 +95,13 @@ def create_controlplane_app(config: Config) -> Starlette:
     app = Starlette(
         routes=[*routes, *mounts],
         middleware=[
+            Middleware(
+                RequestObserver,
+                plane="control",
+                metrics_key="cp_metrics",
+                metrics_endpoint=MetricsEndpoint("cp_metrics", token=config.metrics_token),
+                access=config.log_format == "json",
+            ),
             Middleware(RequestIdMiddleware),
             Middleware(
                 BearerAuthMiddleware,

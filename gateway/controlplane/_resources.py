@@ -13,9 +13,10 @@ from gateway.controlplane.audit_trail import AuditTrail
 from gateway.controlplane.notifier import ProjectionNotifier, listen_for_projections
 from gateway.controlplane.oauth_tokens import TokenSource
 from gateway.controlplane.projection import ensure_initial_projection
-from gateway.db.migrate import apply_migrations
+from gateway.db.migrate import apply_migrations, migration_status
 from gateway.db.pool import create_pool
 from gateway.db.projections import latest_version
+from gateway.observability.metrics import ControlPlaneMetrics
 
 __all__ = ["controlplane_resources"]
 
@@ -40,8 +41,8 @@ async def controlplane_resources(config: Config) -> AsyncIterator[dict[str, obje
 
     Yields:
         ``{"cp_pool": asyncpg.Pool, "cp_notifier": ProjectionNotifier, "cp_tokens":
-        TokenSource, "cp_audit": AuditTrail}`` (the trail's checkpoints and maintenance run
-        in a task while the lifespan lasts).
+        TokenSource, "cp_audit": AuditTrail, "cp_metrics": ControlPlaneMetrics}`` (the trail's
+        checkpoints and maintenance run in a task while the lifespan lasts).
 
     Raises:
         asyncpg.PostgresError | OSError: PostgreSQL is unreachable or a migration failed.
@@ -50,8 +51,13 @@ async def controlplane_resources(config: Config) -> AsyncIterator[dict[str, obje
     async with create_pool(config.database_url) as pool:
         async with pool.acquire() as conn:
             applied = await apply_migrations(conn)
+            ahead = (await migration_status(conn)).unknown
         if applied:
             log.info("database migrated: %s", ", ".join(applied))
+        if ahead:
+            # A rolled-back binary on the schema of a newer release: fine while every migration
+            # is additive (docs/operations.md "Upgrades and rollbacks"), worth an operator's look.
+            log.warning("the database has migrations this version does not know: %s", ", ".join(ahead))
         await trail.start(pool)
         await ensure_initial_projection(pool, config)
         notifier = ProjectionNotifier()
@@ -66,7 +72,13 @@ async def controlplane_resources(config: Config) -> AsyncIterator[dict[str, obje
             try:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(trail.run, pool)
-                    yield {"cp_pool": pool, "cp_notifier": notifier, "cp_tokens": tokens, "cp_audit": trail}
+                    yield {
+                        "cp_pool": pool,
+                        "cp_notifier": notifier,
+                        "cp_tokens": tokens,
+                        "cp_audit": trail,
+                        "cp_metrics": ControlPlaneMetrics(pool),
+                    }
                     tg.cancel_scope.cancel()
             finally:
                 await tokens.aclose()

@@ -28,6 +28,8 @@ _TYPED_FIELDS = frozenset(
 )
 """Event fields checked one by one in :func:`validate_event`."""
 _OPTIONAL_STR = tuple(f for f in EVENT_FIELDS if f not in _TYPED_FIELDS)
+_TIMESTAMP = EVENT_FIELDS.index("timestamp")
+"""Where :func:`validate_event`'s tuple holds the event's time."""
 """Every other event field: a string or null (derived, so a new column cannot be forgotten)."""
 
 
@@ -96,4 +98,7 @@ async def ingest_events(request: Request) -> Response:
     rows = [validate_event(e, tenant=d.config.tenant, environment=d.config.environment) for e in body]
     if rows:
         await db_ingest.insert_decision_events(d.pool, d.audit.partitions, d.config.tenant, d.config.environment, rows)
+        metrics = (request.scope.get("state") or {}).get("cp_metrics")
+        if metrics is not None:  # events counted and their lag observed once stored
+            metrics.observe_ingest("audit", (row[_TIMESTAMP] for row in rows))
     return JSONResponse({"accepted": len(rows)}, status_code=202)

@@ -176,4 +176,7 @@ async def post_decision_logs(request: Request) -> Response:
         )
     if rows:
         await db_ingest.insert_opa_logs(d.pool, d.audit.partitions, d.config.tenant, d.config.environment, rows)
+        metrics = (request.scope.get("state") or {}).get("cp_metrics")
+        if metrics is not None:  # events counted and their lag observed once stored
+            metrics.observe_ingest("decision_log", (row["timestamp"] for row in rows))
     return Response(status_code=204)

@@ -50,6 +50,35 @@ def _error(description: str) -> dict[str, Any]:
     return {"$ref": f"#/components/responses/{description}"}
 
 
+_PROBE: dict[str, Any] = {
+    "type": "object",
+    "required": ["status"],
+    "properties": {
+        "status": {"type": "string", "enum": ["ok", "ready", "not_ready"]},
+        "reasons": {"type": "array", "items": {"type": "string", "enum": ["database_unavailable"]}},
+    },
+}
+_SESSION_EVENT_IN: dict[str, Any] = {
+    "type": "object",
+    "required": ["session_ref", "kind", "value", "expires_at"],
+    "additionalProperties": False,
+    "properties": {
+        "session_ref": {"type": "string", "pattern": "^sr-[0-9a-f]{24}$"},
+        "kind": {"type": "string", "enum": ["ended", "log_level"]},
+        "value": {
+            "type": ["string", "null"],
+            "enum": [None, "debug", "info", "notice", "warning", "error", "critical", "alert", "emergency"],
+        },
+        "expires_at": {"type": "integer", "minimum": 1, "maximum": 253402300799, "description": "Unix seconds."},
+    },
+}
+_SESSION_EVENT_OUT: dict[str, Any] = {
+    **_SESSION_EVENT_IN,
+    "required": ["seq", *_SESSION_EVENT_IN["required"]],
+    "properties": {"seq": {"type": "integer", "minimum": 1}, **_SESSION_EVENT_IN["properties"]},
+}
+
+
 def _query(name: str, schema: dict[str, Any], description: str, *, required: bool = False) -> dict[str, Any]:
     return {"name": name, "in": "query", "required": required, "schema": schema, "description": description}
 
@@ -1556,6 +1585,24 @@ _HTML_OR_JSON_400 = {
 }
 
 _PATHS: dict[str, Any] = {
+    "/healthz": {
+        "get": {
+            "operationId": "getHealthz",
+            "tags": ["meta"],
+            "summary": "Liveness probe (no token): the process serves HTTP.",
+            "security": [],
+            "responses": {"200": _json(_PROBE, "Alive.")},
+        }
+    },
+    "/readyz": {
+        "get": {
+            "operationId": "getReadyz",
+            "tags": ["meta"],
+            "summary": "Readiness probe (no token): PostgreSQL answers (and migrations ran before serving).",
+            "security": [],
+            "responses": {"200": _json(_PROBE, "Ready."), "503": _json(_PROBE, "Not ready; `reasons` says why.")},
+        }
+    },
     OPENAPI_PATH: {
         "get": {
             "operationId": "getOpenAPI",
@@ -2266,6 +2313,52 @@ _PATHS: dict[str, Any] = {
             },
             internal=True,
         )
+    },
+    "/v1/dataplane/session-events": {
+        "get": _op(
+            "getSessionEvents",
+            "internal",
+            "The session events feed: `DELETE`s and `logging/setLevel`s of sealed MCP sessions, by session"
+            " reference, oldest first; every data plane polls it. Events newer than a few seconds come again"
+            " (their sequence numbers are not settled yet): `next` is the cursor to ask from.",
+            {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "required": ["events", "next"],
+                        "properties": {
+                            "events": {"type": "array", "items": _SESSION_EVENT_OUT},
+                            "next": {"type": "integer", "minimum": 0},
+                        },
+                    },
+                    "The events.",
+                ),
+                "400": _error("BadRequest"),
+            },
+            parameters=[
+                _query(
+                    "after", {"type": "integer", "minimum": 0, "maximum": MAX_BIGINT}, "Cursor (0: from the start)."
+                ),
+                _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "Most events (default 1000)."),
+            ],
+            internal=True,
+        ),
+        "post": _op(
+            "postSessionEvents",
+            "internal",
+            "A data plane's session events: `ended` (the client's `DELETE`) or `log_level` (its"
+            " `logging/setLevel`), each until the session's id expires.",
+            {"204": {"description": "Stored."}, "400": _error("BadRequest")},
+            body={
+                "type": "object",
+                "required": ["dataplane_id", "events"],
+                "properties": {
+                    "dataplane_id": {"type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,128}$"},
+                    "events": {"type": "array", "minItems": 1, "maxItems": 1000, "items": _SESSION_EVENT_IN},
+                },
+            },
+            internal=True,
+        ),
     },
     "/v1/audit/events": {
         "post": _op(

@@ -13,12 +13,14 @@ from gateway.controlplane import (
     broker,
     credentials,
     dataplane,
+    health,
     oauth_users,
     opa,
     openapi,
     policies,
     replay,
     servers,
+    session_events,
     status,
 )
 from gateway.controlplane.console import console_mount
@@ -28,6 +30,8 @@ __all__ = ["mounts", "routes"]
 routes = [
     # the OpenAPI 3.1 description of everything below (no token: it holds no data)
     Route(openapi.OPENAPI_PATH, openapi.get_openapi, methods=["GET"]),
+    Route("/healthz", health.healthz, methods=["GET"]),
+    Route("/readyz", health.readyz, methods=["GET"]),
     # per-user OAuth connect (no token: the single-use handle with the browser's cookie, then the
     # OAuth state with the same cookie, is the bearer)
     Route("/v1/oauth/connect/{handle}", oauth_users.connect_page, methods=["GET"]),
@@ -82,6 +86,8 @@ routes = [
     Route("/v1/opa/logs", opa.post_decision_logs, methods=["POST"]),
     Route("/v1/dataplane/projection", dataplane.get_projection_feed, methods=["GET"]),
     Route("/v1/dataplane/credentials/resolve", broker.resolve_credential, methods=["POST"]),
+    Route("/v1/dataplane/session-events", session_events.get_session_events, methods=["GET"]),
+    Route("/v1/dataplane/session-events", session_events.post_session_events, methods=["POST"]),
     Route("/v1/audit/events", audit_ingest.ingest_events, methods=["POST"]),
 ]
 """Every control-plane route; ``middleware.auth`` decides public, admin or internal by path.

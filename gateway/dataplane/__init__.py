@@ -6,12 +6,13 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import anyio
+import anyio.to_thread
 import httpx
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Route
 
-from gateway.config import Config
+from gateway.config import Config, session_key_bytes
 from gateway.dataplane.audit import AuditShipper
 from gateway.dataplane.auth import CallerAuthenticator, JwtVerifier
 from gateway.dataplane.credentials import CredentialBroker
@@ -23,16 +24,30 @@ from gateway.dataplane.hostcheck import HostOriginGuard
 from gateway.dataplane.listening import Hub, ServerWatch
 from gateway.dataplane.projection import ProjectionSync
 from gateway.dataplane.resumable import Reaper
+from gateway.dataplane.session_events import SessionEvents
+from gateway.dataplane.session_seal import SessionSeal
 from gateway.dataplane.sessions import SessionStore
 from gateway.dataplane.sse_transport import sse_connect, sse_message
 from gateway.httpclient import create_http_client
+from gateway.mcp.messages import HANDSHAKE_VERSIONS, MODERN_VERSIONS
 from gateway.mcp.upstream import UpstreamPool
+from gateway.observability.asgi import MetricsEndpoint, RequestObserver
+from gateway.observability.metrics import DataPlaneMetrics, open_sessions
+from gateway.observability.tracing import Tracing, traced_client
 from gateway.policy.embedded import EmbeddedHealth, EmbeddedOpa, EmbeddedPolicyEngine
 from gateway.policy.health import OpaHealth
 from gateway.policy.opa import OpaPolicyEngine, PolicyEngine
 from gateway.policy.sidecar import OpaSidecar
 
 __all__ = ["create_dataplane_app", "dataplane_resources"]
+
+
+def _apply_session_event(sessions: SessionStore, ref: str, kind: str, value: str | None) -> None:
+    """A session event read from the feed: end the session here, or set its log level."""
+    if kind == "ended":
+        sessions.end(ref)
+    elif (session := sessions.find(ref)) is not None:
+        session.log_level = value
 
 
 async def _expire_sessions(sessions: SessionStore) -> None:
@@ -49,14 +64,26 @@ def create_dataplane_app(config: Config) -> Starlette:
     ``/.well-known/oauth-protected-resource[/mcp[/{server}]]``, ``/healthz``
     (liveness) and ``/readyz`` (projection active and OPA bundle activated).
     Every route is behind :class:`~gateway.dataplane.hostcheck.HostOriginGuard`
-    (``data_plane.allowed_hosts``/``allowed_origins``: 421/403).
+    (``data_plane.allowed_hosts``/``allowed_origins``: 421/403). In front of it,
+    :class:`~gateway.observability.asgi.RequestObserver` counts, times, traces and (JSON log
+    mode) logs every request and serves ``GET /metrics`` (``GATEWAY_METRICS_TOKEN``, else the
+    ``Host`` check only: :class:`~gateway.observability.asgi.MetricsEndpoint`).
     """
     methods = ["POST", "GET", "DELETE"]
     prm = "/.well-known/oauth-protected-resource"
     dp = config.data_plane
     guard = Middleware(HostOriginGuard, allowed_hosts=dp.allowed_hosts, allowed_origins=dp.allowed_origins)
+    observer = Middleware(
+        RequestObserver,
+        plane="data",
+        metrics_key="dp_metrics",
+        metrics_endpoint=MetricsEndpoint("dp_metrics", token=config.metrics_token, allowed_hosts=dp.allowed_hosts),
+        tracing_key="dp_tracing",
+        access=config.log_format == "json",
+        dataplane_id=dp.id,
+    )
     return Starlette(
-        middleware=[guard],
+        middleware=[observer, guard],
         routes=[
             Route("/mcp", mcp_endpoint, methods=methods),
             Route("/mcp/{server}", mcp_endpoint, methods=methods),
@@ -83,12 +110,16 @@ async def dataplane_resources(config: Config) -> AsyncIterator[dict[str, object]
     the JWT verifier, projection sync, audit shipper, session store and the
     decision engine: the supervised OPA sidecar (when ``opa.manage``) or, with
     ``opa.engine = "embedded"``, the in-process OPA (:mod:`gateway.policy.embedded`).
+    Also ``dp_metrics`` (:class:`~gateway.observability.metrics.DataPlaneMetrics`) and
+    ``dp_tracing`` (:class:`~gateway.observability.tracing.Tracing`: with an OTLP endpoint,
+    both hot-path clients add ``traceparent`` to what they send inside a span).
     """
     limits = httpx.Limits(max_connections=20, max_keepalive_connections=10, keepalive_expiry=60)
-    hot = create_http_client(config.data_plane.http_client)
+    tracing = Tracing.configure(config.otlp_endpoint, attributes={"service.instance.id": config.data_plane.id})
+    hot = traced_client(create_http_client(config.data_plane.http_client), tracing)
     # Long-lived upstream streams (listens, GET streams, legacy SSE) on their own connections,
     # so no number of them can starve calls and OPA of the hot pool's.
-    streams = create_http_client(config.data_plane.http_client, max_connections=2000)
+    streams = traced_client(create_http_client(config.data_plane.http_client, max_connections=2000), tracing)
     async with (
         httpx.AsyncClient(limits=limits) as cp_http,
         anyio.create_task_group() as tg,
@@ -112,6 +143,11 @@ async def dataplane_resources(config: Config) -> AsyncIterator[dict[str, object]
             broker=broker,
         )
         audit = AuditShipper(config, cp_http)
+        metrics = DataPlaneMetrics(
+            projection=lambda: sync.current,
+            protocol_versions=(*MODERN_VERSIONS, *HANDSHAKE_VERSIONS),
+            engine=config.opa.engine,
+        )
         sidecar: OpaSidecar | EmbeddedOpa | None
         engine: PolicyEngine
         opa_health: OpaHealth | EmbeddedHealth
@@ -120,6 +156,8 @@ async def dataplane_resources(config: Config) -> AsyncIterator[dict[str, object]
             engine, opa_health = EmbeddedPolicyEngine(sidecar), EmbeddedHealth(sidecar)
         else:
             sidecar = OpaSidecar(config, on_start=sync.opa_started) if config.opa.manage else None
+            if config.opa.instance_id:  # an OPA someone else runs (a Kubernetes sidecar container)
+                sync.opa_started(config.opa.instance_id)
             opa_health = OpaHealth(config.opa.url)
             engine = OpaPolicyEngine(
                 hot, config.opa.url, timeout=config.opa.timeout, ready=sidecar.bundle_active if sidecar else None
@@ -127,8 +165,33 @@ async def dataplane_resources(config: Config) -> AsyncIterator[dict[str, object]
         await tg.start(upstreams.run)  # hosts legacy-SSE stream readers and stdio supervisors
         hub = Hub(upstreams, tg)
         watch = ServerWatch(lambda: sync.current, upstreams, hub, on_tools_changed=drift.request_check, broker=broker)
+        seal = SessionSeal(
+            session_key_bytes(dp.session_key),
+            (config.tenant, config.environment),
+            max_age=dp.session_max_age,
+            versions=HANDSHAKE_VERSIONS,
+        )
+        store: list[SessionStore] = []
+        session_events = SessionEvents(
+            config,
+            cp_http,
+            lambda ref, kind, value: _apply_session_event(store[0], ref, kind, value),
+            interval=dp.session_events_interval,
+        )
         sessions = SessionStore(
-            idle_timeout=dp.session_idle_timeout, max_sessions=dp.max_sessions, on_close=hub.close_session
+            idle_timeout=dp.session_idle_timeout,
+            max_sessions=dp.max_sessions,
+            on_close=hub.close_session,
+            seal=seal,
+            ended=session_events.ended,
+            level=session_events.level,
+        )
+        store.append(sessions)
+        metrics.watch(
+            sessions=lambda: open_sessions(sessions),
+            audit=audit,
+            spool_files=audit.spool_files,
+            opa_ready=sidecar.bundle_active if sidecar is not None else None,
         )
         if sidecar is not None:
             tg.start_soon(sidecar.run)
@@ -136,6 +199,7 @@ async def dataplane_resources(config: Config) -> AsyncIterator[dict[str, object]
         tg.start_soon(drift.run)  # re-lists each server's tools every drift_interval (off the hot path)
         tg.start_soon(watch.run)  # each server's list changes, to listening clients and the drift check
         tg.start_soon(_expire_sessions, sessions)
+        tg.start_soon(session_events.run)  # DELETEs and log levels of sealed sessions, from every data plane
         reaper = Reaper(dp.sse_resume_window)
         tg.start_soon(reaper.run)  # forgets the resumable streams nobody reads (and cancels their requests)
         tg.start_soon(audit.run)
@@ -143,17 +207,24 @@ async def dataplane_resources(config: Config) -> AsyncIterator[dict[str, object]
             yield {
                 "dp_config": config,
                 "dp_verifier": CallerAuthenticator(
-                    config, JwtVerifier(config.jwt, cp_http), lambda: sync.current.api_keys if sync.current else None
+                    config,
+                    JwtVerifier(config.jwt, cp_http, on_fetch=metrics.jwks_fetched),
+                    lambda: sync.current.api_keys if sync.current else None,
                 ),
                 "dp_sync": sync,
                 "dp_audit": audit,
-                "dp_governor": FeatureGovernor(config, engine, upstreams, audit, drift=drift, broker=broker),
+                "dp_governor": FeatureGovernor(
+                    config, engine, upstreams, audit, drift=drift, broker=broker, metrics=metrics, tracing=tracing
+                ),
                 "dp_sessions": sessions,
+                "dp_session_events": session_events,
                 "dp_hub": hub,
                 "dp_reaper": reaper,
                 "dp_held": HeldCalls(),
                 "dp_sidecar": sidecar,
                 "dp_opa_health": opa_health,
+                "dp_metrics": metrics,
+                "dp_tracing": tracing,
             }
         finally:
             opa_health.close()
@@ -165,3 +236,6 @@ async def dataplane_resources(config: Config) -> AsyncIterator[dict[str, object]
                 await upstreams.aclose()
                 await hot.aclose()
                 await streams.aclose()
+            if tracing.enabled:  # export the spans still buffered (bounded: a collector may be down)
+                with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                    await anyio.to_thread.run_sync(tracing.shutdown, abandon_on_cancel=True)

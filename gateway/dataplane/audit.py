@@ -88,6 +88,7 @@ class AuditShipper:
 
     Attributes:
         spooled: Events written to the spool file so far (a metric).
+        replayed: Spooled events the control plane accepted on replay so far (a metric).
         shipped: Events accepted by the control plane so far.
         rejected: Events the control plane refused as invalid (kept in ``<id>.rejected.jsonl``).
     """
@@ -103,6 +104,7 @@ class AuditShipper:
         self._rejected = spool_dir / f"{config.data_plane.id}.rejected.jsonl"
         self._replay_offset = 0
         self.spooled = 0
+        self.replayed = 0
         self.shipped = 0
         self.rejected = 0
 
@@ -120,6 +122,10 @@ class AuditShipper:
     def queued(self) -> int:
         """Events waiting in memory."""
         return len(self._queue)
+
+    def spool_files(self) -> tuple[Path, Path]:
+        """The spool and the spool being replayed (either may not exist): the events on disk."""
+        return self._spool, self._replaying
 
     async def _spool_events(self, events: list[dict[str, Any]]) -> None:
         if not events:
@@ -204,6 +210,7 @@ class AuditShipper:
                         break
                     if not await self._deliver(batch):
                         return False
+                    self.replayed += len(batch)
                     self._replay_offset = offset
             finally:
                 fh.close()

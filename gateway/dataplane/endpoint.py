@@ -69,6 +69,7 @@ from gateway.dataplane.listening import Listener, Subscription
 from gateway.dataplane.projection import ServerEntry
 from gateway.dataplane.relay import Outbox, RelayResponse
 from gateway.dataplane.resumable import CallStream, CallStreamResponse
+from gateway.dataplane.session_events import SessionEvents
 from gateway.dataplane.sessions import Session, SessionLimitReached
 from gateway.errors import AuthenticationFailed, GatewayError, ProjectionUnavailable, RequestRejected
 from gateway.mcp.credential import UpstreamCredential
@@ -83,6 +84,8 @@ from gateway.mcp.messages import (
     parse_message,
     result_response,
 )
+from gateway.observability.context import note_action
+from gateway.observability.tracing import DISABLED, Tracing
 from gateway.policy.input import Subject
 
 __all__ = [
@@ -209,10 +212,7 @@ async def _serve(request: Request) -> Response:
     if request.method == "GET":
         return _get_stream(request, subject, server)
     if request.method == "DELETE":
-        session_id = request.headers.get("mcp-session-id")
-        if session_id and request.state.dp_sessions.delete(session_id, (subject.issuer, subject.sub)):
-            return Response(status_code=204)
-        return _json(error_response(None, INVALID_REQUEST, "Unknown session"), 404)
+        return await _delete_session(request, subject)
     try:
         body = await _read_body(request, request.state.dp_config.data_plane.max_body)
     except ClientDisconnect:
@@ -225,6 +225,7 @@ async def _serve(request: Request) -> Response:
         msg = parse_message(body)
     except RequestRejected as exc:
         return _json(error_response(None, exc.args[1], exc.args[0]), 400)
+    note_action(msg.method)  # the request's action for metrics and the access line (bounded there)
     version_header = request.headers.get("mcp-protocol-version")
     enveloped = (
         msg.method != "initialize"
@@ -282,7 +283,9 @@ async def authenticate(request: Request, server: str | None) -> Subject:
     """
     extra = [f"{request.state.dp_config.data_plane.public_url}{_resource_path(server)}"]
     verifier: CallerAuthenticator = request.state.dp_verifier
-    return await verifier.authenticate(request, audiences=extra)
+    tracing: Tracing = request.scope["state"].get("dp_tracing", DISABLED)
+    with tracing.span("gateway.auth"):
+        return await verifier.authenticate(request, audiences=extra)
 
 
 def _current(request: Request) -> Any:
@@ -478,8 +481,7 @@ async def _legacy(
         try:
             session = sessions.create(owner, version, declared if isinstance(declared, dict) else {})
         except SessionLimitReached:
-            log.warning("session store full: initialize refused")
-            return _json(error_response(msg.id, INTERNAL_ERROR, "Too many sessions; retry later"), 503)
+            return _too_many_sessions(msg.id)
         capabilities = advertised_capabilities(request.state.dp_sync.current, server, handshake=True)
         result = {"protocolVersion": version, "capabilities": capabilities, "serverInfo": SERVER_INFO}
         return _json(result_response(msg.id, result), headers={"mcp-session-id": session.id})
@@ -492,7 +494,10 @@ async def _legacy(
     session_id = request.headers.get("mcp-session-id")
     if not session_id:
         return _json(error_response(msg.id, INVALID_REQUEST, "Missing Mcp-Session-Id header"), 400)
-    session = sessions.get(session_id, owner)
+    try:
+        session = sessions.get(session_id, owner)
+    except SessionLimitReached:
+        return _too_many_sessions(msg.id)
     if session is None:
         return _json(error_response(msg.id, INVALID_REQUEST, "Session not found"), 404)
     if msg.kind == "response":  # the client's answer to a request relayed to it
@@ -508,8 +513,30 @@ async def _legacy(
     if msg.method in _STREAMABLE and "text/event-stream" in request.headers.get("accept", ""):
         outbox = Outbox(session)
         return _streamable_legacy(request, msg, session_context(subject, session, server, outbox), outbox, session)
-    ctx = CallContext(subject, session.id, session.protocol_version, server, client_capabilities=session.capabilities)
+    ctx = CallContext(subject, session.ref, session.protocol_version, server, client_capabilities=session.capabilities)
     return _json(await session_reply(request, msg, ctx, session))
+
+
+def _too_many_sessions(msg_id: Any) -> Response:
+    log.warning("session store full: session refused")
+    return _json(error_response(msg_id, INTERNAL_ERROR, "Too many sessions; retry later"), 503)
+
+
+async def _delete_session(request: Request, subject: Subject) -> Response:
+    """``DELETE``: end the session here and, when sealed, on every data plane (an ``ended``
+    session event, posted before answering: :mod:`gateway.dataplane.session_events`)."""
+    session_id = request.headers.get("mcp-session-id")
+    try:
+        session = request.state.dp_sessions.delete(session_id, (subject.issuer, subject.sub)) if session_id else None
+    except SessionLimitReached:
+        return _too_many_sessions(None)
+    if session is None:
+        return _json(error_response(None, INVALID_REQUEST, "Unknown session"), 404)
+    if session.sealed:
+        events: SessionEvents = request.state.dp_session_events
+        if not await events.publish(session.ref, "ended", None, session.expires_at):
+            log.warning("session ended here; the other data planes learn it when the control plane is back")
+    return Response(status_code=204)
 
 
 def session_context(subject: Subject, session: Session, server: str | None, outbox: Outbox) -> CallContext:
@@ -517,7 +544,7 @@ def session_context(subject: Subject, session: Session, server: str | None, outb
     be asked (requests on its stream), with the session's capabilities and log level."""
     return CallContext(
         subject,
-        session.id,
+        session.ref,
         session.protocol_version,
         server,
         outbox,
@@ -550,6 +577,9 @@ async def session_reply(request: Request, msg: Any, ctx: CallContext, session: S
         if feature is not None:
             if msg.method == "logging/setLevel" and "result" in feature:
                 session.log_level = str(msg.params.get("level"))
+                if session.sealed:
+                    events: SessionEvents = request.state.dp_session_events
+                    await events.publish(session.ref, "log_level", session.log_level, session.expires_at)
             return feature
     return error_response(msg.id, METHOD_NOT_FOUND, f"Method not found: {msg.method}")
 
@@ -631,7 +661,10 @@ def _get_stream(request: Request, subject: Subject, server: str | None) -> Respo
         return Response(status_code=405, headers={"allow": "POST, DELETE"})
     if "text/event-stream" not in request.headers.get("accept", ""):
         return _json(error_response(None, INVALID_REQUEST, "GET needs Accept: text/event-stream"), 406)
-    session = request.state.dp_sessions.get(session_id, (subject.issuer, subject.sub))
+    try:
+        session = request.state.dp_sessions.get(session_id, (subject.issuer, subject.sub))
+    except SessionLimitReached:
+        return _too_many_sessions(None)
     if session is None:
         return _json(error_response(None, INVALID_REQUEST, "Session not found"), 404)
     last_event_id = request.headers.get("last-event-id")

@@ -65,6 +65,7 @@ from gateway.errors import (
     GatewayError,
     PolicyDenied,
     PolicyRevisionStale,
+    PolicyUnavailable,
     RequestRejected,
     UnexpectedParam,
     UpstreamError,
@@ -83,6 +84,9 @@ from gateway.mcp.messages import (
     result_response,
 )
 from gateway.mcp.upstream import Upstream, UpstreamCaller, UpstreamPool, caller_capabilities
+from gateway.observability.context import note_governed
+from gateway.observability.metrics import DataPlaneMetrics
+from gateway.observability.tracing import DISABLED, Tracing
 from gateway.policy.decision import Decision, ListDecision
 from gateway.policy.input import Candidate, Subject, build_discovery_input, build_input
 from gateway.policy.opa import PolicyEngine
@@ -262,6 +266,9 @@ class Governor:
         upstreams: Pooled upstream sessions.
         audit: The audit shipper.
         drift: The drift verdicts (:mod:`gateway.dataplane.drift`); None: no tool is ever drifted.
+        metrics: Decision and upstream latencies (:mod:`gateway.observability.metrics`); None: none.
+        tracing: The ``gateway.validation``, ``gateway.decision`` and ``gateway.upstream`` spans
+            (:mod:`gateway.observability.tracing`; off by default, at the cost of one boolean check).
     """
 
     def __init__(
@@ -273,6 +280,8 @@ class Governor:
         *,
         drift: DriftWatch | None = None,
         broker: CredentialResolver | None = None,
+        metrics: DataPlaneMetrics | None = None,
+        tracing: Tracing = DISABLED,
     ) -> None:
         self._config = config
         self._engine = engine
@@ -280,6 +289,8 @@ class Governor:
         self._audit = audit
         self._drift = drift
         self._broker = broker
+        self._metrics = metrics
+        self._tracing = tracing
 
     def _drifted(self, entry: ToolEntry) -> bool:
         return self._drift is not None and self._drift.is_drifted(entry)
@@ -327,8 +338,13 @@ class Governor:
                 "protocol_version": ctx.protocol_version,
             }
         )
+        note_governed(
+            decision_id=decision_id, server=server, tool=tool, status=status, protocol_version=ctx.protocol_version
+        )
 
-    async def _current(self, projection: ActiveProjection, ask: Callable[[], Awaitable[_R]]) -> _R:
+    async def _current(
+        self, projection: ActiveProjection, ask: Callable[[], Awaitable[_R]], *, query: str = "call"
+    ) -> _R:
         """Ask OPA until it answers from the data plane's policy version (or a newer projection).
 
         During a rollout the data plane and OPA pick up a projection independently;
@@ -338,15 +354,40 @@ class Governor:
 
         Raises:
             PolicyRevisionStale: OPA stayed on the older policy version.
+
+        Each query is timed (``gateway_opa_decision_duration_seconds``); the whole is the
+        ``gateway.decision`` span, with the decision id, bundle revision and verdict.
         """
-        deadline = time.monotonic() + STALE_WAIT
-        while True:
+        with self._tracing.span("gateway.decision") as span:
+            deadline = time.monotonic() + STALE_WAIT
+            while True:
+                answer = await self._ask(ask, query)
+                if not is_stale(answer.revision, projection):
+                    if span.is_recording():
+                        _decision_attributes(span, answer)
+                    return answer
+                if time.monotonic() >= deadline:
+                    raise PolicyRevisionStale(
+                        f"OPA decided with {answer.revision}, data plane is on {projection.revision}"
+                    )
+                await anyio.sleep(0.02)
+
+    async def _ask(self, ask: Callable[[], Awaitable[_R]], query: str) -> _R:
+        """One decision query, timed for the metrics: ``list`` for a discovery filter, else ``call``
+        (by the answer; ``query`` names a query that failed)."""
+        metrics = self._metrics
+        if metrics is None:
+            return await ask()
+        started = time.perf_counter()
+        try:
             answer = await ask()
-            if not is_stale(answer.revision, projection):
-                return answer
-            if time.monotonic() >= deadline:
-                raise PolicyRevisionStale(f"OPA decided with {answer.revision}, data plane is on {projection.revision}")
-            await anyio.sleep(0.02)
+        except GatewayError as exc:
+            outcome = "unavailable" if isinstance(exc, PolicyUnavailable) else "invalid"
+            metrics.observe_decision(query, time.perf_counter() - started, outcome=outcome)
+            raise
+        query = "list" if isinstance(answer, ListDecision) else "call"
+        metrics.observe_decision(query, time.perf_counter() - started)
+        return answer
 
     def _visible_candidates(self, projection: ActiveProjection, ctx: CallContext) -> list[tuple[Candidate, ToolEntry]]:
         if ctx.server is None:
@@ -383,7 +424,7 @@ class Governor:
             projection_version=projection.version,
         )
         try:
-            listed = await self._current(projection, lambda: self._engine.visible(doc))
+            listed = await self._current(projection, lambda: self._engine.visible(doc), query="list")
         except Exception as exc:  # an unexpected failure lists nothing too, and is audited as internal_error
             category = exc.category if isinstance(exc, GatewayError) else "internal_error"
             log.warning("tools/list denied: %s (%s)", category, type(exc).__name__)
@@ -647,7 +688,31 @@ class Governor:
         A 2026-07-28 client gets an ``input_required`` result as is, after policy allowed
         each of its input requests (:meth:`GovernedChannel.check_input_requests`); any other
         client gets the complete result (:func:`~gateway.dataplane.relay.settle_input_required`).
+
+        The whole exchange is timed (``gateway_upstream_duration_seconds``) and is the
+        ``gateway.upstream`` span (server, transport, method).
         """
+        # The channel was made for this request by :meth:`channel`: its server is a name of its projection.
+        server = channel._server
+        entry = channel._projection.servers.get(server)
+        transport = entry.transport if entry is not None else "unknown"
+        attributes = {"gateway.server": server, "gateway.transport": transport, "mcp.method.name": method}
+        started = time.perf_counter()
+        try:
+            with self._tracing.span("gateway.upstream", attributes, client=True):
+                return await self._relay(upstream, method, params, channel, ctx)
+        finally:
+            if self._metrics is not None:
+                self._metrics.observe_upstream(server, transport, time.perf_counter() - started)
+
+    async def _relay(
+        self,
+        upstream: Upstream,
+        method: str,
+        params: dict[str, Any],
+        channel: GovernedChannel,
+        ctx: CallContext,
+    ) -> dict[str, Any]:
         reply = await upstream.request(method, params, channel)
         result = reply.get("result")
         if not isinstance(result, dict) or result.get("resultType") != "input_required":
@@ -735,7 +800,8 @@ class Governor:
             return self._reject(projection, ctx, trace, msg_id, TOOL_DRIFTED, message)
 
         try:
-            error = best_match(entry.validator.iter_errors(arguments))
+            with self._tracing.span("gateway.validation"):
+                error = best_match(entry.validator.iter_errors(arguments))
         except Unresolvable:  # e.g. "#/$defs/missing": the approved schema cannot be applied
             category = "invalid_tool_schema"
             self._emit(projection, ctx, trace, status="rejected", error_category=category, reasons=[category])
@@ -819,6 +885,18 @@ class _Trace:
     revision: str | None = None
     audited: bool = False
     obligations: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _decision_attributes(span: Any, answer: Decision | ListDecision) -> None:
+    """The ``gateway.decision`` span's attributes: decision id, bundle revision, verdict."""
+    if answer.decision_id:
+        span.set_attribute("gateway.decision_id", answer.decision_id)
+    if answer.revision:
+        span.set_attribute("gateway.bundle_revision", answer.revision)
+    if isinstance(answer, Decision):
+        span.set_attribute("gateway.allow", bool(answer.allow))
+    else:
+        span.set_attribute("gateway.allowed_count", len(answer.allowed))
 
 
 def _client_request_trace(server: str, tool: ToolEntry | None, method: str, params: dict[str, Any]) -> _Trace:

@@ -23,7 +23,8 @@ its stream). Then:
 * a client that leaves before its answer became a stream has nothing to resume from: the
   request is cancelled, as before.
 
-Resumption works on the data plane that holds the request (sessions are per data plane).
+Resumption works on the data plane that holds the request: a session moves between data
+planes (:mod:`gateway.dataplane.session_seal`), a request in progress does not.
 Older clients (2025-03-26, 2025-06-18) get event ids but no priming event (their SDKs
 cannot parse one), so they are not polled. Source: MCP 2025-11-25 ``basic/transports``
 ("Resumability and Redelivery", "Sending Messages to the Server" items on priming,

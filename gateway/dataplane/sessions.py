@@ -1,12 +1,21 @@
 """Client-facing legacy MCP sessions (``Mcp-Session-Id``, MCP 2025-03-26..2025-11-25).
 
-Session ids are 256-bit random, bound to the authenticated subject
-(``issuer`` + ``sub``): a request presenting another subject's session id is
-answered 404 exactly like an unknown id (MCP security best practices, "Session
-Hijacking"). Sessions expire after an idle timeout; the store is bounded per
-subject (a subject over its share loses its own oldest session) and overall
-(when full of live sessions, ``initialize`` is refused with 503 rather than
-evicting other subjects' sessions).
+Session ids are bound to the authenticated subject (``issuer`` + ``sub``): a request
+presenting another subject's session id is answered 404 exactly like an unknown id (MCP
+security best practices, "Session Hijacking"). With a :class:`~gateway.dataplane.session_seal.SessionSeal`
+(every data plane of a deployment has one), a streamable-HTTP session's id is *sealed*: any
+data plane resumes it from the id alone, so a session survives its requests landing on
+another data plane or the first one being killed; ``DELETE`` and ``logging/setLevel`` reach
+the others through :mod:`gateway.dataplane.session_events`. Other ids (the 2024-11-05
+HTTP+SSE transport's, whose stream lives on one data plane) are 256-bit random.
+
+This table holds each data plane's *local state* of a session (its listener, subscriptions,
+requests in progress, resumable streams). It forgets a session idle longer than the idle
+timeout — for a sealed session that ends the local state only: its next request resumes it.
+A sealed session ends with ``DELETE`` or at ``max_age``. The table is bounded per subject
+(a subject over its share loses its own oldest local state) and overall (when full of live
+sessions, ``initialize`` and resumption are refused with 503 rather than evicting other
+subjects' sessions).
 """
 
 from __future__ import annotations
@@ -17,13 +26,18 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from time import time as unix_time
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from gateway.dataplane.session_seal import PREFIX as SEALED_PREFIX
+from gateway.dataplane.session_seal import session_ref
+
 if TYPE_CHECKING:
     from gateway.dataplane.listening import Listener, Subscription
     from gateway.dataplane.resumable import CallStream
+    from gateway.dataplane.session_seal import SessionSeal
 
 __all__ = ["Answer", "Session", "SessionLimitReached", "SessionStore"]
 
@@ -57,6 +71,9 @@ class Session:
         subscriptions: The session's resource subscriptions, by (server, upstream URI).
         streams: Its requests answered as resumable SSE streams, by stream number (the
             part of their event ids before the ``-``; :mod:`gateway.dataplane.resumable`).
+        ref: The public reference (:func:`~gateway.dataplane.session_seal.session_ref`) the
+            audit trail, policy input and session events carry instead of the id.
+        resumed: True when this data plane took the session over from its sealed id.
     """
 
     id: str
@@ -71,8 +88,21 @@ class Session:
     stream_open: bool = False
     subscriptions: dict[tuple[str, str], Subscription] = field(default_factory=dict)
     streams: dict[str, CallStream] = field(default_factory=dict)
+    ref: str = ""
+    resumed: bool = False
+    expires_at: int = 0
+    """Unix seconds when a sealed id stops opening (0: not sealed, lives here only)."""
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     _stream_ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+
+    def __post_init__(self) -> None:
+        if not self.ref:
+            self.ref = session_ref(self.id)
+
+    @property
+    def sealed(self) -> bool:
+        """True when any data plane of the deployment can resume this session."""
+        return self.expires_at > 0
 
     def next_stream(self) -> int:
         """A fresh stream number (event ids are unique in the session)."""
@@ -104,6 +134,12 @@ class SessionStore:
         max_per_owner: Most live sessions of one subject; its oldest is evicted beyond this.
         on_close: Called with each session that ends (deleted, expired or evicted), to
             release what it holds (its listener and subscriptions).
+        seal: Seals new sessions' ids and opens ids this table does not hold (resumption);
+            None: every id is random and lives on this data plane only.
+        ended: ``ended(ref)`` is True when a sealed session was ended (``DELETE``) on any
+            data plane: its id no longer resumes.
+        level: ``level(ref)``: the ``logging/setLevel`` level a resumed session last set on
+            any data plane, or None.
     """
 
     def __init__(
@@ -113,22 +149,49 @@ class SessionStore:
         max_sessions: int,
         max_per_owner: int = 64,
         on_close: Callable[[Session], None] | None = None,
+        seal: SessionSeal | None = None,
+        ended: Callable[[str], bool] | None = None,
+        level: Callable[[str], str | None] | None = None,
     ) -> None:
         self._on_close = on_close
+        self._seal = seal
+        self._ended = ended or (lambda _ref: False)
+        self._level = level or (lambda _ref: None)
         self._idle = idle_timeout
         self._max = max_sessions
         self._max_per_owner = max_per_owner
         self._sessions: OrderedDict[str, Session] = OrderedDict()
 
+    def __len__(self) -> int:
+        """Sessions this data plane holds state of now."""
+        return len(self._sessions)
+
     def create(
-        self, owner: tuple[str, str], protocol_version: str, capabilities: dict[str, Any] | None = None
+        self,
+        owner: tuple[str, str],
+        protocol_version: str,
+        capabilities: dict[str, Any] | None = None,
+        *,
+        resumable: bool = True,
     ) -> Session:
-        """Open a session for ``owner`` (issuer, sub) whose client declared ``capabilities``.
+        """Open a session for ``owner`` (issuer, sub) whose client declared ``capabilities``;
+        its id is sealed when the store has a seal and ``resumable`` (else random).
 
         Raises:
             SessionLimitReached: The store is full of other subjects' live sessions.
         """
-        now = time.monotonic()
+        caps = dict(capabilities or {})
+        if self._seal is None or not resumable:
+            return self._admit(Session(secrets.token_urlsafe(32), owner, protocol_version, time.monotonic(), caps))
+        began = int(unix_time())
+        sid = self._seal.seal(owner, protocol_version, caps, began)
+        session = Session(sid, owner, protocol_version, time.monotonic(), caps)
+        session.expires_at = began + int(self._seal.max_age)
+        return self._admit(session)
+
+    def _admit(self, session: Session) -> Session:
+        now = session.last_used
+        owner = session.owner
         own = [sid for sid, sess in self._sessions.items() if sess.owner == owner]
         for sid in own[: max(0, len(own) - self._max_per_owner + 1)]:
             self._close(self._sessions.pop(sid))
@@ -136,7 +199,6 @@ class SessionStore:
             self._expire(now)
         if len(self._sessions) >= self._max:
             raise SessionLimitReached(f"{len(self._sessions)} live sessions")
-        session = Session(secrets.token_urlsafe(32), owner, protocol_version, now, dict(capabilities or {}))
         self._sessions[session.id] = session
         return session
 
@@ -157,15 +219,22 @@ class SessionStore:
                 continue
             self._close(self._sessions.pop(sid))
 
-    def get(self, session_id: str, owner: tuple[str, str]) -> Session | None:
-        """The live session with this id owned by ``owner``, else None."""
+    def get(self, session_id: str, owner: tuple[str, str], *, resume: bool = True) -> Session | None:
+        """The live session with this id owned by ``owner``, else None; a sealed id this
+        table does not hold (or forgot when idle) is resumed (unless ``resume`` is False):
+        opened, checked against ended sessions, and given local state.
+
+        Raises:
+            SessionLimitReached: Resuming needs a slot and the store is full of other
+                subjects' live sessions.
+        """
         session = self._sessions.get(session_id)
         now = time.monotonic()
-        if session is None:
-            return None
-        if now - session.last_used > self._idle and not session.stream_open:
+        if session is not None and now - session.last_used > self._idle and not session.stream_open:
             self._close(self._sessions.pop(session_id))
-            return None
+            session = None
+        if session is None:
+            return self._resume(session_id, owner) if resume else None
         # compare bytes: compare_digest raises TypeError on non-ASCII str (e.g. sub "josé")
         if not secrets.compare_digest("\x00".join(session.owner).encode(), "\x00".join(owner).encode()):
             return None
@@ -173,12 +242,40 @@ class SessionStore:
         self._sessions.move_to_end(session_id)
         return session
 
-    def delete(self, session_id: str, owner: tuple[str, str]) -> bool:
-        """End a session (``DELETE``); False when unknown or not the owner's."""
-        if self.get(session_id, owner) is None:
-            return False
+    def _resume(self, session_id: str, owner: tuple[str, str]) -> Session | None:
+        if self._seal is None or not session_id.startswith(SEALED_PREFIX):
+            return None
+        opened = self._seal.open(session_id, owner)
+        if opened is None:
+            return None
+        session = Session(session_id, owner, opened.protocol_version, time.monotonic(), opened.capabilities)
+        if self._ended(session.ref):
+            return None
+        session.resumed = True
+        session.expires_at = opened.began + int(self._seal.max_age)
+        session.log_level = self._level(session.ref)
+        return self._admit(session)
+
+    def delete(self, session_id: str, owner: tuple[str, str]) -> Session | None:
+        """End a session (``DELETE``): the ended session, or None when unknown or not the
+        owner's. Telling the other data planes is the caller's part."""
+        session = self.get(session_id, owner)
+        if session is None:
+            return None
         self._close(self._sessions.pop(session_id))
-        return True
+        return session
+
+    def end(self, ref: str) -> bool:
+        """Drop the local state of the session ``ref`` (ended on another data plane)."""
+        for sid, session in self._sessions.items():
+            if session.ref == ref:
+                self._close(self._sessions.pop(sid))
+                return True
+        return False
+
+    def find(self, ref: str) -> Session | None:
+        """The session with public reference ``ref`` held here, else None."""
+        return next((s for s in self._sessions.values() if s.ref == ref), None)
 
     def _close(self, session: Session) -> None:
         if self._on_close is not None:

@@ -123,7 +123,8 @@ async def sse_connect(request: Request) -> Response:
     owner = (subject.issuer, subject.sub)
     sessions = request.state.dp_sessions
     try:
-        session: Session = sessions.create(owner, LEGACY_SSE_VERSION, {})
+        # Not resumable: the session lives on its one event stream, on this data plane.
+        session: Session = sessions.create(owner, LEGACY_SSE_VERSION, {}, resumable=False)
     except SessionLimitReached:
         return Response(b'{"error": "too_many_sessions"}', 503, media_type="application/json")
     listener = request.state.dp_hub.session_listener(session, server)
@@ -139,7 +140,7 @@ async def sse_message(request: Request) -> Response:
     if isinstance(subject, Response):
         return subject
     session: Session | None = request.state.dp_sessions.get(
-        request.query_params.get("session_id", ""), (subject.issuer, subject.sub)
+        request.query_params.get("session_id", ""), (subject.issuer, subject.sub), resume=False
     )
     if session is None or session.listener is None:
         return Response(b'{"error": "unknown_session"}', 404, media_type="application/json")

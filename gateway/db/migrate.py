@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
 
-__all__ = ["MIGRATIONS_DIR", "apply_migrations", "available_migrations"]
+__all__ = ["MIGRATIONS_DIR", "MigrationStatus", "apply_migrations", "available_migrations", "migration_status"]
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +23,35 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
     applied_at  timestamptz NOT NULL DEFAULT now()
 )
 """
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationStatus:
+    """Where a database stands against the migrations this version ships.
+
+    Attributes:
+        applied: Versions of this release recorded in ``schema_migrations`` (ordered).
+        pending: Versions of this release not applied yet (ordered; applied at start-up or by
+            ``gateway migrate``).
+        unknown: Versions recorded by a *newer* release (this one has no such file): the
+            schema is ahead, as after a rollback of the binary (docs/operations.md).
+    """
+
+    applied: list[str]
+    pending: list[str]
+    unknown: list[str]
+
+
+async def migration_status(conn: asyncpg.Connection, directory: Path = MIGRATIONS_DIR) -> MigrationStatus:
+    """Compare ``schema_migrations`` with the files in ``directory`` (read-only)."""
+    exists = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
+    done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")} if exists else set()
+    ours = [p.stem for p in available_migrations(directory)]
+    return MigrationStatus(
+        applied=[v for v in ours if v in done],
+        pending=[v for v in ours if v not in done],
+        unknown=sorted(done - set(ours)),
+    )
 
 
 def available_migrations(directory: Path = MIGRATIONS_DIR) -> list[Path]:

@@ -22,6 +22,7 @@ from gateway.dataplane.auth import CallerAuthenticator, JwtVerifier
 from gateway.dataplane.features import FeatureGovernor
 from gateway.dataplane.held import HeldCalls
 from gateway.dataplane.resumable import Reaper
+from gateway.dataplane.session_seal import session_ref
 from gateway.dataplane.sessions import SessionStore
 from gateway.devtools.idp import DevIdentityProvider
 from gateway.mcp.messages import MAX_PARAMS_VALUES
@@ -330,7 +331,7 @@ async def test_too_deep_arguments_get_32602_and_an_audited_rejection_in_the_hand
     session = await _initialize(http, gateway)
     resp = await _legacy(http, gateway, session, "tools/call", content=_deep_call(300))
     assert resp.status_code == 200 and resp.json()["error"]["data"]["category"] == "arguments_too_deep"
-    assert [(e["status"], e["session_id"]) for e in gateway.audit.events] == [("rejected", session)]
+    assert [(e["status"], e["session_id"]) for e in gateway.audit.events] == [("rejected", session_ref(session))]
 
 
 async def test_arguments_with_too_many_values_get_32602_and_an_audited_rejection(

@@ -15,6 +15,7 @@ from gateway.dataplane.feature_routing import advertised_capabilities, serve_fea
 from gateway.dataplane.features import FeatureGovernor
 from gateway.dataplane.governance import CallContext
 from gateway.dataplane.projection import ActiveProjection, compile_projection
+from gateway.dataplane.session_seal import session_ref
 from gateway.devtools.idp import DevIdentityProvider
 from gateway.errors import UpstreamUnavailable
 from gateway.mcp.messages import parse_message
@@ -610,4 +611,8 @@ async def test_handshake_era_prompts_get_through_a_session(features: tuple[Gatew
     resp = await _legacy(http, gateway, session, "prompts/get", {"name": "demo__nope"})
     assert resp.status_code == 200 and resp.json()["error"]["data"] == {"category": "unknown_prompt"}
     event = gateway.audit.events[-1]
-    assert (event["action"], event["session_id"], event["protocol_version"]) == ("prompts/get", session, "2025-11-25")
+    assert (event["action"], event["session_id"], event["protocol_version"]) == (
+        "prompts/get",
+        session_ref(session),
+        "2025-11-25",
+    )

@@ -178,16 +178,16 @@ def test_delete_ends_the_owners_session(clock: FakeClock) -> None:
     store = _store()
     session = store.create(ALICE, VERSION)
 
-    assert store.delete(session.id, ALICE) is True
+    assert store.delete(session.id, ALICE) is session
     assert store.get(session.id, ALICE) is None
-    assert store.delete(session.id, ALICE) is False
+    assert store.delete(session.id, ALICE) is None
 
 
 def test_delete_refuses_another_owners_session(clock: FakeClock) -> None:
     store = _store()
     session = store.create(ALICE, VERSION)
 
-    assert store.delete(session.id, BOB) is False
+    assert store.delete(session.id, BOB) is None
     assert store.get(session.id, ALICE) is session
 
 
@@ -196,5 +196,5 @@ def test_delete_of_an_unknown_or_expired_session_is_false(clock: FakeClock) -> N
     session = store.create(ALICE, VERSION)
     clock.now += 11
 
-    assert store.delete("unknown", ALICE) is False
-    assert store.delete(session.id, ALICE) is False
+    assert store.delete("unknown", ALICE) is None
+    assert store.delete(session.id, ALICE) is None

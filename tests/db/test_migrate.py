@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import anyio
 import asyncpg
+import orjson
 import pytest
 
 from gateway.config import Secret
 from gateway.db import apply_migrations, create_pool
-from gateway.db.migrate import available_migrations
+from gateway.db.migrate import available_migrations, migration_status
 
 pytestmark = [pytest.mark.anyio, pytest.mark.db]
 
@@ -64,3 +70,44 @@ async def test_pool_decodes_jsonb_with_orjson_and_sets_statement_timeout(databas
     async with create_pool(Secret(database_url), statement_timeout=0.2) as pool, pool.acquire() as conn:
         with pytest.raises(asyncpg.QueryCanceledError):
             await conn.execute("select pg_sleep(2)")
+
+
+async def test_an_older_release_runs_on_a_newer_schema_and_reports_what_it_does_not_know(
+    database_url: str, tmp_path: Path
+) -> None:
+    """The rollback procedure of docs/operations.md: the binary goes back, the schema stays."""
+    older = tmp_path / "older"
+    older.mkdir()
+    for path in available_migrations()[:-1]:
+        (older / path.name).write_text(path.read_text())
+    newest = available_migrations()[-1].stem
+    async with create_pool(Secret(database_url)) as pool, pool.acquire() as conn:
+        await apply_migrations(conn)  # the newer release migrated
+
+        assert await apply_migrations(conn, older) == []  # the older one starts: nothing to do, no error
+        status = await migration_status(conn, older)
+
+    assert status.unknown == [newest] and status.pending == []
+    assert status.applied == [p.stem for p in available_migrations()[:-1]]
+
+
+def test_gateway_migrate_applies_then_reports_as_json(database_url: str) -> None:
+    env = {**os.environ, "DATABASE_URL": database_url, "GATEWAY_ADMIN_TOKEN": "migrate-test"}
+    cmd = [sys.executable, "-m", "gateway", "migrate"]
+    everything = [p.stem for p in available_migrations()]
+
+    before = subprocess.run([*cmd, "--status"], env=env, capture_output=True, text=True, timeout=60, check=True)
+    after = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60, check=True)
+    again = subprocess.run([*cmd, "--status"], env=env, capture_output=True, text=True, timeout=60, check=True)
+
+    assert orjson.loads(before.stdout) == {"applied": [], "pending": everything, "unknown": []}
+    assert orjson.loads(after.stdout) == {"applied": everything, "pending": [], "unknown": []}
+    assert orjson.loads(again.stdout) == orjson.loads(after.stdout)
+
+
+def test_gateway_migrate_without_a_reachable_database_exits_1() -> None:
+    env = {**os.environ, "DATABASE_URL": "postgresql://nobody@127.0.0.1:9/none", "GATEWAY_ADMIN_TOKEN": "x"}
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway", "migrate"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 1 and "migration failed" in done.stderr and done.stdout == ""

@@ -84,3 +84,29 @@ def test_a_started_sidecar_counts_as_an_instance_before_it_has_activated_anythin
         assert restarted["state"] == "starting" and view["active_version"] is None
         view = s.wait_projection_active()
         assert [o["id"] for o in _own_opa(view)] == [restarted["id"]]
+
+
+def test_an_opa_the_data_plane_does_not_run_counts_as_an_instance_once_named(
+    tmp_path: Path, database_url: str, opa_bin: Path
+) -> None:
+    """Kubernetes: OPA is a sidecar *container* (``GATEWAY_OPA_MANAGE=false``). Named by
+    ``GATEWAY_OPA_INSTANCE_ID`` (its ``gateway_instance`` label, the pod name), it is registered
+    when the data plane starts, so the rollout view never shows a version active that it has
+    not loaded (here it never starts)."""
+    with LocalStack.create(tmp_path, database_url=database_url, opa_bin=str(opa_bin)) as s:
+        s.start_gateway(plane="control")
+        s.upload_and_approve_policy(sample_policy_modules())
+        s.extra_env.update(
+            {
+                "GATEWAY_OPA_MANAGE": "false",
+                "GATEWAY_OPA_INSTANCE_ID": "gw-data-7f9c-x2k4q",
+                "GATEWAY_OPA_URL": f"http://127.0.0.1:{s.opa_port}",  # nobody listens: the sidecar is late
+            }
+        )
+        s.start_gateway(plane="data")
+
+        view = _view_until(s, lambda v: _dp_live(v) and _own_opa(v))
+        (pending,) = _own_opa(view)
+        assert (pending["id"], pending["state"], pending["active_version"]) == ("gw-data-7f9c-x2k4q", "starting", None)
+        assert view["desired_version"] is not None and view["active_version"] is None
+        assert s.opa_pid() is None

@@ -54,9 +54,10 @@ INTERNAL_PREFIXES = (OPA_PREFIX, "/v1/dataplane/")
 """Paths not of the admin API (:func:`is_internal_path`); under :data:`OPA_PREFIX` the OPA
 token, the others and exactly ``/v1/audit/events`` the internal token."""
 INTERNAL_PATHS = frozenset({"/v1/audit/events"})
-PUBLIC_PATHS = frozenset({"/v1/openapi.json"})
+PUBLIC_PATHS = frozenset({"/v1/openapi.json", "/healthz", "/readyz"})
 """Paths served without a token: the OpenAPI document (the API's shape, no data; the README
-documents the same). Exact matches only, and only for GET/HEAD."""
+documents the same) and the liveness and readiness probes (``gateway.controlplane.health``).
+Exact matches only, and only for GET/HEAD."""
 PUBLIC_PREFIXES = ("/v1/oauth/connect/", "/v1/oauth/callback/")
 """Per-user OAuth pages, opened in a user's browser: the connect confirmation (GET/HEAD, and
 its form's POST) and the redirect URIs (GET/HEAD). The single-use connect handle, then the

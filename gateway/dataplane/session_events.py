@@ -1,0 +1,186 @@
+"""Session events: ``DELETE`` and ``logging/setLevel`` of sealed sessions, on every data plane.
+
+A sealed session id (:mod:`gateway.dataplane.session_seal`) lets any data plane resume a
+session, but it cannot change once issued, so two things a client does during the session go
+through the control plane's feed (:mod:`gateway.controlplane.session_events`):
+
+* ``ended``: the client's ``DELETE``. The data plane that took it posts the event before
+  answering (:attr:`SessionEvents.post_timeout` at most; on failure the event is kept and
+  posted again by :meth:`SessionEvents.run`); every data plane then answers the id 404 and
+  drops the local state it had of the session.
+* ``log_level``: the level of the client's allowed ``logging/setLevel``, applied by every data
+  plane to the session (held now or resumed later).
+
+Each data plane polls the feed every :attr:`SessionEvents.interval` seconds (default 1 s),
+so a ``DELETE`` taken by one data plane holds on the others within that interval plus a
+round trip; one ``GET`` per interval per data plane, nothing per call. While the control
+plane is unreachable, events queue (at most :data:`MAX_PENDING`) and the feed is read again
+when it is back. The mirror of events (at most :data:`MAX_MIRROR` sessions; a session's
+entry lasts until its id expires) answers for sessions resumed later.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import httpx
+import orjson
+
+from gateway.config import Config
+
+__all__ = ["MAX_MIRROR", "MAX_PENDING", "SessionEvents"]
+
+log = logging.getLogger("gateway.sessions")
+
+MAX_PENDING = 10_000
+"""Most events waiting for the control plane; beyond it the oldest are dropped (and logged)."""
+
+MAX_MIRROR = 100_000
+"""Most sessions whose events a data plane remembers (the soonest to expire are dropped first)."""
+
+
+class SessionEvents:
+    """This data plane's side of the feed.
+
+    Args:
+        config: ``control_plane.url`` and ``internal_token``, ``data_plane.id``.
+        http: The control-plane HTTP client.
+        apply: ``apply(ref, kind, value)`` for each event read (the session store's part:
+            end the session or set its level, when held here).
+        interval: Seconds between polls.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        http: httpx.AsyncClient,
+        apply: Callable[[str, str, str | None], None],
+        *,
+        interval: float = 1.0,
+        post_timeout: float = 2.0,
+    ) -> None:
+        self._config = config
+        self._http = http
+        self._apply = apply
+        self.interval = interval
+        self.post_timeout = post_timeout
+        self._cursor = 0
+        self._ended: dict[str, int] = {}
+        self._levels: dict[str, tuple[str, int]] = {}
+        self._pending: list[dict[str, Any]] = []
+        self.synced = anyio.Event()
+        """Set once the feed has been read (a data plane started after a DELETE knows it)."""
+
+    def _headers(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self._config.control_plane.internal_token.reveal()}"}
+
+    def ended(self, ref: str) -> bool:
+        """True when the session ``ref`` was ended on any data plane (as far as read)."""
+        return ref in self._ended
+
+    def level(self, ref: str) -> str | None:
+        """The session's last ``logging/setLevel`` level known here, or None."""
+        entry = self._levels.get(ref)
+        return entry[0] if entry else None
+
+    async def publish(self, ref: str, kind: str, value: str | None, expires_at: int) -> bool:
+        """Record the event here and post it now; True when the control plane stored it
+        (otherwise it is posted again by :meth:`run`)."""
+        self._remember(ref, kind, value, expires_at)
+        self._pending.append({"session_ref": ref, "kind": kind, "value": value, "expires_at": expires_at})
+        if len(self._pending) > MAX_PENDING:
+            dropped = len(self._pending) - MAX_PENDING
+            del self._pending[:dropped]
+            log.error("session events: %d event(s) dropped (control plane unreachable too long)", dropped)
+        with anyio.move_on_after(self.post_timeout):
+            return await self._flush()
+        return False
+
+    async def _flush(self) -> bool:
+        batch = self._pending[:1000]
+        if not batch:
+            return True
+        cp = self._config.control_plane
+        body = {"dataplane_id": self._config.data_plane.id, "events": batch}
+        try:
+            resp = await self._http.post(
+                f"{cp.url}/v1/dataplane/session-events",
+                content=orjson.dumps(body),
+                headers={**self._headers(), "content-type": "application/json"},
+                timeout=self.post_timeout,
+            )
+        except httpx.HTTPError as exc:
+            log.warning("session events: control plane unreachable (%s); will retry", type(exc).__name__)
+            return False
+        if resp.status_code != 204:
+            log.error("session events: control plane answered HTTP %s; %d event(s) kept", resp.status_code, len(batch))
+            return False
+        # Remove exactly what was posted (publish may have appended meanwhile).
+        del self._pending[: len(batch)]
+        return not self._pending
+
+    def _remember(self, ref: str, kind: str, value: str | None, expires_at: int) -> None:
+        if kind == "ended":
+            self._ended[ref] = expires_at
+        elif value is not None:
+            self._levels[ref] = (value, expires_at)
+        if len(self._ended) + len(self._levels) > MAX_MIRROR:
+            self._prune(force=True)
+
+    def _prune(self, *, force: bool = False) -> None:
+        now = int(time.time())
+        for table in (self._ended, self._levels):
+            for ref in [r for r, v in table.items() if (v if isinstance(v, int) else v[1]) <= now]:
+                del table[ref]
+        if force and len(self._ended) + len(self._levels) > MAX_MIRROR:
+            soonest = sorted(self._levels, key=lambda r: self._levels[r][1])
+            for ref in soonest[: len(soonest) // 2 + 1]:
+                del self._levels[ref]
+
+    async def poll(self) -> None:
+        """Read the feed once from the cursor and apply what is new (one ``GET`` per page).
+
+        Raises:
+            httpx.HTTPError: The control plane is unreachable.
+        """
+        cp = self._config.control_plane
+        while True:
+            resp = await self._http.get(
+                f"{cp.url}/v1/dataplane/session-events",
+                params={"after": self._cursor},
+                headers=self._headers(),
+                timeout=10.0,
+            )
+            if resp.status_code != 200:
+                raise httpx.HTTPStatusError(f"HTTP {resp.status_code}", request=resp.request, response=resp)
+            doc = resp.json()
+            events = doc["events"]
+            for event in events:
+                ref, kind, value = event["session_ref"], event["kind"], event["value"]
+                self._remember(ref, kind, value, int(event["expires_at"]))
+                self._apply(ref, kind, value)
+            before = self._cursor
+            self._cursor = max(before, int(doc["next"]))
+            if len(events) < 1000 or self._cursor == before:
+                break
+        self.synced.set()
+
+    async def run(self) -> None:
+        """Post pending events and poll the feed every :attr:`interval` seconds, forever."""
+        failures = 0
+        while True:
+            try:
+                if self._pending:
+                    await self._flush()
+                await self.poll()
+                failures = 0
+            except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+                failures += 1
+                if failures == 1 or failures % 60 == 0:
+                    log.warning("session events: feed unreadable (%s)", type(exc).__name__)
+            self._prune()
+            await anyio.sleep(self.interval)

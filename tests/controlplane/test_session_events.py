@@ -1,0 +1,165 @@
+"""The session events feed (``/v1/dataplane/session-events``) and the data planes' client of it
+(gateway.dataplane.session_events), against a real control plane and PostgreSQL."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+import gateway.db.session_events as db_events
+from gateway.config import Config
+from gateway.dataplane.session_events import SessionEvents
+from tests.controlplane.helpers import ADMIN_TOKEN, OPA_TOKEN, asgi_controlplane, poll, served_controlplane
+
+pytestmark = [pytest.mark.anyio, pytest.mark.db]
+
+REF = "sr-" + "ab" * 12
+OTHER = "sr-" + "cd" * 12
+
+
+def _event(ref: str = REF, kind: str = "ended", value: str | None = None, ttl: int = 3600) -> dict[str, Any]:
+    return {"session_ref": ref, "kind": kind, "value": value, "expires_at": int(time.time()) + ttl}
+
+
+async def test_events_posted_by_one_data_plane_are_read_by_every_data_plane_in_order(cp_config: Config) -> None:
+    async with asgi_controlplane(cp_config) as (_, internal, _):
+        first = [_event(), _event(OTHER, "log_level", "debug")]
+        r = await internal.post("/v1/dataplane/session-events", json={"dataplane_id": "dp-a", "events": first})
+        assert r.status_code == 204
+        r = await internal.post(
+            "/v1/dataplane/session-events",
+            json={"dataplane_id": "dp-b", "events": [_event(OTHER, "log_level", "error")]},
+        )
+        assert r.status_code == 204
+
+        feed = (await internal.get("/v1/dataplane/session-events")).json()
+
+    got = [(e["session_ref"], e["kind"], e["value"]) for e in feed["events"]]
+    assert got == [(REF, "ended", None), (OTHER, "log_level", "debug"), (OTHER, "log_level", "error")]
+    assert [e["seq"] for e in feed["events"]] == sorted(e["seq"] for e in feed["events"])
+    # Just written: not settled, so the cursor stays where the reader asked from.
+    assert feed["next"] == 0
+
+
+async def test_the_cursor_moves_past_settled_events_only(cp_config: Config, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with asgi_controlplane(cp_config) as (_, internal, state):
+        await internal.post("/v1/dataplane/session-events", json={"dataplane_id": "dp-a", "events": [_event()]})
+        monkeypatch.setattr(db_events, "SETTLE_SECONDS", 0)
+        feed = (await internal.get("/v1/dataplane/session-events")).json()
+        assert feed["next"] == feed["events"][0]["seq"]
+        after = (await internal.get("/v1/dataplane/session-events", params={"after": feed["next"]})).json()
+        assert after == {"events": [], "next": feed["next"]}
+
+
+async def test_expired_events_are_neither_served_nor_kept(cp_config: Config) -> None:
+    async with asgi_controlplane(cp_config) as (_, internal, state):
+        await internal.post(
+            "/v1/dataplane/session-events", json={"dataplane_id": "dp-a", "events": [_event(ttl=1), _event(OTHER)]}
+        )
+        await state["cp_pool"].execute(
+            "UPDATE session_events SET expires_at = now() - interval '1 second' WHERE session_ref = $1", REF
+        )
+        feed = (await internal.get("/v1/dataplane/session-events")).json()
+        assert [e["session_ref"] for e in feed["events"]] == [OTHER]
+        await internal.post("/v1/dataplane/session-events", json={"dataplane_id": "dp-a", "events": [_event(OTHER)]})
+        left = await state["cp_pool"].fetchval("SELECT count(*) FROM session_events WHERE session_ref = $1", REF)
+        assert left == 0
+
+
+MALFORMED: list[tuple[Any, str]] = [
+    ([], "body must be an object"),
+    ({"dataplane_id": "dp a", "events": [_event()]}, "dataplane_id"),
+    ({"dataplane_id": "dp", "events": []}, "events must be an array of 1"),
+    ({"dataplane_id": "dp", "events": [_event()] * 1001}, "events must be an array"),
+    ({"dataplane_id": "dp", "events": [_event(ref="s-1")]}, "events[0].session_ref"),
+    ({"dataplane_id": "dp", "events": [_event(kind="gone")]}, "events[0].kind"),
+    ({"dataplane_id": "dp", "events": [_event(value="x")]}, "events[0].value"),
+    ({"dataplane_id": "dp", "events": [_event(), _event(kind="log_level", value="loud")]}, "events[1].value"),
+    ({"dataplane_id": "dp", "events": [{**_event(), "expires_at": "soon"}]}, "events[0].expires_at"),
+    ({"dataplane_id": "dp", "events": [{**_event(), "expires_at": 10**20}]}, "events[0].expires_at"),
+    ({"dataplane_id": "dp", "events": [{**_event(), "id": "raw"}]}, "events[0] must be"),
+]
+
+
+async def test_malformed_posts_get_400_naming_the_field_and_store_nothing(cp_config: Config) -> None:
+    async with asgi_controlplane(cp_config) as (_, internal, state):
+        answers = []
+        for body, _ in MALFORMED:
+            r = await internal.post("/v1/dataplane/session-events", json=body)
+            answers.append((r.status_code, r.json().get("message", "")))
+        stored = await state["cp_pool"].fetchval("SELECT count(*) FROM session_events")
+    assert [(status, names in message) for (status, message), (_, names) in zip(answers, MALFORMED, strict=True)] == [
+        (400, True)
+    ] * len(MALFORMED), answers
+    assert stored == 0
+
+
+async def test_only_the_internal_token_opens_the_feed(cp_config: Config) -> None:
+    statuses = []
+    async with asgi_controlplane(cp_config) as (admin, _, _):
+        for token in (None, ADMIN_TOKEN, OPA_TOKEN):
+            headers = {"Authorization": f"Bearer {token}" if token else ""}
+            get = await admin.get("/v1/dataplane/session-events", headers=headers)
+            post = await admin.post(
+                "/v1/dataplane/session-events", json={"dataplane_id": "dp", "events": [_event()]}, headers=headers
+            )
+            statuses.append((get.status_code, post.status_code))
+    assert statuses == [(401, 401)] * 3
+
+
+async def test_a_delete_on_one_data_plane_reaches_another_data_planes_client(cp_config: Config) -> None:
+    async with served_controlplane(cp_config) as url, httpx.AsyncClient() as http:
+        dp_config = Config.from_mapping(
+            {
+                "plane": "control",
+                "database_url": "postgresql://unused",
+                "control_plane": {"admin_token": ADMIN_TOKEN, "internal_token": "internal-test-token", "url": url},
+            }
+        )
+        applied: list[tuple[str, str, str | None]] = []
+        a = SessionEvents(dp_config, http, lambda *e: None)
+        b = SessionEvents(dp_config, http, lambda *e: applied.append(e))
+
+        assert await a.publish(REF, "ended", None, int(time.time()) + 60) is True
+        assert await a.publish(OTHER, "log_level", "warning", int(time.time()) + 60) is True
+        assert a.ended(REF) and a.level(OTHER) == "warning"  # known to the publisher at once
+
+        await b.poll()
+
+    assert applied == [(REF, "ended", None), (OTHER, "log_level", "warning")]
+    assert b.ended(REF) and not b.ended(OTHER) and b.level(OTHER) == "warning"
+    assert b.synced.is_set()
+
+
+async def test_events_taken_while_the_control_plane_is_down_are_posted_when_it_is_back(cp_config: Config) -> None:
+    async with httpx.AsyncClient() as http:
+        down = Config.from_mapping(
+            {
+                "plane": "control",
+                "database_url": "postgresql://unused",
+                "control_plane": {"admin_token": ADMIN_TOKEN, "url": "http://127.0.0.1:9"},
+            }
+        )
+        events = SessionEvents(down, http, lambda *e: None, post_timeout=1.0)
+        assert await events.publish(REF, "ended", None, int(time.time()) + 60) is False
+        assert events.ended(REF)  # this data plane refuses the id at once all the same
+
+        async with served_controlplane(cp_config) as url:
+            events._config = Config.from_mapping(  # the control plane is back (at this address)
+                {
+                    "plane": "control",
+                    "database_url": "postgresql://unused",
+                    "control_plane": {"admin_token": ADMIN_TOKEN, "internal_token": "internal-test-token", "url": url},
+                }
+            )
+            assert await events._flush() is True
+            reader = SessionEvents(events._config, http, lambda *e: None)
+
+            async def seen() -> bool:
+                await reader.poll()
+                return reader.ended(REF)
+
+            assert await poll(seen, timeout=10)

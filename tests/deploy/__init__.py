@@ -1,0 +1,1 @@
+"""Deploy artefacts: Dockerfile, Helm chart, compose (validated offline)."""
