@@ -172,6 +172,9 @@ def _migrate(toml_path: str | None, *, status_only: bool) -> int:
 
     try:
         report = asyncio.run(go())
+    except (ValueError, asyncpg.InterfaceError) as exc:  # a DATABASE_URL asyncpg cannot use
+        print(f"gateway: invalid DATABASE_URL: {type(exc).__name__}", file=sys.stderr)
+        return 2
     except (OSError, asyncpg.PostgresError) as exc:
         print(f"gateway: migration failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1

@@ -555,8 +555,11 @@ class Config:
             session_key=dp.session_key or _derived_key(internal, "gateway-session-seal"),
         )
         session_key_bytes(dp.session_key)
-        if not (math.isfinite(dp.session_max_age) and dp.session_max_age > 0):
-            raise ConfigError("GATEWAY_SESSION_MAX_AGE must be positive seconds")
+        if not (math.isfinite(dp.session_max_age) and 0 < dp.session_max_age <= 366 * 24 * 3600):
+            raise ConfigError("GATEWAY_SESSION_MAX_AGE must be positive seconds, at most a year")
+        if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,128}", dp.id):
+            # What the control plane takes (projection feed, session events, audit).
+            raise ConfigError(f"GATEWAY_DATAPLANE_ID must match ^[A-Za-z0-9_.:-]{{1,128}}$, not {dp.id!r}")
         if not (math.isfinite(dp.session_events_interval) and 0 < dp.session_events_interval <= 3600):
             raise ConfigError("GATEWAY_SESSION_EVENTS_INTERVAL must be seconds in (0, 3600]")
         dp = _with_default_hosts(dp)

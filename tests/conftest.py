@@ -22,10 +22,27 @@ from pathlib import Path
 
 import pytest
 
+import gateway.devtools.stack as stack_module
 from tests.support import pg
 from tests.support.procs import ManagedProcess
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _worker_ports() -> None:
+    """Under ``pytest -n N`` (pytest-xdist) give each worker its own slice of the ports
+    ``free_port`` draws from, so two workers never pick the same port at the same moment."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    if not worker.startswith("gw") or count < 2:
+        return
+    full = stack_module._LISTEN_PORTS
+    size = len(full) // count
+    start = full.start + int(worker[2:]) * size
+    stack_module._LISTEN_PORTS = range(start, start + size)
+
+
+_worker_ports()
 
 
 @pytest.fixture(scope="session")

@@ -518,6 +518,8 @@ def test_an_admin_audience_the_data_plane_also_accepts_is_refused() -> None:
         pytest.param({"GATEWAY_SESSION_KEY": "c2hvcnQ="}, "GATEWAY_SESSION_KEY", id="session-key-short"),
         pytest.param({"GATEWAY_SESSION_KEY": "not base64 at all!"}, "GATEWAY_SESSION_KEY", id="session-key-garbage"),
         pytest.param({"GATEWAY_SESSION_MAX_AGE": "0"}, "GATEWAY_SESSION_MAX_AGE", id="session-max-age-zero"),
+        pytest.param({"GATEWAY_SESSION_MAX_AGE": "1e12"}, "GATEWAY_SESSION_MAX_AGE", id="session-max-age-huge"),
+        pytest.param({"GATEWAY_DATAPLANE_ID": "dp/with/slash"}, "GATEWAY_DATAPLANE_ID", id="dataplane-id"),
         pytest.param({"GATEWAY_SESSION_EVENTS_INTERVAL": "0"}, "GATEWAY_SESSION_EVENTS_INTERVAL", id="events-zero"),
         pytest.param({"GATEWAY_OPA_INSTANCE_ID": "pod-1"}, "GATEWAY_OPA_MANAGE=false", id="instance-id-managed"),
         pytest.param(

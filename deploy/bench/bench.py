@@ -23,7 +23,11 @@ dropped afterwards), the sample upstream, and three benchmark upstreams with 10,
   and OPA from ``/proc`` -> req/s per core;
 * CPU per call by stage (full runs only): ``py-spy record`` of the gateway during a closed
   loop, samples bucketed by :data:`bench_measure.STAGES`;
-* peak RSS (``VmHWM``) of the gateway and OPA.
+* peak RSS (``VmHWM``) of the gateway and OPA;
+* ``observability`` (last, ``bench_obs.py``): tracing off vs on in two extra data planes, the
+  on plane exporting to an OTLP sink in the bench (spans received per call), interleaved with
+  the direct call; and the tracing-off hooks a call passes, timed in process, against the
+  round-to-round noise of the added p50.
 
 Results: ``<run-dir>/results.json`` and a printed summary; ``docs/performance.md`` explains
 each number.
@@ -59,10 +63,12 @@ from bench_measure import (
     CpuMeter,
     bucket_profile,
     closed_loop,
+    cpu_seconds,
     interleaved_latencies,
     start_py_spy,
     vm_hwm_kib,
 )
+from bench_obs import measure_observability, print_observability
 from reload import measure_reload
 
 from gateway.config import PROJECT_ROOT
@@ -177,6 +183,10 @@ class Bench:
             # Last: it approves other policy versions (and the sample policy again at the end).
             out["reload"] = measure_reload(self.stack, self.token, rounds=1 if self.args.quick else 4)
             lap("reload")
+            # After reload: the two extra data planes it starts must not be live (and stale)
+            # while reload waits for every live data plane to converge.
+            out["observability"] = await self.observability(rtt)
+            lap("observability")
             out["phase_seconds"] = phases
         out["peak_rss_kib"] = {"gateway": vm_hwm_kib(self.gw_pid), "opa": vm_hwm_kib(self.opa_pid)}
         return out
@@ -281,6 +291,31 @@ class Bench:
             if line.startswith("http_request_duration_seconds_count{") and 'handler="v1/data"' in line:
                 total += float(line.rsplit(" ", 1)[1])
         return total
+
+    async def observability(self, rtt: float) -> dict[str, Any]:
+        """Tracing on vs off in two extra data planes, and the off path's hooks in process (``bench_obs``)."""
+
+        async def open_raw(url: str, era: str, token: str | None) -> Driver:
+            return await self._driver("raw", era, "direct" if token is None else "gateway", url)
+
+        a = self.args
+        try:
+            return await measure_observability(
+                stack=self.stack,
+                http=self.http,
+                token=self.token,
+                open_raw=open_raw,
+                free_port=free_port,
+                cpu_seconds=cpu_seconds,
+                rtt=rtt,
+                requests=20 if a.quick else a.requests,
+                warmup=3 if a.quick else a.warmup,
+                rounds=5 if a.quick else a.rounds,
+                timeit_number=2000 if a.quick else 20000,
+                timeit_repeat=3 if a.quick else 7,
+            )
+        except Exception as exc:  # noqa: BLE001 - reported in the JSON; the stack's other sections stand
+            return {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-3000:]}
 
     def _meter(self) -> CpuMeter:
         return CpuMeter(
@@ -547,6 +582,8 @@ def _print_run(name: str, run: dict[str, Any]) -> None:
     reload = run["reload"]
     print(f"policy reload (approval -> first call decided by it): p50 {reload['p50_ms']:.0f} ms, ", end="")
     print(f"max {reload['max_ms']:.0f} ms over {reload['n']}")
+    if "observability" in run:
+        print_observability(run["observability"])
 
 
 def main() -> int:
@@ -618,6 +655,8 @@ def main() -> int:
             "added_*_rtt": "(gateway - direct) of the same client and era, at that percentile, divided by RTT p50",
             "ratio": "gateway req/s / direct req/s, closed loop, 8 workers, same client and era",
             "rps_per_core": "req/s / (gateway + OPA CPU seconds per wall second)",
+            "observability.off_path_us_per_call": "observability hooks a governed call passes with tracing off "
+            "(counted on the live data planes) x microseconds per hook (timeit, median repeat, bench process)",
         },
         "runs": runs,
     }

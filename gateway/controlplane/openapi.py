@@ -2319,8 +2319,8 @@ _PATHS: dict[str, Any] = {
             "getSessionEvents",
             "internal",
             "The session events feed: `DELETE`s and `logging/setLevel`s of sealed MCP sessions, by session"
-            " reference, oldest first; every data plane polls it. Events newer than a few seconds come again"
-            " (their sequence numbers are not settled yet): `next` is the cursor to ask from.",
+            " reference, oldest first; every data plane polls it. `next` is the cursor to ask from (sequence"
+            " numbers become visible in commit order, so none is ever skipped).",
             {
                 "200": _json(
                     {

@@ -8,9 +8,8 @@ the session's id stops opening anyway) and answers 204.
 
 ``GET /v1/dataplane/session-events?after=<seq>&limit=<n>`` answers ``{"events": [{"seq",
 "session_ref", "kind", "value", "expires_at"}], "next": <seq>}``: the unexpired events after
-``after``, oldest first, and the cursor to ask from next (events newer than
-:data:`gateway.db.session_events.SETTLE_SECONDS` come again: applying one twice is harmless).
-Every data plane of the tenant and environment reads every event. Source: MCP 2025-11-25
+``after``, oldest first, and the cursor to ask from next (the last event's ``seq``: sequence
+numbers become visible in commit order, :mod:`gateway.db.session_events`). Every data plane of the tenant and environment reads every event. Source: MCP 2025-11-25
 ``basic/transports`` "Session Management" (a terminated session's id gets 404),
 ``server/utilities/logging``.
 """

@@ -185,6 +185,7 @@ async def dataplane_resources(config: Config) -> AsyncIterator[dict[str, object]
             seal=seal,
             ended=session_events.ended,
             level=session_events.level,
+            synced=session_events.synced.is_set,
         )
         store.append(sessions)
         metrics.watch(

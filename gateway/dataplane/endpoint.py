@@ -70,7 +70,7 @@ from gateway.dataplane.projection import ServerEntry
 from gateway.dataplane.relay import Outbox, RelayResponse
 from gateway.dataplane.resumable import CallStream, CallStreamResponse
 from gateway.dataplane.session_events import SessionEvents
-from gateway.dataplane.sessions import Session, SessionLimitReached
+from gateway.dataplane.sessions import Session, SessionLimitReached, SessionUnavailable
 from gateway.errors import AuthenticationFailed, GatewayError, ProjectionUnavailable, RequestRejected
 from gateway.mcp.credential import UpstreamCredential
 from gateway.mcp.messages import (
@@ -164,7 +164,9 @@ async def readyz(request: Request) -> Response:
 
     Returns 200 ``{"status": "ready", "projection_version", "revision"}`` or
     503 ``{"status": "not_ready", "reasons": [...]}`` (``no_projection``,
-    ``no_policy`` — no policy version approved yet, ``opa_not_ready``). A load
+    ``no_policy`` — no policy version approved yet, ``opa_not_ready``,
+    ``session_events_not_synced`` — the session events feed was never read, so sessions of
+    other data planes cannot be resumed here yet). A load
     balancer should only route to ready data planes; an unready one still
     answers, but denies every call (fail closed).
     """
@@ -178,6 +180,8 @@ async def readyz(request: Request) -> Response:
     # Both: the probe catches a hung OPA; the sidecar's flag is what gates decisions.
     if not await request.state.dp_opa_health.bundles_ready() or (sidecar is not None and not sidecar.bundle_active()):
         reasons.append("opa_not_ready")
+    if not request.state.dp_session_events.synced.is_set():
+        reasons.append("session_events_not_synced")  # until then sealed sessions do not resume here
     if reasons:
         return _json({"status": "not_ready", "reasons": reasons}, 503)
     return _json({"status": "ready", "projection_version": projection.version, "revision": projection.revision})
@@ -480,8 +484,8 @@ async def _legacy(
         declared = msg.params.get("capabilities")
         try:
             session = sessions.create(owner, version, declared if isinstance(declared, dict) else {})
-        except SessionLimitReached:
-            return _too_many_sessions(msg.id)
+        except SessionLimitReached as exc:
+            return _session_unavailable(msg.id, exc)
         capabilities = advertised_capabilities(request.state.dp_sync.current, server, handshake=True)
         result = {"protocolVersion": version, "capabilities": capabilities, "serverInfo": SERVER_INFO}
         return _json(result_response(msg.id, result), headers={"mcp-session-id": session.id})
@@ -496,8 +500,8 @@ async def _legacy(
         return _json(error_response(msg.id, INVALID_REQUEST, "Missing Mcp-Session-Id header"), 400)
     try:
         session = sessions.get(session_id, owner)
-    except SessionLimitReached:
-        return _too_many_sessions(msg.id)
+    except SessionUnavailable as exc:
+        return _session_unavailable(msg.id, exc)
     if session is None:
         return _json(error_response(msg.id, INVALID_REQUEST, "Session not found"), 404)
     if msg.kind == "response":  # the client's answer to a request relayed to it
@@ -517,9 +521,9 @@ async def _legacy(
     return _json(await session_reply(request, msg, ctx, session))
 
 
-def _too_many_sessions(msg_id: Any) -> Response:
-    log.warning("session store full: session refused")
-    return _json(error_response(msg_id, INTERNAL_ERROR, "Too many sessions; retry later"), 503)
+def _session_unavailable(msg_id: Any, exc: SessionUnavailable) -> Response:
+    log.warning("session refused: %s", type(exc).__name__)
+    return _json(error_response(msg_id, INTERNAL_ERROR, exc.message), 503, headers={"retry-after": "1"})
 
 
 async def _delete_session(request: Request, subject: Subject) -> Response:
@@ -528,8 +532,8 @@ async def _delete_session(request: Request, subject: Subject) -> Response:
     session_id = request.headers.get("mcp-session-id")
     try:
         session = request.state.dp_sessions.delete(session_id, (subject.issuer, subject.sub)) if session_id else None
-    except SessionLimitReached:
-        return _too_many_sessions(None)
+    except SessionUnavailable as exc:
+        return _session_unavailable(None, exc)
     if session is None:
         return _json(error_response(None, INVALID_REQUEST, "Unknown session"), 404)
     if session.sealed:
@@ -663,8 +667,8 @@ def _get_stream(request: Request, subject: Subject, server: str | None) -> Respo
         return _json(error_response(None, INVALID_REQUEST, "GET needs Accept: text/event-stream"), 406)
     try:
         session = request.state.dp_sessions.get(session_id, (subject.issuer, subject.sub))
-    except SessionLimitReached:
-        return _too_many_sessions(None)
+    except SessionUnavailable as exc:
+        return _session_unavailable(None, exc)
     if session is None:
         return _json(error_response(None, INVALID_REQUEST, "Session not found"), 404)
     last_event_id = request.headers.get("last-event-id")

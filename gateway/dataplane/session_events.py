@@ -21,9 +21,11 @@ entry lasts until its id expires) answers for sessions resumed later.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -41,6 +43,15 @@ MAX_PENDING = 10_000
 
 MAX_MIRROR = 100_000
 """Most sessions whose events a data plane remembers (the soonest to expire are dropped first)."""
+
+
+@dataclass(slots=True)
+class _Known:
+    """What the feed said of one session: ended, and its last level (until ``expires_at``)."""
+
+    expires_at: int
+    ended: bool = False
+    level: str | None = None
 
 
 class SessionEvents:
@@ -69,23 +80,26 @@ class SessionEvents:
         self.interval = interval
         self.post_timeout = post_timeout
         self._cursor = 0
-        self._ended: dict[str, int] = {}
-        self._levels: dict[str, tuple[str, int]] = {}
+        self._known: dict[str, _Known] = {}
+        self._expiry: list[tuple[int, str]] = []  # heap of (expires_at, ref) over _known
         self._pending: list[dict[str, Any]] = []
+        self._flushing = anyio.Lock()
         self.synced = anyio.Event()
-        """Set once the feed has been read (a data plane started after a DELETE knows it)."""
+        """Set once the feed has been read: until then a sealed id this data plane does not
+        hold is not resumed (503), since it may have been ended elsewhere."""
 
     def _headers(self) -> dict[str, str]:
         return {"authorization": f"Bearer {self._config.control_plane.internal_token.reveal()}"}
 
     def ended(self, ref: str) -> bool:
         """True when the session ``ref`` was ended on any data plane (as far as read)."""
-        return ref in self._ended
+        known = self._known.get(ref)
+        return known is not None and known.ended
 
     def level(self, ref: str) -> str | None:
         """The session's last ``logging/setLevel`` level known here, or None."""
-        entry = self._levels.get(ref)
-        return entry[0] if entry else None
+        known = self._known.get(ref)
+        return known.level if known is not None else None
 
     async def publish(self, ref: str, kind: str, value: str | None, expires_at: int) -> bool:
         """Record the event here and post it now; True when the control plane stored it
@@ -101,9 +115,18 @@ class SessionEvents:
         return False
 
     async def _flush(self) -> bool:
-        batch = self._pending[:1000]
-        if not batch:
-            return True
+        """Post what is pending, one batch at a time, one flush at a time (a batch is removed
+        only once stored, so concurrent publishers never remove each other's events)."""
+        async with self._flushing:
+            while self._pending:
+                batch = self._pending[:1000]
+                outcome = await self._post(batch)
+                if outcome == "retry":
+                    return False
+                del self._pending[: len(batch)]  # stored, or refused as invalid (never retried)
+        return True
+
+    async def _post(self, batch: list[dict[str, Any]]) -> str:
         cp = self._config.control_plane
         body = {"dataplane_id": self._config.data_plane.id, "events": batch}
         try:
@@ -115,31 +138,32 @@ class SessionEvents:
             )
         except httpx.HTTPError as exc:
             log.warning("session events: control plane unreachable (%s); will retry", type(exc).__name__)
-            return False
+            return "retry"
+        if resp.status_code == 400:
+            # Never stored, never retried: one bad event must not hold back every later one.
+            log.error("session events: the control plane refused %d event(s) as invalid; dropped", len(batch))
+            return "refused"
         if resp.status_code != 204:
-            log.error("session events: control plane answered HTTP %s; %d event(s) kept", resp.status_code, len(batch))
-            return False
-        # Remove exactly what was posted (publish may have appended meanwhile).
-        del self._pending[: len(batch)]
-        return not self._pending
+            log.warning("session events: control plane answered HTTP %s; will retry", resp.status_code)
+            return "retry"
+        return "stored"
 
     def _remember(self, ref: str, kind: str, value: str | None, expires_at: int) -> None:
+        known = self._known.get(ref)
+        if known is None:
+            known = self._known[ref] = _Known(expires_at)
+            heapq.heappush(self._expiry, (expires_at, ref))
         if kind == "ended":
-            self._ended[ref] = expires_at
+            known.ended = True
         elif value is not None:
-            self._levels[ref] = (value, expires_at)
-        if len(self._ended) + len(self._levels) > MAX_MIRROR:
-            self._prune(force=True)
+            known.level = value
+        while len(self._known) > MAX_MIRROR:  # the sessions soonest to expire anyway go first
+            self._known.pop(heapq.heappop(self._expiry)[1], None)
 
-    def _prune(self, *, force: bool = False) -> None:
+    def _prune(self) -> None:
         now = int(time.time())
-        for table in (self._ended, self._levels):
-            for ref in [r for r, v in table.items() if (v if isinstance(v, int) else v[1]) <= now]:
-                del table[ref]
-        if force and len(self._ended) + len(self._levels) > MAX_MIRROR:
-            soonest = sorted(self._levels, key=lambda r: self._levels[r][1])
-            for ref in soonest[: len(soonest) // 2 + 1]:
-                del self._levels[ref]
+        while self._expiry and self._expiry[0][0] <= now:
+            self._known.pop(heapq.heappop(self._expiry)[1], None)
 
     async def poll(self) -> None:
         """Read the feed once from the cursor and apply what is new (one ``GET`` per page).
@@ -178,7 +202,7 @@ class SessionEvents:
                     await self._flush()
                 await self.poll()
                 failures = 0
-            except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+            except Exception as exc:  # noqa: BLE001 - the loop outlives any one bad round
                 failures += 1
                 if failures == 1 or failures % 60 == 0:
                     log.warning("session events: feed unreadable (%s)", type(exc).__name__)

@@ -39,11 +39,26 @@ if TYPE_CHECKING:
     from gateway.dataplane.resumable import CallStream
     from gateway.dataplane.session_seal import SessionSeal
 
-__all__ = ["Answer", "Session", "SessionLimitReached", "SessionStore"]
+__all__ = ["Answer", "Session", "SessionLimitReached", "SessionStore", "SessionUnavailable", "SessionsNotSynced"]
 
 
-class SessionLimitReached(Exception):
+class SessionUnavailable(Exception):
+    """A session cannot be opened or resumed right now: refuse with HTTP 503 (retry)."""
+
+    message = "Session unavailable; retry later"
+
+
+class SessionLimitReached(SessionUnavailable):
     """Every slot holds a live session of someone else: refuse (HTTP 503)."""
+
+    message = "Too many sessions; retry later"
+
+
+class SessionsNotSynced(SessionUnavailable):
+    """This data plane has not read the session events feed yet, so it cannot tell whether a
+    sealed id it does not hold was ended elsewhere: refuse (HTTP 503) rather than resume it."""
+
+    message = "Sessions are not available on this data plane yet; retry"
 
 
 @dataclass(eq=False, slots=True)
@@ -140,6 +155,8 @@ class SessionStore:
             data plane: its id no longer resumes.
         level: ``level(ref)``: the ``logging/setLevel`` level a resumed session last set on
             any data plane, or None.
+        synced: ``synced()`` is True once ``ended`` can be trusted (the feed was read);
+            before, resuming raises :class:`SessionsNotSynced`.
     """
 
     def __init__(
@@ -152,15 +169,18 @@ class SessionStore:
         seal: SessionSeal | None = None,
         ended: Callable[[str], bool] | None = None,
         level: Callable[[str], str | None] | None = None,
+        synced: Callable[[], bool] | None = None,
     ) -> None:
         self._on_close = on_close
         self._seal = seal
         self._ended = ended or (lambda _ref: False)
         self._level = level or (lambda _ref: None)
+        self._synced = synced or (lambda: True)
         self._idle = idle_timeout
         self._max = max_sessions
         self._max_per_owner = max_per_owner
         self._sessions: OrderedDict[str, Session] = OrderedDict()
+        self._by_ref: dict[str, str] = {}
 
     def __len__(self) -> int:
         """Sessions this data plane holds state of now."""
@@ -194,13 +214,19 @@ class SessionStore:
         owner = session.owner
         own = [sid for sid, sess in self._sessions.items() if sess.owner == owner]
         for sid in own[: max(0, len(own) - self._max_per_owner + 1)]:
-            self._close(self._sessions.pop(sid))
+            self._drop(sid)
         if len(self._sessions) >= self._max:
             self._expire(now)
         if len(self._sessions) >= self._max:
             raise SessionLimitReached(f"{len(self._sessions)} live sessions")
         self._sessions[session.id] = session
+        self._by_ref[session.ref] = session.id
         return session
+
+    def _drop(self, session_id: str) -> None:
+        session = self._sessions.pop(session_id)
+        self._by_ref.pop(session.ref, None)
+        self._close(session)
 
     def expire(self) -> None:
         """End every session idle longer than the timeout (run periodically, so an abandoned
@@ -217,7 +243,7 @@ class SessionStore:
                 sess.last_used = now
                 self._sessions.move_to_end(sid)
                 continue
-            self._close(self._sessions.pop(sid))
+            self._drop(sid)
 
     def get(self, session_id: str, owner: tuple[str, str], *, resume: bool = True) -> Session | None:
         """The live session with this id owned by ``owner``, else None; a sealed id this
@@ -227,11 +253,15 @@ class SessionStore:
         Raises:
             SessionLimitReached: Resuming needs a slot and the store is full of other
                 subjects' live sessions.
+            SessionsNotSynced: Resuming, before the session events feed was read.
         """
         session = self._sessions.get(session_id)
         now = time.monotonic()
+        if session is not None and session.sealed and unix_time() >= session.expires_at:
+            self._drop(session_id)  # its max age: over here too, not only where it would resume
+            return None
         if session is not None and now - session.last_used > self._idle and not session.stream_open:
-            self._close(self._sessions.pop(session_id))
+            self._drop(session_id)
             session = None
         if session is None:
             return self._resume(session_id, owner) if resume else None
@@ -248,6 +278,8 @@ class SessionStore:
         opened = self._seal.open(session_id, owner)
         if opened is None:
             return None
+        if not self._synced():
+            raise SessionsNotSynced(session_id[:8])
         session = Session(session_id, owner, opened.protocol_version, time.monotonic(), opened.capabilities)
         if self._ended(session.ref):
             return None
@@ -262,20 +294,21 @@ class SessionStore:
         session = self.get(session_id, owner)
         if session is None:
             return None
-        self._close(self._sessions.pop(session_id))
+        self._drop(session_id)
         return session
 
     def end(self, ref: str) -> bool:
         """Drop the local state of the session ``ref`` (ended on another data plane)."""
-        for sid, session in self._sessions.items():
-            if session.ref == ref:
-                self._close(self._sessions.pop(sid))
-                return True
-        return False
+        sid = self._by_ref.get(ref)
+        if sid is None:
+            return False
+        self._drop(sid)
+        return True
 
     def find(self, ref: str) -> Session | None:
         """The session with public reference ``ref`` held here, else None."""
-        return next((s for s in self._sessions.values() if s.ref == ref), None)
+        sid = self._by_ref.get(ref)
+        return self._sessions.get(sid) if sid is not None else None
 
     def _close(self, session: Session) -> None:
         if self._on_close is not None:

@@ -17,6 +17,10 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 _LOCK_KEY = 0x6761_7465_7761_7901 & 0x7FFF_FFFF_FFFF_FFFF
 """pg advisory lock key serialising migrators across processes."""
 
+LOCK_TIMEOUT = 10.0
+"""Seconds a migration statement may wait for a lock (``SET LOCAL lock_timeout``); beyond it
+the migration fails (``asyncpg.exceptions.LockNotAvailableError``) and is rolled back."""
+
 _CREATE_LEDGER = """
 CREATE TABLE IF NOT EXISTS schema_migrations (
     version     text PRIMARY KEY,
@@ -91,6 +95,9 @@ async def apply_migrations(conn: asyncpg.Connection, directory: Path = MIGRATION
             if path.stem in done:
                 continue
             async with conn.transaction():
+                # A migration waits at most this long for a table lock held by live traffic, rather
+                # than queueing every later query on that table behind it (then fails, rolled back).
+                await conn.execute(f"SET LOCAL lock_timeout = '{int(LOCK_TIMEOUT * 1000)}ms'")
                 await conn.execute(path.read_text())
                 await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", path.stem)
             log.info("applied migration %s", path.stem)

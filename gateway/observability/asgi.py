@@ -17,6 +17,7 @@ client put in a path is logged), ``status``, ``duration_ms``, ``action``, ``outc
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import logging
 import time
 from collections.abc import Iterable, Mapping
@@ -52,6 +53,16 @@ async def _plain(send: Send, status: int, body: bytes, headers: Iterable[tuple[b
     await send({"type": "http.response.body", "body": body})
 
 
+def _loopback_peer(scope: Scope) -> bool:
+    client = scope.get("client")
+    if not client:
+        return False
+    try:
+        return ipaddress.ip_address(str(client[0]).split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
+
+
 class MetricsEndpoint:
     """``GET /metrics``: the plane's registry in the Prometheus text exposition format (``prometheus_client.CONTENT_TYPE_LATEST``).
 
@@ -61,8 +72,10 @@ class MetricsEndpoint:
       (401 otherwise, compared in constant time); the ``Host`` is not checked, since a page
       that rebinds DNS to the gateway cannot present the token, and in-cluster scrapers reach
       the pod by its IP address.
-    * no token: open to whoever reaches the port; ``allowed_hosts`` (the data plane's
-      DNS-rebinding allow-list), when given, is enforced as on every data-plane route (421).
+    * no token: loopback clients only (403 for any other peer: without a token the metrics,
+      which name servers and tools policy may hide from a caller, are not for the network);
+      ``allowed_hosts`` (the data plane's DNS-rebinding allow-list), when given, is enforced
+      as on every data-plane route (421).
 
     Args:
         state_key: Lifespan state key of the plane's metrics (``dp_metrics``, ``cp_metrics``).
@@ -88,9 +101,12 @@ class MetricsEndpoint:
             if len(presented) != 1 or not hmac.compare_digest(presented[0], self._token):
                 await _plain(send, 401, b"Unauthorized\n", [(b"www-authenticate", b'Bearer realm="metrics"')])
                 return
-        elif self._hosts is not None:
+        else:
+            if not _loopback_peer(scope):
+                await _plain(send, 403, b"Forbidden: set GATEWAY_METRICS_TOKEN to scrape from the network\n")
+                return
             hosts = [v.lower() for k, v in headers if k == b"host"]
-            if not hosts or any(h not in self._hosts for h in hosts):
+            if self._hosts is not None and (not hosts or any(h not in self._hosts for h in hosts)):
                 await _plain(send, 421, b"Misdirected Request\n")
                 return
         metrics = (scope.get("state") or {}).get(self._key)

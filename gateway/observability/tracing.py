@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import Any
@@ -180,10 +181,13 @@ class Tracing:
         if not self.enabled:
             return NOOP_SPAN
         assert self._tracer is not None
+        # traceparent only: a client's tracestate (vendor data, up to kilobytes) is not carried on
+        # to OPA and the upstreams. The client's sampled flag is honoured (parent-based sampling,
+        # the W3C contract); set OTEL_TRACES_SAMPLER to decide otherwise.
         carrier = {}
         for key, value in headers:
-            if key in (b"traceparent", b"tracestate"):
-                carrier[key.decode("latin-1")] = value.decode("latin-1")
+            if key == b"traceparent" and len(value) <= 128:
+                carrier["traceparent"] = value.decode("latin-1")
         parent = _PROPAGATOR.extract(carrier) if carrier else None
         return _LiveSpan(
             self._tracer.start_as_current_span(
@@ -206,6 +210,9 @@ class Tracing:
             self._provider = None
 
 
+_TRACEPARENT = re.compile(rb"[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}")
+"""W3C Trace Context ``traceparent`` (lowercase hex only, as the spec requires)."""
+
 DISABLED = Tracing(None)
 """Tracing off (the default)."""
 
@@ -221,14 +228,10 @@ def incoming_trace_id(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
     access line when tracing is off), else None. Format: ``00-<32 hex>-<16 hex>-<2 hex>``."""
     for key, value in headers:
         if key == b"traceparent":
-            parts = value.split(b"-")
-            if len(parts) == 4 and len(parts[1]) == 32 and parts[1] != b"0" * 32:
-                try:
-                    int(parts[1], 16)
-                except ValueError:
-                    return None
-                return parts[1].decode("ascii").lower()
-            return None
+            match = _TRACEPARENT.fullmatch(value)
+            if match is None or match.group(1) == b"0" * 32:
+                return None
+            return match.group(1).decode("ascii")
     return None
 
 

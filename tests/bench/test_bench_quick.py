@@ -2,7 +2,8 @@
 
 Not a timed test: it never asserts on a latency or a rate, only that each number was measured
 (a positive count, a positive latency, a finite added latency -- that one may be negative on a
-noisy machine).
+noisy machine), and, for ``observability``, that the OTLP sink received a trace for every call
+through the tracing-on data plane and nothing from the tracing-off one.
 """
 
 from __future__ import annotations
@@ -118,3 +119,50 @@ def test_quick_bench_writes_every_section(tmp_path: Path, pg_admin_url: str, ben
     assert reload["n"] == len(reload["samples_ms"]) == 2
     for i, sample in enumerate(reload["samples_ms"]):
         _positive(sample, f"reload.samples_ms[{i}]")
+
+    _observability(run["observability"])
+
+
+def _observability(obs: dict[str, Any]) -> None:
+    """Tracing off vs on (two data planes, an OTLP sink) and the off path's hooks timed in process."""
+    assert "error" not in obs, obs.get("traceback", obs.get("error"))
+    assert obs["planes"]["off"]["otlp_endpoint"] is None
+    assert obs["planes"]["on"]["otlp_endpoint"].startswith("http://127.0.0.1:")
+    cases = [f"{e}/{t}" for e in ERAS for t in ("direct", "off", "on")]
+    assert sorted(obs["latency"]) == sorted(cases)
+    for case in cases:
+        _latency(obs["latency"][case], f"observability.latency[{case}]")
+    for era in ERAS:
+        row = obs["added"][era]
+        for plane in ("off", "on"):
+            _added(row[plane], f"observability.added[{era}][{plane}]")
+        for key in ("on_minus_off_p50_ms", "on_minus_off_p50_rtt", "on_minus_off_p99_ms", "on_minus_off_p99_rtt"):
+            _finite(row[key], f"observability.added[{era}].{key}")
+        noise = obs["noise"][era]
+        assert noise["rounds"] >= 2
+        rounds = obs["round_added_p50_ms"][era]
+        assert len(rounds["off"]) == len(rounds["on"]) == noise["rounds"]
+        for key in ("off_added_p50_range_ms", "off_added_p50_stdev_ms", "off_added_p50_stdev_rtt"):
+            assert isinstance(noise[key], int | float) and noise[key] >= 0, f"observability.noise[{era}].{key}"
+
+    # The sink really received the on plane's spans, one trace per call; the off plane sent none.
+    spans = obs["spans"]
+    assert spans["calls_sent_on"] > 0
+    assert spans["calls_traced"] == spans["calls_sent_on"], spans
+    assert spans["from_off_plane"] == 0, spans
+    _positive(spans["from_on_plane"], "observability.spans.from_on_plane")
+    assert spans["per_call"] >= 2, spans
+    assert any(name.startswith("gateway.") for name in spans["per_call_by_name"]), spans
+
+    hooks = obs["hooks_per_call"]
+    assert hooks["tracing_span"] and all(c > 0 for c in hooks["tracing_span"].values()), hooks
+    for key in ("observe_request", "observe_decision", "observe_upstream"):
+        _positive(hooks[key], f"observability.hooks_per_call.{key}")
+    for key, value in obs["hook_us"].items():
+        _positive(value, f"observability.hook_us.{key}")
+    for key in ("tracing", "metrics_and_observer", "total"):
+        _positive(obs["off_path_us_per_call"][key], f"observability.off_path_us_per_call.{key}")
+    _positive(obs["off_path_rtt_fraction"]["total"], "observability.off_path_rtt_fraction.total")
+    assert obs["off_path_over_noise"] is None or math.isfinite(obs["off_path_over_noise"])
+    for plane in ("off", "on"):
+        _positive(obs["cpu_ms_per_call"][plane], f"observability.cpu_ms_per_call.{plane}")

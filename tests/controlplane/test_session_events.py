@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 
@@ -39,19 +40,58 @@ async def test_events_posted_by_one_data_plane_are_read_by_every_data_plane_in_o
 
     got = [(e["session_ref"], e["kind"], e["value"]) for e in feed["events"]]
     assert got == [(REF, "ended", None), (OTHER, "log_level", "debug"), (OTHER, "log_level", "error")]
-    assert [e["seq"] for e in feed["events"]] == sorted(e["seq"] for e in feed["events"])
-    # Just written: not settled, so the cursor stays where the reader asked from.
-    assert feed["next"] == 0
+    seqs = [e["seq"] for e in feed["events"]]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 3
+    assert feed["next"] == seqs[-1]
 
 
-async def test_the_cursor_moves_past_settled_events_only(cp_config: Config, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_the_cursor_moves_to_the_last_event_read_and_pages(cp_config: Config) -> None:
+    async with asgi_controlplane(cp_config) as (_, internal, _):
+        events = [_event(f"sr-{i:024x}") for i in range(5)]
+        await internal.post("/v1/dataplane/session-events", json={"dataplane_id": "dp-a", "events": events})
+        first = (await internal.get("/v1/dataplane/session-events", params={"limit": 3})).json()
+        rest = (await internal.get("/v1/dataplane/session-events", params={"after": first["next"]})).json()
+        after = (await internal.get("/v1/dataplane/session-events", params={"after": rest["next"]})).json()
+    refs = [e["session_ref"] for e in first["events"] + rest["events"]]
+    assert refs == [e["session_ref"] for e in events]  # in the order posted, each once
+    assert first["next"] == first["events"][-1]["seq"] and after == {"events": [], "next": rest["next"]}
+
+
+async def test_a_slow_commit_never_hides_an_event_behind_the_cursor(cp_config: Config) -> None:
+    """Inserts are serialised (advisory lock): while one writer's event is uncommitted, a second
+    writer waits instead of committing a larger seq a reader could move its cursor past."""
     async with asgi_controlplane(cp_config) as (_, internal, state):
-        await internal.post("/v1/dataplane/session-events", json={"dataplane_id": "dp-a", "events": [_event()]})
-        monkeypatch.setattr(db_events, "SETTLE_SECONDS", 0)
-        feed = (await internal.get("/v1/dataplane/session-events")).json()
-        assert feed["next"] == feed["events"][0]["seq"]
-        after = (await internal.get("/v1/dataplane/session-events", params={"after": feed["next"]})).json()
-        assert after == {"events": [], "next": feed["next"]}
+        pool = state["cp_pool"]
+        posted: list[int] = []
+
+        async def post_other() -> None:
+            body = {"dataplane_id": "dp-b", "events": [_event(OTHER)]}
+            posted.append((await internal.post("/v1/dataplane/session-events", json=body)).status_code)
+
+        async def second_writer_waits() -> bool:
+            sql = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            return bool(await pool.fetchval(sql))
+
+        async with anyio.create_task_group() as tg:
+            async with pool.acquire() as slow:
+                tx = slow.transaction()
+                await tx.start()
+                await slow.execute("SELECT pg_advisory_xact_lock($1)", db_events._LOCK_KEY)
+                await slow.execute(
+                    "INSERT INTO session_events (tenant, environment, session_ref, kind, value, dataplane_id,"
+                    " expires_at) VALUES ($1, $2, $3, 'ended', NULL, 'dp-a', now() + interval '1 hour')",
+                    cp_config.tenant,
+                    cp_config.environment,
+                    REF,
+                )
+                tg.start_soon(post_other)
+                await poll(second_writer_waits, timeout=10, interval=0.02)
+                early = (await internal.get("/v1/dataplane/session-events")).json()
+                await tx.commit()
+        late = (await internal.get("/v1/dataplane/session-events", params={"after": early["next"]})).json()
+    assert posted == [204]
+    assert early == {"events": [], "next": 0}
+    assert [e["session_ref"] for e in late["events"]] == [REF, OTHER]
 
 
 async def test_expired_events_are_neither_served_nor_kept(cp_config: Config) -> None:

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from gateway.dataplane.session_seal import MAX_CAPABILITIES_BYTES, PREFIX, SessionSeal, session_ref
-from gateway.dataplane.sessions import SessionLimitReached, SessionStore
+from gateway.dataplane.sessions import SessionLimitReached, SessionsNotSynced, SessionStore
 
 ALICE = ("https://idp.test.invalid", "alice")
 BOB = ("https://idp.test.invalid", "bob")
@@ -169,3 +169,21 @@ def test_refs_name_sessions_without_being_their_ids() -> None:
     session = _store().create(ALICE, "2025-11-25", CAPS)
     assert session.ref == session_ref(session.id) and session.ref.startswith("sr-") and len(session.ref) == 27
     assert session.id not in session.ref
+
+
+def test_before_the_feed_was_read_a_foreign_id_is_refused_for_now_not_resumed() -> None:
+    session = _store().create(ALICE, "2025-11-25", CAPS)
+    synced = [False]
+    fresh = SessionStore(idle_timeout=60, max_sessions=10, seal=_seal(), synced=lambda: synced[0])
+    with pytest.raises(SessionsNotSynced):
+        fresh.get(session.id, ALICE)
+    synced[0] = True
+    assert fresh.get(session.id, ALICE) is not None
+
+
+def test_a_held_session_ends_at_its_max_age_on_the_data_plane_that_holds_it() -> None:
+    store = _store()
+    session = store.create(ALICE, "2025-11-25", CAPS)
+    session.expires_at = int(time.time()) - 1  # as if initialize was max_age ago
+    assert store.get(session.id, ALICE) is None
+    assert len(store) == 0 and store.find(session.ref) is None

@@ -12,6 +12,7 @@ import asyncpg
 import orjson
 import pytest
 
+import gateway.db.migrate as migrate_module
 from gateway.config import Secret
 from gateway.db import apply_migrations, create_pool
 from gateway.db.migrate import available_migrations, migration_status
@@ -111,3 +112,38 @@ def test_gateway_migrate_without_a_reachable_database_exits_1() -> None:
         [sys.executable, "-m", "gateway", "migrate"], env=env, capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 1 and "migration failed" in done.stderr and done.stdout == ""
+
+
+async def test_a_migration_that_cannot_get_its_lock_fails_fast_and_leaves_no_trace(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Live traffic holding a table must not let a migration queue every later query behind it."""
+    monkeypatch.setattr(migrate_module, "LOCK_TIMEOUT", 0.3)
+    newer = tmp_path / "newer"
+    newer.mkdir()
+    for path in available_migrations():
+        (newer / path.name).write_text(path.read_text())
+    (newer / "9999_add_column.sql").write_text("ALTER TABLE session_events ADD COLUMN note text;")
+    async with create_pool(Secret(database_url)) as pool:
+        async with pool.acquire() as conn:
+            await apply_migrations(conn)
+        async with pool.acquire() as reader, reader.transaction():
+            await reader.execute("SELECT count(*) FROM session_events")  # holds ACCESS SHARE until the end
+            async with pool.acquire() as conn:
+                with anyio.fail_after(10), pytest.raises(asyncpg.exceptions.LockNotAvailableError):
+                    await apply_migrations(conn, newer)
+                status = await migration_status(conn, newer)
+    assert status.pending == ["9999_add_column"]
+
+
+def test_gateway_migrate_with_an_unusable_database_url_exits_2_without_echoing_it() -> None:
+    env = {
+        **os.environ,
+        "DATABASE_URL": "postgresql://u:pw-canary-91@127.0.0.1:notaport/db",
+        "GATEWAY_ADMIN_TOKEN": "x",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway", "migrate"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2 and "invalid DATABASE_URL" in done.stderr
+    assert "pw-canary-91" not in done.stderr + done.stdout

@@ -269,6 +269,15 @@ def check_secrets(docs: Docs) -> None:
     assert not {"DATABASE_URL", "GATEWAY_ADMIN_TOKEN", "GATEWAY_OPA_TOKEN"} & set(dp_env), (
         "a data plane holds no more than it needs"
     )
+    # Without a scrape token /metrics answers loopback peers only: both planes get it, and
+    # each ServiceMonitor presents it.
+    cp_env = env_of(container(deployment(docs, "control"), "control-plane"))
+    for env in (dp_env, cp_env):
+        assert "secretKeyRef" in env.get("GATEWAY_METRICS_TOKEN", {}).get("valueFrom", {}), "no metrics token"
+    for monitor in kind(docs, "ServiceMonitor"):
+        for endpoint in monitor["spec"]["endpoints"]:
+            credentials = endpoint.get("authorization", {}).get("credentials", {})
+            assert credentials.get("name") == name, f"{monitor['metadata']['name']} scrapes without the token"
 
 
 def check_network_policies(docs: Docs) -> None:
@@ -335,6 +344,10 @@ def check_migrations(docs: Docs) -> None:
     labels = job["spec"]["template"]["metadata"]["labels"]
     for svc in kind(docs, "Service"):
         assert not selects(svc["spec"]["selector"], labels), f"{svc['metadata']['name']} routes to the migrate Job"
+    # A default-deny namespace must not leave it without PostgreSQL (every upgrade would hang).
+    (policy,) = [p for p in kind(docs, "NetworkPolicy") if selects(p["spec"]["podSelector"]["matchLabels"], labels)]
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"] and "ingress" not in policy["spec"]
+    assert policy["spec"]["egress"], "the migrate Job reaches nothing"
 
 
 CHECKS = [
@@ -364,6 +377,7 @@ BREAKS = [
     (check_probes, "templates/dataplane-deployment.yaml", "path: /readyz", "path: /healthz"),
     (check_probes, "templates/dataplane-deployment.yaml", "path: /health?bundles", "path: /health"),
     (check_secrets, "templates/_helpers.tpl", "    secretKeyRef:", "    configMapKeyRef:"),
+    (check_secrets, "templates/servicemonitor.yaml", "      authorization:", "      x-authorization:"),
     (check_network_policies, "values.yaml", "networkPolicy:\n  enabled: true", "networkPolicy:\n  enabled: false"),
     (
         check_network_policies,
@@ -436,7 +450,8 @@ def kubeconform(manifest: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_kubeconform_rejects_an_unknown_field_and_a_kind_without_schema() -> None:
-    manifest = render()
+    # No ServiceMonitor (a CRD without a schema): every kind here must validate.
+    manifest = render(CHART, CI_VALUES, "--set", "metrics.serviceMonitor.enabled=false")
     assert kubeconform(manifest).returncode == 0
     bad = manifest.replace(
         "readOnlyRootFilesystem: true", "readOnlyRootFilesystem: true\n            readOnlyRootFs: true", 1

@@ -34,6 +34,7 @@ Notes recorded while writing this module:
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -120,7 +121,15 @@ def _installed_version(tool: NpmTool) -> str | None:
 
 
 def ensure_npm_tool(tool: NpmTool, say: Callable[[str], None]) -> Path:
-    """Install ``tool`` into :data:`NPM_PREFIX` unless already there; return its bin."""
+    """Install ``tool`` into :data:`NPM_PREFIX` unless already there; return its bin. One
+    install at a time (a file lock): ``pytest -n`` workers may ask at once on a new machine."""
+    NPM_PREFIX.mkdir(parents=True, exist_ok=True)
+    with open(NPM_PREFIX / ".install.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _ensure_npm_tool(tool, say)
+
+
+def _ensure_npm_tool(tool: NpmTool, say: Callable[[str], None]) -> Path:
     if tool.marker.exists() and tool.bin_path.exists() and _installed_version(tool) == tool.version:
         say(f"using cached {tool.spec} from {NPM_PREFIX.relative_to(REPO_ROOT)}")
         return tool.bin_path

@@ -190,8 +190,8 @@ def test_control_plane_serves_ingest_and_pool() -> None:
 
 
 # --------------------------------------------------------------------------- GET /metrics access
-async def _get(app: Any, headers: dict[str, str], method: str = "GET") -> httpx.Response:
-    transport = httpx.ASGITransport(app=app)
+async def _get(app: Any, headers: dict[str, str], method: str = "GET", peer: str = "127.0.0.1") -> httpx.Response:
+    transport = httpx.ASGITransport(app=app, client=(peer, 40000))
     async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8081") as http:
         return await http.request(method, "/metrics", headers=headers)
 
@@ -223,6 +223,21 @@ async def test_metrics_endpoint_without_a_token_keeps_the_host_check() -> None:
 
     assert (await _get(app, {"host": "evil.example"})).status_code == 421
     assert (await _get(app, {"host": "127.0.0.1:8081"})).status_code == 200
+
+
+async def test_metrics_endpoint_without_a_token_answers_loopback_peers_only() -> None:
+    """What it names (servers, tools, the bundle revision) is not for the network unless the
+    operator set a scrape token."""
+    endpoint = MetricsEndpoint("dp_metrics", token=Secret(""), allowed_hosts=["127.0.0.1:8081", "gw.example"])
+    app = _endpoint_app(endpoint, _metrics())
+
+    for peer in ("10.1.2.3", "192.168.0.9", "2001:db8::1", "0.0.0.0"):
+        refused = await _get(app, {"host": "gw.example"}, peer=peer)
+        assert refused.status_code == 403 and "GATEWAY_METRICS_TOKEN" in refused.text, peer
+    assert (await _get(app, {"host": "gw.example"}, peer="::1")).status_code == 200
+    with_token = MetricsEndpoint("dp_metrics", token=Secret("t"), allowed_hosts=None)
+    remote = await _get(_endpoint_app(with_token, _metrics()), {"authorization": "Bearer t"}, peer="10.1.2.3")
+    assert remote.status_code == 200
 
 
 # --------------------------------------------------------------------------- through the data-plane app

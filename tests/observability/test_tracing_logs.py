@@ -109,6 +109,22 @@ def test_incoming_trace_id() -> None:
     assert incoming_trace_id([(b"traceparent", b"00-" + b"0" * 32 + b"-00f067aa0ba902b7-01")]) is None
     assert incoming_trace_id([(b"traceparent", b"garbage")]) is None
     assert incoming_trace_id([]) is None
+    for spelled in ("0x" + TRACE_ID[2:], "+" + TRACE_ID[1:], TRACE_ID.upper(), " " + TRACE_ID[1:]):
+        assert incoming_trace_id([(b"traceparent", f"00-{spelled}-00f067aa0ba902b7-01".encode())]) is None, spelled
+
+
+async def test_a_clients_tracestate_is_not_carried_on_to_opa_or_upstreams() -> None:
+    tracing, _ = _tracing()
+    inner = _Recording()
+    client = TracingHttpClient(inner)  # type: ignore[arg-type]
+    vendor = b"evil=" + b"x" * 6000
+    with tracing.server_span("POST", [(b"traceparent", TRACEPARENT.encode()), (b"tracestate", vendor)], {}):
+        with tracing.span("gateway.decision", client=True):
+            async with client.request("POST", "http://opa", body=b"", headers={}, timeout=1):
+                pass
+    (sent,) = inner.headers
+    assert sent["traceparent"].split("-")[1] == TRACE_ID  # the trace continues
+    assert "tracestate" not in sent or "evil" not in sent["tracestate"]
 
 
 def test_json_lines_are_redacted_and_carry_access_fields() -> None:
