@@ -61,6 +61,7 @@ from bench_measure import (
     FALLBACK,
     STAGES,
     CpuMeter,
+    Phases,
     bucket_profile,
     closed_loop,
     cpu_seconds,
@@ -155,14 +156,8 @@ class Bench:
         limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
         async with httpx.AsyncClient(limits=limits, timeout=120) as self.http, self.stack_exit:
             out: dict[str, Any] = {}
-            phases: dict[str, float] = {}
-            t = time.perf_counter()
-
-            def lap(name: str) -> None:
-                nonlocal t
-                now = time.perf_counter()
-                phases[name] = round(now - t, 2)
-                t = now
+            phase = Phases()
+            lap, phases = phase.lap, phase.seconds
 
             out["latency"] = await self.latency()
             lap("latency")

@@ -276,3 +276,17 @@ def start_py_spy(py_spy: str, pid: int, seconds: float, out: Path, rate: int) ->
         str(out),
     ]
     return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+class Phases:
+    """Wall-clock seconds of a run's consecutive phases: ``lap(name)`` closes the phase begun at
+    the previous lap (or at creation); :attr:`seconds` maps each name to its duration (2 dp)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = round(now - self._t, 2)
+        self._t = now

@@ -55,6 +55,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import httpx
+from bench_measure import Phases
 
 HERE = Path(__file__).resolve().parent
 TRACES_PATH = "/v1/traces"
@@ -369,14 +370,8 @@ async def measure_observability(
         ``off_path_over_noise``, ``cpu_ms_per_call`` (``off``/``on`` data-plane processes),
         ``rtt_ms``, ``phase_seconds`` (start, open_drivers, calls, spans_wait, hooks, stop).
     """
-    phases: dict[str, float] = {}
-    t = time.perf_counter()
-
-    def lap(name: str) -> None:
-        nonlocal t
-        now = time.perf_counter()
-        phases[name] = round(now - t, 2)
-        t = now
+    phase = Phases()
+    lap, phases = phase.lap, phase.seconds
 
     sink = OtlpSink(Path(stack.run_dir), free_port())
     planes: ObsPlanes | None = None

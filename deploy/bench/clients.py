@@ -94,7 +94,7 @@ def main() -> None:
     opa = os.environ.get("OPA_BIN") or str(PROJECT_ROOT / ".tools" / "bin" / "opa")
     port = free_port()
     proc = subprocess.Popen(
-        [opa, "run", "--server", "--addr", f"127.0.0.1:{port}", "--disable-telemetry", str(PROJECT_ROOT / "policies")],
+        [opa, "run", "--server", "--addr", f"127.0.0.1:{port}", "--skip-version-check", str(PROJECT_ROOT / "policies")],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

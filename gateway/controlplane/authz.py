@@ -151,7 +151,7 @@ class ControlPlaneOpa:
                 shutil.copyfile(source, policy / source.name)
         argv = [
             self._bin, "run", "--server", "--addr", f"unix://{self._socket}", "--log-level", "error",
-            "--disable-telemetry", "--set", "decision_logs.console=true", "--bundle", str(policy),
+            "--skip-version-check", "--set", "decision_logs.console=true", "--bundle", str(policy),
         ]  # fmt: skip
         self._log.parent.mkdir(parents=True, exist_ok=True)
         logf = open(self._log, "ab")  # noqa: SIM115 - handed to the child

@@ -692,10 +692,7 @@ class Governor:
         The whole exchange is timed (``gateway_upstream_duration_seconds``) and is the
         ``gateway.upstream`` span (server, transport, method).
         """
-        # The channel was made for this request by :meth:`channel`: its server is a name of its projection.
-        server = channel._server
-        entry = channel._projection.servers.get(server)
-        transport = entry.transport if entry is not None else "unknown"
+        server, transport = channel.server, channel.transport
         attributes = {"gateway.server": server, "gateway.transport": transport, "mcp.method.name": method}
         started = time.perf_counter()
         try:

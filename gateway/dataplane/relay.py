@@ -336,6 +336,17 @@ class GovernedChannel:
         self._tool = tool
         self._on_list_changed = on_list_changed
 
+    @property
+    def server(self) -> str:
+        """The upstream server this channel's request went to (a name of its projection)."""
+        return self._server
+
+    @property
+    def transport(self) -> str:
+        """That server's transport in the channel's projection (``unknown`` when it is not there)."""
+        entry = self._projection.servers.get(self._server)
+        return entry.transport if entry is not None else "unknown"
+
     async def notify(self, message: dict[str, Any]) -> None:
         """Relay one of :data:`RELAYED_NOTIFICATIONS` (others are dropped)."""
         method = message.get("method")

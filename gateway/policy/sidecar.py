@@ -202,7 +202,7 @@ class OpaSidecar:
             str(cfg_file),
             "--log-level",
             "error",
-            "--disable-telemetry",
+            "--skip-version-check",
         ]
 
     def bundle_active(self) -> bool:

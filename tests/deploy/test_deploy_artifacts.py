@@ -179,7 +179,7 @@ def check_opa_sidecar(docs: Docs) -> None:
     assert args[:2] == ["run", "--server"]
     assert args[args.index("--addr") + 1].startswith("127.0.0.1:")
     assert args[args.index("--config-file") + 1] == "/etc/opa/opa-config.yaml"
-    assert "--disable-telemetry" in args
+    assert "--skip-version-check" in args
     doc, cm = opa_document(docs)
     key_id = next(iter(doc["keys"]))
     assert args[args.index("--set-file") + 1] == f"keys.{key_id}.key=/etc/opa/bundle-verification.pem"
