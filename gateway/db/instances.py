@@ -8,6 +8,7 @@ from typing import Any
 import asyncpg
 
 __all__ = [
+    "FORGET_SECONDS",
     "LIVE_SECONDS",
     "list_data_planes",
     "list_opa_instances",
@@ -18,6 +19,19 @@ __all__ = [
 
 LIVE_SECONDS = 90
 """An instance seen within this many seconds counts as live."""
+
+FORGET_SECONDS = 24 * 3600
+"""A data plane or OPA instance not seen for this long is forgotten (deleted): pods replaced
+by a rollout or scaled away by an autoscaler do not stay listed in ``GET /v1/projection``."""
+
+_FORGET = """
+WITH dp AS (
+    DELETE FROM data_planes
+    WHERE tenant = $1 AND environment = $2 AND last_seen < now() - make_interval(secs => $3)
+)
+DELETE FROM opa_instances
+WHERE tenant = $1 AND environment = $2 AND last_seen < now() - make_interval(secs => $3)
+"""
 
 _UPSERT_DP = """
 INSERT INTO data_planes (tenant, environment, id, active_version, state, error_category, last_seen)
@@ -74,8 +88,10 @@ async def record_data_plane(
     state: str,
     error_category: str | None,
 ) -> None:
-    """Upsert a data plane's report; ``last_seen`` becomes now."""
+    """Upsert a data plane's report; ``last_seen`` becomes now. Instances of the scope not seen
+    for :data:`FORGET_SECONDS` are deleted at the same time."""
     await conn.execute(_UPSERT_DP, tenant, environment, dataplane_id, active_version, state, error_category)
+    await conn.execute(_FORGET, tenant, environment, float(FORGET_SECONDS))
 
 
 async def record_opa_status(

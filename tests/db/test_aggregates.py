@@ -134,3 +134,21 @@ async def test_instances_report_liveness(pool: asyncpg.Pool) -> None:
     await instances.record_data_plane(pool, T, E, dataplane_id="dp2", active_version=4, state="ok", error_category=None)
     rows = {r["id"]: r["live"] for r in await instances.list_data_planes(pool, T, E)}
     assert rows == {"dp1": False, "dp2": True}
+
+
+async def test_instances_unseen_for_a_day_are_forgotten_when_a_data_plane_reports(pool: asyncpg.Pool) -> None:
+    """Pods replaced by rollouts and autoscaling must not pile up in the rollout view."""
+    for dp in ("gone", "recent"):
+        await instances.record_data_plane(
+            pool, T, E, dataplane_id=dp, active_version=3, state="ok", error_category=None
+        )
+        await instances.register_opa_instance(pool, T, E, opa_id=f"{dp}/opa", dataplane_id=dp)
+    await pool.execute("UPDATE data_planes SET last_seen = now() - interval '25 hours' WHERE id = 'gone'")
+    await pool.execute("UPDATE opa_instances SET last_seen = now() - interval '25 hours' WHERE id = 'gone/opa'")
+    await pool.execute("UPDATE data_planes SET last_seen = now() - interval '23 hours' WHERE id = 'recent'")
+    await pool.execute("UPDATE opa_instances SET last_seen = now() - interval '23 hours' WHERE id = 'recent/opa'")
+
+    await instances.record_data_plane(pool, T, E, dataplane_id="new", active_version=4, state="ok", error_category=None)
+
+    assert {r["id"] for r in await instances.list_data_planes(pool, T, E)} == {"recent", "new"}
+    assert {r["id"] for r in await instances.list_opa_instances(pool, T, E)} == {"recent/opa"}
