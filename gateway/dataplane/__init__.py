@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import anyio
 import anyio.to_thread
@@ -177,6 +178,7 @@ async def dataplane_resources(config: Config) -> AsyncIterator[dict[str, object]
             cp_http,
             lambda ref, kind, value: _apply_session_event(store[0], ref, kind, value),
             interval=dp.session_events_interval,
+            spool=Path(config.audit.spool_dir) / f"{dp.id}.session-events.json",
         )
         sessions = SessionStore(
             idle_timeout=dp.session_idle_timeout,

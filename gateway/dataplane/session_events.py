@@ -14,18 +14,21 @@ through the control plane's feed (:mod:`gateway.controlplane.session_events`):
 Each data plane polls the feed every :attr:`SessionEvents.interval` seconds (default 1 s),
 so a ``DELETE`` taken by one data plane holds on the others within that interval plus a
 round trip; one ``GET`` per interval per data plane, nothing per call. While the control
-plane is unreachable, events queue (at most :data:`MAX_PENDING`) and the feed is read again
-when it is back. The mirror of events (at most :data:`MAX_MIRROR` sessions; a session's
-entry lasts until its id expires) answers for sessions resumed later.
+plane is unreachable, events queue (at most :data:`MAX_PENDING`; also in a spool file, so a
+restart does not lose them) and the feed is read again when it is back. The mirror of
+events (at most :data:`MAX_MIRROR` sessions; a session's entry lasts until its id expires)
+answers for sessions resumed later.
 """
 
 from __future__ import annotations
 
 import heapq
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -73,7 +76,9 @@ class SessionEvents:
         *,
         interval: float = 1.0,
         post_timeout: float = 2.0,
+        spool: Path | None = None,
     ) -> None:
+        self._spool = spool
         self._config = config
         self._http = http
         self._apply = apply
@@ -116,15 +121,39 @@ class SessionEvents:
 
     async def _flush(self) -> bool:
         """Post what is pending, one batch at a time, one flush at a time (a batch is removed
-        only once stored, so concurrent publishers never remove each other's events)."""
+        only once stored, so concurrent publishers never remove each other's events). What
+        cannot be posted now is kept in the spool file too, so a restart does not lose it."""
         async with self._flushing:
             while self._pending:
                 batch = self._pending[:1000]
                 outcome = await self._post(batch)
                 if outcome == "retry":
+                    await self._save()
                     return False
                 del self._pending[: len(batch)]  # stored, or refused as invalid (never retried)
+            await self._save()
         return True
+
+    async def _save(self) -> None:
+        """Write the pending events to the spool (or remove it when none is pending), atomically,
+        from a worker thread."""
+        if self._spool is None:
+            return
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(_write_spool, self._spool, list(self._pending))
+
+    async def load(self) -> int:
+        """Take back the events a previous run of this data plane could not post (its spool):
+        remembered here at once, posted by :meth:`run`; returns how many."""
+        if self._spool is None:
+            return 0
+        events = await anyio.to_thread.run_sync(_read_spool, self._spool)
+        for event in events:
+            self._remember(event["session_ref"], event["kind"], event["value"], int(event["expires_at"]))
+        self._pending[:0] = events
+        if events:
+            log.warning("session events: %d event(s) from the previous run to post", len(events))
+        return len(events)
 
     async def _post(self, batch: list[dict[str, Any]]) -> str:
         cp = self._config.control_plane
@@ -194,7 +223,9 @@ class SessionEvents:
         self.synced.set()
 
     async def run(self) -> None:
-        """Post pending events and poll the feed every :attr:`interval` seconds, forever."""
+        """Post pending events (the spool's first) and poll the feed every :attr:`interval`
+        seconds, forever."""
+        await self.load()
         failures = 0
         while True:
             try:
@@ -208,3 +239,39 @@ class SessionEvents:
                     log.warning("session events: feed unreadable (%s)", type(exc).__name__)
             self._prune()
             await anyio.sleep(self.interval)
+
+
+def _write_spool(path: Path, events: list[dict[str, Any]]) -> None:
+    if not events:
+        path.unlink(missing_ok=True)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "wb") as f:
+        f.write(orjson.dumps(events))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _read_spool(path: Path) -> list[dict[str, Any]]:
+    """The spooled events still well formed (others are dropped with one log line)."""
+    try:
+        raw = orjson.loads(path.read_bytes())
+    except FileNotFoundError:
+        return []
+    except (OSError, orjson.JSONDecodeError):
+        log.error("session events: unreadable spool %s; dropped", path)
+        return []
+    if not isinstance(raw, list):
+        log.error("session events: unreadable spool %s; dropped", path)
+        return []
+    keep = [
+        e
+        for e in raw
+        if isinstance(e, dict)
+        and isinstance(e.get("session_ref"), str)
+        and e.get("kind") in ("ended", "log_level")
+        and isinstance(e.get("expires_at"), int)
+    ]
+    return keep

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -203,3 +204,36 @@ async def test_events_taken_while_the_control_plane_is_down_are_posted_when_it_i
                 return reader.ended(REF)
 
             assert await poll(seen, timeout=10)
+
+
+async def test_a_delete_taken_while_the_control_plane_is_down_survives_a_restart_of_the_data_plane(
+    cp_config: Config, tmp_path: Path
+) -> None:
+    spool = tmp_path / "dp-a.session-events.json"
+    down = Config.from_mapping(
+        {
+            "plane": "control",
+            "database_url": "postgresql://unused",
+            "control_plane": {"admin_token": ADMIN_TOKEN, "url": "http://127.0.0.1:9"},
+        }
+    )
+    async with httpx.AsyncClient() as http:
+        before = SessionEvents(down, http, lambda *e: None, post_timeout=1.0, spool=spool)
+        assert await before.publish(REF, "ended", None, int(time.time()) + 60) is False
+        assert spool.exists()  # on disk before the DELETE was answered
+
+        async with served_controlplane(cp_config) as url:
+            up = Config.from_mapping(
+                {
+                    "plane": "control",
+                    "database_url": "postgresql://unused",
+                    "control_plane": {"admin_token": ADMIN_TOKEN, "internal_token": "internal-test-token", "url": url},
+                }
+            )
+            after = SessionEvents(up, http, lambda *e: None, spool=spool)  # the restarted data plane
+            assert await after.load() == 1 and after.ended(REF)  # refused at once, before any post
+            assert await after._flush() is True
+            assert not spool.exists()
+            reader = SessionEvents(up, http, lambda *e: None)
+            await reader.poll()
+            assert reader.ended(REF)
