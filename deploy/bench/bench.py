@@ -62,6 +62,7 @@ from bench_measure import (
     STAGES,
     CpuMeter,
     Phases,
+    added_vs_direct,
     bucket_profile,
     closed_loop,
     cpu_seconds,
@@ -251,7 +252,7 @@ class Bench:
             n = self.args.requests_1mb if size >= 1024 * 1024 else self.args.requests_sizes
             cases = {"direct": _bind(direct, "echo", text), "gateway": _bind(gateway, "many10__echo", text)}
             res = await interleaved_latencies(cases, n, max(2, n // 10), max(1, min(self.args.rounds, n // 2)))
-            out[label] = {"bytes": size, **res, **_diff(res["gateway"], res["direct"], rtt)}
+            out[label] = {"bytes": size, **res, **added_vs_direct(res["gateway"], res["direct"], rtt)}
         return out
 
     async def tools_list(self, rtt: float) -> dict[str, Any]:
@@ -272,7 +273,7 @@ class Bench:
                 await gateway.list()
             after = await self._opa_queries()
             queries = None if before is None or after is None else round((after - before) / k, 2)
-            out[str(n_tools)] = {"tools": n_tools, **res, **_diff(res["gateway"], res["direct"], rtt)}
+            out[str(n_tools)] = {"tools": n_tools, **res, **added_vs_direct(res["gateway"], res["direct"], rtt)}
             out[str(n_tools)]["policy_queries_per_list"] = queries
         return out
 
@@ -411,16 +412,6 @@ def _bind(driver: Driver, tool: str, text: str) -> Any:
     return call
 
 
-def _diff(gw: dict[str, float], direct: dict[str, float], rtt: float) -> dict[str, float]:
-    p50, p99 = gw["p50_ms"] - direct["p50_ms"], gw["p99_ms"] - direct["p99_ms"]
-    return {
-        "added_p50_ms": round(p50, 4),
-        "added_p99_ms": round(p99, 4),
-        "added_p50_rtt": round(p50 / rtt, 3),
-        "added_p99_rtt": round(p99 / rtt, 3),
-    }
-
-
 def _added(latency: dict[str, Any], rtt: float) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, res in latency.items():
@@ -428,7 +419,7 @@ def _added(latency: dict[str, Any], rtt: float) -> dict[str, Any]:
         era, _, target = rest.partition("/")
         if target in ("gateway", "brokered"):
             direct = latency[f"{kind}/{era}/direct"]
-            out[name] = {"vs": f"{kind}/{era}/direct", **_diff(res, direct, rtt)}
+            out[name] = {"vs": f"{kind}/{era}/direct", **added_vs_direct(res, direct, rtt)}
     return out
 
 

@@ -27,6 +27,7 @@ __all__ = [
     "bucket_profile",
     "closed_loop",
     "cpu_seconds",
+    "added_vs_direct",
     "interleaved_latencies",
     "pct",
     "vm_hwm_kib",
@@ -49,6 +50,17 @@ def summary(samples: Sequence[float]) -> dict[str, float]:
         "p99_ms": round(pct(samples, 0.99), 4),
         "mean_ms": round(statistics.fmean(samples), 4),
         "n": len(samples),
+    }
+
+
+def added_vs_direct(gw: dict[str, float], direct: dict[str, float], rtt: float) -> dict[str, float]:
+    """What the gateway adds to ``direct``'s p50/p99 (:func:`summary` dicts): ms and RTT units."""
+    p50, p99 = gw["p50_ms"] - direct["p50_ms"], gw["p99_ms"] - direct["p99_ms"]
+    return {
+        "added_p50_ms": round(p50, 4),
+        "added_p99_ms": round(p99, 4),
+        "added_p50_rtt": round(p50 / rtt, 3),
+        "added_p99_rtt": round(p99 / rtt, 3),
     }
 
 

@@ -55,7 +55,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import httpx
-from bench_measure import Phases
+from bench_measure import Phases, added_vs_direct, pct, summary
 
 HERE = Path(__file__).resolve().parent
 TRACES_PATH = "/v1/traces"
@@ -310,30 +310,6 @@ async def _interleaved_rounds(
     return samples
 
 
-def _pct(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def _summary(samples: list[float]) -> dict[str, float]:
-    return {
-        "p50_ms": round(_pct(samples, 0.50), 4),
-        "p99_ms": round(_pct(samples, 0.99), 4),
-        "mean_ms": round(statistics.fmean(samples), 4),
-        "n": len(samples),
-    }
-
-
-def _diff(gw: dict[str, float], direct: dict[str, float], rtt: float) -> dict[str, float]:
-    p50, p99 = gw["p50_ms"] - direct["p50_ms"], gw["p99_ms"] - direct["p99_ms"]
-    return {
-        "added_p50_ms": round(p50, 4),
-        "added_p99_ms": round(p99, 4),
-        "added_p50_rtt": round(p50 / rtt, 3),
-        "added_p99_rtt": round(p99 / rtt, 3),
-    }
-
-
 async def measure_observability(
     *,
     stack: Any,
@@ -461,21 +437,21 @@ def _wait_spans(sink: OtlpSink, want_traces: int, timeout: float = BSP_DELAY_MS 
 
 
 def _latency_part(samples: dict[str, list[list[float]]], rtt: float) -> dict[str, Any]:
-    latency = {name: _summary([s for rnd in rounds for s in rnd]) for name, rounds in samples.items()}
+    latency = {name: summary([s for rnd in rounds for s in rnd]) for name, rounds in samples.items()}
     added: dict[str, Any] = {}
     round_added: dict[str, Any] = {}
     noise: dict[str, Any] = {}
     for era in ERAS:
         direct = latency[f"{era}/direct"]
-        row: dict[str, Any] = {p: _diff(latency[f"{era}/{p}"], direct, rtt) for p in PLANES}
+        row: dict[str, Any] = {p: added_vs_direct(latency[f"{era}/{p}"], direct, rtt) for p in PLANES}
         for q in ("p50", "p99"):
             d = row["on"][f"added_{q}_ms"] - row["off"][f"added_{q}_ms"]
             row[f"on_minus_off_{q}_ms"] = round(d, 4)
             row[f"on_minus_off_{q}_rtt"] = round(d / rtt, 3)
         added[era] = row
-        direct_rounds = [_pct(r, 0.5) for r in samples[f"{era}/direct"]]
+        direct_rounds = [pct(r, 0.5) for r in samples[f"{era}/direct"]]
         round_added[era] = {
-            p: [round(_pct(r, 0.5) - d, 4) for r, d in zip(samples[f"{era}/{p}"], direct_rounds, strict=True)]
+            p: [round(pct(r, 0.5) - d, 4) for r, d in zip(samples[f"{era}/{p}"], direct_rounds, strict=True)]
             for p in PLANES
         }
         off = round_added[era]["off"]
