@@ -140,7 +140,10 @@ class SessionEvents:
         if self._spool is None:
             return
         with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(_write_spool, self._spool, list(self._pending))
+            try:
+                await anyio.to_thread.run_sync(_write_spool, self._spool, list(self._pending))
+            except OSError as exc:  # a full or read-only disk: the events stay queued in memory
+                log.error("session events: cannot write the spool %s (%s)", self._spool, type(exc).__name__)
 
     async def load(self) -> int:
         """Take back the events a previous run of this data plane could not post (its spool):

@@ -5,6 +5,7 @@ concurrent publishers, refused batches, the bounded mirror. The control plane is
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import anyio
 import httpx
@@ -83,3 +84,13 @@ async def test_the_mirror_is_bounded_and_forgets_the_soonest_to_expire_first(mon
     events._remember(_ref(500), "log_level", "debug", now - 1)  # already expired
     events._prune()
     assert events.level(_ref(500)) is None and len(events._known) == 100
+
+
+async def test_a_spool_that_cannot_be_written_keeps_the_event_queued_and_raises_nothing(tmp_path: Path) -> None:
+    cp = ControlPlane(answers=[503], delays=[])
+    blocked = tmp_path / "not-a-dir"
+    blocked.write_text("a file where the spool directory should be")
+    async with httpx.AsyncClient(transport=httpx.MockTransport(cp)) as http:
+        events = SessionEvents(CONFIG, http, lambda *e: None, spool=blocked / "dp.session-events.json")
+        assert await events.publish(_ref(1), "ended", None, int(time.time()) + 60) is False
+    assert [e["session_ref"] for e in events._pending] == [_ref(1)] and events.ended(_ref(1))
