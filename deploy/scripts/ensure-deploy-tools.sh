@@ -29,33 +29,11 @@ if [ -x "$ROOT/.venv/bin/python" ]; then PY="$ROOT/.venv/bin/python"; fi
 
 log() { echo "ensure-deploy-tools: $*" >&2; }
 
-GO="$(command -v go || true)"
-if [ -z "$GO" ] && [ -x /usr/local/go/bin/go ]; then GO=/usr/local/go/bin/go; fi
+# shellcheck source=deploy/scripts/go-tools.sh
+. "$ROOT/deploy/scripts/go-tools.sh"  # GO, go_fetching
 
 stamp_ok() { # <binary> <pin>: the binary exists and its stamp names the pin
   [ -x "$1" ] && [ -f "$1.version" ] && [ "$(cat "$1.version")" = "$2" ]
-}
-
-# `go <args>` (install or build) with the same checksum-database fallback as ensure-opa.sh:
-# retried with GOSUMDB=off only when sum.golang.org could not be reached (never on a mismatch).
-go_fetching() { # <go subcommand and arguments...> (run from the current directory)
-  local logfile rc=0
-  logfile="$(mktemp "${TMPDIR:-/tmp}/ensure-deploy-tools.XXXXXX")"
-  GOBIN="$TOOLS" "$GO" "$@" 2>&1 | tee "$logfile" >&2 || rc=$?
-  if [ "$rc" -ne 0 ]; then
-    local sumdb
-    sumdb="$("$GO" env GOSUMDB 2>/dev/null | awk '{print $1}' | sed 's/+.*//')"
-    sumdb="${sumdb:-sum.golang.org}"
-    if ! grep -q 'SECURITY ERROR' "$logfile" \
-       && grep -qE "(${sumdb//./\\.}|checksum database)" "$logfile" \
-       && grep -qiE 'dial tcp|no such host|i/o timeout|timeout|connection refused|connection reset|TLS handshake|network is unreachable|proxyconnect|(502|503|504) ' "$logfile"; then
-      log "checksum database $sumdb unreachable; retrying once with GOSUMDB=off (module proxy content only)"
-      rc=0
-      GOSUMDB=off GOBIN="$TOOLS" "$GO" "$@" >&2 || rc=$?
-    fi
-  fi
-  rm -f "$logfile"
-  return "$rc"
 }
 
 need_go() {

@@ -22,8 +22,8 @@ if [ "$pinned" != "$OPA_VERSION" ]; then
   exit 1
 fi
 
-GO="$(command -v go || true)"
-if [ -z "$GO" ] && [ -x /usr/local/go/bin/go ]; then GO=/usr/local/go/bin/go; fi
+# shellcheck source=deploy/scripts/go-tools.sh
+. "$ROOT/deploy/scripts/go-tools.sh"  # GO
 if [ -z "$GO" ]; then
   log "ERROR: no 'go' toolchain on PATH to build the embedded OPA engine"
   exit 1

@@ -27,35 +27,19 @@ if have_pinned "$OPA"; then
   exit 0
 fi
 
-GO="$(command -v go || true)"
-if [ -z "$GO" ] && [ -x /usr/local/go/bin/go ]; then GO=/usr/local/go/bin/go; fi
+# shellcheck source=deploy/scripts/go-tools.sh
+. "$ROOT/deploy/scripts/go-tools.sh"  # GO, go_fetching
 if [ -z "$GO" ]; then
   log "ERROR: OPA $want not found at $OPA and no 'go' toolchain on PATH to build it"
   exit 1
 fi
 
 mkdir -p "$TOOLS"
-logfile="$(mktemp "${TMPDIR:-/tmp}/ensure-opa.XXXXXX")"
-trap 'rm -f "$logfile"' EXIT
 pkg="github.com/open-policy-agent/opa@$OPA_VERSION"
 log "installing $pkg into $TOOLS (this takes a few minutes)"
-
-if ! GOBIN="$TOOLS" "$GO" install "$pkg" 2>&1 | tee "$logfile" >&2; then
-  # Retry without checksum verification ONLY when the failure is that the Go
-  # checksum database (sum.golang.org by default) could not be reached, e.g. in
-  # a sandbox whose egress allows the module proxy but not the sumdb host.
-  # A checksum *mismatch* ("SECURITY ERROR") is never retried.
-  sumdb="$("$GO" env GOSUMDB 2>/dev/null | awk '{print $1}' | sed 's/+.*//')"
-  sumdb="${sumdb:-sum.golang.org}"
-  if ! grep -q 'SECURITY ERROR' "$logfile" \
-     && grep -qE "(${sumdb//./\\.}|checksum database)" "$logfile" \
-     && grep -qiE 'dial tcp|no such host|i/o timeout|timeout|connection refused|connection reset|TLS handshake|network is unreachable|proxyconnect|(502|503|504) ' "$logfile"; then
-    log "checksum database $sumdb unreachable; retrying once with GOSUMDB=off (module proxy content only)"
-    GOSUMDB=off GOBIN="$TOOLS" "$GO" install "$pkg" >&2
-  else
-    log "ERROR: go install $pkg failed (see output above)"
-    exit 1
-  fi
+if ! go_fetching install "$pkg"; then
+  log "ERROR: go install $pkg failed (see output above)"
+  exit 1
 fi
 
 if ! have_pinned "$OPA"; then
