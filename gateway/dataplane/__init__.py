@@ -43,14 +43,6 @@ from gateway.policy.sidecar import OpaSidecar
 __all__ = ["create_dataplane_app", "dataplane_resources"]
 
 
-def _apply_session_event(sessions: SessionStore, ref: str, kind: str, value: str | None) -> None:
-    """A session event read from the feed: end the session here, or set its log level."""
-    if kind == "ended":
-        sessions.end(ref)
-    elif (session := sessions.find(ref)) is not None:
-        session.log_level = value
-
-
 async def _expire_sessions(sessions: SessionStore) -> None:
     while True:
         await anyio.sleep(60)
@@ -172,11 +164,9 @@ async def dataplane_resources(config: Config) -> AsyncIterator[dict[str, object]
             max_age=dp.session_max_age,
             versions=HANDSHAKE_VERSIONS,
         )
-        store: list[SessionStore] = []
         session_events = SessionEvents(
             config,
             cp_http,
-            lambda ref, kind, value: _apply_session_event(store[0], ref, kind, value),
             interval=dp.session_events_interval,
             spool=Path(config.audit.spool_dir) / f"{dp.id}.session-events.json",
         )
@@ -189,7 +179,6 @@ async def dataplane_resources(config: Config) -> AsyncIterator[dict[str, object]
             level=session_events.level,
             synced=session_events.synced.is_set,
         )
-        store.append(sessions)
         metrics.watch(
             sessions=lambda: open_sessions(sessions),
             audit=audit,
@@ -202,7 +191,9 @@ async def dataplane_resources(config: Config) -> AsyncIterator[dict[str, object]
         tg.start_soon(drift.run)  # re-lists each server's tools every drift_interval (off the hot path)
         tg.start_soon(watch.run)  # each server's list changes, to listening clients and the drift check
         tg.start_soon(_expire_sessions, sessions)
-        tg.start_soon(session_events.run)  # DELETEs and log levels of sealed sessions, from every data plane
+        tg.start_soon(
+            session_events.run, sessions.apply_event
+        )  # DELETEs and log levels of sealed sessions, from every data plane
         reaper = Reaper(dp.sse_resume_window)
         tg.start_soon(reaper.run)  # forgets the resumable streams nobody reads (and cancels their requests)
         tg.start_soon(audit.run)

@@ -37,9 +37,12 @@ import orjson
 
 from gateway.config import Config
 
-__all__ = ["MAX_MIRROR", "MAX_PENDING", "SessionEvents"]
+__all__ = ["MAX_MIRROR", "MAX_PENDING", "Apply", "SessionEvents"]
 
 log = logging.getLogger("gateway.sessions")
+
+Apply = Callable[[str, str, str | None], None]
+"""``apply(session_ref, kind, value)``: what a data plane does with one event read from the feed."""
 
 MAX_PENDING = 10_000
 """Most events waiting for the control plane; beyond it the oldest are dropped (and logged)."""
@@ -63,8 +66,6 @@ class SessionEvents:
     Args:
         config: ``control_plane.url`` and ``internal_token``, ``data_plane.id``.
         http: The control-plane HTTP client.
-        apply: ``apply(ref, kind, value)`` for each event read (the session store's part:
-            end the session or set its level, when held here).
         interval: Seconds between polls.
     """
 
@@ -72,7 +73,6 @@ class SessionEvents:
         self,
         config: Config,
         http: httpx.AsyncClient,
-        apply: Callable[[str, str, str | None], None],
         *,
         interval: float = 1.0,
         post_timeout: float = 2.0,
@@ -81,7 +81,6 @@ class SessionEvents:
         self._spool = spool
         self._config = config
         self._http = http
-        self._apply = apply
         self.interval = interval
         self.post_timeout = post_timeout
         self._cursor = 0
@@ -197,8 +196,10 @@ class SessionEvents:
         while self._expiry and self._expiry[0][0] <= now:
             self._known.pop(heapq.heappop(self._expiry)[1], None)
 
-    async def poll(self) -> None:
-        """Read the feed once from the cursor and apply what is new (one ``GET`` per page).
+    async def poll(self, apply: Apply) -> None:
+        """Read the feed once from the cursor and hand each new event to ``apply(ref, kind,
+        value)`` (the session store's part: end the session or set its level, when held here;
+        :meth:`gateway.dataplane.sessions.SessionStore.apply_event`). One ``GET`` per page.
 
         Raises:
             httpx.HTTPError: The control plane is unreachable.
@@ -218,23 +219,23 @@ class SessionEvents:
             for event in events:
                 ref, kind, value = event["session_ref"], event["kind"], event["value"]
                 self._remember(ref, kind, value, int(event["expires_at"]))
-                self._apply(ref, kind, value)
+                apply(ref, kind, value)
             before = self._cursor
             self._cursor = max(before, int(doc["next"]))
             if len(events) < 1000 or self._cursor == before:
                 break
         self.synced.set()
 
-    async def run(self) -> None:
+    async def run(self, apply: Apply) -> None:
         """Post pending events (the spool's first) and poll the feed every :attr:`interval`
-        seconds, forever."""
+        seconds, forever, handing what it reads to ``apply`` (see :meth:`poll`)."""
         await self.load()
         failures = 0
         while True:
             try:
                 if self._pending:
                     await self._flush()
-                await self.poll()
+                await self.poll(apply)
                 failures = 0
             except Exception as exc:  # noqa: BLE001 - the loop outlives any one bad round
                 failures += 1

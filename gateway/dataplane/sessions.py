@@ -305,6 +305,14 @@ class SessionStore:
         self._drop(sid)
         return True
 
+    def apply_event(self, ref: str, kind: str, value: str | None) -> None:
+        """A session event read from the feed (:mod:`gateway.dataplane.session_events`): end
+        the session ``ref`` here (``ended``), or set its log level (``log_level``)."""
+        if kind == "ended":
+            self.end(ref)
+        elif (session := self.find(ref)) is not None:
+            session.log_level = value
+
     def find(self, ref: str) -> Session | None:
         """The session with public reference ``ref`` held here, else None."""
         sid = self._by_ref.get(ref)

@@ -161,14 +161,14 @@ async def test_a_delete_on_one_data_plane_reaches_another_data_planes_client(cp_
             }
         )
         applied: list[tuple[str, str, str | None]] = []
-        a = SessionEvents(dp_config, http, lambda *e: None)
-        b = SessionEvents(dp_config, http, lambda *e: applied.append(e))
+        a = SessionEvents(dp_config, http)
+        b = SessionEvents(dp_config, http)
 
         assert await a.publish(REF, "ended", None, int(time.time()) + 60) is True
         assert await a.publish(OTHER, "log_level", "warning", int(time.time()) + 60) is True
         assert a.ended(REF) and a.level(OTHER) == "warning"  # known to the publisher at once
 
-        await b.poll()
+        await b.poll(lambda *e: applied.append(e))
 
     assert applied == [(REF, "ended", None), (OTHER, "log_level", "warning")]
     assert b.ended(REF) and not b.ended(OTHER) and b.level(OTHER) == "warning"
@@ -184,7 +184,7 @@ async def test_events_taken_while_the_control_plane_is_down_are_posted_when_it_i
                 "control_plane": {"admin_token": ADMIN_TOKEN, "url": "http://127.0.0.1:9"},
             }
         )
-        events = SessionEvents(down, http, lambda *e: None, post_timeout=1.0)
+        events = SessionEvents(down, http, post_timeout=1.0)
         assert await events.publish(REF, "ended", None, int(time.time()) + 60) is False
         assert events.ended(REF)  # this data plane refuses the id at once all the same
 
@@ -197,10 +197,10 @@ async def test_events_taken_while_the_control_plane_is_down_are_posted_when_it_i
                 }
             )
             assert await events._flush() is True
-            reader = SessionEvents(events._config, http, lambda *e: None)
+            reader = SessionEvents(events._config, http)
 
             async def seen() -> bool:
-                await reader.poll()
+                await reader.poll(lambda *e: None)
                 return reader.ended(REF)
 
             assert await poll(seen, timeout=10)
@@ -218,7 +218,7 @@ async def test_a_delete_taken_while_the_control_plane_is_down_survives_a_restart
         }
     )
     async with httpx.AsyncClient() as http:
-        before = SessionEvents(down, http, lambda *e: None, post_timeout=1.0, spool=spool)
+        before = SessionEvents(down, http, post_timeout=1.0, spool=spool)
         assert await before.publish(REF, "ended", None, int(time.time()) + 60) is False
         assert spool.exists()  # on disk before the DELETE was answered
 
@@ -230,10 +230,10 @@ async def test_a_delete_taken_while_the_control_plane_is_down_survives_a_restart
                     "control_plane": {"admin_token": ADMIN_TOKEN, "internal_token": "internal-test-token", "url": url},
                 }
             )
-            after = SessionEvents(up, http, lambda *e: None, spool=spool)  # the restarted data plane
+            after = SessionEvents(up, http, spool=spool)  # the restarted data plane
             assert await after.load() == 1 and after.ended(REF)  # refused at once, before any post
             assert await after._flush() is True
             assert not spool.exists()
-            reader = SessionEvents(up, http, lambda *e: None)
-            await reader.poll()
+            reader = SessionEvents(up, http)
+            await reader.poll(lambda *e: None)
             assert reader.ended(REF)

@@ -52,7 +52,7 @@ class ControlPlane:
 async def test_concurrent_deletes_are_all_stored_even_when_one_post_fails() -> None:
     cp = ControlPlane(answers=[204, 503], delays=[0.2])
     async with httpx.AsyncClient(transport=httpx.MockTransport(cp)) as http:
-        events = SessionEvents(CONFIG, http, lambda *e: None)
+        events = SessionEvents(CONFIG, http)
         expires = int(time.time()) + 60
         async with anyio.create_task_group() as tg:
             for i in range(3):
@@ -66,7 +66,7 @@ async def test_concurrent_deletes_are_all_stored_even_when_one_post_fails() -> N
 async def test_a_refused_batch_is_dropped_and_does_not_hold_back_later_events() -> None:
     cp = ControlPlane(answers=[400], delays=[])
     async with httpx.AsyncClient(transport=httpx.MockTransport(cp)) as http:
-        events = SessionEvents(CONFIG, http, lambda *e: None)
+        events = SessionEvents(CONFIG, http)
         assert await events.publish(_ref(1), "ended", None, int(time.time()) + 60) is True
         assert await events.publish(_ref(2), "ended", None, int(time.time()) + 60) is True
     assert cp.stored == [_ref(2)] and events._pending == []
@@ -75,7 +75,7 @@ async def test_a_refused_batch_is_dropped_and_does_not_hold_back_later_events() 
 
 async def test_the_mirror_is_bounded_and_forgets_the_soonest_to_expire_first(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(module, "MAX_MIRROR", 100)
-    events = SessionEvents(CONFIG, httpx.AsyncClient(), lambda *e: None)
+    events = SessionEvents(CONFIG, httpx.AsyncClient())
     now = int(time.time())
     for i in range(150):
         events._remember(_ref(i), "ended", None, now + 1000 + i)
@@ -91,6 +91,6 @@ async def test_a_spool_that_cannot_be_written_keeps_the_event_queued_and_raises_
     blocked = tmp_path / "not-a-dir"
     blocked.write_text("a file where the spool directory should be")
     async with httpx.AsyncClient(transport=httpx.MockTransport(cp)) as http:
-        events = SessionEvents(CONFIG, http, lambda *e: None, spool=blocked / "dp.session-events.json")
+        events = SessionEvents(CONFIG, http, spool=blocked / "dp.session-events.json")
         assert await events.publish(_ref(1), "ended", None, int(time.time()) + 60) is False
     assert [e["session_ref"] for e in events._pending] == [_ref(1)] and events.ended(_ref(1))

@@ -187,3 +187,15 @@ def test_a_held_session_ends_at_its_max_age_on_the_data_plane_that_holds_it() ->
     session.expires_at = int(time.time()) - 1  # as if initialize was max_age ago
     assert store.get(session.id, ALICE) is None
     assert len(store) == 0 and store.find(session.ref) is None
+
+
+def test_events_from_the_feed_end_a_held_session_or_set_its_level() -> None:
+    store = _store()
+    kept, ended = store.create(ALICE, "2025-11-25", CAPS), store.create(BOB, "2025-11-25", CAPS)
+
+    store.apply_event(kept.ref, "log_level", "warning")
+    store.apply_event(ended.ref, "ended", None)
+    store.apply_event("sr-" + "0" * 24, "ended", None)  # not held here: nothing to do
+
+    assert store.find(kept.ref) is kept and kept.log_level == "warning"
+    assert store.find(ended.ref) is None and len(store) == 1
