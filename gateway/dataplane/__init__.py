@@ -33,7 +33,7 @@ from gateway.httpclient import create_http_client
 from gateway.mcp.messages import HANDSHAKE_VERSIONS, MODERN_VERSIONS
 from gateway.mcp.upstream import UpstreamPool
 from gateway.observability.asgi import MetricsEndpoint, RequestObserver
-from gateway.observability.metrics import DataPlaneMetrics, open_sessions
+from gateway.observability.metrics import DataPlaneMetrics
 from gateway.observability.tracing import Tracing, traced_client
 from gateway.policy.embedded import EmbeddedHealth, EmbeddedOpa, EmbeddedPolicyEngine
 from gateway.policy.health import OpaHealth
@@ -180,7 +180,7 @@ async def dataplane_resources(config: Config) -> AsyncIterator[dict[str, object]
             synced=session_events.synced.is_set,
         )
         metrics.watch(
-            sessions=lambda: open_sessions(sessions),
+            sessions=lambda: len(sessions),
             audit=audit,
             spool_files=audit.spool_files,
             opa_ready=sidecar.bundle_active if sidecar is not None else None,

@@ -34,7 +34,6 @@ __all__ = [
     "KNOWN_ACTIONS",
     "ControlPlaneMetrics",
     "DataPlaneMetrics",
-    "open_sessions",
     "spool_bytes",
 ]
 
@@ -79,18 +78,6 @@ def _status_outcome(status: int) -> str:
     if status >= 500:
         return "error"
     return "rejected" if status >= 400 else "allowed"
-
-
-def open_sessions(store: Any) -> int:
-    """Live handshake-era sessions of a :class:`~gateway.dataplane.sessions.SessionStore`.
-
-    ``len(store)`` where the store has it; otherwise its table's size. (The fallback reads a
-    private attribute; it goes once ``SessionStore.__len__`` is everywhere.)
-    """
-    try:
-        return len(store)
-    except TypeError:
-        return len(store._sessions)
 
 
 def spool_bytes(paths: Iterable[Path]) -> int:
@@ -209,7 +196,7 @@ class DataPlaneMetrics:
         """Name the state read at scrape time (composition root).
 
         Args:
-            sessions: Live handshake-era sessions (:func:`open_sessions`).
+            sessions: Live handshake-era sessions (``len`` of the session store).
             audit: The ``AuditShipper`` (``queued``, ``spooled``, ``replayed``, ``shipped``).
             spool_files: The audit spool's files (:func:`spool_bytes` sums their sizes).
             opa_ready: True when the engine has activated its bundle.
