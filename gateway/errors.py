@@ -13,6 +13,7 @@ The tree (class, safe ``category``, HTTP ``status_code``)::
     |  + ArgumentsTooDeep             arguments_too_deep        400
     |  + ArgumentsTooLarge            arguments_too_large       400
     |  + UnexpectedParam              unexpected_param          400
+    |  + InvalidApiDocument           invalid_api_document      400
     + AuthenticationFailed            unauthenticated           401
     |  + DelegationTooDeep            delegation_too_deep       401
     |  + TooManyFailedAttempts        too_many_failed_attempts  429
@@ -30,6 +31,7 @@ The tree (class, safe ``category``, HTTP ``status_code``)::
     |  + UpstreamUnavailable          upstream_unavailable      502
     |  + UpstreamTimeout              upstream_timeout          504
     |  + UpstreamProtocolError        upstream_protocol_error   502
+    |  + UpstreamAddressRefused       upstream_address_refused  502
     |  + UpstreamCredentialRejected   upstream_credential_rejected 502
     |  + CredentialUnavailable        credential_unavailable    502
     |     + CredentialNotConnected    credential_not_connected  409
@@ -81,6 +83,8 @@ __all__ = [
     "RequestRejected",
     "UnknownServer",
     "UnexpectedParam",
+    "InvalidApiDocument",
+    "UpstreamAddressRefused",
     "UnknownTool",
     "UnsupportedTransport",
     "UpstreamError",
@@ -173,6 +177,21 @@ class UnexpectedParam(RequestRejected):
     (JSON-RPC ``-32602``): policy would not see it, so it is never forwarded."""
 
     category = "unexpected_param"
+
+
+class InvalidApiDocument(RequestRejected):
+    """An OpenAPI document (or an API source's selection or overrides) the adapter cannot use.
+
+    ``location`` names where, as a dotted path into the document (``paths./pet/{petId}.get.
+    parameters[0]``), or the request field (``selection.include.tags``); it is derived from
+    the document's structure, so it is safe to show to the admin who sent it.
+    """
+
+    category = "invalid_api_document"
+
+    def __init__(self, message: str, *, location: str) -> None:
+        super().__init__(f"{location}: {message}" if location else message)
+        self.location = location
 
 
 class AuthenticationFailed(GatewayError):
@@ -306,6 +325,16 @@ class UpstreamProtocolError(UpstreamError):
     """The upstream answered something that is not valid MCP / JSON-RPC."""
 
     category = "upstream_protocol_error"
+
+
+class UpstreamAddressRefused(UpstreamError):
+    """An API source's host resolved to an address it may not reach: loopback, link-local,
+    private or otherwise not globally routable for a source not approved as internal; an
+    unspecified, multicast or cloud-metadata address for any source (docs/api-adapter.md
+    "SSRF rules"). Nothing was sent; the message names the host and address class, never a
+    URL's path or query."""
+
+    category = "upstream_address_refused"
 
 
 class ProjectionUnavailable(GatewayError):

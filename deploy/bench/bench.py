@@ -17,6 +17,11 @@ dropped afterwards), the sample upstream, and three benchmark upstreams with 10,
 * throughput at concurrency 8 (closed loop, 8 workers, direct/gateway/gateway/direct halves):
   req/s and gateway / direct;
 * ``tools/call`` with 100 B, 10 KB and 1 MB arguments (raw, 2026-07-28, the 10-tool upstream);
+* ``api_adapter`` (``bench_adapter.py``): a REST endpoint (``rest_echo.py``) registered as an API
+  source; ``GET /items/7?q=bench`` directly vs its adapter tool through the gateway (raw, both
+  eras), interleaved with the MCP raw 2026-07-28 pair; added latency next to MCP's; req/s at
+  concurrency 8; OPA queries per call; httpx (the adapter's client) vs aiohttp (the MCP hot path)
+  timed in process;
 * ``tools/list`` of 10, 100 and 1,000 tools (``/mcp/<server>``), and the OPA queries per list
   (OPA's ``/metrics`` ``v1/data`` request count);
 * saturation: closed loop at rising concurrency until req/s stops rising; CPU of the gateway
@@ -56,6 +61,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+from bench_adapter import measure_adapter, print_adapter
 from bench_drivers import ERAS, MODERN, Driver, open_driver
 from bench_measure import (
     FALLBACK,
@@ -170,6 +176,8 @@ class Bench:
             out["reconciliation"] = _reconcile(out)
             out["arg_sizes"] = await self.arg_sizes(rtt)
             lap("arg_sizes")
+            out["api_adapter"] = await self.api_adapter(rtt, out["added"].get(f"raw/{MODERN}/gateway"))
+            lap("api_adapter")
             out["tools_list"] = await self.tools_list(rtt)
             lap("tools_list")
             out["saturation"] = await self.saturation()
@@ -254,6 +262,34 @@ class Bench:
             res = await interleaved_latencies(cases, n, max(2, n // 10), max(1, min(self.args.rounds, n // 2)))
             out[label] = {"bytes": size, **res, **added_vs_direct(res["gateway"], res["direct"], rtt)}
         return out
+
+    async def api_adapter(self, rtt: float, mcp_added: dict[str, Any] | None) -> dict[str, Any]:
+        """A REST endpoint directly vs its API-adapter tool through the gateway (``bench_adapter``)."""
+
+        async def open_raw(url: str, era: str, token: str | None) -> Driver:
+            return await self._driver("raw", era, "direct" if token is None else "gateway", url)
+
+        a = self.args
+        try:
+            return await measure_adapter(
+                stack=self.stack,
+                http=self.http,
+                token=self.token,
+                open_raw=open_raw,
+                free_port=free_port,
+                opa_queries=self._opa_queries,
+                rtt=rtt,
+                server=self.stack.extra_env.get("GATEWAY_SERVER", "uvicorn"),
+                requests=a.requests,
+                warmup=a.warmup,
+                rounds=a.rounds,
+                c8_seconds=a.seconds,
+                client_requests=60 if a.quick else 2000,
+                client_rounds=2 if a.quick else 5,
+                mcp_added=mcp_added,
+            )
+        except Exception as exc:  # noqa: BLE001 - reported in the JSON; the stack's other sections stand
+            return {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-3000:]}
 
     async def tools_list(self, rtt: float) -> dict[str, Any]:
         """``tools/list`` of N tools: the N-tool upstream directly vs ``/mcp/many<N>``."""
@@ -546,6 +582,8 @@ def _print_run(name: str, run: dict[str, Any]) -> None:
     for label, r in run["arg_sizes"].items():
         print(f"tools/call {label:5}: direct p50 {r['direct']['p50_ms']:.2f} ms, +{r['added_p50_ms']:.2f} ms ", end="")
         print(f"({r['added_p50_rtt']:.2f} RTT) p50, +{r['added_p99_ms']:.2f} ms p99")
+    if "api_adapter" in run:
+        print_adapter(run["api_adapter"])
     for n, r in run["tools_list"].items():
         print(
             f"tools/list {n:>5}: direct p50 {r['direct']['p50_ms']:.2f} ms, gateway {r['gateway']['p50_ms']:.2f} ms, ",
@@ -641,6 +679,10 @@ def main() -> int:
             "added_*_rtt": "(gateway - direct) of the same client and era, at that percentile, divided by RTT p50",
             "ratio": "gateway req/s / direct req/s, closed loop, 8 workers, same client and era",
             "rps_per_core": "req/s / (gateway + OPA CPU seconds per wall second)",
+            "api_adapter.added": "(adapter tool through the gateway - the same REST GET made directly with the raw "
+            "client) at that percentile, ms and / RTT p50; mcp/2026-07-28: the MCP raw pair in the same rounds",
+            "api_adapter.client_in_process": "p50 ms per sequential GET to the REST endpoint in the bench process "
+            "(the gateway's loop kind): aiohttp and httpx backends of gateway.httpclient, and ApiUpstream.call",
             "observability.off_path_us_per_call": "observability hooks a governed call passes with tracing off "
             "(counted on the live data planes) x microseconds per hook (timeit, median repeat, bench process)",
         },

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from gateway.cli import admin, audit_integrity, ops, policies, servers
+from gateway.cli import admin, api_sources, audit_integrity, ops, policies, servers
 from gateway.cli.client import AdminClient
 from gateway.cli.common import fail, handle_errors, note, settings_of
 from gateway.cli.errors import CliError, ExitCode
@@ -28,6 +28,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.add_typer(servers.app, name="servers")
+app.add_typer(api_sources.app, name="api-sources")
 app.add_typer(policies.app, name="policies")
 app.add_typer(ops.projection_app, name="projection")
 app.add_typer(ops.audit_app, name="audit")

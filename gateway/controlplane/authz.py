@@ -62,6 +62,11 @@ ACTIONS: dict[tuple[str, str], str] = {
     ("GET", "/v1/servers/{name}"): "servers.read",
     ("POST", "/v1/servers/{name}/approve"): "servers.approve",
     ("GET", "/v1/servers/{name}/drift"): "servers.read",
+    # API sources are upstreams too: the same registry actions (register, read, approve).
+    ("GET", "/v1/api-sources"): "servers.read",
+    ("POST", "/v1/api-sources"): "servers.register",
+    ("GET", "/v1/api-sources/{name}"): "servers.read",
+    ("POST", "/v1/api-sources/{name}/approve"): "servers.approve",
     ("GET", "/v1/policies"): "policies.read",
     ("POST", "/v1/policies"): "policies.upload",
     ("GET", "/v1/policies/{version}"): "policies.read",

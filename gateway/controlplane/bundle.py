@@ -18,6 +18,15 @@ BUNDLE_ROOTS = ("gateway", "gateway_runtime", "system/log")
 """The data paths the bundle owns; user policy lives under ``gateway``."""
 
 
+def _http_of(server: Mapping[str, Any], tool: str) -> dict[str, Any]:
+    """``{"http": {"method", "path"}}`` for an API source's tool, else ``{}``."""
+    api = server.get("api")
+    for op in api.get("operations", []) if isinstance(api, Mapping) else []:
+        if isinstance(op, Mapping) and op.get("tool") == tool:
+            return {"http": {"method": op.get("method"), "path": op.get("path")}}
+    return {}
+
+
 def bundle_data(
     *,
     version: int,
@@ -35,15 +44,20 @@ def bundle_data(
     ``data`` (if any) is placed at ``data.gateway`` verbatim; policy validation has
     already rejected keys that clash with the version's rules.
 
+    An API source's tools also carry ``http``: ``{"method", "path"}`` of the operation each is
+    bound to (``data.gateway_runtime.registry.servers[s].tools[t].http.method == "DELETE"``).
+
     Args:
         servers: Approved servers as in the routing table (``name``, ``transport``, ``tools``,
-            and optionally ``prompts`` and ``capabilities``).
+            and optionally ``prompts``, ``capabilities`` and, for an API source, ``api``).
     """
     registry = {
         s["name"]: {
             "transport": s["transport"],
             "capabilities": sorted(s.get("capabilities") or {}),
-            "tools": {t["name"]: {"annotations": t.get("annotations", {})} for t in s["tools"]},
+            "tools": {
+                t["name"]: {"annotations": t.get("annotations", {}), **_http_of(s, t["name"])} for t in s["tools"]
+            },
             "prompts": {
                 p["name"]: {"arguments": [a["name"] for a in p.get("arguments") or []]} for p in s.get("prompts") or []
             },

@@ -685,6 +685,158 @@ _SCHEMAS: dict[str, Any] = {
         "required": ["name", "diff"],
         "properties": {"name": {"type": "string"}, "diff": _ref("ToolDiff")},
     },
+    "ApiSourceRegistration": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["name", "base_url", "document"],
+        "description": "A REST API described by an OpenAPI 3.0 or 3.1 document, served as MCP tools (docs/api-adapter.md). "
+        "The document is given here, never fetched; `$ref`s must be local. A 400 `invalid_api_document` names the "
+        "location of anything unsupported.",
+        "properties": {
+            "name": _SERVER_NAME_FIELD,
+            "base_url": {
+                "type": "string",
+                "format": "uri",
+                "maxLength": 2048,
+                "description": "Absolute http(s) URL every request starts with (scheme, host, port and path prefix); "
+                "no credentials, query or fragment. Arguments never change scheme, host or port.",
+            },
+            "document": {
+                "description": "The OpenAPI document: a JSON object, or its JSON or YAML text (at most 4 MiB, "
+                "64 levels deep; YAML without anchors or aliases).",
+                "oneOf": [{"type": "object"}, {"type": "string", "maxLength": 4194304}],
+            },
+            "description": _text(4096),
+            "selection": {
+                "type": "object",
+                "additionalProperties": False,
+                "description": "Which operations become tools: `include` (absent = all) minus `exclude`; `paths` are "
+                "globs on the path template.",
+                "properties": {
+                    "include": _ref("ApiOperationFilter"),
+                    "exclude": _ref("ApiOperationFilter"),
+                },
+            },
+            "overrides": {
+                "type": "object",
+                "description": "By `operationId` (or `METHOD /path`): `name`, `title`, `description`, `annotations` "
+                "of the tool.",
+                "additionalProperties": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "name": {"type": "string"},
+                        "title": {"type": "string"},
+                        "description": {"type": "string"},
+                        "annotations": {"type": "object"},
+                    },
+                },
+            },
+            "options": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "follow_redirects": {
+                        "type": "boolean",
+                        "description": "Follow same-origin redirects (at most 5); default false.",
+                    },
+                    "timeout": {
+                        "type": "number",
+                        "exclusiveMinimum": 0,
+                        "maximum": 300,
+                        "description": "Seconds one call may take (default: the data plane's upstream timeout).",
+                    },
+                    "max_response_bytes": {
+                        "type": "integer",
+                        "minimum": 1,
+                        "maximum": 67108864,
+                        "description": "Largest response body read (default 4 MiB).",
+                    },
+                },
+            },
+            "requires_credential": {
+                "type": "boolean",
+                "description": "Every call needs a credential binding (set by the first binding too; docs/credentials.md).",
+            },
+        },
+    },
+    "ApiOperationFilter": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "operation_ids": {"type": "array", "items": {"type": "string"}},
+            "tags": {"type": "array", "items": {"type": "string"}},
+            "paths": {"type": "array", "items": {"type": "string"}},
+        },
+    },
+    "ApiSourceApproval": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["comment"],
+        "properties": {
+            "comment": _ref("ApprovalComment"),
+            "internal": {
+                "type": "boolean",
+                "description": "The source is internal: its host may resolve to loopback, link-local or private "
+                "addresses (refused otherwise, on every call). Required for an IP-literal or `localhost` base URL "
+                "of such a class.",
+            },
+        },
+    },
+    "ApiSource": {
+        "type": "object",
+        "required": [
+            "name",
+            "base_url",
+            "description",
+            "status",
+            "internal",
+            "openapi_version",
+            "document_sha256",
+            "tools",
+            "operations",
+            "report",
+        ],
+        "properties": {
+            "name": {"type": "string"},
+            "base_url": {"type": "string"},
+            "description": {"type": "string"},
+            "status": {"type": "string", "enum": ["pending_approval", "approved"]},
+            "tenant": {"type": "string"},
+            "environment": {"type": "string"},
+            "created_at": TIMESTAMP,
+            "approved_at": NULLABLE_TIMESTAMP,
+            "requires_credential": {"type": "boolean"},
+            "registered_by": {"type": ["string", "null"]},
+            "approved_by": {"type": ["string", "null"]},
+            "approval_comment": {"type": ["string", "null"]},
+            "internal": {"type": "boolean", "description": "Approved as internal (see `ApiSourceApproval`)."},
+            "internal_at": NULLABLE_TIMESTAMP,
+            "openapi_version": {"type": "string", "enum": ["3.0", "3.1"]},
+            "document_sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+            "selection": {"type": "object"},
+            "overrides": {"type": "object"},
+            "options": {"type": "object"},
+            "tools": {
+                "type": "array",
+                "items": _ref("Tool"),
+                "description": "Approved: the pinned tools (with `sha256`); pending: what approval would pin.",
+            },
+            "operations": {
+                "type": "array",
+                "items": {"type": "object"},
+                "description": "What each tool sends: method, path template, parameters, body (gateway/apiadapter/binding.py).",
+            },
+            "report": {"type": "object", "description": "What the compiler renamed, ignored or skipped."},
+            "projection_version": {**VERSION, "description": "Only in the approval answer: the compiled projection."},
+            "diff": {**_ref("ToolDiff"), "description": "Only in the approval answer."},
+        },
+    },
+    "ApiSourceList": {
+        "type": "object",
+        "required": ["items"],
+        "properties": {"items": {"type": "array", "items": _ref("ApiSource")}},
+    },
     "ServerList": {
         "type": "object",
         "required": ["items"],
@@ -1798,6 +1950,58 @@ _PATHS: dict[str, Any] = {
             parameters=[_NAME_PARAM],
         )
     },
+    "/v1/api-sources": {
+        "get": _op(
+            "listApiSources",
+            "api-sources",
+            "Every registered API source, by name.",
+            {"200": _json(_ref("ApiSourceList"), "The API sources.")},
+        ),
+        "post": _op(
+            "registerApiSource",
+            "api-sources",
+            "Register a REST API described by an OpenAPI 3.0/3.1 document (pending approval); the answer shows "
+            "the tools approval would pin.",
+            {
+                "201": _json(_ref("ApiSource"), "Registered."),
+                "400": _error("BadRequest"),
+                "409": _error("Conflict"),
+            },
+            body="ApiSourceRegistration",
+        ),
+    },
+    "/v1/api-sources/{name}": {
+        "get": _op(
+            "getApiSource",
+            "api-sources",
+            "One API source with its tools and operations.",
+            {
+                "200": _json(_ref("ApiSource"), "The API source."),
+                "400": _error("BadRequest"),
+                "404": _error("NotFound"),
+            },
+            parameters=[_NAME_PARAM],
+        )
+    },
+    "/v1/api-sources/{name}/approve": {
+        "post": _op(
+            "approveApiSource",
+            "api-sources",
+            "Compile the registered document again, pin its tools and operations, approve, and compile a projection.",
+            {
+                "200": _json(_ref("ApiSource"), "Approved; `projection_version` is the compiled projection."),
+                "400": _error("BadRequest"),
+                "404": _error("NotFound"),
+            },
+            parameters=[_NAME_PARAM],
+        )
+        | {
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": _ref("ApiSourceApproval")}},
+            }
+        }
+    },
     "/v1/policies": {
         "get": _op(
             "listPolicies",
@@ -2398,6 +2602,10 @@ _DOCUMENT: dict[str, Any] = {
     "tags": [
         {"name": "meta"},
         {"name": "servers"},
+        {
+            "name": "api-sources",
+            "description": "REST APIs described by OpenAPI, served as MCP tools (docs/api-adapter.md).",
+        },
         {"name": "policies"},
         {"name": "projection"},
         {"name": "audit"},

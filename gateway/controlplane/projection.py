@@ -13,7 +13,7 @@ import asyncpg
 from gateway.config import Config
 from gateway.controlplane.bundle import build_bundle, bundle_data, signature_problem
 from gateway.controlplane.notifier import ProjectionNotifier
-from gateway.db import api_keys, credentials, instances, policies, projections, servers
+from gateway.db import api_keys, api_sources, credentials, instances, policies, projections, servers
 from gateway.db.projections import StoredProjection
 from gateway.policy.bundle_signing import BundleSigner, load_signer
 from gateway.policy.reserved import capabilities_summary, load_reserved_modules
@@ -57,15 +57,18 @@ async def compile_projection(
     # Each server's credential bindings (ids, selectors, credential id/kind/version: never a
     # secret) go to the data planes' routing table only, not into the OPA bundle.
     bindings = await credentials.projection_bindings(conn, tenant, env)
+    # An API source's entry also carries its operation bindings and options (routing table only).
+    apis = await api_sources.projection_apis(conn, tenant, env)
     policy_version = policy["version"] if policy else None
     revision = revision_of(version, policy_version)
+    servers_with_api = [{**srv, "api": apis[srv["name"]]} if srv["name"] in apis else srv for srv in approved]
     routing_table = {
         "version": version,
         "policy_version": policy_version,
         "revision": revision,
         "tenant": tenant,
         "environment": env,
-        "servers": [{**srv, "credentials": bindings.get(srv["name"], [])} for srv in approved],
+        "servers": [{**srv, "credentials": bindings.get(srv["name"], [])} for srv in servers_with_api],
         # Live API keys (id, subject, roles, argon2id hash, expiry; never a key): data planes
         # verify keys against it, and a revoked key is gone from the next projection.
         "api_keys": await api_keys.projection_api_keys(conn, tenant, env),
@@ -74,7 +77,7 @@ async def compile_projection(
         version=version,
         policy_version=policy_version,
         revision=revision,
-        servers=approved,
+        servers=servers_with_api,
         policy_data=policy["data"] if policy else None,
     )
     blob = build_bundle(

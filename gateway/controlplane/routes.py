@@ -7,6 +7,7 @@ from starlette.routing import Route
 from gateway.controlplane import (
     admins,
     api_keys,
+    api_sources,
     audit,
     audit_ingest,
     audit_integrity,
@@ -49,6 +50,10 @@ routes = [
     Route("/v1/servers/{name}", servers.get_server, methods=["GET"]),
     Route("/v1/servers/{name}/approve", servers.approve_server, methods=["POST"]),
     Route("/v1/servers/{name}/drift", servers.get_server_drift, methods=["GET"]),
+    Route("/v1/api-sources", api_sources.list_api_sources, methods=["GET"]),
+    Route("/v1/api-sources", api_sources.create_api_source, methods=["POST"]),
+    Route("/v1/api-sources/{name}", api_sources.get_api_source, methods=["GET"]),
+    Route("/v1/api-sources/{name}/approve", api_sources.approve_api_source, methods=["POST"]),
     Route("/v1/policies", policies.list_policies, methods=["GET"]),
     Route("/v1/policies", policies.create_policy, methods=["POST"]),
     Route("/v1/policies/{version}", policies.get_policy, methods=["GET"]),

@@ -20,10 +20,10 @@ from gateway.controlplane.middleware.admin import authorize_resource, record_cha
 from gateway.controlplane.projection import mutate_and_compile
 from gateway.db import admin as db_admin
 from gateway.db import servers as db_servers
-from gateway.errors import RequestRejected
+from gateway.errors import NotFound, RequestRejected
 from gateway.mcp.stdio import StdioLaunch
 
-__all__ = ["approve_server", "create_server", "get_server", "get_server_drift", "list_servers"]
+__all__ = ["approve_server", "create_server", "get_server", "get_server_drift", "list_servers", "validate_name"]
 
 NAME = re.compile(r"[a-z0-9](?:[a-z0-9_-]{0,61}[a-z0-9])?")
 """Server names; ``__`` is also forbidden and the last character is alphanumeric, so
@@ -31,6 +31,8 @@ NAME = re.compile(r"[a-z0-9](?:[a-z0-9_-]{0,61}[a-z0-9])?")
 ``a`` + tool ``_b`` and server ``a_`` + tool ``b`` cannot both exist. Used with ``fullmatch``
 (``$`` would also match before a trailing newline)."""
 KNOWN_TRANSPORTS = frozenset({"streamable_http", "legacy_sse", "stdio"})
+API_TRANSPORT = "openapi"
+"""The transport of API sources' rows (:mod:`gateway.controlplane.api_sources`): never registered here."""
 MAX_URL = 2048
 MAX_DESCRIPTION = 4096
 MAX_COMMAND = 4096
@@ -45,8 +47,9 @@ _LAUNCH_FIELDS = frozenset({"command", "args", "cwd", "env"})
 _REGISTRATION_FIELDS = frozenset({"name", "transport", "url", "description", "requires_credential"}) | _LAUNCH_FIELDS
 
 
-def _validate_name(name: object) -> str:
-    """Return a valid server name (body field or path parameter); 400 naming ``name`` otherwise."""
+def validate_name(name: object) -> str:
+    """Return a valid upstream name (MCP server or API source; body field or path parameter);
+    400 naming ``name`` otherwise."""
     if not isinstance(name, str) or not NAME.fullmatch(name) or "__" in name:
         raise RequestRejected("name must be 1-63 of [a-z0-9_-], start and end alphanumeric, and must not contain '__'")
     return name
@@ -110,7 +113,7 @@ async def create_server(request: Request) -> Response:
             'body must be {"name", "transport", "url", "description"?, "requires_credential"?} or, for stdio, '
             '{"name", "transport", "command", "args"?, "cwd"?, "env"?, "description"?, "requires_credential"?}'
         )
-    name = _validate_name(body.get("name"))
+    name = validate_name(body.get("name"))
     transport = body.get("transport")
     if not isinstance(transport, str) or transport not in KNOWN_TRANSPORTS:
         raise RequestRejected("transport must be one of streamable_http, legacy_sse, stdio")
@@ -150,11 +153,13 @@ async def create_server(request: Request) -> Response:
 
 
 async def list_servers(request: Request) -> Response:
-    """``GET /v1/servers`` -> ``{"items": [server record, ...]}`` sorted by name."""
+    """``GET /v1/servers`` -> ``{"items": [server record, ...]}`` sorted by name (MCP servers only;
+    API sources are under ``/v1/api-sources``)."""
     d = deps(request)
     async with d.pool.acquire() as conn:
         items = await db_servers.list_servers(conn, d.config.tenant, d.config.environment)
-    return JSONResponse({"items": items})
+    # API sources share the upstream namespace but are listed by /v1/api-sources.
+    return JSONResponse({"items": [s for s in items if s["transport"] != API_TRANSPORT]})
 
 
 async def get_server(request: Request) -> Response:
@@ -162,8 +167,10 @@ async def get_server(request: Request) -> Response:
     d = deps(request)
     async with d.pool.acquire() as conn:
         record = await db_servers.get_server(
-            conn, d.config.tenant, d.config.environment, _validate_name(request.path_params["name"])
+            conn, d.config.tenant, d.config.environment, validate_name(request.path_params["name"])
         )
+    if record["transport"] == API_TRANSPORT:
+        raise NotFound(f"{record['name']!r} is an API source: see /v1/api-sources/{record['name']}")
     return JSONResponse(record)
 
 
@@ -189,7 +196,7 @@ async def approve_server(request: Request) -> Response:
     """
     d = deps(request)
     tenant, env = d.config.tenant, d.config.environment
-    name = _validate_name(request.path_params["name"])
+    name = validate_name(request.path_params["name"])
     options = await _approval_options(request)
     current, launch = await _current_and_launch(request, name)
     # Four-eyes: the control-plane policy decides again, now knowing who registered the server.
@@ -234,7 +241,7 @@ async def get_server_drift(request: Request) -> Response:
     compiled. 502/504 when the upstream cannot be listed, as for approval; 400 for a
     ``stdio`` server not yet approved with ``trust_stdio`` (its command is never run before).
     """
-    name = _validate_name(request.path_params["name"])
+    name = validate_name(request.path_params["name"])
     current, launch = await _current_and_launch(request, name)
     if launch is not None and not current["trusted"]:
         raise RequestRejected("a stdio server's command runs only once it is approved with trust_stdio")
@@ -249,6 +256,8 @@ async def _current_and_launch(request: Request, name: str) -> tuple[dict[str, An
     tenant, env = d.config.tenant, d.config.environment
     async with d.pool.acquire() as conn:
         current = await db_servers.get_server(conn, tenant, env, name)
+        if current["transport"] == API_TRANSPORT:
+            raise NotFound(f"{name!r} is an API source: see /v1/api-sources/{name}")
         launch = None
         if current["transport"] == "stdio":
             launch = StdioLaunch.from_record(await db_servers.get_launch(conn, tenant, env, name))

@@ -13,6 +13,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Route
 
+from gateway.apiadapter.upstream import ApiPool
 from gateway.config import Config, session_key_bytes
 from gateway.dataplane.audit import AuditShipper
 from gateway.dataplane.auth import CallerAuthenticator, JwtVerifier
@@ -127,7 +128,9 @@ async def dataplane_resources(config: Config) -> AsyncIterator[dict[str, object]
             streams=streams,
         )
         broker = CredentialBroker(config, cp_http)
-        sync = ProjectionSync(config, cp_http, upstreams, broker)
+        # API sources (gateway.apiadapter): one httpx client per source, behind the address guard.
+        apis = ApiPool(timeout=dp.upstream_timeout)
+        sync = ProjectionSync(config, cp_http, upstreams, broker, apis)
         drift = DriftWatch(
             lambda: sync.current,
             upstreams,
@@ -208,7 +211,15 @@ async def dataplane_resources(config: Config) -> AsyncIterator[dict[str, object]
                 "dp_sync": sync,
                 "dp_audit": audit,
                 "dp_governor": FeatureGovernor(
-                    config, engine, upstreams, audit, drift=drift, broker=broker, metrics=metrics, tracing=tracing
+                    config,
+                    engine,
+                    upstreams,
+                    audit,
+                    drift=drift,
+                    broker=broker,
+                    metrics=metrics,
+                    tracing=tracing,
+                    apis=apis,
                 ),
                 "dp_sessions": sessions,
                 "dp_session_events": session_events,
@@ -228,6 +239,7 @@ async def dataplane_resources(config: Config) -> AsyncIterator[dict[str, object]
             # cancel also stops every stdio upstream process (each supervisor kills its own).
             with anyio.CancelScope(shield=True), anyio.move_on_after(5):
                 await upstreams.aclose()
+                await apis.aclose()
                 await hot.aclose()
                 await streams.aclose()
             if tracing.enabled:  # export the spans still buffered (bounded: a collector may be down)

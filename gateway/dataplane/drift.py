@@ -104,7 +104,9 @@ class DriftWatch:
                 await self.check(projection)
 
     async def check(self, projection: ActiveProjection) -> None:
-        """Re-list every server of ``projection`` that has pinned tools (concurrently) and update the verdicts."""
+        """Re-list every MCP server of ``projection`` that has pinned tools (concurrently) and update
+        the verdicts. API sources are not re-listed: their tools are compiled from the document
+        pinned at approval, so they cannot drift."""
         verdicts: dict[str, dict[_Key, str] | None] = {}
 
         async def one(server: ServerEntry) -> None:
@@ -112,7 +114,7 @@ class DriftWatch:
 
         async with anyio.create_task_group() as tg:
             for server in projection.servers.values():
-                if server.tools:
+                if server.tools and server.api is None:  # an API source's tools are compiled, not listed
                     tg.start_soon(one, server)
         drifted: dict[_Key, str] = {}
         for name, found in verdicts.items():

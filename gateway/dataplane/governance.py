@@ -42,6 +42,8 @@ import orjson
 from jsonschema.exceptions import best_match
 from referencing.exceptions import Unresolvable
 
+from gateway.apiadapter.binding import API_META
+from gateway.apiadapter.upstream import ApiPool
 from gateway.config import Config
 from gateway.dataplane.audit import AuditShipper
 from gateway.dataplane.credentials import (
@@ -68,8 +70,10 @@ from gateway.errors import (
     PolicyUnavailable,
     RequestRejected,
     UnexpectedParam,
+    UnknownServer,
     UpstreamError,
     UpstreamProtocolError,
+    UpstreamUnavailable,
 )
 from gateway.mcp.channel import ClientChannel
 from gateway.mcp.credential import UpstreamCredential
@@ -282,10 +286,12 @@ class Governor:
         broker: CredentialResolver | None = None,
         metrics: DataPlaneMetrics | None = None,
         tracing: Tracing = DISABLED,
+        apis: ApiPool | None = None,
     ) -> None:
         self._config = config
         self._engine = engine
         self._upstreams = upstreams
+        self._apis = apis
         self._audit = audit
         self._drift = drift
         self._broker = broker
@@ -834,10 +840,10 @@ class Governor:
         credential, refused = await self._credential(projection, ctx, trace, msg_id, server, chosen)
         if refused is not None:
             return refused
-        upstream = self._upstreams.get(server.name, server.transport, server.url, ctx.caller, credential)
         channel = self.channel(projection, ctx, server.name, entry)
         forwarded = {"name": entry.name, "arguments": arguments, **relayed_params(params, ctx)}
         try:
+            upstream = self._upstream_for(server, ctx, credential)
             reply = await self.relay(upstream, "tools/call", forwarded, channel, ctx)
             result, error_obj = reply.get("result"), reply.get("error")
             if isinstance(result, dict):
@@ -856,13 +862,42 @@ class Governor:
             self._emit(projection, ctx, trace, status="error", error_category=exc.category)
             data = {"category": exc.category, "decision_id": trace.decision_id}
             return error_response(msg_id, UPSTREAM_FAILED, "Upstream server failed", data)
-        self._emit(projection, ctx, trace, status=status, result_sha256=result_hash)
+        api_error = (
+            api_category(result)
+            if server.api is not None and status == "tool_error" and isinstance(result, dict)
+            else None
+        )
+        self._emit(projection, ctx, trace, status=status, error_category=api_error, result_sha256=result_hash)
         if isinstance(result, dict):
             if ctx.server is None and isinstance(result.get("content"), list):
                 # resource_link / embedded resource URIs, so the client can read them through /mcp
                 result["content"] = [namespace_content(block, entry.server) for block in result["content"]]
             return result_response(msg_id, result)
         return {"jsonrpc": "2.0", "id": msg_id, "error": error_obj}
+
+    def _upstream_for(self, server: ServerEntry, ctx: CallContext, credential: UpstreamCredential | None) -> Upstream:
+        """The upstream a tool call goes to: the API-to-MCP adapter for an API source
+        (:mod:`gateway.apiadapter.upstream`), else the caller's pooled MCP session."""
+        if server.api is not None:
+            if self._apis is None:
+                raise UpstreamUnavailable(f"API source {server.name}: no API adapter on this data plane")
+            try:
+                return self._apis.get(server.name, credential)
+            except UnknownServer:  # the source left the projection since this call resolved it
+                raise UpstreamUnavailable(f"API source {server.name} is no longer served") from None
+        return self._upstreams.get(server.name, server.transport, server.url, ctx.caller, credential)
+
+
+def api_category(result: Mapping[str, Any]) -> str | None:
+    """The safe category an API source's tool error carries (``_meta["mcp-opa-gateway/http"]
+    ["category"]``, set by :mod:`gateway.apiadapter.response`), for its audit event: e.g.
+    ``api_not_found``, ``upstream_response_too_large``; None when absent or not a short token."""
+    meta = result.get("_meta")
+    http = meta.get(API_META) if isinstance(meta, Mapping) else None
+    category = http.get("category") if isinstance(http, Mapping) else None
+    if isinstance(category, str) and 0 < len(category) <= 64 and category.replace("_", "").isalnum():
+        return category
+    return None
 
 
 @dataclass(slots=True)

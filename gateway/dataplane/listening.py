@@ -307,7 +307,11 @@ class ServerWatch:
                 await anyio.sleep(self._interval)
 
     def _reconcile(self, projection: ActiveProjection, tg: TaskGroup) -> None:
-        wanted = {(s.name, s.transport, s.url, s.bindings, s.requires_credential) for s in projection.servers.values()}
+        wanted = {
+            (s.name, s.transport, s.url, s.bindings, s.requires_credential)
+            for s in projection.servers.values()
+            if s.api is None  # an API source sends no notifications
+        }
         for key in [k for k in self._watching if k not in wanted]:
             self._watching.pop(key).cancel()
         for key in wanted - self._watching.keys():

@@ -24,6 +24,8 @@ from jsonschema.exceptions import SchemaError
 from referencing import Registry, Resource
 from referencing.exceptions import NoSuchResource
 
+from gateway.apiadapter.binding import ApiSource
+from gateway.apiadapter.upstream import ApiPool
 from gateway.config import Config
 from gateway.dataplane.api_keys import ApiKeyEntry, compile_api_keys
 from gateway.dataplane.credentials import BindingRef, CredentialBroker, CredentialRef
@@ -90,6 +92,9 @@ class ServerEntry:
     requires_credential: bool = False
     """Every request to it needs a credential (registered so, or bound once): with no binding
     for the caller it is refused, never sent unauthenticated."""
+    api: ApiSource | None = None
+    """An API source (``transport`` ``openapi``, :mod:`gateway.apiadapter`): what its tools send.
+    ``url`` is then :meth:`ApiSource.address`."""
 
     def offers(self, capability: str) -> bool:
         """True when the server declared ``capability`` (``resources``, ``prompts``, ``completions``, ``logging``)."""
@@ -198,14 +203,16 @@ def compile_projection(table: Mapping[str, Any], cache: dict[str, Any] | None = 
     Args:
         table: ``{"version", "policy_version", "revision", "servers": [{"name",
             "transport", "url", "tools": [<wire tool>], ...}]}``; a ``stdio`` server
-            has ``url: null`` and ``command``, ``args``, ``cwd``, ``env``, ``trusted``.
+            has ``url: null`` and ``command``, ``args``, ``cwd``, ``env``, ``trusted``; an
+            API source (``transport: "openapi"``) has ``api`` (:mod:`gateway.apiadapter.binding`).
             ``api_keys`` (optional): the live API keys (:func:`~gateway.dataplane.api_keys.compile_api_keys`).
         cache: Validators by tool hash, reused across projections.
 
     Tools whose ``inputSchema`` is not a valid JSON Schema, or references an
     external schema (never fetched), are left out (logged): they could never be
     called safely. A ``stdio`` server not marked ``trusted`` at approval, or whose
-    launch is malformed, is left out whole (logged): it is never started. A server's
+    launch is malformed, is left out whole (logged): it is never started. An API source whose
+    ``api`` record is malformed is left out whole (logged), never half-served. A server's
     ``prompts`` and ``capabilities`` are optional (``[]``/``{}``: a server approved
     before they were recorded); a prompt with malformed ``arguments`` is left out (logged).
     """
@@ -228,6 +235,14 @@ def compile_projection(table: Mapping[str, Any], cache: dict[str, Any] | None = 
                 log.error("stdio server %s is not served: %s", srv["name"], exc)
                 continue
             url = launch.address()
+        api: ApiSource | None = None
+        if srv["transport"] == "openapi":
+            try:
+                api = ApiSource.from_record(srv["name"], srv.get("api"), srv.get("tools", []))
+            except ValueError as exc:
+                log.error("API source %s is not served: %s", srv["name"], exc)
+                continue
+            url = api.address()
         tools: dict[str, ToolEntry] = {}
         for wire in srv.get("tools", []):
             digest = wire.get("sha256") or definition_sha256(wire)  # the pin the drift check compares
@@ -243,6 +258,9 @@ def compile_projection(table: Mapping[str, Any], cache: dict[str, Any] | None = 
                 )
                 continue
             cache[digest] = validator
+            if api is not None and wire.get("name") not in api.operations:
+                log.error("API source %s tool %s is bound to no operation; not served", srv["name"], wire.get("name"))
+                continue
             entry = ToolEntry(srv["name"], wire["name"], wire, wire.get("annotations") or {}, validator, digest)
             key = f"{srv['name']}{SEPARATOR}{entry.name}"
             if key in aggregated:  # server names hold no "__" and end alphanumeric, so only a malformed table
@@ -264,6 +282,7 @@ def compile_projection(table: Mapping[str, Any], cache: dict[str, Any] | None = 
             dict(srv.get("capabilities") or {}),
             bindings,
             srv.get("requires_credential") is True or bool(bindings),
+            api,
         )
     return ActiveProjection(
         version=int(table["version"]),
@@ -316,15 +335,23 @@ class ProjectionSync:
         upstreams: Pool whose sessions are retained across activations.
         broker: The credential cache to trim on each activation (revoked, unbound and
             rotated credentials are dropped, with the upstream sessions opened with them).
+        apis: The API sources' clients (:class:`~gateway.apiadapter.upstream.ApiPool`), kept
+            in step with each activation.
     """
 
     def __init__(
-        self, config: Config, http: httpx.AsyncClient, upstreams: UpstreamPool, broker: CredentialBroker | None = None
+        self,
+        config: Config,
+        http: httpx.AsyncClient,
+        upstreams: UpstreamPool,
+        broker: CredentialBroker | None = None,
+        apis: ApiPool | None = None,
     ) -> None:
         self._config = config
         self._http = http
         self._upstreams = upstreams
         self._broker = broker
+        self._apis = apis
         self._validators: dict[str, Any] = {}
         self.current: ActiveProjection | None = None
         self.ready = anyio.Event()
@@ -369,7 +396,9 @@ class ProjectionSync:
         resp.raise_for_status()
         table = orjson.loads(resp.content)
         projection = compile_projection(table, self._validators)
-        await self._upstreams.retain({s.name: s.address for s in projection.servers.values()})
+        await self._upstreams.retain({s.name: s.address for s in projection.servers.values() if s.api is None})
+        if self._apis is not None:
+            await self._apis.retain({s.name: s.api for s in projection.servers.values() if s.api is not None})
         self.current = projection
         # Then what the new projection no longer names (revoked, unbound, rotated) goes: its
         # cached material, and its upstream sessions (closed in the background).

@@ -56,6 +56,12 @@ test_self_approval_is_refused_with_the_four_eyes_reason if {
 		"request": req("servers.approve"),
 		"resource": {"kind": "server", "id": "github", "author": "alice@https://idp"},
 	}
+	d2 := authz.decision with input as {
+		"actor": actor(["approver"]),
+		"request": req("servers.approve"),
+		"resource": {"kind": "api_source", "id": "petstore", "author": "alice@https://idp"},
+	}
+	d2.reasons == ["four_eyes: api_source petstore was authored by alice@https://idp, who cannot approve it"]
 }
 
 test_the_bootstrap_token_is_exempt_from_four_eyes if {

@@ -3,7 +3,8 @@
 Not a timed test: it never asserts on a latency or a rate, only that each number was measured
 (a positive count, a positive latency, a finite added latency -- that one may be negative on a
 noisy machine), and, for ``observability``, that the OTLP sink received a trace for every call
-through the tracing-on data plane and nothing from the tracing-off one.
+through the tracing-on data plane and nothing from the tracing-off one; for ``api_adapter``, that
+the adapter tool was decided by OPA and audited like an MCP call.
 """
 
 from __future__ import annotations
@@ -99,6 +100,8 @@ def test_quick_bench_writes_every_section(tmp_path: Path, pg_admin_url: str, ben
         _latency(res["gateway"], f"arg_sizes[{label}].gateway")
         _added(res, f"arg_sizes[{label}]")
 
+    _api_adapter(run["api_adapter"])
+
     assert sorted(run["tools_list"], key=int) == ["10", "100"]
     for n, res in run["tools_list"].items():
         _latency(res["direct"], f"tools_list[{n}].direct")
@@ -166,3 +169,32 @@ def _observability(obs: dict[str, Any]) -> None:
     assert obs["off_path_over_noise"] is None or math.isfinite(obs["off_path_over_noise"])
     for plane in ("off", "on"):
         _positive(obs["cpu_ms_per_call"][plane], f"observability.cpu_ms_per_call.{plane}")
+
+
+def _api_adapter(res: dict[str, Any]) -> None:
+    """A REST endpoint directly vs its API-adapter tool through the gateway, next to the MCP pair."""
+    assert "error" not in res, res.get("traceback", res.get("error"))
+    assert res["source"]["tool"] == "benchrest__getItem"
+    cases = ["rest/direct", *(f"adapter/{e}/gateway" for e in ERAS), f"mcp/{ERAS[0]}/direct", f"mcp/{ERAS[0]}/gateway"]
+    assert sorted(res["latency"]) == sorted(cases)
+    for case in cases:
+        _latency(res["latency"][case], f"api_adapter.latency[{case}]")
+    assert sorted(res["added"]) == sorted([*(f"adapter/{e}" for e in ERAS), f"mcp/{ERAS[0]}"])
+    for key, row in res["added"].items():
+        _added(row, f"api_adapter.added[{key}]")
+        assert len(res["round_added_p50_ms"][key]) == res["noise"][key]["rounds"] >= 2
+    for key in ("p50_ms", "p50_rtt", "p99_ms", "p99_rtt"):
+        _finite(res["adapter_minus_mcp"][key], f"api_adapter.adapter_minus_mcp.{key}")
+    for key in ("direct_rps", "gateway_rps", "ratio"):
+        _positive(res["throughput_c8"][key], f"api_adapter.throughput_c8.{key}")
+    # Governed like an MCP call: one OPA decision per call (the sidecar engine), and audited.
+    assert res["governed"]["policy_queries_per_call"] >= 1, res["governed"]
+    audit = res["governed"]["audit"]
+    assert audit is not None and audit["server"] == "benchrest" and audit["tool"] == "getItem", audit
+    assert audit["allowed"] is True and audit["status"] == "ok", audit
+    client = res["client_in_process"]
+    for case in ("aiohttp", "httpx", "adapter"):
+        _positive(client["p50_ms"][case], f"api_adapter.client_in_process.p50_ms.{case}")
+    for key in ("httpx_minus_aiohttp_ms", "adapter_minus_httpx_ms", "adapter_minus_aiohttp_ms"):
+        _finite(client[key], f"api_adapter.client_in_process.{key}")
+    _added(res["latency_section_mcp_added"], "api_adapter.latency_section_mcp_added")
