@@ -17,8 +17,10 @@ In the stack :mod:`bench` has just measured (``docs/performance.md`` "API adapte
    Added latency = gateway - its direct, at p50 and p99, in ms and in RTT (the run's unit);
    ``adapter_minus_mcp`` = the adapter's added latency - the MCP one (2026-07-28), with the
    spread of each across rounds (``noise``).
-3. **Throughput at concurrency 8** (closed loop, 8 workers, direct/gateway/gateway/direct
-   halves): the REST endpoint directly vs the adapter tool (raw, 2026-07-28).
+3. **Throughput at concurrency 8** (closed loop, 8 workers, halves in the order direct,
+   gateway, MCP gateway, MCP gateway, gateway, direct): the REST endpoint directly vs the
+   adapter tool (raw, 2026-07-28), and the MCP ``demo__echo`` through the gateway in the same
+   window; the gateway process's CPU (``/proc``) per adapter call and per MCP call.
 4. **Governed.** OPA ``v1/data`` queries per adapter call (the sidecar's ``/metrics``; None
    with the embedded engine) and the newest audited decision of the source.
 5. **The API client, in process.** The adapter reaches APIs with httpx (its own
@@ -49,7 +51,7 @@ from typing import Any
 
 import httpx
 import orjson
-from bench_measure import Phases, added_vs_direct, closed_loop, pct, summary
+from bench_measure import Phases, added_vs_direct, closed_loop, cpu_seconds, pct, summary
 from rest_echo import DOCUMENT, OPERATION_ID, item
 
 HERE = Path(__file__).resolve().parent
@@ -234,7 +236,15 @@ async def measure_adapter(
         }
         out.update(_latency_part(samples, rtt))
 
-        out["throughput_c8"] = await _throughput(direct, [cases[f"adapter/{MODERN}/gateway"]] * 8, c8_seconds)
+        out["throughput_c8"] = await _throughput(
+            {
+                "direct": [direct] * 8,
+                "gateway": [cases[f"adapter/{MODERN}/gateway"]] * 8,
+                "mcp_gateway": [cases[f"mcp/{MODERN}/gateway"]] * 8,
+            },
+            c8_seconds,
+            stack.procs["gateway"].pid,
+        )
         lap("throughput_c8")
 
         k = 10
@@ -328,22 +338,32 @@ def _latency_part(samples: dict[str, list[list[float]]], rtt: float) -> dict[str
     }
 
 
-async def _throughput(direct: Call, gateway: list[Call], seconds: float) -> dict[str, Any]:
-    """8 workers each: the REST endpoint directly vs the adapter tool, direct/gateway/gateway/direct halves."""
-    fns = {"direct": [direct] * len(gateway), "gateway": gateway}
-    done = {"direct": 0, "gateway": 0}
-    wall = {"direct": 0.0, "gateway": 0.0}
-    await closed_loop(fns["direct"] + fns["gateway"], 0.3)  # warm the pools
-    for target in ("direct", "gateway", "gateway", "direct"):
+async def _throughput(fns: dict[str, list[Call]], seconds: float, gateway_pid: int) -> dict[str, Any]:
+    """Closed loop, one worker per function, per target for ``seconds`` in two halves (order
+    ``direct, gateway, mcp_gateway, mcp_gateway, gateway, direct``), and the gateway process's
+    CPU per call while it serves ``gateway`` (the adapter) and ``mcp_gateway`` (MCP ``echo``)."""
+    done = dict.fromkeys(fns, 0)
+    wall = dict.fromkeys(fns, 0.0)
+    cpu = dict.fromkeys(fns, 0.0)
+    await closed_loop([f for group in fns.values() for f in group], 0.3)  # warm the pools
+    for target in ("direct", "gateway", "mcp_gateway", "mcp_gateway", "gateway", "direct"):
+        c0 = cpu_seconds(gateway_pid)
         n, w = await closed_loop(fns[target], seconds / 2)
+        cpu[target] += cpu_seconds(gateway_pid) - c0
         done[target] += n
         wall[target] += w
     rps = {t: round(done[t] / wall[t], 1) for t in done}
     return {
-        "concurrency": len(gateway),
+        "concurrency": len(fns["gateway"]),
         "direct_rps": rps["direct"],
         "gateway_rps": rps["gateway"],
         "ratio": round(rps["gateway"] / rps["direct"], 3),
+        "mcp_gateway_rps": rps["mcp_gateway"],
+        "gateway_over_mcp_gateway": round(rps["gateway"] / rps["mcp_gateway"], 3),
+        "gateway_cpu_ms_per_call": {
+            "adapter": round(cpu["gateway"] / done["gateway"] * 1000, 4),
+            "mcp": round(cpu["mcp_gateway"] / done["mcp_gateway"] * 1000, 4),
+        },
     }
 
 
@@ -452,9 +472,14 @@ def print_adapter(res: dict[str, Any]) -> None:
         f"{m['p99_ms']:+.3f} ms ({m['p99_rtt']:+.2f} RTT) p99"
     )
     t = res["throughput_c8"]
+    cpu = t["gateway_cpu_ms_per_call"]
     print(
         f"api adapter c8: direct {t['direct_rps']:.0f} req/s, gateway {t['gateway_rps']:.0f} req/s "
-        f"(ratio {t['ratio']:.2f}); OPA queries per call {res['governed']['policy_queries_per_call']}; "
+        f"(ratio {t['ratio']:.2f}), MCP through the gateway {t['mcp_gateway_rps']:.0f} req/s; gateway CPU per call "
+        f"adapter {cpu['adapter']:.2f} ms, MCP {cpu['mcp']:.2f} ms"
+    )
+    print(
+        f"api adapter governed: OPA queries per call {res['governed']['policy_queries_per_call']}; "
         f"audited: {res['governed']['audit']}"
     )
     c = res["client_in_process"]

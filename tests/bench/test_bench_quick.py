@@ -185,8 +185,10 @@ def _api_adapter(res: dict[str, Any]) -> None:
         assert len(res["round_added_p50_ms"][key]) == res["noise"][key]["rounds"] >= 2
     for key in ("p50_ms", "p50_rtt", "p99_ms", "p99_rtt"):
         _finite(res["adapter_minus_mcp"][key], f"api_adapter.adapter_minus_mcp.{key}")
-    for key in ("direct_rps", "gateway_rps", "ratio"):
+    for key in ("direct_rps", "gateway_rps", "ratio", "mcp_gateway_rps", "gateway_over_mcp_gateway"):
         _positive(res["throughput_c8"][key], f"api_adapter.throughput_c8.{key}")
+    for key in ("adapter", "mcp"):
+        _positive(res["throughput_c8"]["gateway_cpu_ms_per_call"][key], f"api_adapter.gateway_cpu_ms_per_call.{key}")
     # Governed like an MCP call: one OPA decision per call (the sidecar engine), and audited.
     assert res["governed"]["policy_queries_per_call"] >= 1, res["governed"]
     audit = res["governed"]["audit"]
