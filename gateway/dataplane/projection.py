@@ -32,6 +32,7 @@ from gateway.dataplane.credentials import BindingRef, CredentialBroker, Credenti
 from gateway.mcp.pinning import definition_sha256
 from gateway.mcp.stdio import StdioLaunch
 from gateway.mcp.upstream import UpstreamAddress, UpstreamPool
+from gateway.regexsafe import linear_time
 
 __all__ = ["ActiveProjection", "ProjectionSync", "PromptEntry", "ServerEntry", "ToolEntry", "compile_projection"]
 
@@ -194,7 +195,9 @@ def _validator(schema: Any) -> Any:
         raise SchemaError(f"inputSchema references external schemas {refs[:3]}; they are never fetched")
     cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
     cls.check_schema(schema)
-    return cls(closed_schema(schema), format_checker=cls.FORMAT_CHECKER, registry=_NO_REMOTE_REFS)
+    # The schema's regular expressions run on agent-chosen strings: RE2, linear time (gateway.regexsafe).
+    safe = linear_time(cls)
+    return safe(closed_schema(schema), format_checker=cls.FORMAT_CHECKER, registry=_NO_REMOTE_REFS)
 
 
 def compile_projection(table: Mapping[str, Any], cache: dict[str, Any] | None = None) -> ActiveProjection:
