@@ -7,12 +7,18 @@ adapter can use *without ever leaving the process*: every ``$ref`` must be a loc
 pointer to something that exists (``openapi-spec-validator``'s default resolver would fetch
 ``http:``, ``https:`` and ``file:`` references, so this scan runs first), then the document is
 validated with ``openapi-spec-validator`` (``OpenAPIV30SpecValidator`` /
-``OpenAPIV31SpecValidator``).
+``OpenAPIV31SpecValidator``), except that ``default`` values are not validated against their
+schemas: that would run the document's own ``pattern`` s (Python ``re``, backtracking, holding
+the GIL) and ``oneOf`` s on values of the document's choosing, which can take time exponential in
+a few dozen characters. No regular expression of the document ever runs here: ``pattern`` s are
+only compiled (3.1: the ``regex`` format of the JSON Schema meta-schema).
 
 Every refusal is :class:`~gateway.errors.InvalidApiDocument` (400) with a ``location``: a
 dotted path into the document (``paths./pet/{petId}.get.parameters[0]``) or ``document`` for
-the document as a whole. Messages never quote the document's text; a parse error names its
-line and column.
+the document as a whole. Messages never quote the document's text: they name the rule broken
+(a keyword of the OpenAPI or JSON Schema meta-schema, with that rule's value, or what an
+``openapi-spec-validator`` check requires), never the offending value; a member that is not
+allowed is named by the location; a parse error names its line and column.
 
 Sources: OpenAPI 3.0.3 section 4.7.23 (Reference Object, JSON pointers per RFC 6901), 3.1.1
 section 4.8.23 (Reference Object) and 4.8.24.1 (Schema Object dialect); YAML 1.2.2 section
@@ -37,6 +43,12 @@ from jsonschema_path.handlers.protocols import SupportsRead
 from jsonschema_path.handlers.urllib import UrllibHandler
 from openapi_spec_validator import OpenAPIV30SpecValidator, OpenAPIV31SpecValidator
 from openapi_spec_validator.validation import keywords
+from openapi_spec_validator.validation.exceptions import (
+    DuplicateOperationIDError,
+    ExtraParametersError,
+    ParameterDuplicateError,
+    UnresolvableParameterError,
+)
 from openapi_spec_validator.validation.registries import KeywordValidatorRegistry
 
 from gateway.errors import InvalidApiDocument
@@ -45,6 +57,7 @@ __all__ = [
     "MAX_DEPTH",
     "MAX_DOCUMENT_BYTES",
     "MAX_OPERATIONS",
+    "MAX_PATTERN_CHARS",
     "VALIDATION_TIME_BUDGET",
     "check_document",
     "dotted",
@@ -58,6 +71,10 @@ MAX_DEPTH = 64
 """Deepest nesting of objects and arrays accepted (the document itself is depth 1)."""
 MAX_OPERATIONS = 1000
 """Most operations one API source may select (:mod:`gateway.apiadapter.operations`)."""
+MAX_PATTERN_CHARS = 8192
+"""Longest regular expression (``pattern``, a ``patternProperties`` name) a schema may hold: the
+validator compiles each with Python ``re`` (about 6 µs per character, parts of it holding the GIL;
+a 2 MB pattern took 22 s and stalled other threads for 2 s)."""
 VALIDATION_TIME_BUDGET = 30.0
 """Seconds :func:`check_document` may spend in ``openapi-spec-validator`` before it gives up
 (a 4 MiB document of ordinary operations takes about 10 s; see :func:`check_document`)."""
@@ -448,8 +465,12 @@ def check_document(doc: Mapping[str, Any], *, time_budget: float = VALIDATION_TI
        local JSON pointer (``#/...``) to a location that exists: anything else is refused at
        the location of the ``$ref``, and nothing is ever fetched.
     3. No schema uses ``$id``, ``$anchor``, ``$dynamicRef`` or ``$dynamicAnchor`` (they change
-       how references resolve; OpenAPI 3.1.1 section 4.8.24.1).
-    4. ``openapi-spec-validator`` finds no error (the best one is reported, at its location).
+       how references resolve; OpenAPI 3.1.1 section 4.8.24.1), and no regular expression
+       (``pattern``, ``patternProperties`` names) is longer than :data:`MAX_PATTERN_CHARS`.
+    4. ``openapi-spec-validator`` finds no error (the best one is reported, at its location,
+       naming the rule, never the value). ``default`` values are not checked against their
+       schemas (no regular expression or combinator of the document runs on data here; an
+       ill-typed ``default`` is copied into the tool schema as the annotation it is).
 
     Args:
         doc: The parsed document.
@@ -510,6 +531,15 @@ def _scan_refs(doc: Mapping[str, Any]) -> None:
                     raise _refuse(
                         f"{keyword} is not supported in schemas (it changes how $ref resolves)", [*path, keyword]
                     )
+            pattern = node.get("pattern")
+            if isinstance(pattern, str) and len(pattern) > MAX_PATTERN_CHARS:
+                raise _refuse(f"a pattern may be at most {MAX_PATTERN_CHARS} characters", [*path, "pattern"])
+            names = node.get("patternProperties")
+            if isinstance(names, Mapping) and any(len(str(name)) > MAX_PATTERN_CHARS for name in names):
+                raise _refuse(
+                    f"a patternProperties name (a regular expression) may be at most {MAX_PATTERN_CHARS} characters",
+                    [*path, "patternProperties"],
+                )
         for key, value in node.items():
             stack.append((value, [*path, key], _child_kind(kind, path, key)))
 
@@ -627,14 +657,11 @@ class _Tags(keywords.TagsValidator):
         return _located(super().__call__(tags), tags.parts, self.registry)
 
 
-class _Default30(keywords.OpenAPIV30ValueValidator):
-    def __call__(self, schema: SchemaPath, value: Any) -> Iterator[ValidationError]:
-        return _located(super().__call__(schema, value), [*schema.parts, "default"], self.registry)
+class _NoDefaults(keywords.KeywordValidator):
+    """``default`` values are not validated against their schema (see :func:`check_document`)."""
 
-
-class _Default31(keywords.OpenAPIV31ValueValidator):
     def __call__(self, schema: SchemaPath, value: Any) -> Iterator[ValidationError]:
-        return _located(super().__call__(schema, value), [*schema.parts, "default"], self.registry)
+        return iter(())
 
 
 class _NeverFetch(UrllibHandler):
@@ -653,7 +680,7 @@ class _Validator30(OpenAPIV30SpecValidator):
     keyword_validators = {
         **OpenAPIV30SpecValidator.keyword_validators,
         "schema": _Schema30,
-        "default": _Default30,
+        "default": _NoDefaults,
         "operation": _Operation,
         "parameters": _Parameters,
         "tags": _Tags,
@@ -665,19 +692,21 @@ class _Validator31(OpenAPIV31SpecValidator):
     keyword_validators = {
         **OpenAPIV31SpecValidator.keyword_validators,
         "schema": _Schema31,
-        "default": _Default31,
+        "default": _NoDefaults,
         "operation": _Operation,
         "parameters": _Parameters,
         "tags": _Tags,
     }
 
 
-def _canonical(doc: Any, parts: Sequence[Any]) -> list[str | int]:
+def _canonical(doc: Any, parts: Sequence[Any], *, follow_last: bool = False) -> list[str | int]:
     """``parts`` as a path in ``doc`` that goes through no ``$ref``: where the problem is written.
 
     The validator reaches a component through the first operation that references it; the
     admin must be shown the component. Keys are made strings where the node is an object
-    (jsonschema-rs reports ``200`` for ``"200"``).
+    (jsonschema-rs reports ``200`` for ``"200"``). ``follow_last``: the problem is in what a
+    ``$ref`` at the end of ``parts`` points to (openapi-spec-validator's own checks of a
+    schema, which it reads through references), so that ``$ref`` is followed too.
     """
     node: Any = doc
     out: list[str | int] = []
@@ -698,20 +727,153 @@ def _canonical(doc: Any, parts: Sequence[Any]) -> list[str | int]:
         else:
             key, node = part, None
         out = [*out, key]
+    for _ in range(_REF_HOPS if follow_last else 0):
+        ref = node.get("$ref") if isinstance(node, Mapping) else None
+        if not isinstance(ref, str):
+            break
+        try:
+            node, out = resolve_pointer(doc, ref)
+        except KeyError:
+            break
     return out
 
 
-def _message(err: ValidationError) -> str:
-    """The error's first line, without a leading copy of the offending object (never the document's text)."""
-    text = str(err.message).split("\n", 1)[0].strip()
-    if text[:1] in ("{", "["):
-        try:  # jsonschema-rs writes the instance as JSON
-            _, end = json.JSONDecoder().raw_decode(text)
-            text = "the value" + text[end:]
-        except ValueError:  # jsonschema writes its repr
-            shown = repr(err.instance)
-            text = "the value" + text[len(shown) :] if text.startswith(shown) else "the value is not valid"
-    return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 1] + "…"
+# What openapi-spec-validator's own checks (errors without a JSON Schema keyword) mean. Their
+# messages quote names and values from the document, so they are never shown.
+_SEMANTIC: tuple[tuple[type[ValidationError], str], ...] = (
+    (DuplicateOperationIDError, "the operationId is not unique: another operation has it too"),
+    (
+        UnresolvableParameterError,
+        "every {name} of the path template needs a path parameter, and every path parameter a {name} "
+        "in the template (the path item's and the operation's parameters together)",
+    ),
+    (ParameterDuplicateError, "two parameters have the same name and location (in)"),
+    (ExtraParametersError, "required names properties that neither the schema nor its allOf members define"),
+)
+_SEMANTIC_PREFIXES = (
+    ("Duplicate tag name", "two tags have the same name"),
+    ("Unknown JSON Schema dialect", "$schema names a JSON Schema dialect the validator does not know"),
+)
+_BOUNDS = frozenset(
+    (
+        "minimum maximum exclusiveMinimum exclusiveMaximum multipleOf minLength maxLength "
+        "minItems maxItems minProperties maxProperties minContains maxContains"
+    ).split()
+)
+_UNKNOWN = object()
+
+
+def _step(node: Any, part: Any) -> Any:
+    """One step down a JSON value (``_UNKNOWN`` when there is nothing there)."""
+    if isinstance(node, Mapping):
+        return node.get(str(part), _UNKNOWN)
+    if isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+        return node[part]
+    return _UNKNOWN
+
+
+def _walk(node: Any, parts: Sequence[Any]) -> Any:
+    for part in parts:
+        node = _step(node, part)
+    return node
+
+
+def _rule(err: ValidationError) -> tuple[str | None, Any, Any, Any]:
+    """``(keyword, its value, the schema holding it, the root of that schema)`` of a failed rule.
+
+    Python jsonschema errors carry the keyword; jsonschema-rs errors (openapi-spec-validator's
+    structural check) only a keyword location in the OpenAPI meta-schema, walked here.
+    """
+    if isinstance(err.validator, str):
+        return err.validator, err.validator_value, err.schema, None
+    path = list(err.relative_schema_path)
+    if path and isinstance(path[-1], str) and isinstance(err.schema, Mapping):
+        holder = _walk(err.schema, path[:-1])
+        if isinstance(holder, Mapping):
+            return path[-1], holder.get(path[-1], _UNKNOWN), holder, err.schema
+    return None, _UNKNOWN, None, None
+
+
+def _member_rules(holder: Mapping[str, Any], root: Any) -> tuple[set[str], list[str]]:
+    """Named and pattern members a meta-schema object allows (one local ``$ref`` followed)."""
+    names: set[str] = set()
+    patterns: list[str] = []
+    schemas = [holder]
+    ref = holder.get("$ref")
+    if isinstance(ref, str) and root is not None:
+        try:
+            schemas.append(resolve_pointer(root, ref)[0])
+        except KeyError:
+            pass
+    for schema in schemas:
+        if isinstance(schema, Mapping):
+            names.update(str(k) for k in schema.get("properties") or {})
+            patterns.extend(str(p) for p in schema.get("patternProperties") or {})
+    return names, patterns
+
+
+def _describe(err: ValidationError, node: Any) -> tuple[str, list[str | int]]:
+    """What rule the document breaks, and where below the error's own location (key parts).
+
+    ``node`` is the offending value. The words come from the rule alone: its keyword and, as
+    every rule checked here belongs to a *meta*-schema (the OpenAPI schema or a JSON Schema
+    dialect's; ``default`` values are not validated against the document's schemas), the
+    rule's value. The offending value is never quoted: a ``description`` or ``enum`` may
+    hold anything, secrets included.
+    """
+    for kind, text in _SEMANTIC:
+        if isinstance(err, kind):
+            return text, []
+    keyword, rule, holder, root = _rule(err)
+    if keyword is None:  # openapi-spec-validator's own message-only errors, or a false schema
+        message = str(err.message)
+        for prefix, text in _SEMANTIC_PREFIXES:
+            if message.startswith(prefix):
+                return text, []
+        if message.endswith("is not of type 'object', 'boolean'"):
+            return "a schema must be an object or a boolean", []
+        return "this value is not allowed here", []
+    if keyword == "required" and isinstance(rule, list) and isinstance(node, Mapping):
+        missing = [name for name in rule if isinstance(name, str) and name not in node]
+        if missing:
+            return f"the required member {missing[0]!r} is missing", []
+    if keyword in ("additionalProperties", "unevaluatedProperties"):
+        if rule is False and isinstance(node, Mapping) and isinstance(holder, Mapping):
+            names, patterns = _member_rules(holder, root)
+            # The meta-schema's own patterns (^x-, ^/, ...), which the validator has just run on these keys.
+            extra = next((k for k in node if k not in names and not any(re.search(p, k) for p in patterns)), None)
+            if extra is not None:
+                return f"this member is not allowed here ({keyword})", [str(extra)]
+        return f"a member is not allowed here ({keyword})", []
+    if rule is _UNKNOWN:
+        return f"breaks the rule {keyword!r}", []
+    if keyword == "type":
+        kinds = rule if isinstance(rule, list) else [rule]
+        return f"must be of type {' or '.join(str(k) for k in kinds)}", []
+    if keyword == "enum" and isinstance(rule, list):
+        return f"must be one of {', '.join(json.dumps(v) for v in rule)}", []
+    if keyword == "const":
+        return f"must be {json.dumps(rule)}", []
+    if keyword == "pattern":
+        return f"must match the regular expression {rule} (pattern)", []
+    if keyword == "format":
+        return f"must be a valid {rule} (format)", []
+    if keyword in _BOUNDS:
+        return f"breaks the rule {keyword} {json.dumps(rule)}", []
+    if keyword == "uniqueItems":
+        return "must not hold the same item twice (uniqueItems)", []
+    if keyword == "oneOf":
+        return "must match exactly one of the forms allowed here (oneOf)", []
+    if keyword == "anyOf":
+        return "matches none of the forms allowed here (anyOf)", []
+    if keyword == "not":
+        return "has a form not allowed here (not)", []
+    return f"breaks the rule {keyword!r}", []
+
+
+def _message(err: ValidationError, node: Any) -> tuple[str, list[str | int]]:
+    text, below = _describe(err, node)
+    return (text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 1] + "…"), below
 
 
 def _validate(doc: Mapping[str, Any], minor: str, time_budget: float) -> None:
@@ -728,7 +890,9 @@ def _validate(doc: Mapping[str, Any], minor: str, time_budget: float) -> None:
     if structural:
         # The most specific error: the one deepest in the document (the first of those).
         best = max(structural, key=lambda e: len(e.absolute_path))
-        raise _refuse(f"not a valid OpenAPI {minor} document: {_message(best)}", _canonical(doc, best.absolute_path))
+        text, below = _message(best, _walk(doc, best.absolute_path))
+        where = _canonical(doc, [*best.absolute_path, *below])
+        raise _refuse(f"not a valid OpenAPI {minor} document: {text}", where)
     try:
         err = next(iter(validator.root_validator(validator.schema_path)), None)
     except _TimeBudgetExceeded:
@@ -738,5 +902,6 @@ def _validate(doc: Mapping[str, Any], minor: str, time_budget: float) -> None:
     except Exception as exc:  # the validator choking on an odd document is still the document's fault
         raise _refuse(f"the document cannot be validated ({type(exc).__name__})") from None
     if err is not None:
-        where = _canonical(doc, getattr(err, _PARTS, None) or [])
-        raise _refuse(f"not a valid OpenAPI {minor} document: {_message(err)}", where)
+        text, below = _message(err, err.instance)
+        where = _canonical(doc, [*(getattr(err, _PARTS, None) or []), *below], follow_last=True)
+        raise _refuse(f"not a valid OpenAPI {minor} document: {text}", where)

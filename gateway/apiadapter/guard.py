@@ -7,14 +7,18 @@ dialled (docs/api-adapter.md "SSRF rules"):
 
 * **always refused**, even for a source approved as internal: the unspecified address
   (``0.0.0.0/8``, ``::``), multicast, the IPv4 limited broadcast and cloud metadata
-  endpoints (``169.254.169.254``, ``fd00:ec2::254``, ``169.254.170.2``, ``100.100.100.200``);
+  endpoints (``169.254.169.254``, ``fd00:ec2::254``, ``169.254.170.2``, ``169.254.170.23``,
+  ``fd00:ec2::23``, ``100.100.100.200``, ``168.63.129.16``);
 * **refused unless the source is internal**: everything that is not globally routable
   (:attr:`ipaddress.IPv4Address.is_global`): loopback, RFC 1918 private, link-local,
   shared address space (``100.64.0.0/10``), unique-local (``fc00::/7``), site-local,
   documentation, benchmarking and reserved ranges.
 
 IPv4 embedded in IPv6 is checked as the IPv4 address it stands for: IPv4-mapped
-(``::ffff:a.b.c.d``), NAT64 (``64:ff9b::/96``), 6to4 (``2002::/16``) and Teredo.
+(``::ffff:a.b.c.d``), IPv4-compatible (``::a.b.c.d``, RFC 4291 section 2.5.5.1, deprecated
+but still routed by some stacks; ``::`` and ``::1`` excepted), IPv4-translated
+(``::ffff:0:a.b.c.d``, RFC 2765 SIIT), NAT64 (``64:ff9b::/96``), 6to4 (``2002::/16``) and
+Teredo. Both the IPv6 address and the IPv4 address inside must be allowed.
 
 :class:`GuardedBackend` is an ``httpcore`` network backend that resolves the host itself,
 refuses the connection when **any** resolved address is refused (a name that resolves to a
@@ -48,7 +52,10 @@ _METADATA = frozenset(
         "169.254.169.254",  # AWS, GCP, Azure, OpenStack, DigitalOcean, ...
         "fd00:ec2::254",  # AWS IMDS over IPv6
         "169.254.170.2",  # AWS ECS task metadata
+        "169.254.170.23",  # AWS EKS Pod Identity agent
+        "fd00:ec2::23",  # AWS EKS Pod Identity agent over IPv6
         "100.100.100.200",  # Alibaba Cloud
+        "168.63.129.16",  # Azure WireServer (a public address: refused for every source)
     )
 )
 _BROADCAST = ipaddress.IPv4Address("255.255.255.255")
@@ -58,6 +65,8 @@ _RFC1918 = tuple(ipaddress.IPv4Network(n) for n in ("10.0.0.0/8", "172.16.0.0/12
 _UNIQUE_LOCAL = ipaddress.IPv6Network("fc00::/7")
 _SITE_LOCAL = ipaddress.IPv6Network("fec0::/10")
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_V4_COMPATIBLE = ipaddress.IPv6Network("::/96")
+_V4_TRANSLATED = ipaddress.IPv6Network("::ffff:0:0:0/96")
 # IANA special-purpose ranges that are not globally reachable but that some Python versions'
 # ``is_global`` still calls global (fixed in later releases); listed so the rule holds on all.
 _NOT_GLOBAL: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (
@@ -71,13 +80,14 @@ _NOT_GLOBAL: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (
 
 
 def _embedded_ipv4(ip: IPAddress) -> list[ipaddress.IPv4Address]:
-    """The IPv4 addresses an IPv6 address stands for (mapped, NAT64, 6to4, Teredo)."""
+    """The IPv4 addresses an IPv6 address stands for (mapped, compatible, translated, NAT64,
+    6to4, Teredo)."""
     if not isinstance(ip, ipaddress.IPv6Address):
         return []
     found: list[ipaddress.IPv4Address] = []
     if ip.ipv4_mapped is not None:
         found.append(ip.ipv4_mapped)
-    if ip in _NAT64:
+    if (ip in _V4_COMPATIBLE and int(ip) > 1) or ip in _V4_TRANSLATED or ip in _NAT64:
         found.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
     if ip.sixtofour is not None:
         found.append(ip.sixtofour)
@@ -121,7 +131,8 @@ def refusal(ip: IPAddress, *, internal: bool) -> str | None:
     """Why an API source may not connect to ``ip``, or None when it may.
 
     Args:
-        ip: A resolved address (an IPv4-mapped IPv6 address is judged as its IPv4 address).
+        ip: A resolved address (IPv4-mapped: judged as its IPv4 address; another IPv6 address
+            with an IPv4 address inside: judged as both).
         internal: The source was approved as internal: non-global addresses are allowed.
 
     Returns:

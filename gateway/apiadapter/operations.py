@@ -26,8 +26,18 @@ How an operation becomes a tool:
 * **outputSchema**: the JSON schema of the success response (the lowest ``2xx`` code, else
   ``2XX``, else ``default``); an object schema as is, anything else wrapped as
   ``{"result": ...}``.
-* **annotations**: from the method (``GET``/``HEAD``/``OPTIONS``/``TRACE`` read-only;
-  ``DELETE`` destructive and idempotent; ``PUT`` idempotent), then the override's.
+* **annotations**: from the method (``GET``/``HEAD``/``OPTIONS`` read-only; ``DELETE``
+  destructive and idempotent; ``PUT`` idempotent), then the override's.
+
+``TRACE`` operations are never compiled: a TRACE request comes back as the response body,
+headers included, so the tool would hand the brokered credential to the agent (RFC 9110
+section 9.3.8). Each one the selection would select is reported under ``skipped``; a selection
+that names one by ``operationId`` is refused.
+
+All the tools and operations of one source together are at most :data:`MAX_SOURCE_BYTES` of
+JSON, checked as each operation is compiled: tools copy the components they reference into
+their ``$defs``, so one large schema referenced by many operations would otherwise multiply
+(a 540 KB document made 534 MB of tools).
 
 Refusals are :class:`~gateway.errors.InvalidApiDocument` (400) naming the location in the
 document (``paths./pet/{petId}/uploadImage.post.requestBody.content``) or in the request
@@ -42,6 +52,8 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any
 
+import orjson
+
 from gateway.apiadapter.binding import LOCATIONS, METHODS, STYLES, Body, Operation, Output, Param
 from gateway.apiadapter.documents import MAX_OPERATIONS, dotted, resolve_pointer
 from gateway.apiadapter.schemas import REQUEST, RESPONSE, SchemaBundle, SchemaConverter
@@ -51,6 +63,7 @@ __all__ = [
     "ANNOTATION_HINTS",
     "MAX_CRITERIA",
     "MAX_DESCRIPTION",
+    "MAX_SOURCE_BYTES",
     "MAX_TITLE",
     "MAX_TOOL_NAME",
     "CompiledSource",
@@ -72,6 +85,9 @@ ANNOTATION_HINTS = ("readOnlyHint", "destructiveHint", "idempotentHint", "openWo
 """The boolean MCP tool annotations (MCP 2025-11-25 ``ToolAnnotations``); ``title`` is the other one."""
 MAX_CRITERIA = 1000
 """Most entries in one selection list."""
+MAX_SOURCE_BYTES = 8 * 1024 * 1024
+"""Largest total size of one source's compiled tools and operation records (bytes of compact
+JSON): :func:`compile_source` stops at the operation that passes it."""
 
 _NAME_OK = re.compile(rf"[A-Za-z0-9_.-]{{1,{MAX_TOOL_NAME}}}")
 _NAME_BAD = re.compile(r"[^A-Za-z0-9_.-]")
@@ -400,23 +416,42 @@ def _operations(doc: Mapping[str, Any]) -> list[_Op]:
     return ops
 
 
-def _select(ops: list[_Op], selection: Selection) -> list[_Op]:
+_TRACE_REASON = (
+    "TRACE operations are never compiled: the API echoes a TRACE request back, headers included, "
+    "so the tool would show agents the brokered credential"
+)
+
+
+def _select(ops: list[_Op], selection: Selection) -> tuple[list[_Op], list[dict[str, Any]]]:
+    """The selected operations, and a ``skipped`` report entry for each TRACE one it would select."""
     known = {op.operation_id for op in ops}
+    traced = {op.operation_id for op in ops if op.method == "TRACE"}
     for side, criteria in (("include", selection.include), ("exclude", selection.exclude)):
         for i, operation_id in enumerate(criteria.operation_ids):
             if operation_id not in known:
                 raise _refuse(
                     "no operation of the document has this operationId", f"selection.{side}.operation_ids[{i}]"
                 )
-    selected = [op for op in ops if selection.selects(op.operation_id, op.tags, op.path)]
+            if side == "include" and operation_id in traced:
+                raise _refuse(_TRACE_REASON, f"selection.include.operation_ids[{i}]")
+    selected: list[_Op] = []
+    skipped: list[dict[str, Any]] = []
+    for op in ops:
+        if not selection.selects(op.operation_id, op.tags, op.path):
+            continue
+        if op.method == "TRACE":
+            skipped.append({"location": dotted(op.location), "construct": "trace", "reason": _TRACE_REASON})
+        else:
+            selected.append(op)
     if not selected:
-        raise _refuse(f"selects none of the document's {len(ops)} operations", "selection")
+        also = f" ({len(skipped)} TRACE operations are never compiled)" if skipped else ""
+        raise _refuse(f"selects none of the document's {len(ops)} operations{also}", "selection")
     if len(selected) > MAX_OPERATIONS:
         raise _refuse(
             f"selects {len(selected)} operations, more than {MAX_OPERATIONS}: exclude some (by tag, path or operationId)",
             "selection",
         )
-    return selected
+    return selected, skipped
 
 
 def _match_overrides(
@@ -802,7 +837,7 @@ def _object_like(bundle: SchemaBundle, schema: Any, depth: int) -> bool:
 
 
 def _method_annotations(method: str) -> dict[str, bool]:
-    if method in ("GET", "HEAD", "OPTIONS", "TRACE"):
+    if method in ("GET", "HEAD", "OPTIONS"):
         return {"readOnlyHint": True}
     if method == "DELETE":
         return {"readOnlyHint": False, "destructiveHint": True, "idempotentHint": True}
@@ -834,14 +869,17 @@ def compile_source(
             operation uses something the adapter cannot send (a request body of no supported
             media type, a parameter style the location does not define, non-JSON parameter
             content); a schema references outside ``components.schemas`` or converts to more
-            than :data:`~gateway.apiadapter.schemas.MAX_SCHEMA_BYTES`.
+            than :data:`~gateway.apiadapter.schemas.MAX_SCHEMA_BYTES`; the tools and operation
+            records so far pass :data:`MAX_SOURCE_BYTES` (at the operation where they do); the
+            selection names a TRACE operation by ``operationId`` (TRACE operations it selects
+            otherwise are skipped and reported).
     """
     openapi = doc.get("openapi")
     version = openapi[:3] if isinstance(openapi, str) else None
     if version not in ("3.0", "3.1"):
         raise _refuse("the openapi field must be a 3.0.x or 3.1.x version (check the document first)", "openapi")
     everything = _operations(doc)
-    selected = _select(everything, selection or Selection())
+    selected, traces = _select(everything, selection or Selection())
     chosen = _match_overrides(selected, everything, overrides or {})
 
     names: dict[str, _Op] = {}
@@ -865,14 +903,26 @@ def compile_source(
             renamed.append({"operation": op.label, "operation_id": op.operation_id, "tool": name, "reason": reason})
 
     compiler = _Compiler(doc, version)
+    compiler.skipped.extend(traces)
     tools: list[dict[str, Any]] = []
     operations: list[Operation] = []
+    size = 0
     for i, op in enumerate(selected):
         tool, operation = compiler.compile(op, tool_names[i], chosen.get(i))
+        record = operation.to_record()
         try:
-            Operation.from_record(operation.to_record())
+            Operation.from_record(record)
         except ValueError as exc:
             raise _refuse(str(exc), op.location) from None
+        # Checked as it grows, so the worst case costs about the cap, not operations x schemas.
+        size += len(orjson.dumps(tool)) + len(orjson.dumps(record))
+        if size > MAX_SOURCE_BYTES:
+            raise _refuse(
+                f"the tools compiled up to this operation ({i + 1} of {len(selected)} selected) are more than "
+                f"{MAX_SOURCE_BYTES} bytes of JSON (each tool carries the schemas it references): narrow the "
+                "selection (selection.include or selection.exclude) or split the document into several API sources",
+                op.location,
+            )
         tools.append(tool)
         operations.append(operation)
         for owner, where, construct, reason in (

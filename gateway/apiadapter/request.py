@@ -10,12 +10,17 @@ Examples"; the same in 3.0.3), and the request body per its
   per component, so a value can never add a path segment, a query parameter or a fragment; a
   path value that is empty or would make a ``.``/``..`` segment is refused; the finished URL's
   scheme, host and port are checked against the base URL once more (defence in depth);
-* header names must be RFC 9110 tokens and values printable ASCII (a CR, LF or NUL could
-  split the request); framing headers (``Host``, ``Content-Length``, ``Transfer-Encoding``,
+* header names must be RFC 9110 tokens and values printable ASCII without leading or trailing
+  space or tab (a CR, LF or NUL could split the request; RFC 9110 section 5.5 field values
+  carry no surrounding whitespace, and h11 refuses to send it); framing headers (``Host``, ``Content-Length``, ``Transfer-Encoding``,
   ...) cannot be parameters; ``Accept``, ``Content-Type`` and ``Authorization`` parameters are
   ignored (OpenAPI 3.1.1 section 4.8.12.2), and so is ``User-Agent``;
-* the brokered credential comes last: its query parameters replace any same-named argument
-  and its headers any same-named header (case-insensitive), so an agent can never override it.
+* the brokered credential comes last and can never be overridden or shadowed: its headers
+  replace any same-named header (names are compared in lower case); an argument that would
+  produce a query parameter named like one of the credential's — the same name in any case,
+  that name followed by ``[`` or ``.``, or the same name as PHP reads names (``.`` and space
+  as ``_``) — is refused, and so is an argument cookie named like a cookie of a credential
+  ``Cookie`` header (servers disagree on which of two same-named parameters wins).
 
 ``null`` is an undefined value (RFC 6570 section 2.3): an optional parameter given ``null``
 is not sent. Combinations OpenAPI leaves undefined are sent the nearest defined way:
@@ -48,6 +53,7 @@ USER_AGENT = "mcp-opa-gateway"
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _TRIPLE = re.compile(r"%[0-9A-Fa-f]{2}")
 _HEADER_VALUE = re.compile(r"[\t\x20-\x7e]*")
+_HEADER_SPACE = " \t"
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 # allowReserved keeps RFC 3986 reserved characters except those not allowed in a query
 # ("[", "]", "#") or meaningful in form encoding ("&", "=", "+") (OpenAPI 3.1.1 4.8.12.2.2).
@@ -270,26 +276,66 @@ def _header_value(param: Param, value: Any) -> str:
         text = ",".join(f"{k},{v}" for k, v in data)
     if not _HEADER_VALUE.fullmatch(text):
         raise _fail(param, "holds a control character (CR, LF, NUL, ...) or non-ASCII text, not allowed in a header")
+    if text != text.strip(_HEADER_SPACE):
+        raise _fail(param, "starts or ends with a space or tab, not allowed in a header value")
     return text
 
 
-def _cookie_pairs(param: Param, value: Any) -> list[str]:
+def _cookie_pairs(param: Param, value: Any) -> list[tuple[str, str]]:
+    """``(cookie name, "name=value")`` pairs of one cookie parameter."""
     kind, data = _shape(param, value)
     name = param.name
     if kind == "scalar":
-        return [f"{name}={_enc(data)}"]
+        return [(name, f"{name}={_enc(data)}")]
     if not data:
         return []
     if kind == "array":
         if param.explode:
-            return [f"{name}={_enc(v)}" for v in data]
-        return [f"{name}=" + ",".join(_enc(v) for v in data)]
+            return [(name, f"{name}={_enc(v)}") for v in data]
+        return [(name, f"{name}=" + ",".join(_enc(v) for v in data))]
     if param.explode:
         for k, _ in data:
             if not _TOKEN.fullmatch(k):
                 raise _fail(param, "has a property name that is not a cookie name")
-        return [f"{k}={_enc(v)}" for k, v in data]
-    return [f"{name}=" + ",".join(f"{_enc(k)},{_enc(v)}" for k, v in data)]
+        return [(k, f"{k}={_enc(v)}") for k, v in data]
+    return [(name, f"{name}=" + ",".join(f"{_enc(k)},{_enc(v)}" for k, v in data))]
+
+
+# ------------------------------------------------------------------ the credential's names
+
+
+def _plain(name: str) -> str:
+    """A parameter name as a lenient server may read it: up to a NUL, trimmed, lower case."""
+    return name.partition("\x00")[0].strip(" \t").lower()
+
+
+def _php(name: str) -> str:
+    return _plain(name).replace(".", "_").replace(" ", "_")
+
+
+def _shadows(name: str, protected: frozenset[str]) -> bool:
+    """True when a server could read parameter ``name`` as one of ``protected`` (lower-case names):
+    the same name in any case, that name followed by ``[`` or ``.``, or the same name once PHP
+    has turned ``.`` and space into ``_``."""
+    plain, php = _plain(name), _php(name)
+    for taken in protected:
+        if plain == taken or plain.startswith((taken + "[", taken + ".")):
+            return True
+        if php == _php(taken) or php.startswith(_php(taken) + "["):
+            return True
+    return False
+
+
+def _credential_names(credential: UpstreamCredential | None) -> tuple[frozenset[str], frozenset[str]]:
+    """(query parameter names, cookie names) of ``credential``, lower case."""
+    if credential is None:
+        return frozenset(), frozenset()
+    query = frozenset(_plain(k) for k in credential.query)
+    cookies: set[str] = set()
+    for key, value in credential.headers.items():
+        if key.lower() == "cookie":
+            cookies.update(_plain(piece.partition("=")[0]) for piece in value.split(";") if piece.strip())
+    return query, frozenset(cookies)
 
 
 # ------------------------------------------------------------------ body
@@ -358,17 +404,21 @@ def build_request(
         source: The API source (its base URL is the request's scheme, host, port and path prefix).
         op: The operation bound to the tool being called.
         arguments: The ``tools/call`` arguments (already valid against the tool's ``inputSchema``).
-        credential: Brokered material: its headers and query parameters are added last and
-            win over any argument of the same name.
+        credential: Brokered material: its headers and query parameters are added last; its
+            headers replace same-named ones, and an argument that would shadow one of its
+            query parameters or cookies is refused.
 
     Raises:
         ArgumentMappingError: An argument cannot be sent: a required one is missing, a path
             value is empty or a dot segment, a header value holds a control character or
-            non-ASCII text, a value has a shape its style cannot serialise, or the URL would
-            not stay on the base URL's origin. The message names the argument, never its value.
+            non-ASCII text or surrounding space, a value has a shape its style cannot serialise,
+            a query parameter or cookie would shadow one of the credential's (see the module
+            docstring), or the URL would not stay on the base URL's origin. The message names
+            the argument, never its value.
     """
     by_name = {p.name: p for p in op.parameters if p.location == "path"}
     path = _expand_path(op, by_name, arguments)
+    protected_query, protected_cookies = _credential_names(credential)
 
     query: list[tuple[str, str]] = []
     headers: list[tuple[str, str]] = []
@@ -382,7 +432,10 @@ def build_request(
                 raise _fail(param, "is required")
             continue
         if param.location == "query":
-            query.extend(_query_pairs(param, value))
+            pairs = _query_pairs(param, value)
+            if protected_query and any(_shadows(name, protected_query) for name, _ in pairs):
+                raise _fail(param, "would set a query parameter of the brokered credential")
+            query.extend(pairs)
         elif param.location == "header":
             lowered = param.name.lower()
             if not _TOKEN.fullmatch(param.name):
@@ -394,7 +447,10 @@ def build_request(
         else:
             if not _TOKEN.fullmatch(param.name):
                 raise _fail(param, "is bound to a cookie name that is not an RFC 9110 token")
-            cookies.extend(_cookie_pairs(param, value))
+            named = _cookie_pairs(param, value)
+            if protected_cookies and any(_shadows(name, protected_cookies) for name, _ in named):
+                raise _fail(param, "would set a cookie of the brokered credential")
+            cookies.extend(piece for _, piece in named)
     if cookies:
         headers.append(("cookie", "; ".join(cookies)))
 

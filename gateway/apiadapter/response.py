@@ -21,6 +21,15 @@ other 4xx ``api_client_error``, 5xx ``api_server_error``. Its text is ``HTTP <st
 
 Every result carries ``_meta["mcp-opa-gateway/http"] = {"status": <int or null>,
 "category": <str or null>}``: the data plane records the category in the audit event.
+
+**Brokered secrets are never handed back.** An API that echoes its request (a debugging
+endpoint, an error quoting the query) would show the agent the credential the gateway added:
+before anything else, every form of every credential value (:func:`secret_forms`) is replaced
+in the body bytes by :data:`REDACTED`, so structured content, text, excerpts, images and blobs
+never carry it. Values shorter than :data:`MIN_SECRET_CHARS` characters are left alone.
+
+A ``charset`` parameter is used only when it names a text encoding that decodes bytes
+(``base64``, ``hex``, ``zlib``, ``idna``, ``punycode``, ... are not: UTF-8 then).
 """
 
 from __future__ import annotations
@@ -28,8 +37,11 @@ from __future__ import annotations
 import base64
 import codecs
 import http
-from collections.abc import Iterable
+import json
+import re
+from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
+from urllib.parse import quote, quote_plus
 
 import orjson
 from jsonschema.exceptions import best_match
@@ -39,9 +51,13 @@ from gateway.apiadapter.binding import Operation
 __all__ = [
     "EXCERPT_CHARS",
     "META_KEY",
+    "MIN_SECRET_CHARS",
+    "REDACTED",
     "OutputValidator",
     "error_category",
     "media_type",
+    "redact",
+    "secret_forms",
     "to_result",
     "tool_error",
 ]
@@ -50,6 +66,16 @@ META_KEY = "mcp-opa-gateway/http"
 """The ``_meta`` key of every adapter result: ``{"status": int | None, "category": str | None}``."""
 EXCERPT_CHARS = 2000
 """Most characters of an error response's body quoted in the tool error."""
+REDACTED = "[redacted]"
+"""What replaces a brokered secret in an API's response (valid inside a JSON string)."""
+MIN_SECRET_CHARS = 4
+"""Shorter credential values are not redacted: replacing every ``abc`` of a body would garble
+it, and a value that short protects nothing."""
+
+# Codecs that are "text encodings" to Python but do not decode a body's bytes (or not with
+# errors="replace"): a charset naming one is ignored.
+_NOT_CHARSETS = frozenset({"idna", "punycode", "undefined", "unicode-escape", "raw-unicode-escape"})
+_PERCENT = re.compile(rb"%[0-9A-F]{2}")
 
 _CATEGORIES = {
     400: "api_bad_request",
@@ -81,15 +107,84 @@ def _is_json(media: str | None) -> bool:
 
 
 def _charset(content_type: str | None) -> str:
+    """The codec of a ``Content-Type``'s ``charset`` when it is a text encoding that decodes
+    bytes, else ``utf-8``."""
     for part in (content_type or "").split(";")[1:]:
         key, _, value = part.partition("=")
         if key.strip().lower() == "charset":
             name = value.strip().strip('"')
             try:
-                return codecs.lookup(name).name
+                info = codecs.lookup(name)
             except LookupError:
                 break
+            if getattr(info, "_is_text_encoding", True) and info.name not in _NOT_CHARSETS:
+                return info.name
+            break
     return "utf-8"
+
+
+def _in_charset(text: str, charset: str) -> list[bytes]:
+    """``text`` encoded as a body in ``charset`` would hold it (both byte orders, no BOM, for
+    UTF-16/32); nothing when it cannot be encoded."""
+    names = [charset + "-le", charset + "-be"] if charset in ("utf-16", "utf-32") else [charset]
+    out: list[bytes] = []
+    for name in names:
+        try:
+            out.append(text.encode(name))
+        except (UnicodeError, LookupError):
+            continue
+    return out
+
+
+def secret_forms(values: Iterable[str], content_type: str | None = None) -> tuple[tuple[bytes, bytes], ...]:
+    """Every way a credential value may appear in a response body, each with its replacement.
+
+    Args:
+        values: The credential's header and query values (for a value ``<scheme> <token>``,
+            such as ``Bearer abc...``, the token alone counts too).
+        content_type: The response's ``Content-Type``: a body in another charset than UTF-8
+            is searched in that charset too.
+
+    Returns:
+        ``(needle, replacement)`` byte pairs, longest needle first: each value raw,
+        percent-encoded (``quote`` with and without ``/``, ``quote_plus``; upper- and
+        lower-case hex) and JSON-escaped (minimal, ``\\uXXXX`` for non-ASCII, ``\\/``), in
+        UTF-8 and in the body's charset; the replacement is :data:`REDACTED` in the same
+        encoding. Values shorter than :data:`MIN_SECRET_CHARS` characters are skipped.
+    """
+    charset = _charset(content_type)
+    texts: set[str] = set()
+    for value in values:
+        candidates = {value}
+        _, space, token = value.strip().partition(" ")
+        if space:
+            candidates.add(token.strip())
+        for secret in candidates:
+            if len(secret) < MIN_SECRET_CHARS:
+                continue
+            encoded = {secret, quote(secret, safe=""), quote(secret), quote_plus(secret, safe="")}
+            for form in list(encoded):
+                encoded.add(_PERCENT.sub(lambda m: m.group(0).lower(), form.encode()).decode())
+            for form in list(encoded):
+                for escaped in (orjson.dumps(form).decode()[1:-1], json.dumps(form)[1:-1]):
+                    encoded.add(escaped)
+                    encoded.add(escaped.replace("/", "\\/"))
+            texts.update(encoded)
+    pairs: dict[bytes, bytes] = {}
+    for text in texts:
+        pairs[text.encode()] = REDACTED.encode()
+        if charset != "utf-8":
+            for needle, replacement in zip(_in_charset(text, charset), _in_charset(REDACTED, charset), strict=False):
+                pairs[needle] = replacement
+    return tuple(sorted(((k, v) for k, v in pairs.items() if k), key=lambda kv: -len(kv[0])))
+
+
+def redact(body: bytes, forms: Sequence[tuple[bytes, bytes]]) -> bytes:
+    """``body`` with every needle of ``forms`` (:func:`secret_forms`, longest first) replaced."""
+    for needle, replacement in forms:
+        if needle in body:
+            body = body.replace(needle, replacement)
+    return body
 
 
 def error_category(status: int) -> str:
@@ -188,8 +283,13 @@ def to_result(
     body: bytes,
     url_for_blob: str,
     output_validator: OutputValidator | None,
+    secrets: Sequence[tuple[bytes, bytes]] = (),
 ) -> tuple[dict[str, Any], str | None]:
     """The ``CallToolResult`` of one API response, and its safe category (None on success).
+
+    CPU-bound (JSON decoding and ``outputSchema`` validation of up to the source's
+    ``max_response_bytes``): a caller on an event loop runs it in a worker thread for large
+    bodies.
 
     Args:
         op: The operation called (its :attr:`~gateway.apiadapter.binding.Operation.output`).
@@ -199,12 +299,21 @@ def to_result(
         url_for_blob: The ``uri`` of an embedded resource block: the request URL without
             its query (a credential may be in the query).
         output_validator: The compiled validator of the tool's ``outputSchema``, or None.
+        secrets: :func:`secret_forms` of the brokered credential: replaced in ``body`` first.
 
     Returns:
         ``(result, category)``: ``result`` is a ``CallToolResult`` dict (``content``, maybe
         ``structuredContent``, ``isError`` on errors, ``_meta``), ``category`` as in the
         module docstring.
+
+    Raises:
+        RecursionError: JSON nested deeper than validation can follow.
+        orjson.JSONEncodeError: JSON nested deeper than 254 levels (it is re-serialised).
+        ValueError, UnicodeError, LookupError: Not expected; the caller treats these, like the
+            two above, as a response that cannot be mapped (``upstream_response_invalid``).
     """
+    if secrets:
+        body = redact(body, secrets)
     if not 200 <= status < 300:
         return _error(op, status, content_type, body)
     media = media_type(content_type)

@@ -26,7 +26,15 @@ One ``tools/call``:
    ``follow_redirects``, at most :data:`MAX_REDIRECTS` same-origin redirects are followed (303,
    and 301/302 after a method other than GET/HEAD, become GET without a body; 307/308 keep
    method and body); a redirect to another origin is never followed (``upstream_redirect``);
-6. the response becomes a ``CallToolResult`` (:func:`~gateway.apiadapter.response.to_result`).
+6. the response becomes a ``CallToolResult`` (:func:`~gateway.apiadapter.response.to_result`),
+   every form of the credential's header and query values (of the renewed material too)
+   replaced by ``[redacted]`` first. Decoding and ``outputSchema`` validation are CPU-bound
+   (a 4 MiB answer validated against Petstore's schema takes seconds): a body larger than
+   :data:`INLINE_BYTES`, or than :data:`INLINE_VALIDATED_BYTES` when it is validated, is
+   mapped in a worker thread, at most :data:`MAPPING_THREADS` at once per pool, so the data
+   plane's event loop keeps serving meanwhile (the hop costs ~0.2 ms; smaller bodies map
+   inline). A response that cannot be mapped (JSON nested too deeply for validation or
+   re-serialisation, an undecodable text) is the tool error ``upstream_response_invalid``.
 
 Transport failures raise :class:`~gateway.errors.UpstreamUnavailable`; an address the source
 may not reach raises :class:`~gateway.errors.UpstreamAddressRefused` (nothing was sent). Log
@@ -36,32 +44,46 @@ value, a header or an argument.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import ssl
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import anyio
+import anyio.to_thread
 import httpx
+import orjson
 from jsonschema.exceptions import SchemaError
 from jsonschema.validators import Draft202012Validator, validator_for
+from referencing import Registry, Resource
+from referencing.exceptions import NoSuchResource
 
 from gateway.apiadapter.binding import ApiSource, Operation
 from gateway.apiadapter.guard import GuardedTransport
 from gateway.apiadapter.request import ArgumentMappingError, OutgoingRequest, build_request
-from gateway.apiadapter.response import OutputValidator, to_result, tool_error
+from gateway.apiadapter.response import OutputValidator, secret_forms, to_result, tool_error
 from gateway.errors import UnknownServer, UpstreamAddressRefused, UpstreamTimeout, UpstreamUnavailable
 from gateway.mcp.credential import UpstreamCredential, renewed, with_query
+from gateway.regexsafe import linear_time
 
 if TYPE_CHECKING:
     from gateway.mcp.channel import ClientChannel
     from gateway.mcp.upstream import Upstream
 
-__all__ = ["DEFAULT_TIMEOUT", "MAX_REDIRECTS", "ApiPool", "ApiUpstream"]
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "INLINE_BYTES",
+    "INLINE_VALIDATED_BYTES",
+    "MAPPING_THREADS",
+    "MAX_REDIRECTS",
+    "ApiPool",
+    "ApiUpstream",
+]
 
 log = logging.getLogger("gateway.apiadapter")
 
@@ -69,9 +91,26 @@ DEFAULT_TIMEOUT = 30.0
 """Seconds one call may take when neither the source nor the pool says otherwise."""
 MAX_REDIRECTS = 5
 """Most same-origin redirects followed in one call (sources with ``follow_redirects``)."""
+INLINE_BYTES = 64 * 1024
+"""Largest body mapped on the event loop when no ``outputSchema`` is checked (~3 ms of JSON
+decoding and re-serialisation); larger ones are mapped in a worker thread."""
+INLINE_VALIDATED_BYTES = 4 * 1024
+"""Largest body mapped on the event loop when an ``outputSchema`` is checked (validation
+with jsonschema runs at roughly 2-5 ms per KiB of JSON)."""
+MAPPING_THREADS = 4
+"""Most worker threads mapping responses at once, per :class:`ApiPool` (or lone :class:`ApiUpstream`)."""
+_UNMAPPABLE = (RecursionError, LookupError, UnicodeError, ValueError, orjson.JSONEncodeError)
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _METHOD_NOT_FOUND = -32601
 _INVALID_PARAMS = -32602
+
+
+def _refuse_retrieval(uri: str) -> Resource[Any]:
+    raise NoSuchResource(ref=uri)  # type: ignore[call-arg]
+
+
+_NO_FETCH: Registry[Any] = Registry(retrieve=_refuse_retrieval)  # type: ignore[call-arg]
+"""Output schemas resolve ``$ref`` inside themselves (``$defs``) only: nothing is ever fetched."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +168,28 @@ def _origin(url: str) -> tuple[str, str, int | None]:
     return (parsed.scheme, parsed.host, parsed.port)
 
 
+def _secret_values(*credentials: UpstreamCredential | None) -> list[str]:
+    return [v for c in credentials if c is not None for v in (*c.headers.values(), *c.query.values())]
+
+
+def _map(
+    op: Operation,
+    reply: _Reply,
+    body: bytes,
+    validator: OutputValidator | None,
+    secrets: Sequence[tuple[bytes, bytes]],
+) -> tuple[dict[str, Any], str | None]:
+    return to_result(
+        op,
+        status=reply.status,
+        content_type=reply.content_type,
+        body=body,
+        url_for_blob=_without_query(reply.url),
+        output_validator=validator,
+        secrets=secrets,
+    )
+
+
 def _rpc(msg_id: int, *, result: dict[str, Any] | None = None, error: tuple[int, str] | None = None) -> dict[str, Any]:
     if error is not None:
         return {"jsonrpc": "2.0", "id": msg_id, "error": {"code": error[0], "message": error[1]}}
@@ -144,6 +205,8 @@ class ApiUpstream:
         ssl_context: TLS verification settings (default: httpx's).
         max_connections: Most connections to the source at once.
         transport: Replaces the guarded transport (tests only).
+        limiter: Bounds the worker threads that map large responses (shared by a pool's
+            sources; default: this upstream's own, :data:`MAPPING_THREADS` threads).
     """
 
     def __init__(
@@ -154,6 +217,7 @@ class ApiUpstream:
         ssl_context: ssl.SSLContext | None = None,
         max_connections: int = 100,
         transport: httpx.AsyncBaseTransport | None = None,
+        limiter: anyio.CapacityLimiter | None = None,
     ) -> None:
         self.source = source
         self.deadline = source.timeout if source.timeout is not None else timeout
@@ -167,6 +231,7 @@ class ApiUpstream:
             headers={"accept-encoding": "gzip, deflate"},
         )
         self._validators: dict[str, OutputValidator | None] = {}
+        self._limiter = limiter if limiter is not None else anyio.CapacityLimiter(MAPPING_THREADS)
         self._ids = itertools.count(1)
         self._active = 0
         self._retired = False
@@ -237,7 +302,7 @@ class ApiUpstream:
             return tool_error(f"invalid arguments: {exc}", "invalid_arguments")
         try:
             with anyio.fail_after(self.deadline):
-                reply = await self._send(op, outgoing, arguments, credential)
+                reply, sent = await self._send(op, outgoing, arguments, credential)
         except TimeoutError:
             log.warning("%s: no answer within %ss", where, self.deadline)
             raise UpstreamTimeout(f"{where}: no answer within {self.deadline}s") from None
@@ -265,14 +330,23 @@ class ApiUpstream:
                 "upstream_response_invalid",
                 status=reply.status,
             )
-        result, category = to_result(
-            op,
-            status=reply.status,
-            content_type=reply.content_type,
-            body=reply.body,
-            url_for_blob=_without_query(reply.url),
-            output_validator=self._validator(op.tool),
-        )
+        validator = self._validator(op.tool)
+        secrets = secret_forms(_secret_values(credential, sent), reply.content_type)
+        mapping = functools.partial(_map, op, reply, reply.body, validator, secrets)
+        inline = INLINE_VALIDATED_BYTES if validator is not None else INLINE_BYTES
+        try:
+            if len(reply.body) > inline:
+                result, category = await anyio.to_thread.run_sync(mapping, limiter=self._limiter)
+            else:
+                result, category = mapping()
+        except _UNMAPPABLE as exc:
+            log.info("%s -> %s: response cannot be mapped (%s)", where, reply.status, type(exc).__name__)
+            return tool_error(
+                f"HTTP {reply.status}: the API's response cannot be turned into a tool result "
+                "(nested too deeply, or undecodable)",
+                "upstream_response_invalid",
+                status=reply.status,
+            )
         log.debug("%s -> %s (%s)", where, reply.status, category or "ok")
         return result
 
@@ -282,8 +356,11 @@ class ApiUpstream:
         outgoing: OutgoingRequest,
         arguments: Mapping[str, Any],
         credential: UpstreamCredential | None,
-    ) -> _Reply:
-        """Send, renew once after a 401, follow same-origin redirects when allowed."""
+    ) -> tuple[_Reply, UpstreamCredential | None]:
+        """Send, renew once after a 401, follow same-origin redirects when allowed.
+
+        Returns the final reply and the credential material it was sent with.
+        """
         renewable = credential is not None and credential.renew is not None
         current = outgoing
         hops = 0
@@ -296,21 +373,21 @@ class ApiUpstream:
                     try:
                         current = build_request(self.source, op, arguments, fresh)
                     except ArgumentMappingError:
-                        return reply
+                        return reply, credential
                     credential = fresh
                     hops = 0
                     continue
             if reply.status not in _REDIRECTS or not self.source.follow_redirects or not reply.location:
-                return reply
+                return reply, credential
             if hops >= MAX_REDIRECTS:
-                return reply
+                return reply, credential
             target = urljoin(current.url, reply.location).partition("#")[0]
             try:
                 same_origin = _origin(target) == _origin(self.source.base_url)
             except httpx.InvalidURL:
                 same_origin = False
             if not same_origin:
-                return reply
+                return reply, credential
             if credential is not None and credential.query:
                 target = with_query(target, credential.query)
             method, content, headers = current.method, current.content, current.headers
@@ -363,7 +440,8 @@ class ApiUpstream:
                 try:
                     cls = validator_for(schema, default=Draft202012Validator)
                     cls.check_schema(schema)
-                    compiled = cls(schema)
+                    # RE2 for the schema's patterns (the API chooses the strings); no $ref is fetched.
+                    compiled = linear_time(cls)(schema, registry=_NO_FETCH)
                 except SchemaError:
                     log.warning("API source %s: tool %s has an invalid outputSchema", self.source.name, tool)
             self._validators[tool] = compiled
@@ -417,6 +495,8 @@ class ApiPool:
         ssl_context: TLS verification settings for every source (default: httpx's, made once
             and shared by every source's client).
         max_connections: Most connections to one source at once.
+        mapping_threads: Most worker threads mapping large responses at once, all sources
+            together (see :data:`INLINE_BYTES`).
     """
 
     def __init__(
@@ -425,8 +505,10 @@ class ApiPool:
         timeout: float = DEFAULT_TIMEOUT,
         ssl_context: ssl.SSLContext | None = None,
         max_connections: int = 100,
+        mapping_threads: int = MAPPING_THREADS,
     ) -> None:
         self._timeout = timeout
+        self._limiter = anyio.CapacityLimiter(mapping_threads)
         self._ssl_context = ssl_context if ssl_context is not None else httpx.create_ssl_context()
         self._max_connections = max_connections
         self._upstreams: dict[str, tuple[str, ApiUpstream]] = {}
@@ -452,7 +534,11 @@ class ApiPool:
             kept[name] = (
                 address,
                 ApiUpstream(
-                    source, timeout=self._timeout, ssl_context=self._ssl_context, max_connections=self._max_connections
+                    source,
+                    timeout=self._timeout,
+                    ssl_context=self._ssl_context,
+                    max_connections=self._max_connections,
+                    limiter=self._limiter,
                 ),
             )
         for name, (_, upstream) in self._upstreams.items():

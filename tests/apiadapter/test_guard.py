@@ -35,6 +35,13 @@ ALWAYS = [
     ("fd00:ec2::254", "metadata"),
     ("::ffff:169.254.169.254", "metadata"),
     ("64:ff9b::a9fe:a9fe", "metadata"),  # NAT64 of 169.254.169.254
+    ("169.254.170.23", "metadata"),  # EKS Pod Identity
+    ("fd00:ec2::23", "metadata"),
+    ("168.63.129.16", "metadata"),  # Azure WireServer: a public address
+    ("::a9fe:a9fe", "metadata"),  # IPv4-compatible 169.254.169.254
+    ("::ffff:0:a9fe:a9fe", "metadata"),  # IPv4-translated (SIIT) 169.254.169.254
+    ("::ffff:0:0:0", "unspecified"),  # IPv4-translated 0.0.0.0
+    ("::2", "unspecified"),  # IPv4-compatible 0.0.0.2
 ]
 NOT_GLOBAL = [
     ("127.0.0.1", "loopback"),
@@ -59,8 +66,20 @@ NOT_GLOBAL = [
     ("240.0.0.1", "reserved"),
     ("64:ff9b::a00:1", "private"),  # NAT64 of 10.0.0.1
     ("2002:7f00:1::", "loopback"),  # 6to4 of 127.0.0.1
+    ("::127.0.0.1", "loopback"),  # IPv4-compatible: Python 3.11 calls it global
+    ("::ffff:0:7f00:1", "loopback"),  # IPv4-translated (SIIT): Python 3.11 calls it global
+    ("::10.0.0.1", "private"),
+    ("::ffff:0:c0a8:101", "private"),  # ::ffff:0:192.168.1.1
 ]
-GLOBAL = ["8.8.8.8", "1.1.1.1", "93.184.215.14", "2606:4700:4700::1111", "::ffff:8.8.8.8", "64:ff9b::808:808"]
+GLOBAL = [
+    "8.8.8.8",
+    "1.1.1.1",
+    "93.184.215.14",
+    "2606:4700:4700::1111",
+    "::ffff:8.8.8.8",
+    "64:ff9b::808:808",
+    "168.63.129.17",  # next to Azure WireServer: an ordinary public address
+]
 
 
 def ip(text: str) -> IPAddress:

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from jsonschema import Draft202012Validator
 
+from gateway.apiadapter import operations
 from gateway.apiadapter.binding import Body, Operation, Output, Param
 from gateway.apiadapter.documents import MAX_OPERATIONS, check_document, load_document
 from gateway.apiadapter.operations import (
+    MAX_SOURCE_BYTES,
     CompiledSource,
     Override,
     Selection,
@@ -657,10 +661,9 @@ def test_descriptions_titles_deprecation() -> None:
 
 
 def test_method_annotations() -> None:
-    methods = ["get", "head", "options", "trace", "put", "post", "patch", "delete"]
+    methods = ["get", "head", "options", "put", "post", "patch", "delete"]
     out = compiled(api({"/x": {m: op(m) for m in methods}}))
     assert [t["annotations"] for t in out.tools] == [
-        {"readOnlyHint": True},
         {"readOnlyHint": True},
         {"readOnlyHint": True},
         {"readOnlyHint": True},
@@ -797,3 +800,92 @@ def test_operation_cap() -> None:
     assert err.location == "selection" and f"more than {MAX_OPERATIONS}" in str(err)
     out = compiled(doc, {"exclude": {"operation_ids": ["op7"]}})
     assert len(out.tools) == MAX_OPERATIONS
+
+
+# -- TRACE ------------------------------------------------------------------------------------
+
+
+def test_trace_operations_are_never_compiled_but_reported() -> None:
+    # A TRACE request is echoed back, headers included: the brokered credential would reach the agent.
+    paths = {"/x": {"get": op("getX"), "trace": op("traceX")}, "/y": {"trace": op(None)}}
+    out = compiled(api(paths))
+    assert [t["name"] for t in out.tools] == ["getX"]
+    assert [o.method for o in out.operations] == ["GET"]
+    traces = [s for s in out.report["skipped"] if s["construct"] == "trace"]
+    assert [s["location"] for s in traces] == ["paths./x.trace", "paths./y.trace"]
+    assert all("credential" in s["reason"] for s in traces)
+    # selected by tag or path glob: skipped the same way; excluded: not reported
+    out = compiled(api(paths), {"include": {"paths": ["/x"]}})
+    assert [s["location"] for s in out.report["skipped"] if s["construct"] == "trace"] == ["paths./x.trace"]
+    out = compiled(api(paths), {"exclude": {"operation_ids": ["traceX"]}})
+    assert [s["location"] for s in out.report["skipped"] if s["construct"] == "trace"] == ["paths./y.trace"]
+    # a selection of TRACE operations only selects nothing
+    err = refused(api(paths), {"include": {"paths": ["/y"]}})
+    assert err.location == "selection" and "TRACE" in str(err)
+
+
+def test_trace_operation_named_by_operation_id_refused() -> None:
+    paths = {"/x": {"get": op("getX"), "trace": op("traceX")}}
+    err = refused(api(paths), {"include": {"operation_ids": ["getX", "traceX"]}})
+    assert err.location == "selection.include.operation_ids[1]"
+    assert "TRACE" in str(err) and "credential" in str(err)
+    # an override of it names no selected operation
+    assert refused(api(paths), overrides={"traceX": {"name": "t"}}).location == "overrides.traceX"
+
+
+# -- total size -------------------------------------------------------------------------------
+
+
+def size_of(out: CompiledSource) -> int:
+    return sum(
+        len(orjson.dumps(t)) + len(orjson.dumps(o.to_record())) for t, o in zip(out.tools, out.operations, strict=True)
+    )
+
+
+def test_total_size_cap_is_exact(monkeypatch: pytest.MonkeyPatch) -> None:
+    out = compiled(petstore(), NO_UPLOAD)
+    total = size_of(out)
+    assert total < MAX_SOURCE_BYTES
+    monkeypatch.setattr(operations, "MAX_SOURCE_BYTES", total)
+    assert len(compiled(petstore(), NO_UPLOAD).tools) == len(PETSTORE_TOOLS)
+    monkeypatch.setattr(operations, "MAX_SOURCE_BYTES", total - 1)
+    err = refused(petstore(), NO_UPLOAD)
+    assert err.location == "paths./user/{username}.delete"  # the last operation tips it over
+    assert f"{len(PETSTORE_TOOLS)} of {len(PETSTORE_TOOLS)} selected" in str(err)
+    assert f"more than {total - 1} bytes" in str(err) and "narrow the selection" in str(err)
+
+
+def big_schema_document(operations_count: int) -> dict[str, Any]:
+    """The review's document: one 270 KB schema that every operation takes and returns."""
+    props = {f"p{i:05d}": {"type": "string", "description": "x" * 40} for i in range(3000)}
+    ref = {"$ref": "#/components/schemas/Big"}
+    paths = {
+        f"/r{i}": {
+            "post": op(
+                f"op{i}",
+                requestBody=json_body(ref),
+                responses={"200": {"description": "ok", "content": {"application/json": {"schema": ref}}}},
+            )
+        }
+        for i in range(operations_count)
+    }
+    return api(paths, {"schemas": {"Big": {"type": "object", "properties": props}}})
+
+
+def test_total_size_cap_stops_early_on_one_schema_referenced_by_many_operations() -> None:
+    doc = load_document(json.dumps(big_schema_document(1000)))
+    assert len(json.dumps(doc)) < 600_000  # the document is small; its 1000 tools would be 534 MB
+    check_document(doc)
+    started = time.monotonic()
+    with pytest.raises(InvalidApiDocument) as info:
+        compile_source(doc)
+    elapsed = time.monotonic() - started
+    assert elapsed < 10, elapsed  # it took 46 s (and 2.6 GiB) to build them all
+    err = info.value
+    # each tool is about half a MB (the schema twice): the 16th or so passes 8 MiB
+    match = re.fullmatch(r"paths\./r([0-9]+)\.post", err.location)
+    assert match and 10 <= int(match.group(1)) < 20, err.location
+    assert f"{int(match.group(1)) + 1} of 1000 selected" in str(err) and "narrow the selection" in str(err)
+    out = compile_source(doc, selection=Selection.from_body({"include": {"paths": ["/r1", "/r2"]}}))
+    assert [t["name"] for t in out.tools] == ["op1", "op2"]  # a narrower selection compiles
+    assert size_of(out) < MAX_SOURCE_BYTES

@@ -212,6 +212,16 @@ def test_header_values_with_control_characters_are_refused(value: str) -> None:
     assert value not in str(err.value) and "Injected" not in str(err.value)
 
 
+@pytest.mark.parametrize("value", [" leading", "trailing ", "\tboth\t", "trailing\t", " "])
+def test_header_values_with_surrounding_space_or_tab_are_refused(value: str) -> None:
+    # RFC 9110 section 5.5: no leading or trailing whitespace in a field value; h11 refuses to send it.
+    param = Param("trace", "X-Trace", "header", "simple", False, False)
+    with pytest.raises(ArgumentMappingError, match="space or tab") as err:
+        call((param,), {"trace": value})
+    assert err.value.argument == "trace"
+    assert header(call((param,), {"trace": "in side\tok"}), "x-trace") == ["in side\tok"]
+
+
 def test_header_names_must_be_tokens_and_framing_headers_are_refused() -> None:
     with pytest.raises(ArgumentMappingError, match="token"):
         call((Param("h", "X Bad", "header", "simple", False, False),), {"h": "v"})
@@ -227,30 +237,68 @@ def test_accept_content_type_authorization_parameters_are_ignored() -> None:
     assert header(req, "authorization") == []
 
 
+CREDENTIAL = UpstreamCredential("cred@1", headers={"x-api-key": "SECRET-H"}, query={"api_key": "SECRET-Q"})
+
+
 def test_credential_wins_over_arguments() -> None:
     params = (
-        Param("api_key", "api_key", "query", "form", True, False),
         Param("key_header", "X-Api-Key", "header", "simple", False, False),
         Param("extra", "extra", "query", "form", True, False),
     )
-    credential = UpstreamCredential("cred@1", headers={"x-api-key": "SECRET-H"}, query={"api_key": "SECRET-Q"})
-    req = call(
-        params,
-        {"api_key": "agent-q", "key_header": "agent-h", "extra": {"api_key": "agent-q2", "ok": "1"}},
-        credential=credential,
-    )
-    pairs = parse_qsl(urlsplit(req.url).query)
-    assert [v for k, v in pairs if k == "api_key"] == ["SECRET-Q"]
-    assert ("ok", "1") in pairs
+    req = call(params, {"key_header": "agent-h", "extra": {"ok": "1"}}, credential=CREDENTIAL)
+    assert parse_qsl(urlsplit(req.url).query) == [("ok", "1"), ("api_key", "SECRET-Q")]
     assert header(req, "x-api-key") == ["SECRET-H"]
-    assert all(v not in ("agent-h",) for _, v in req.headers)
+    assert all(v != "agent-h" for _, v in req.headers)
 
 
-def test_credential_header_replaces_any_case() -> None:
-    param = Param("h", "X-API-KEY", "header", "simple", False, False)
-    credential = UpstreamCredential("cred@1", headers={"X-Api-Key": "SECRET"})
-    req = call((param,), {"h": "agent"}, credential=credential)
-    assert [(k, v) for k, v in req.headers if k == "x-api-key"] == [("x-api-key", "SECRET")]
+SHADOWS = ["api_key", "API_KEY", "Api_Key", "api_key[]", "api_key[0]", "api_key.x", "api.key", "api key", " api_key"]
+
+
+@pytest.mark.parametrize("name", SHADOWS)
+def test_query_names_that_would_shadow_the_credential_are_refused(name: str) -> None:
+    # As the parameter's own name (a document may declare it) and as an agent-chosen key of an
+    # exploded object: servers differ on case, brackets and which duplicate wins.
+    with pytest.raises(ArgumentMappingError, match="query parameter of the brokered credential") as err:
+        call((Param("p", name, "query", "form", True, False),), {"p": "EVIL"}, credential=CREDENTIAL)
+    assert err.value.argument == "p" and "EVIL" not in str(err.value) and "SECRET" not in str(err.value)
+    with pytest.raises(ArgumentMappingError, match="'filter'"):
+        call((query_param("form", True, "filter"),), {"filter": {"ok": "1", name: "EVIL"}}, credential=CREDENTIAL)
+    with pytest.raises(ArgumentMappingError, match="'p'"):
+        call((Param("p", name.strip(), "query", "deepObject", True, False),), {"p": {"k": "v"}}, credential=CREDENTIAL)
+    # without a credential nothing is protected
+    assert "EVIL" in call((query_param("form", True, "filter"),), {"filter": {name: "EVIL"}}).url
+
+
+@pytest.mark.parametrize("name", ["api_keys", "my_api_key", "apikey", "key", "api"])
+def test_other_query_names_pass_next_to_the_credential(name: str) -> None:
+    req = call((query_param("form", True, "filter"),), {"filter": {name: "v"}}, credential=CREDENTIAL)
+    assert parse_qsl(urlsplit(req.url).query) == [(name, "v"), ("api_key", "SECRET-Q")]
+
+
+def test_cookie_names_that_would_shadow_a_credential_cookie_are_refused() -> None:
+    credential = UpstreamCredential("cred@1", headers={"Cookie": "session=SECRET; theme=dark"})
+    for params, arguments in (
+        ((Param("s", "SESSION", "cookie", "form", True, False),), {"s": "EVIL"}),
+        ((Param("s", "session.x", "cookie", "form", True, False),), {"s": "EVIL"}),
+        ((Param("s", "many", "cookie", "form", True, False),), {"s": {"ok": "1", "Theme": "EVIL"}}),
+    ):
+        with pytest.raises(ArgumentMappingError, match="cookie of the brokered credential") as err:
+            call(params, arguments, credential=credential)
+        assert err.value.argument == "s"
+    # Other cookies are allowed (the credential's Cookie header replaces the arguments' one).
+    req = call((Param("o", "other", "cookie", "form", True, False),), {"o": "fine"}, credential=credential)
+    assert header(req, "cookie") == ["session=SECRET; theme=dark"]
+
+
+@pytest.mark.parametrize("name", ["X-API-KEY", "x-api-key", "X-Api-Key", "x-API-key"])
+def test_credential_header_replaces_any_case(name: str) -> None:
+    param = Param("h", name, "header", "simple", False, False)
+    for credential in (UpstreamCredential("cred@1", headers={"X-Api-Key": "SECRET"}), CREDENTIAL):
+        req = call((param,), {"h": "agent"}, credential=credential)
+        assert [v for k, v in req.headers if k.lower() == "x-api-key"] == [
+            credential.headers[next(iter(credential.headers))]
+        ]
+        assert "agent" not in [v for _, v in req.headers]
 
 
 def test_bodies() -> None:

@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import base64
+import json
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 import orjson
 import pytest
 from jsonschema import Draft202012Validator
 
 from gateway.apiadapter.binding import Operation, Output
-from gateway.apiadapter.response import EXCERPT_CHARS, META_KEY, error_category, to_result
+from gateway.apiadapter.response import (
+    EXCERPT_CHARS,
+    META_KEY,
+    MIN_SECRET_CHARS,
+    REDACTED,
+    error_category,
+    redact,
+    secret_forms,
+    to_result,
+)
 
 URL = "https://api.example.test/v1/things/1"
 SCHEMA = {
@@ -187,3 +198,159 @@ def test_error_text_has_reason_and_bounded_excerpt() -> None:
 def test_unusual_statuses_are_invalid() -> None:
     _, category = run(op(), 199, None, b"")
     assert category == "upstream_response_invalid"
+
+
+# ---------------------------------------------------------------- charsets that are not text encodings
+
+
+@pytest.mark.parametrize(
+    "charset",
+    [
+        "base64",
+        "hex",
+        "rot13",
+        "zlib",
+        "bz2",
+        "uu",
+        "quopri",
+        "idna",
+        "punycode",
+        "undefined",
+        "unicode_escape",
+        "x-nope",
+    ],
+)
+def test_a_charset_that_does_not_decode_bytes_is_read_as_utf8(charset: str) -> None:
+    body = "héllo \xff".encode()
+    result, category = run(op(), 200, f"text/plain; charset={charset}", body)
+    assert category is None and text_of(result) == "héllo \xff"
+    result, category = run(op(), 404, f'application/json; charset="{charset}"', b'{"e": "\xc3\xa9\xff"}')
+    assert category == "api_not_found" and text_of(result) == 'HTTP 404 Not Found: {"e": "é\ufffd"}'
+
+
+def test_real_charsets_are_still_used() -> None:
+    for charset in ("utf-16", "UTF-16LE", "latin-1", "cp1252", "utf-8-sig"):
+        result, _ = run(op(), 200, f"text/plain; charset={charset}", "café".encode(charset))
+        assert text_of(result) == "café", charset
+
+
+def test_json_nested_too_deeply_raises_for_the_caller_to_map() -> None:
+    # The caller (ApiUpstream) turns these into upstream_response_invalid: tests/apiadapter/test_upstream.py.
+    node = {"type": "object", "properties": {"c": {"$ref": "#"}}}
+    deep = b'{"c":' * 900 + b"{}" + b"}" * 900
+    with pytest.raises(RecursionError):
+        to_result(
+            op(schema=True),
+            status=200,
+            content_type="application/json",
+            body=deep,
+            url_for_blob=URL,
+            output_validator=Draft202012Validator(node),
+        )
+    with pytest.raises(orjson.JSONEncodeError):
+        to_result(op(), status=200, content_type="application/json", body=deep, url_for_blob=URL, output_validator=None)
+
+
+# ---------------------------------------------------------------- brokered secrets
+
+
+SECRET = 'k3y/with+odd "chars" é&='
+TOKEN = "tok-5e1f9a"
+
+
+def _bodies(value: Any) -> list[bytes]:
+    """``value`` as JSON the ways an API may write it: minimal escaping, \\uXXXX, \\/."""
+    ascii_json = json.dumps(value)
+    return [orjson.dumps(value), ascii_json.encode(), ascii_json.replace("/", "\\/").encode()]
+
+
+def test_secret_forms_cover_raw_percent_encoded_and_json_escaped_values() -> None:
+    forms = secret_forms([SECRET, f"Bearer {TOKEN}", "abc"])
+    echoed = {
+        "header": SECRET,
+        "authorization": f"Bearer {TOKEN}",
+        "token": TOKEN,
+        "query": f"api_key={quote(SECRET, safe='')}&x=1",
+        "slash_kept": quote(SECRET),
+        "form": quote_plus(SECRET),
+        "lower": quote(SECRET, safe="").lower(),
+        "short": "abc",
+    }
+    for body in _bodies(echoed):
+        redacted = redact(body, forms)
+        data = json.loads(redacted)  # still valid JSON
+        assert data == {
+            "header": REDACTED,
+            "authorization": REDACTED,
+            "token": REDACTED,
+            "query": f"api_key={REDACTED}&x=1",
+            "slash_kept": REDACTED,
+            "form": REDACTED,
+            "lower": REDACTED,
+            "short": "abc",  # shorter than MIN_SECRET_CHARS: left alone
+        }, body
+    assert MIN_SECRET_CHARS == 4 and secret_forms(["abc", ""]) == ()
+
+
+def test_to_result_never_carries_a_secret() -> None:
+    forms = secret_forms([SECRET, TOKEN])
+    secrets = (SECRET, TOKEN, quote(SECRET, safe=""), base64.b64encode(SECRET.encode()).decode())
+
+    def clean(result: dict[str, Any]) -> dict[str, Any]:
+        dumped = orjson.dumps(result).decode()
+        for secret in secrets:
+            assert secret not in dumped and orjson.dumps(secret).decode()[1:-1] not in dumped
+        return result
+
+    echoed = {"headers": {"x-api-key": SECRET}, "query": f"api_key={TOKEN}"}
+    for body in _bodies(echoed):
+        result, category = to_result(
+            op(schema=True),
+            status=200,
+            content_type="application/json",
+            body=body,
+            url_for_blob=URL,
+            output_validator=Draft202012Validator({"type": "object"}),
+            secrets=forms,
+        )
+        assert category is None
+        assert clean(result)["structuredContent"] == {
+            "headers": {"x-api-key": REDACTED},
+            "query": f"api_key={REDACTED}",
+        }
+        result, category = to_result(
+            op(),
+            status=400,
+            content_type="application/problem+json",
+            body=body,
+            url_for_blob=URL,
+            output_validator=None,
+            secrets=forms,
+        )
+        assert category == "api_bad_request" and REDACTED in text_of(clean(result))
+    for media in ("text/plain", "image/png", "application/octet-stream"):
+        body = b"\x00\x01 " + SECRET.encode() + b" " + TOKEN.encode()
+        result, _ = to_result(
+            op(), status=200, content_type=media, body=body, url_for_blob=URL, output_validator=None, secrets=forms
+        )
+        block = clean(result)["content"][0]
+        raw = block.get("text") or block.get("data") or block["resource"]["blob"]
+        shown = raw.encode() if media == "text/plain" else base64.b64decode(raw)
+        assert shown == f"\x00\x01 {REDACTED} {REDACTED}".encode(), media
+    assert clean(result)["_meta"] == {META_KEY: {"status": 200, "category": None}}
+
+
+@pytest.mark.parametrize("charset", ["utf-16", "utf-16-be", "utf-32", "latin-1"])
+def test_secrets_are_redacted_in_the_body_charset(charset: str) -> None:
+    content_type = f"text/plain; charset={charset}"
+    body = f"key={TOKEN}!".encode(charset)
+    result, _ = to_result(
+        op(),
+        status=200,
+        content_type=content_type,
+        body=body,
+        url_for_blob=URL,
+        output_validator=None,
+        secrets=secret_forms([TOKEN], content_type),
+    )
+    assert text_of(result) == f"key={REDACTED}!"

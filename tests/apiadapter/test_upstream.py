@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import itertools
+import json
 import logging
 import time
 from collections.abc import Iterator
@@ -13,12 +15,12 @@ import anyio
 import pytest
 
 from gateway.apiadapter.binding import ApiSource, Body, Operation, Output, Param
-from gateway.apiadapter.response import META_KEY
-from gateway.apiadapter.upstream import ApiPool, ApiUpstream
+from gateway.apiadapter.response import META_KEY, REDACTED
+from gateway.apiadapter.upstream import INLINE_VALIDATED_BYTES, ApiPool, ApiUpstream
 from gateway.errors import UnknownServer, UpstreamAddressRefused, UpstreamTimeout, UpstreamUnavailable
 from gateway.mcp.credential import UpstreamCredential
 from tests.support.ports import free_port
-from tests.support.rest_api import PNG, TEXT, RunningRestApi, start_subprocess
+from tests.support.rest_api import DOCUMENT, PNG, TEXT, RunningRestApi, large_items, start_subprocess
 
 pytestmark = pytest.mark.anyio
 
@@ -117,12 +119,24 @@ MISC = [
     op("invalid", "GET", "/invalid-output", output=Output("200", False, True)),
     op("whoami", "GET", "/auth/whoami"),
     op("echo_key", "GET", "/echo/key", P("api_key", "query"), P("key_header", "header", name="X-Api-Key")),
+    op("rejected", "GET", "/echo/rejected", P("q", "query")),
+    op("echo_auth", "GET", "/echo/auth"),
+    op("large_json", "GET", "/large-json", P("n", "query", required=True), output=Output("200", True, True)),
+    op("custom", "GET", "/custom", P("status", "query"), P("type", "query"), P("text", "query"), P("deep", "query")),
+    op("custom_node", "GET", "/custom", P("deep", "query"), output=Output("200", False, True)),
 ]
 INVALID_SCHEMA = {
     "type": "object",
     "required": ["id", "name"],
     "properties": {"id": {"type": "integer"}, "name": {"type": "string"}},
 }
+ITEMS_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "result": DOCUMENT["paths"]["/large-json"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+    },
+}
+NODE_SCHEMA = {"type": "object", "properties": {"c": {"$ref": "#"}}}  # recursive, as OpenAPI trees are
 
 
 def source(api: RunningRestApi, *, internal: bool = True, base: str | None = None, **kw: Any) -> ApiSource:
@@ -132,7 +146,7 @@ def source(api: RunningRestApi, *, internal: bool = True, base: str | None = Non
         base or api.url,
         internal,
         {o.tool: o for o in ops},
-        output_schemas={"invalid": INVALID_SCHEMA},
+        output_schemas={"invalid": INVALID_SCHEMA, "large_json": ITEMS_SCHEMA, "custom_node": NODE_SCHEMA},
         **kw,
     )
 
@@ -240,12 +254,56 @@ async def test_base_path_prefix_is_kept(api: RunningRestApi) -> None:
 # ---------------------------------------------------------------- credentials
 
 
+def last_request(api: RunningRestApi) -> dict[str, Any]:
+    """What the service received last (its record, not the adapter's redacted result)."""
+    request: dict[str, Any] = api.received()["requests"][-1]
+    return request
+
+
 async def test_credential_is_injected_and_not_overridable(api: RunningRestApi) -> None:
     credential = UpstreamCredential("c@1", headers={"X-Api-Key": "cred-header"}, query={"api_key": "cred-query"})
-    got = echo(await call(source(api), "echo_key", {"api_key": "AGENT-Q", "key_header": "AGENT-H"}, credential))
-    assert got["query"] == "api_key=cred-query"
-    assert got["headers"]["x-api-key"] == "cred-header"
-    assert "AGENT" not in str(got)
+    got = echo(await call(source(api), "echo_key", {"key_header": "AGENT-H"}, credential))
+    sent = last_request(api)
+    assert (sent["query"], sent["headers"]["x-api-key"]) == ("api_key=cred-query", "cred-header")
+    assert (got["query"], got["headers"]["x-api-key"]) == (f"api_key={REDACTED}", REDACTED)
+    assert "AGENT" not in str(sent)
+    api.reset()
+    for arguments in ({"api_key": "AGENT-Q"}, {"key_header": " AGENT-H"}):
+        refused = await call(source(api), "echo_key", arguments, credential)
+        assert category(refused) == "invalid_arguments" and "AGENT" not in text(refused)
+    assert api.count() == 0
+
+
+async def test_echoed_credentials_never_reach_the_result(api: RunningRestApi) -> None:
+    header_key, query_key = "hdr-SECRET/+=", "qry-SECRET&=é"  # header values are ASCII
+    credential = UpstreamCredential("c@1", headers={"x-api-key": header_key}, query={"api_key": query_key})
+    results = [
+        await call(source(api), "headers", {"trace": "t-1"}, credential),
+        await call(source(api), "query", {"q": "x"}, credential),
+        await call(source(api), "rejected", {"q": "x"}, credential),  # a 400 quoting the request
+    ]
+    sent = last_request(api)
+    assert sent["headers"]["x-api-key"] == header_key  # it was sent
+    for result in results:
+        dumped = json.dumps(result)
+        for secret in (header_key, query_key, "SECRET"):
+            assert secret not in dumped, result
+    headers, query, rejected = results
+    assert echo(headers)["headers"]["x-api-key"] == REDACTED and echo(headers)["headers"]["x-trace"] == "t-1"
+    assert echo(query)["query"] == f"q=x&api_key={REDACTED}"
+    assert category(rejected) == "api_bad_request" and f"api_key={REDACTED}" in text(rejected)
+    who = await call(source(api), "whoami", {}, UpstreamCredential("c@1", headers={"x-api-key": API_KEY}))
+    assert who["structuredContent"]["via"] == "x-api-key"  # the key arrived; the result shows a digest only
+
+
+async def test_renewed_material_is_redacted_too(api: RunningRestApi) -> None:
+    renew = Renewals(NEW_TOKEN)
+    credential = UpstreamCredential("c@1", headers={"authorization": "Bearer old-token"}, renew=renew)
+    result = await call(source(api), "echo_auth", {}, credential)  # 401, renewed, echoed
+    assert renew.calls == 1 and api.count() == 2
+    assert last_request(api)["headers"]["authorization"] == f"Bearer {NEW_TOKEN}"
+    assert echo(result)["headers"]["authorization"] == REDACTED
+    assert NEW_TOKEN not in json.dumps(result)
 
 
 async def test_credential_header_and_query_are_accepted(api: RunningRestApi) -> None:
@@ -346,7 +404,9 @@ async def test_same_origin_redirects_are_followed_when_allowed(api: RunningRestA
     assert api.count() == 2
     credential = UpstreamCredential("c@1", headers={"x-api-key": "cred-h"}, query={"api_key": "cred-q"})
     got = echo(await call(src, "redirect", {"to": "/echo/redirected?x=1&api_key=server"}, credential))
-    assert (got["query"], got["headers"]["x-api-key"]) == ("x=1&api_key=cred-q", "cred-h")
+    sent = last_request(api)
+    assert (sent["query"], sent["headers"]["x-api-key"]) == ("x=1&api_key=cred-q", "cred-h")
+    assert (got["query"], got["headers"]["x-api-key"]) == (f"x=1&api_key={REDACTED}", REDACTED)
     for status, method, body in (
         (303, "GET", None),
         (302, "GET", None),
@@ -454,7 +514,7 @@ async def test_source_not_internal_never_reaches_loopback(api: RunningRestApi, h
     port = api.url.rsplit(":", 1)[1]
     src = source(api, internal=False, base=f"http://{host}:{port}")
     with pytest.raises(UpstreamAddressRefused) as err:
-        await call(src, "echo_key", {"api_key": "x"}, UpstreamCredential("c@1", query={"api_key": "SECRET"}))
+        await call(src, "echo_key", {"key_header": "x"}, UpstreamCredential("c@1", query={"api_key": "SECRET"}))
     assert "loopback" in str(err.value) and "SECRET" not in str(err.value) and "/echo" not in str(err.value)
     assert api.count() == 0
 
@@ -472,6 +532,67 @@ async def test_logs_name_the_template_never_values(api: RunningRestApi, caplog: 
     assert "/echo/path/plain/{name}" in logged and "/slow" in logged
     for secret in ("SECRET-H", "SECRET-Q", "ARGVALUE", "ARGFORMAT", api.url):
         assert secret not in logged
+
+
+# ---------------------------------------------------------------- responses the adapter cannot map
+
+
+@pytest.mark.parametrize("charset", ["base64", "hex", "rot13", "zlib", "uu", "idna", "punycode"])
+async def test_a_charset_that_is_no_text_encoding_is_read_as_utf8(api: RunningRestApi, charset: str) -> None:
+    content_type = f"text/plain; charset={charset}"
+    ok = await call(source(api), "custom", {"type": content_type, "text": "hello"})
+    assert text(ok) == "hello" and not ok.get("isError")
+    refused = await call(source(api), "custom", {"status": 404, "type": content_type, "text": "nope"})
+    assert category(refused) == "api_not_found" and text(refused) == "HTTP 404 Not Found: nope"
+
+
+@pytest.mark.parametrize(
+    ("tool", "deep"),
+    [
+        ("custom_node", 900),  # validation against a recursive outputSchema: RecursionError
+        ("custom", 300),  # no outputSchema: re-serialising 300 levels: orjson.JSONEncodeError
+        ("custom", 5000),  # deeper than orjson parses: not valid JSON
+    ],
+)
+async def test_json_nested_too_deeply_is_upstream_response_invalid(api: RunningRestApi, tool: str, deep: int) -> None:
+    result = await call(source(api), tool, {"deep": deep})
+    assert result["isError"] and category(result) == "upstream_response_invalid"
+    assert result["_meta"][META_KEY]["status"] == 200
+    assert not (await call(source(api), tool, {"deep": 20})).get("isError")
+
+
+# ---------------------------------------------------------------- the event loop keeps running
+
+
+async def test_a_large_answer_is_mapped_off_the_event_loop(api: RunningRestApi) -> None:
+    # ~1 MiB of JSON validated against its outputSchema: about 2 s of CPU on the developer
+    # machine. Mapped on the event loop, the heartbeat below would stall that long.
+    n = 9000
+    upstream = ApiUpstream(source(api))
+    ticks: list[float] = []
+
+    async def heartbeat() -> None:
+        while True:
+            ticks.append(time.monotonic())
+            await anyio.sleep(0.01)
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(heartbeat)
+            started = time.monotonic()
+            reply = await upstream.call("tools/call", {"name": "large_json", "arguments": {"n": n}}, credential=None)
+            ticks.append(ended := time.monotonic())  # a loop blocked until now shows as the last gap
+            tg.cancel_scope.cancel()
+    finally:
+        await upstream.aclose()
+    result = reply["result"]
+    assert not result.get("isError"), result["content"]
+    assert result["structuredContent"]["result"] == large_items(n)
+    assert ended - started > 1.0, ended - started  # the mapping was long enough to matter
+    gaps = [b - a for a, b in itertools.pairwise(ticks)]
+    assert max(gaps) < 0.5, (max(gaps), ended - started)
+    assert len(gaps) > 50  # the heartbeat kept ticking all along
+    assert len(json.dumps(large_items(n))) > INLINE_VALIDATED_BYTES
 
 
 # ---------------------------------------------------------------- petstore

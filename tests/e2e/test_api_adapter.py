@@ -180,10 +180,19 @@ async def test_arguments_the_schema_refuses_never_reach_the_api(fleet: Fleet) ->
 
 
 async def test_the_brokered_credential_is_sent_and_never_seen(fleet: Fleet) -> None:
+    fleet.rest.reset()
     async with client(fleet.stack, fleet.token("alice", "viewer")) as c:
         who = await c.call_tool("shop__whoami", {})
+        echoed = await c.call_tool("shop__echoHeaders", {})  # an API that shows its request
+        rejected = await c.call_tool("shop__echoRejected", {"q": "x"})  # a 400 that quotes it
     assert _structured(who) == {"via": "x-api-key", "digest": rest_api.digest(SHOP_KEY)}
-    assert SHOP_KEY not in json.dumps(who.model_dump(mode="json"))
+    sent = [r["headers"].get("x-api-key") for r in fleet.rest.received()["requests"]]
+    assert sent == [SHOP_KEY] * 3  # every call carried the key...
+    assert _structured(echoed)["headers"]["x-api-key"] == "[redacted]"  # ...and no result shows it
+    assert rejected.is_error and rejected.meta[META] == {"status": 400, "category": "api_bad_request"}
+    assert '"x-api-key":"[redacted]"' in rejected.content[0].text
+    for result in (who, echoed, rejected):
+        assert SHOP_KEY not in json.dumps(result.model_dump(mode="json"))
     for secret in (SHOP_KEY, PET_KEY):
         assert files_containing(fleet.stack.run_dir, secret) == []
         page = httpx.get(f"{fleet.stack.control_url}/v1/audit/decisions", headers=fleet.stack.admin_headers)
@@ -200,6 +209,16 @@ async def test_a_source_not_approved_internal_never_reaches_a_loopback_address(f
     assert fleet.rest.count() == 0
     item = audit_item(fleet.stack, data["decision_id"])
     assert item["status"] == "error" and item["error_category"] == "upstream_address_refused"
+
+
+async def test_answers_the_adapter_cannot_map_are_tool_errors_not_internal_errors(fleet: Fleet) -> None:
+    async with client(fleet.stack, fleet.token("alice", "viewer")) as c:
+        text = await c.call_tool("shop__custom", {"type": "text/plain; charset=base64", "text": "hello"})
+        deep = await c.call_tool("shop__custom", {"deep": 900})
+    assert not text.is_error and text.content[0].text == "hello"
+    assert deep.is_error and deep.meta[META] == {"status": 200, "category": "upstream_response_invalid"}
+    item = _latest_audit(fleet, server="shop", tool="custom", status="tool_error")
+    assert item["error_category"] == "upstream_response_invalid"
 
 
 async def test_http_errors_are_tool_errors_with_a_safe_category_in_the_audit(fleet: Fleet) -> None:

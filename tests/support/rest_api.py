@@ -11,7 +11,9 @@ whose operations are:
   parameters of each style (``echoQuery``), header and cookie parameters (``echoHeaders``),
   a flattenable JSON object body (``echoJson``), an array body (``echoJsonArray``), a form
   body (``echoForm``), a text body (``echoText``), ``replaceItem`` (PUT) and ``deleteItem``
-  (DELETE);
+  (DELETE); ``echoRejected`` ``GET /echo/rejected`` echoes the same JSON with status 400 (an
+  error response that quotes the request); ``GET /echo/auth`` (not in the document) echoes
+  only with ``Authorization: Bearer <an accepted token>``, else answers 401;
 * ``getStatus`` ``GET /status/{code}?format=json|text|empty``: that status with a JSON
   ``{"error": <reason>, "code": <code>}`` or text body;
 * ``redirect`` ``/redirect?to=<path or URL>&status=302&hops=0`` (any method): a redirect to
@@ -24,6 +26,10 @@ whose operations are:
 * ``getText`` (text/plain), ``getImage`` (image/png), ``getBinary``
   (application/octet-stream), ``getEmpty`` (204);
 * ``invalidOutput`` ``GET /invalid-output``: JSON that violates its documented schema;
+* ``largeJson`` ``GET /large-json?n=N``: a JSON array of N items ``{"id": i, "name":
+  "item-<i>", "tags": [{"id", "name"} x 2], "owner": {"id", "name"}}`` (~110 bytes each);
+* ``custom`` ``GET /custom?status=200&type=<content type>&text=<body>&deep=0``: that status,
+  ``Content-Type`` and body (``deep=N``: JSON objects nested N deep, ``{"c":{"c":...{}}}``);
 * ``whoami`` ``GET /auth/whoami``: 200 ``{"via": "x-api-key"|"query"|"bearer", "digest":
   <12 hex digits of SHA-256 of the value>}`` when the ``x-api-key`` header or the
   ``api_key`` query parameter is an accepted key, or ``Authorization: Bearer <token>`` an
@@ -116,6 +122,20 @@ _RGB = {
     "properties": {"R": {"type": "integer"}, "G": {"type": "integer"}, "B": {"type": "integer"}},
 }
 _PET_ID = _p("petId", "path", {"type": "integer", "format": "int64"}, required=True)
+_REF = {"type": "object", "required": ["id", "name"], "properties": {"id": {"type": "integer"}, "name": _STR}}
+_ITEMS = {
+    "type": "array",
+    "items": {
+        "type": "object",
+        "required": ["id", "name"],
+        "properties": {
+            "id": {"type": "integer", "minimum": 0},
+            "name": {"type": "string", "pattern": "^item-[0-9]+$"},
+            "tags": {"type": "array", "items": _REF},
+            "owner": _REF,
+        },
+    },
+}
 
 DOCUMENT: dict[str, Any] = {
     "openapi": "3.1.0",
@@ -371,6 +391,37 @@ DOCUMENT: dict[str, Any] = {
                 },
             }
         },
+        "/echo/rejected": {
+            "get": {
+                "operationId": "echoRejected",
+                "summary": "Refuse the request with a 400 that quotes it",
+                "parameters": [_p("X-Trace", "header", _STR), _p("q", "query", _STR)],
+                "responses": {
+                    "400": {"description": "What arrived", "content": {"application/json": {"schema": _ECHO}}}
+                },
+            }
+        },
+        "/large-json": {
+            "get": {
+                "operationId": "largeJson",
+                "summary": "A JSON array of n items",
+                "parameters": [_p("n", "query", {"type": "integer", "minimum": 0}, required=True)],
+                "responses": {"200": {"description": "Items", "content": {"application/json": {"schema": _ITEMS}}}},
+            }
+        },
+        "/custom": {
+            "get": {
+                "operationId": "custom",
+                "summary": "Answer the given status, content type and body",
+                "parameters": [
+                    _p("status", "query", {"type": "integer", "minimum": 200, "maximum": 599}),
+                    _p("type", "query", _STR),
+                    _p("text", "query", _STR),
+                    _p("deep", "query", {"type": "integer", "minimum": 0}),
+                ],
+                "responses": {"default": {"description": "As asked"}},
+            }
+        },
         "/auth/whoami": {
             "get": {
                 "operationId": "whoami",
@@ -422,6 +473,19 @@ DOCUMENT: dict[str, Any] = {
 
 
 # ---------------------------------------------------------------- state
+
+
+def large_items(n: int) -> list[dict[str, Any]]:
+    """What ``GET /large-json?n=N`` answers (valid against the ``largeJson`` response schema)."""
+    return [
+        {
+            "id": i,
+            "name": f"item-{i}",
+            "tags": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}],
+            "owner": {"id": i, "name": "o"},
+        }
+        for i in range(n)
+    ]
 
 
 def _seed_pets() -> dict[int, dict[str, Any]]:
@@ -495,6 +559,10 @@ class Recorder:
 def build_app(state: State) -> ASGIApp:
     async def echo(request: Request) -> Response:
         body = await request.body()
+        if request.url.path.startswith("/echo/auth"):
+            auth = request.headers.get("authorization", "")
+            if not (auth[:7].lower() == "bearer " and auth[7:].strip() in state.bearers):
+                return JSONResponse({"error": "unauthorized"}, status_code=401)
         content_type = request.headers.get("content-type")
         parsed: Any = None
         form: list[list[str]] | None = None
@@ -508,7 +576,8 @@ def build_app(state: State) -> ASGIApp:
             form = [[k, v] for k, v in parse_qsl(body.decode("latin-1"), keep_blank_values=True)]
         raw = request.scope.get("raw_path") or request.url.path.encode()
         return JSONResponse(
-            {
+            status_code=400 if request.url.path.startswith("/echo/rejected") else 200,
+            content={
                 "method": request.method,
                 "path": raw.decode("latin-1"),
                 "query": request.scope.get("query_string", b"").decode("latin-1"),
@@ -518,7 +587,7 @@ def build_app(state: State) -> ASGIApp:
                 "body": body.decode("utf-8", errors="replace"),
                 "json": parsed,
                 "form": form,
-            }
+            },
         )
 
     async def status(request: Request) -> Response:
@@ -575,6 +644,17 @@ def build_app(state: State) -> ASGIApp:
 
     async def text(request: Request) -> Response:
         return PlainTextResponse(TEXT)
+
+    async def large_json(request: Request) -> Response:
+        n = int(request.query_params.get("n", "0"))
+        return Response(orjson.dumps(large_items(n)), media_type="application/json")
+
+    async def custom(request: Request) -> Response:
+        params = request.query_params
+        deep = int(params.get("deep", "0"))
+        body = b'{"c":' * deep + b"{}" + b"}" * deep if deep else params.get("text", "").encode()
+        content_type = params.get("type", "application/json" if deep else "text/plain")
+        return Response(body, status_code=int(params.get("status", "200")), headers={"content-type": content_type})
 
     async def image(request: Request) -> Response:
         return Response(PNG, media_type="image/png")
@@ -689,6 +769,8 @@ def build_app(state: State) -> ASGIApp:
         Route("/slow", slow, methods=["GET"]),
         Route("/large", large, methods=["GET"]),
         Route("/text", text, methods=["GET"]),
+        Route("/large-json", large_json, methods=["GET"]),
+        Route("/custom", custom, methods=["GET"]),
         Route("/image", image, methods=["GET"]),
         Route("/binary", binary, methods=["GET"]),
         Route("/empty", empty, methods=["GET"]),
