@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from gateway.cli.common import OutputOpt, RecordOutputOpt, admin_client, handle_errors, note, seg
+from gateway.cli.common import OutputOpt, RecordOutputOpt, admin_client, diff_summary, handle_errors, note, seg
 from gateway.cli.errors import CliError, ExitCode
 from gateway.cli.output import Output, render_list, render_record
 
@@ -220,12 +220,6 @@ def approve(
         body["internal"] = True
     record = admin_client(ctx).post(f"/v1/api-sources/{seg(name)}/approve", body)
     if output is Output.table:
-        diff = record.get("diff") or {}
-        parts = [
-            f"{len(diff.get(k) or [])} {k}" for k in ("added", "removed", "changed") if isinstance(diff.get(k), list)
-        ]
-        note(
-            f"approved {record['name']}{' (internal)' if record.get('internal') else ''}: projection "
-            f"{record.get('projection_version')}" + (f"; tools {', '.join(parts)}" if parts else "")
-        )
+        marked = " (internal)" if record.get("internal") else ""
+        note(f"approved {record['name']}{marked}: projection {record.get('projection_version')}{diff_summary(record)}")
     _show(record, output)

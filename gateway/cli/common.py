@@ -17,6 +17,7 @@ from gateway.cli.output import Output, warn
 from gateway.cli.settings import Settings
 
 __all__ = [
+    "diff_summary",
     "OutputOpt",
     "RecordOutputOpt",
     "admin_client",
@@ -89,6 +90,13 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
 def drop_none(**values: Any) -> dict[str, Any]:
     """``values`` without the keys whose value is None."""
     return {k: v for k, v in values.items() if v is not None}
+
+
+def diff_summary(record: dict[str, Any]) -> str:
+    """``"; tools 2 added, 0 removed, 1 changed"`` from an approval answer's ``diff`` (``""`` without one)."""
+    diff = record.get("diff") or {}
+    parts = [f"{len(diff.get(k) or [])} {k}" for k in ("added", "removed", "changed") if isinstance(diff.get(k), list)]
+    return f"; tools {', '.join(parts)}" if parts else ""
 
 
 def seg(value: str | int) -> str:

@@ -24,13 +24,13 @@ from gateway.apiadapter.documents import check_document, load_document
 from gateway.apiadapter.guard import refusal
 from gateway.apiadapter.operations import CompiledSource, Selection, compile_source, overrides_from_body
 from gateway.controlplane._deps import deps
-from gateway.controlplane._http import JSONResponse, check_text, read_json
+from gateway.controlplane._http import JSONResponse, read_json
 from gateway.controlplane.actor import actor_of
 from gateway.controlplane.admins import approval_comment
 from gateway.controlplane.discovery import tool_diff
 from gateway.controlplane.middleware.admin import authorize_resource, record_change
 from gateway.controlplane.projection import mutate_and_compile
-from gateway.controlplane.servers import MAX_DESCRIPTION, validate_name
+from gateway.controlplane.servers import upstream_fields, validate_name
 from gateway.db import admin as db_admin
 from gateway.db import api_sources as db_api_sources
 from gateway.db.servers import PinnedTool
@@ -166,13 +166,7 @@ async def create_api_source(request: Request) -> Response:
         )
     name = validate_name(body["name"])
     base_url = validate_base_url(body["base_url"])
-    description = body.get("description") or ""
-    if not isinstance(description, str):
-        raise RequestRejected(f"description must be a string of at most {MAX_DESCRIPTION} characters, without NUL")
-    check_text(description, "description", max_length=MAX_DESCRIPTION)
-    requires_credential = body.get("requires_credential", False)
-    if not isinstance(requires_credential, bool):
-        raise RequestRejected("requires_credential must be a boolean")
+    description, requires_credential = upstream_fields(body)
     options = _options(body.get("options"))
     selection, overrides = body.get("selection") or {}, body.get("overrides") or {}
     document, version, compiled = await anyio.to_thread.run_sync(_compile, body["document"], selection, overrides)

@@ -23,7 +23,15 @@ from gateway.db import servers as db_servers
 from gateway.errors import NotFound, RequestRejected
 from gateway.mcp.stdio import StdioLaunch
 
-__all__ = ["approve_server", "create_server", "get_server", "get_server_drift", "list_servers", "validate_name"]
+__all__ = [
+    "approve_server",
+    "create_server",
+    "get_server",
+    "get_server_drift",
+    "list_servers",
+    "upstream_fields",
+    "validate_name",
+]
 
 NAME = re.compile(r"[a-z0-9](?:[a-z0-9_-]{0,61}[a-z0-9])?")
 """Server names; ``__`` is also forbidden and the last character is alphanumeric, so
@@ -53,6 +61,19 @@ def validate_name(name: object) -> str:
     if not isinstance(name, str) or not NAME.fullmatch(name) or "__" in name:
         raise RequestRejected("name must be 1-63 of [a-z0-9_-], start and end alphanumeric, and must not contain '__'")
     return name
+
+
+def upstream_fields(body: dict[str, Any]) -> tuple[str, bool]:
+    """``description`` (default ``""``) and ``requires_credential`` (default false) of an upstream
+    registration (MCP server or API source); 400 naming the field otherwise."""
+    description = body.get("description") or ""
+    if not isinstance(description, str):
+        raise RequestRejected(f"description must be a string of at most {MAX_DESCRIPTION} characters, without NUL")
+    check_text(description, "description", max_length=MAX_DESCRIPTION)
+    requires_credential = body.get("requires_credential", False)
+    if not isinstance(requires_credential, bool):
+        raise RequestRejected("requires_credential must be a boolean")
+    return description, requires_credential
 
 
 def _validate_url(url: object) -> str:
@@ -128,13 +149,7 @@ async def create_server(request: Request) -> Response:
         if extra := sorted(_LAUNCH_FIELDS & set(body)):
             raise RequestRejected(f"{extra[0]}: only stdio servers take command, args, cwd and env")
         url = _validate_url(body.get("url"))
-    description = body.get("description") or ""
-    if not isinstance(description, str):
-        raise RequestRejected(f"description must be a string of at most {MAX_DESCRIPTION} characters, without NUL")
-    check_text(description, "description", max_length=MAX_DESCRIPTION)
-    requires_credential = body.get("requires_credential", False)
-    if not isinstance(requires_credential, bool):
-        raise RequestRejected("requires_credential must be a boolean")
+    description, requires_credential = upstream_fields(body)
     async with d.pool.acquire() as conn:
         record = await db_servers.create_server(
             conn,
