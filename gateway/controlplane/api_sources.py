@@ -112,11 +112,15 @@ def _options(value: object) -> dict[str, Any]:
     return dict(value)
 
 
-def _compile(raw: Any, selection: Any, overrides: Any) -> tuple[dict[str, Any], str, CompiledSource]:
+def _compile(
+    raw: Any, selection: Any, overrides: Any
+) -> tuple[dict[str, Any], str, CompiledSource, list[dict[str, Any]]]:
     """Load, check and compile a document (CPU-bound: run in a worker thread).
 
     Returns:
-        ``(document, openapi_version, compiled)``.
+        ``(document, openapi_version, compiled, tools)``: ``tools`` are the compiled tools in the
+        SDK's canonical wire form (:func:`~gateway.mcp.pinning.canonical_tool`), what is stored
+        and pinned.
 
     Raises:
         InvalidApiDocument: Anything the adapter cannot use, with its location.
@@ -126,19 +130,16 @@ def _compile(raw: Any, selection: Any, overrides: Any) -> tuple[dict[str, Any], 
     compiled = compile_source(
         document, selection=Selection.from_body(selection), overrides=overrides_from_body(overrides)
     )
+    tools = []
     for tool in compiled.tools:  # the SDK's own Tool model must accept what agents will list
         try:
-            canonical_tool(tool)
+            tools.append(canonical_tool(tool))
         except ValidationError as exc:
             raise InvalidApiDocument(
                 f"the tool compiled from it is not a valid MCP tool ({exc.error_count()} errors)",
                 location=f"tool {tool.get('name')}",
             ) from None
-    return document, version, compiled
-
-
-def _pinned(compiled: CompiledSource) -> list[PinnedTool]:
-    return [PinnedTool(canonical_tool(t), definition_sha256(canonical_tool(t))) for t in compiled.tools]
+    return document, version, compiled, tools
 
 
 async def create_api_source(request: Request) -> Response:
@@ -169,7 +170,9 @@ async def create_api_source(request: Request) -> Response:
     description, requires_credential = upstream_fields(body)
     options = _options(body.get("options"))
     selection, overrides = body.get("selection") or {}, body.get("overrides") or {}
-    document, version, compiled = await anyio.to_thread.run_sync(_compile, body["document"], selection, overrides)
+    document, version, compiled, tools = await anyio.to_thread.run_sync(
+        _compile, body["document"], selection, overrides
+    )
     text = orjson.dumps(document).decode()
     async with d.pool.acquire() as conn:
         record = await db_api_sources.create_api_source(
@@ -185,7 +188,7 @@ async def create_api_source(request: Request) -> Response:
             selection=selection,
             overrides=overrides,
             options=options,
-            tools=[canonical_tool(t) for t in compiled.tools],
+            tools=tools,
             operations=[op.to_record() for op in compiled.operations],
             report=compiled.report,
             requires_credential=requires_credential,
@@ -246,10 +249,10 @@ async def approve_api_source(request: Request) -> Response:
             f"internal: the base URL's host {host} is {why}; approve with "
             '{"internal": true} to confirm the source is internal'
         )
-    _, _, compiled = await anyio.to_thread.run_sync(
+    _, _, compiled, tools = await anyio.to_thread.run_sync(
         _compile, registration["document"], registration["selection"], registration["overrides"]
     )
-    pinned = _pinned(compiled)
+    pinned = [PinnedTool(tool, definition_sha256(tool)) for tool in tools]
     approver = actor_of(request).name
 
     async def approve(conn: Any) -> dict[str, Any]:
