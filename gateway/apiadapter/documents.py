@@ -612,7 +612,9 @@ def _located(
         yield err
 
 
-class _Schema30(keywords.OpenAPIV30SchemaValidator):
+class _LocatedSchema(keywords.SchemaValidator):
+    """Set-backed visit tracking and located errors, for both dialects' schema validators below."""
+
     def __init__(self, registry: KeywordValidatorRegistry) -> None:
         super().__init__(registry)
         self.visited_schema_ids = _Seen()
@@ -624,16 +626,12 @@ class _Schema30(keywords.OpenAPIV30SchemaValidator):
         return _located(super().__call__(schema, require_properties, meta_checked), schema.parts, self.registry)
 
 
-class _Schema31(keywords.OpenAPIV31SchemaValidator):
-    def __init__(self, registry: KeywordValidatorRegistry) -> None:
-        super().__init__(registry)
-        self.visited_schema_ids = _Seen()
-        self.meta_checked_schema_ids = _Seen()
+class _Schema30(_LocatedSchema, keywords.OpenAPIV30SchemaValidator):
+    pass
 
-    def __call__(
-        self, schema: SchemaPath, require_properties: bool = True, meta_checked: bool = False
-    ) -> Iterator[ValidationError]:
-        return _located(super().__call__(schema, require_properties, meta_checked), schema.parts, self.registry)
+
+class _Schema31(_LocatedSchema, keywords.OpenAPIV31SchemaValidator):
+    pass
 
 
 class _Operation(keywords.OperationValidator):
